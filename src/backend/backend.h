@@ -1,0 +1,158 @@
+/* backend.h — the op table every compute backend implements (cpu now, cuda next, xla later).
+ *
+ * The model (src/model/) says what to compute and what to keep for backward; a backend says how,
+ * over its own memory. Model code holds only opaque device pointers and calls these ops; it has
+ * no backend branches. Conventions:
+ *   - Row-major. T tokens = batch * seq, laid out [batch][seq]. A "linear" weight is [out, in]
+ *     (Hugging Face layout) and computes y = x W^T.
+ *   - Activations are in the backend's activation type (act_bytes per element: 4 = f32 on the
+ *     CPU, 2 = bf16 on CUDA). Frozen matrices are in the backend's weight format, made by
+ *     weight_upload. Vectors (norm weights, biases), LoRA A/B, every gradient of a trainable
+ *     parameter, rstd, lse and the loss are f32 on every backend. Token ids, labels and positions
+ *     are int32. Packed ReLU masks are uint32 words, bit (i % 32) of word (i / 32) for element i
+ *     of a [rows, cols] tensor packed row by row with cols padded to a multiple of 32 — the same
+ *     on every backend, so one backend can check another bit for bit.
+ *   - "acc" arguments: false writes the output, true adds into it.
+ *   - Ops are asynchronous with respect to the host unless they return a host value.
+ */
+#ifndef US_BACKEND_H
+#define US_BACKEND_H
+
+#include "core/common.h"
+
+typedef struct us_backend us_backend;
+
+/* The activation function of a gated MLP: a = act(g) * u. */
+enum { US_GLU_SILU = 0, US_GLU_RELU = 1 };
+
+/* Attention shape for one call: batch rows of seq tokens, heads query heads sharing kv_heads
+ * key/value heads (heads % kv_heads == 0), head_dim each. q is [T, heads*head_dim], k and v are
+ * [T, kv_heads*head_dim], o like q, lse [T, heads] (natural log). seg_start, when not NULL, gives
+ * for each token the position (within its row) where its example begins: token i attends to
+ * keys j with seg_start[i] <= j <= i (packed examples never see each other). */
+typedef struct us_attn_shape {
+    int batch, seq, heads, kv_heads, head_dim;
+    float scale; /* usually 1/sqrt(head_dim) */
+} us_attn_shape;
+
+struct us_backend {
+    const char *name; /* "cpu", "cuda" */
+    size_t act_bytes; /* bytes per activation element */
+    void *impl;       /* backend-private state */
+
+    /* ---- memory ---- */
+    void *(*alloc)(us_backend *be, size_t bytes); /* NULL on failure; contents undefined */
+    void (*free)(us_backend *be, void *p);
+    void (*upload)(us_backend *be, void *dst, const void *host_src, size_t bytes);
+    void (*download)(us_backend *be, void *host_dst, const void *src, size_t bytes);
+    void (*zero)(us_backend *be, void *p, size_t bytes);
+    void (*sync)(us_backend *be);
+    /* Bytes the backend holds now and at its peak (allocations only), and the device's total. */
+    void (*mem_info)(us_backend *be, size_t *in_use, size_t *peak, size_t *total);
+
+    /* ---- frozen weights ---- */
+    /* A frozen matrix or embedding of n elements from host data of dtype dt (F32/BF16/F16),
+     * converted to the backend's weight format. NULL on allocation failure. */
+    void *(*weight_upload)(us_backend *be, const void *host, us_dtype dt, size_t n);
+    /* Fills a weight-format buffer with N(0, std^2) from us_rand_normal(seed, stream, i). */
+    void (*weight_fill_normal)(us_backend *be, void *w, size_t n, float std, uint64_t seed, uint64_t stream);
+    /* Copies an f32 master (full fine-tuning) into a weight-format buffer. */
+    void (*weight_from_f32)(us_backend *be, void *w, const float *src, size_t n);
+    void (*weight_to_f32)(us_backend *be, float *dst, const void *w, size_t n);
+    /* Elementwise act-type <-> f32 conversions on device memory. */
+    void (*act_from_f32)(us_backend *be, void *dst, const float *src, size_t n);
+    void (*act_to_f32)(us_backend *be, float *dst, const void *src, size_t n);
+
+    /* ---- layers (forward and backward side by side) ---- */
+    /* x[t] = E[ids[t]], E [vocab, dim] in weight format. */
+    void (*embed_fwd)(us_backend *be, void *x, const void *E, const int32_t *ids, int T, int dim);
+    /* dE[ids[t]] += dx[t] (dE f32 [vocab, dim]). */
+    void (*embed_bwd)(us_backend *be, float *dE, const void *dx, const int32_t *ids, int T, int dim);
+
+    /* y = x * rstd * w, rstd[t] = 1/sqrt(mean(x[t]^2) + eps). y may not alias x. */
+    void (*rmsnorm_fwd)(us_backend *be, void *y, float *rstd, const void *x, const float *w, int T, int dim,
+                        float eps);
+    /* dx (acc or not) from dy, x, rstd, w; dw (f32, may be NULL) += sum over t. */
+    void (*rmsnorm_bwd)(us_backend *be, void *dx, bool acc, float *dw, const void *dy, const void *x,
+                        const float *rstd, const float *w, int T, int dim);
+
+    /* y[T,out] = x[T,in] W^T + bias (bias f32 or NULL); acc adds into y. */
+    void (*linear_fwd)(us_backend *be, void *y, bool acc, const void *x, const void *W, const float *bias, int T,
+                       int in, int out);
+    /* dx[T,in] = dy[T,out] W (acc adds). */
+    void (*linear_bwd_x)(us_backend *be, void *dx, bool acc, const void *dy, const void *W, int T, int in, int out);
+    /* dW[out,in] += dy^T x and dbias[out] += sum_t dy (each may be NULL); f32 grads. */
+    void (*linear_bwd_w)(us_backend *be, float *dW, float *dbias, const void *dy, const void *x, int T, int in,
+                         int out);
+
+    /* LoRA beside a frozen linear: u[T,r] = x A^T (f32, kept for backward), y += s * u B^T.
+     * A [r,in], B [out,r] f32. */
+    void (*lora_fwd)(us_backend *be, void *y, float *u, const void *x, const float *A, const float *B, float s,
+                     int T, int in, int out, int r);
+    /* dB += s * dy^T u;  du = s * dy B;  dA += du^T x;  dx += du A (dx may be NULL: not needed).
+     * scratch: at least T*r floats. */
+    void (*lora_bwd)(us_backend *be, void *dx, float *dA, float *dB, const void *dy, const void *x, const float *u,
+                     const float *A, const float *B, float s, int T, int in, int out, int r, float *scratch);
+
+    /* In-place rotary embedding of x [T, nh, hd] (rotate-half layout, as Hugging Face): for pair
+     * (i, i+hd/2) at position p = pos[t], angle p*inv_freq[i]. inverse rotates by -angle (the
+     * backward of the rotation). inv_freq f32 [hd/2] on the device. */
+    void (*rope)(us_backend *be, void *x, const int32_t *pos, const float *inv_freq, int T, int nh, int hd,
+                 bool inverse);
+
+    /* Causal attention. Forward writes o and lse only (no score matrix is kept). */
+    void (*attn_fwd)(us_backend *be, void *o, float *lse, const void *q, const void *k, const void *v,
+                     const int32_t *seg_start, const us_attn_shape *sh);
+    /* Writes dq, dk, dv (not acc); dk/dv sum over the query heads sharing a kv head. */
+    void (*attn_bwd)(us_backend *be, void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
+                     const void *v, const void *o, const float *lse, const int32_t *seg_start,
+                     const us_attn_shape *sh);
+
+    /* Gated MLP activation over n = T*F elements: a = act(g) * u.
+     * RELU: also writes the packed mask bits (g > 0) and replaces g in place by relu(g); cols = F
+     *       gives the packing row length. bits may be NULL (recompute: nothing packed).
+     * SILU: g is left as is. a may be NULL (saving only). */
+    void (*glu_fwd)(us_backend *be, int act, void *a, void *g, const void *u, uint32_t *bits, int rows, int cols);
+    /* From da and the saved state (g or relu(g), u, bits): dg = da*u*act'(g), du = da*act(g).
+     * RELU reads the gate's derivative from the packed bits, unpacked in registers. dg and du
+     * may alias g and u (they are consumed in place). */
+    void (*glu_bwd)(us_backend *be, int act, void *dg, void *du, const void *da, const void *g, const void *u,
+                    const uint32_t *bits, int rows, int cols);
+
+    /* y += x over n activation elements (residual). */
+    void (*add)(us_backend *be, void *y, const void *x, size_t n);
+
+    /* Cross-entropy over one chunk of rows: logits [rows, vocab] (act type) are replaced by
+     * dlogits = (softmax - onehot(label)) * grad_scale for rows with label != -100 and by 0 for
+     * the others; the sum of -log softmax[label] over counted rows is added to *loss_sum
+     * (an f32 device scalar). */
+    void (*xent_fwd_bwd)(us_backend *be, void *logits, const int32_t *labels, float *loss_sum, float grad_scale,
+                         int rows, int vocab);
+
+    /* ---- optimizer and reductions over f32 ---- */
+    /* Decoupled AdamW over n params, as torch.optim.AdamW:
+     *   p *= 1 - lr*wd;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+     *   p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps),   bc_i = 1 - b_i^step. */
+    void (*adamw)(us_backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float b1,
+                  float b2, float eps, float wd, float bc1, float bc2);
+    /* sum of squares (returned to the host, synchronising), and x *= s. */
+    double (*sumsq)(us_backend *be, const float *x, size_t n);
+    void (*scale)(us_backend *be, float *x, size_t n, float s);
+    /* true if any element of x is not finite */
+    bool (*nonfinite)(us_backend *be, const float *x, size_t n);
+
+    void (*destroy)(us_backend *be);
+};
+
+/* Creates a backend by name ("cpu", "cuda"); an error says when it is not compiled in or no
+ * device is found. threads <= 0: the backend's default. */
+us_status us_backend_create(const char *name, int threads, us_backend **out, us_err *e);
+/* Space-separated names of the compiled backends, e.g. "cpu cuda". */
+const char *us_backends_compiled(void);
+
+us_status us_backend_cpu_create(int threads, us_backend **out, us_err *e);
+#ifdef US_HAVE_CUDA
+us_status us_backend_cuda_create(us_backend **out, us_err *e);
+#endif
+
+#endif
