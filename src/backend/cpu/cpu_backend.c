@@ -1,0 +1,481 @@
+/* cpu_backend.c — the reference backend: fp32 everywhere, matrix products through OpenBLAS
+ * sgemm, everything else as plain loops parallelised with OpenMP.
+ *
+ * It is also the yardstick for every other backend: each GPU kernel's test compares with the op
+ * of the same name here, so these loops favour clarity (and float64 accumulation where a sum is
+ * long) over cleverness. Memory is ordinary host memory; "device pointers" are host pointers.
+ * Allocations carry a small header so mem_info can report the bytes in use and the peak. */
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backend/backend.h"
+
+typedef struct cpu_state {
+    size_t in_use, peak;
+} cpu_state;
+
+#define HDR 64 /* keeps the user pointer 64-byte aligned */
+
+static void *cpu_alloc(us_backend *be, size_t bytes) {
+    cpu_state *st = be->impl;
+    size_t total = HDR + (bytes + 63) / 64 * 64;
+    char *p = aligned_alloc(64, total);
+    if (!p) return NULL;
+    *(size_t *)p = bytes;
+    #pragma omp atomic
+    st->in_use += bytes;
+    if (st->in_use > st->peak) st->peak = st->in_use;
+    return p + HDR;
+}
+
+static void cpu_free(us_backend *be, void *p) {
+    if (!p) return;
+    cpu_state *st = be->impl;
+    char *base = (char *)p - HDR;
+    #pragma omp atomic
+    st->in_use -= *(size_t *)base;
+    free(base);
+}
+
+static void cpu_copy(us_backend *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    if (bytes) memmove(dst, src, bytes);
+}
+static void cpu_zero(us_backend *be, void *p, size_t bytes) {
+    (void)be;
+    if (bytes) memset(p, 0, bytes);
+}
+static void cpu_sync(us_backend *be) { (void)be; }
+
+static void cpu_mem_info(us_backend *be, size_t *in_use, size_t *peak, size_t *total) {
+    cpu_state *st = be->impl;
+    if (in_use) *in_use = st->in_use;
+    if (peak) *peak = st->peak;
+    if (total) *total = (size_t)sysconf(_SC_PHYS_PAGES) * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+static void *cpu_weight_upload(us_backend *be, const void *host, us_dtype dt, size_t n) {
+    float *w = cpu_alloc(be, n * sizeof(float));
+    if (!w) return NULL;
+    if (dt == US_DT_F32) {
+        memcpy(w, host, n * 4);
+    } else {
+        /* parallel conversion in blocks */
+        size_t es = us_dtype_size(dt);
+        #pragma omp parallel for schedule(static)
+        for (size_t b = 0; b < (n + 65535) / 65536; b++) {
+            size_t i0 = b * 65536, cnt = US_MIN((size_t)65536, n - i0);
+            us_convert_to_f32(w + i0, (const char *)host + i0 * es, dt, cnt);
+        }
+    }
+    return w;
+}
+
+static void cpu_weight_fill_normal(us_backend *be, void *w, size_t n, float std, uint64_t seed, uint64_t stream) {
+    (void)be;
+    float *x = w;
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) x[i] = std * us_rand_normal(seed, stream, i);
+}
+
+static void cpu_f32_copy(us_backend *be, void *dst, const void *src, size_t n) { cpu_copy(be, dst, src, n * 4); }
+static void cpu_weight_from_f32(us_backend *be, void *w, const float *src, size_t n) { cpu_f32_copy(be, w, src, n); }
+static void cpu_weight_to_f32(us_backend *be, float *dst, const void *w, size_t n) { cpu_f32_copy(be, dst, w, n); }
+static void cpu_act_from_f32(us_backend *be, void *dst, const float *src, size_t n) { cpu_f32_copy(be, dst, src, n); }
+static void cpu_act_to_f32(us_backend *be, float *dst, const void *src, size_t n) { cpu_f32_copy(be, dst, src, n); }
+
+static void cpu_embed_fwd(us_backend *be, void *x, const void *E, const int32_t *ids, int T, int dim) {
+    (void)be;
+    float *out = x;
+    const float *emb = E;
+    #pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) memcpy(out + (size_t)t * dim, emb + (size_t)ids[t] * dim, (size_t)dim * 4);
+}
+
+static void cpu_embed_bwd(us_backend *be, float *dE, const void *dx, const int32_t *ids, int T, int dim) {
+    (void)be;
+    const float *g = dx;
+    /* parallel over the feature dimension: no two threads touch the same element */
+    #pragma omp parallel for schedule(static)
+    for (int d = 0; d < dim; d++)
+        for (int t = 0; t < T; t++) dE[(size_t)ids[t] * dim + d] += g[(size_t)t * dim + d];
+}
+
+static void cpu_rmsnorm_fwd(us_backend *be, void *y, float *rstd, const void *x, const float *w, int T, int dim,
+                            float eps) {
+    (void)be;
+    float *out = y;
+    const float *in = x;
+    #pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        const float *xr = in + (size_t)t * dim;
+        float *yr = out + (size_t)t * dim;
+        double ss = 0;
+        for (int d = 0; d < dim; d++) ss += (double)xr[d] * xr[d];
+        float r = (float)(1.0 / sqrt(ss / dim + eps));
+        rstd[t] = r;
+        for (int d = 0; d < dim; d++) yr[d] = w[d] * (xr[d] * r);
+    }
+}
+
+static void cpu_rmsnorm_bwd(us_backend *be, void *dx, bool acc, float *dw, const void *dy, const void *x,
+                            const float *rstd, const float *w, int T, int dim) {
+    (void)be;
+    float *gx = dx;
+    const float *gy = dy, *in = x;
+    #pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        const float *xr = in + (size_t)t * dim, *gr = gy + (size_t)t * dim;
+        float *dr = gx + (size_t)t * dim;
+        float r = rstd[t];
+        double dot = 0; /* sum_d (dy*w)_d * xhat_d */
+        for (int d = 0; d < dim; d++) dot += (double)gr[d] * w[d] * xr[d] * r;
+        float mean = (float)(dot / dim);
+        for (int d = 0; d < dim; d++) {
+            float v = r * (gr[d] * w[d] - xr[d] * r * mean);
+            dr[d] = acc ? dr[d] + v : v;
+        }
+    }
+    if (dw) {
+        #pragma omp parallel for schedule(static)
+        for (int d = 0; d < dim; d++) {
+            double s = 0;
+            for (int t = 0; t < T; t++) s += (double)gy[(size_t)t * dim + d] * in[(size_t)t * dim + d] * rstd[t];
+            dw[d] += (float)s;
+        }
+    }
+}
+
+static void add_bias(float *y, const float *bias, int T, int out) {
+    #pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++)
+        for (int o = 0; o < out; o++) y[(size_t)t * out + o] += bias[o];
+}
+
+static void cpu_linear_fwd(us_backend *be, void *y, bool acc, const void *x, const void *W, const float *bias, int T,
+                           int in, int out) {
+    (void)be;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, in, 1.0f, x, in, W, in, acc ? 1.0f : 0.0f, y, out);
+    if (bias) add_bias(y, bias, T, out);
+}
+
+static void cpu_linear_bwd_x(us_backend *be, void *dx, bool acc, const void *dy, const void *W, int T, int in,
+                             int out) {
+    (void)be;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, out, 1.0f, dy, out, W, in, acc ? 1.0f : 0.0f, dx,
+                in);
+}
+
+static void cpu_linear_bwd_w(us_backend *be, float *dW, float *dbias, const void *dy, const void *x, int T, int in,
+                             int out) {
+    (void)be;
+    const float *g = dy;
+    if (dW) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, T, 1.0f, g, out, x, in, 1.0f, dW, in);
+    if (dbias) {
+        #pragma omp parallel for schedule(static)
+        for (int o = 0; o < out; o++) {
+            double s = 0;
+            for (int t = 0; t < T; t++) s += g[(size_t)t * out + o];
+            dbias[o] += (float)s;
+        }
+    }
+}
+
+static void cpu_lora_fwd(us_backend *be, void *y, float *u, const void *x, const float *A, const float *B, float s,
+                         int T, int in, int out, int r) {
+    (void)be;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, r, in, 1.0f, x, in, A, in, 0.0f, u, r);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, r, s, u, r, B, r, 1.0f, y, out);
+}
+
+static void cpu_lora_bwd(us_backend *be, void *dx, float *dA, float *dB, const void *dy, const void *x, const float *u,
+                         const float *A, const float *B, float s, int T, int in, int out, int r, float *scratch) {
+    (void)be;
+    float *du = scratch;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, T, s, dy, out, u, r, 1.0f, dB, r);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, r, out, s, dy, out, B, r, 0.0f, du, r);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, T, 1.0f, du, r, x, in, 1.0f, dA, in);
+    if (dx) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, r, 1.0f, du, r, A, in, 1.0f, dx, in);
+}
+
+static void cpu_rope(us_backend *be, void *x, const int32_t *pos, const float *inv_freq, int T, int nh, int hd,
+                     bool inverse) {
+    (void)be;
+    float *v = x;
+    int half = hd / 2;
+    #pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        float c[512], sn[512]; /* head_dim <= 1024 is checked when the model is built */
+        for (int i = 0; i < half; i++) {
+            float ang = (float)pos[t] * inv_freq[i]; /* f32 product, as transformers computes it */
+            c[i] = cosf(ang);
+            sn[i] = inverse ? -sinf(ang) : sinf(ang);
+        }
+        for (int h = 0; h < nh; h++) {
+            float *r = v + ((size_t)t * nh + h) * hd;
+            for (int i = 0; i < half; i++) {
+                float a = r[i], b = r[i + half];
+                r[i] = a * c[i] - b * sn[i];
+                r[i + half] = b * c[i] + a * sn[i];
+            }
+        }
+    }
+}
+
+static inline float dotf(const float *a, const float *b, int n) {
+    float s = 0;
+    #pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static inline void axpyf(float *y, float a, const float *x, int n) {
+    #pragma omp simd
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+static void cpu_attn_fwd(us_backend *be, void *o, float *lse, const void *q, const void *k, const void *v,
+                         const int32_t *seg_start, const us_attn_shape *sh) {
+    (void)be;
+    const int S = sh->seq, H = sh->heads, KV = sh->kv_heads, hd = sh->head_dim, grp = H / KV;
+    const float *Q = q, *K = k, *V = v;
+    float *O = o;
+    #pragma omp parallel
+    {
+        float *p = malloc((size_t)S * sizeof(float));
+        #pragma omp for collapse(2) schedule(dynamic, 1)
+        for (int b = 0; b < sh->batch; b++)
+            for (int h = 0; h < H; h++) {
+                int kh = h / grp;
+                for (int i = 0; i < S; i++) {
+                    size_t ti = (size_t)b * S + i;
+                    const float *qi = Q + (ti * H + h) * hd;
+                    int j0 = seg_start ? seg_start[ti] : 0;
+                    float m = -INFINITY;
+                    for (int j = j0; j <= i; j++) {
+                        p[j] = sh->scale * dotf(qi, K + (((size_t)b * S + j) * KV + kh) * hd, hd);
+                        if (p[j] > m) m = p[j];
+                    }
+                    float *oi = O + (ti * H + h) * hd;
+                    memset(oi, 0, (size_t)hd * 4);
+                    double l = 0;
+                    for (int j = j0; j <= i; j++) {
+                        p[j] = expf(p[j] - m);
+                        l += p[j];
+                    }
+                    float inv = (float)(1.0 / l);
+                    for (int j = j0; j <= i; j++) axpyf(oi, p[j] * inv, V + (((size_t)b * S + j) * KV + kh) * hd, hd);
+                    lse[ti * H + h] = m + (float)log(l);
+                }
+            }
+        free(p);
+    }
+}
+
+static void cpu_attn_bwd(us_backend *be, void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
+                         const void *v, const void *o, const float *lse, const int32_t *seg_start,
+                         const us_attn_shape *sh) {
+    (void)be;
+    const int S = sh->seq, H = sh->heads, KV = sh->kv_heads, hd = sh->head_dim, grp = H / KV;
+    const float *Q = q, *K = k, *V = v, *O = o, *dO = dout;
+    float *dQ = dq, *dK = dk, *dV = dv;
+    size_t T = (size_t)sh->batch * S;
+    memset(dQ, 0, T * H * hd * 4);
+    memset(dK, 0, T * KV * hd * 4);
+    memset(dV, 0, T * KV * hd * 4);
+    /* parallel over (batch, kv head): the query heads of one group write the same dK/dV rows */
+    #pragma omp parallel
+    {
+        float *p = malloc((size_t)S * sizeof(float));
+        #pragma omp for collapse(2) schedule(dynamic, 1)
+        for (int b = 0; b < sh->batch; b++)
+            for (int kh = 0; kh < KV; kh++)
+                for (int h = kh * grp; h < (kh + 1) * grp; h++)
+                    for (int i = 0; i < S; i++) {
+                        size_t ti = (size_t)b * S + i;
+                        const float *qi = Q + (ti * H + h) * hd, *doi = dO + (ti * H + h) * hd;
+                        float *dqi = dQ + (ti * H + h) * hd;
+                        int j0 = seg_start ? seg_start[ti] : 0;
+                        float L = lse[ti * H + h];
+                        float Di = dotf(doi, O + (ti * H + h) * hd, hd);
+                        for (int j = j0; j <= i; j++) {
+                            size_t kj = (((size_t)b * S + j) * KV + kh) * hd;
+                            float pj = expf(sh->scale * dotf(qi, K + kj, hd) - L);
+                            float dpj = dotf(doi, V + kj, hd);
+                            float ds = pj * (dpj - Di) * sh->scale;
+                            axpyf(dqi, ds, K + kj, hd);
+                            axpyf(dK + kj, ds, qi, hd);
+                            axpyf(dV + kj, pj, doi, hd);
+                        }
+                    }
+        free(p);
+    }
+}
+
+static inline int words_per_row(int cols) { return (cols + 31) / 32; }
+
+static void cpu_glu_fwd(us_backend *be, int act, void *a, void *g, const void *u, uint32_t *bits, int rows, int cols) {
+    (void)be;
+    float *A = a, *G = g;
+    const float *U = u;
+    int W = words_per_row(cols);
+    #pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        size_t base = (size_t)r * cols;
+        if (act == US_GLU_RELU) {
+            for (int w = 0; w < W; w++) {
+                uint32_t word = 0;
+                for (int c = w * 32; c < US_MIN(cols, w * 32 + 32); c++) {
+                    float x = G[base + c];
+                    float rl = x > 0.0f ? x : 0.0f;
+                    if (x > 0.0f) word |= 1u << (c & 31);
+                    G[base + c] = rl;
+                    if (A) A[base + c] = rl * U[base + c];
+                }
+                if (bits) bits[(size_t)r * W + w] = word;
+            }
+        } else if (A) {
+            for (int c = 0; c < cols; c++) {
+                float x = G[base + c];
+                A[base + c] = x / (1.0f + expf(-x)) * U[base + c];
+            }
+        }
+    }
+}
+
+static void cpu_glu_bwd(us_backend *be, int act, void *dg, void *du, const void *da, const void *g, const void *u,
+                        const uint32_t *bits, int rows, int cols) {
+    (void)be;
+    float *DG = dg, *DU = du;
+    const float *DA = da, *G = g, *U = u;
+    int W = words_per_row(cols);
+    #pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        size_t base = (size_t)r * cols;
+        for (int c = 0; c < cols; c++) {
+            size_t i = base + c;
+            float x = G[i], up = U[i], d = DA[i], gate_grad, up_grad;
+            if (act == US_GLU_RELU) {
+                uint32_t bit = (bits[(size_t)r * W + (c >> 5)] >> (c & 31)) & 1u; /* the saved 1-bit gate */
+                gate_grad = bit ? d * up : 0.0f;
+                up_grad = d * x; /* x is relu(g), saved in place by the forward */
+            } else {
+                float sg = 1.0f / (1.0f + expf(-x));
+                gate_grad = d * up * sg * (1.0f + x * (1.0f - sg));
+                up_grad = d * x * sg;
+            }
+            DG[i] = gate_grad;
+            DU[i] = up_grad;
+        }
+    }
+}
+
+static void cpu_add(us_backend *be, void *y, const void *x, size_t n) {
+    (void)be;
+    float *Y = y;
+    const float *X = x;
+    #pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) Y[i] += X[i];
+}
+
+static void cpu_xent_fwd_bwd(us_backend *be, void *logits, const int32_t *labels, float *loss_sum, float grad_scale,
+                             int rows, int vocab) {
+    (void)be;
+    float *L = logits;
+    double total = 0;
+    #pragma omp parallel for schedule(static) reduction(+ : total)
+    for (int r = 0; r < rows; r++) {
+        float *row = L + (size_t)r * vocab;
+        int lab = labels[r];
+        if (lab < 0) {
+            memset(row, 0, (size_t)vocab * 4);
+            continue;
+        }
+        float m = -INFINITY;
+        for (int i = 0; i < vocab; i++) m = row[i] > m ? row[i] : m;
+        double s = 0;
+        for (int i = 0; i < vocab; i++) s += exp((double)row[i] - m);
+        double lse = m + log(s);
+        total += lse - row[lab];
+        for (int i = 0; i < vocab; i++) row[i] = (float)exp((double)row[i] - lse) * grad_scale;
+        row[lab] -= grad_scale;
+    }
+    *loss_sum += (float)total;
+}
+
+static void cpu_adamw(us_backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float b1,
+                      float b2, float eps, float wd, float bc1, float bc2) {
+    (void)be;
+    float step = lr / bc1, sq = sqrtf(bc2), decay = 1.0f - lr * wd;
+    #pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i];
+        p[i] *= decay;
+        m[i] = b1 * m[i] + (1.0f - b1) * gi;
+        v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+        p[i] -= step * m[i] / (sqrtf(v[i]) / sq + eps);
+    }
+}
+
+static double cpu_sumsq(us_backend *be, const float *x, size_t n) {
+    (void)be;
+    double s = 0;
+    #pragma omp parallel for simd schedule(static) reduction(+ : s)
+    for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+    return s;
+}
+
+static void cpu_scale(us_backend *be, float *x, size_t n, float s) {
+    (void)be;
+    #pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) x[i] *= s;
+}
+
+static bool cpu_nonfinite(us_backend *be, const float *x, size_t n) {
+    (void)be;
+    int bad = 0;
+    #pragma omp parallel for schedule(static) reduction(| : bad)
+    for (size_t i = 0; i < n; i++) bad |= !isfinite(x[i]);
+    return bad != 0;
+}
+
+static void cpu_destroy(us_backend *be) {
+    if (!be) return;
+    free(be->impl);
+    free(be);
+}
+
+us_status us_backend_cpu_create(int threads, us_backend **out, us_err *e) {
+    us_backend *be = calloc(1, sizeof *be);
+    cpu_state *st = calloc(1, sizeof *st);
+    if (!be || !st) {
+        free(be);
+        free(st);
+        return us_fail(e, US_ENOMEM, "out of memory creating the cpu backend");
+    }
+    if (threads > 0) {
+        omp_set_num_threads(threads);
+        openblas_set_num_threads(threads);
+    }
+    *be = (us_backend){
+        .name = "cpu", .act_bytes = 4, .impl = st,
+        .alloc = cpu_alloc, .free = cpu_free, .upload = cpu_copy, .download = cpu_copy, .zero = cpu_zero,
+        .sync = cpu_sync, .mem_info = cpu_mem_info,
+        .weight_upload = cpu_weight_upload, .weight_fill_normal = cpu_weight_fill_normal,
+        .weight_from_f32 = cpu_weight_from_f32, .weight_to_f32 = cpu_weight_to_f32,
+        .act_from_f32 = cpu_act_from_f32, .act_to_f32 = cpu_act_to_f32,
+        .embed_fwd = cpu_embed_fwd, .embed_bwd = cpu_embed_bwd,
+        .rmsnorm_fwd = cpu_rmsnorm_fwd, .rmsnorm_bwd = cpu_rmsnorm_bwd,
+        .linear_fwd = cpu_linear_fwd, .linear_bwd_x = cpu_linear_bwd_x, .linear_bwd_w = cpu_linear_bwd_w,
+        .lora_fwd = cpu_lora_fwd, .lora_bwd = cpu_lora_bwd, .rope = cpu_rope,
+        .attn_fwd = cpu_attn_fwd, .attn_bwd = cpu_attn_bwd, .glu_fwd = cpu_glu_fwd, .glu_bwd = cpu_glu_bwd,
+        .add = cpu_add, .xent_fwd_bwd = cpu_xent_fwd_bwd, .adamw = cpu_adamw, .sumsq = cpu_sumsq,
+        .scale = cpu_scale, .nonfinite = cpu_nonfinite, .destroy = cpu_destroy,
+    };
+    *out = be;
+    return US_OK;
+}
