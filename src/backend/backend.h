@@ -46,6 +46,8 @@ struct us_backend {
     void (*upload)(us_backend *be, void *dst, const void *host_src, size_t bytes);
     void (*download)(us_backend *be, void *host_dst, const void *src, size_t bytes);
     void (*zero)(us_backend *be, void *p, size_t bytes);
+    /* device-to-device copy (dst and src do not overlap) */
+    void (*copy)(us_backend *be, void *dst, const void *src, size_t bytes);
     void (*sync)(us_backend *be);
     /* Bytes the backend holds now and at its peak (allocations only), and the device's total. */
     void (*mem_info)(us_backend *be, size_t *in_use, size_t *peak, size_t *total);
