@@ -1,0 +1,21 @@
+/* jsonutil.h — small cJSON helpers shared by the readers in src/io and src/data.
+ *
+ * us_json_parse parses exactly `len` bytes (no NUL needed), rejects anything but whitespace after
+ * the value, and reports a syntax error as "WHERE: malformed JSON at line L, column C". The
+ * us_json_* getters turn a value into a C number with range checks and name the key in errors. */
+#ifndef US_JSONUTIL_H
+#define US_JSONUTIL_H
+
+#include <cJSON.h>
+
+#include "core/common.h"
+
+us_status us_json_parse(const char *text, size_t len, const char *where, cJSON **out, us_err *e);
+
+/* A JSON type's name for messages: "string", "number", "null", ... */
+const char *us_json_type_name(const cJSON *v);
+
+/* True when v is a number holding an exact integer in [lo, hi]. */
+bool us_json_int_in(const cJSON *v, int64_t lo, int64_t hi, int64_t *out);
+
+#endif
