@@ -37,7 +37,8 @@ typedef struct us_attn_shape {
 
 struct us_backend {
     const char *name; /* "cpu", "cuda" */
-    size_t act_bytes; /* bytes per activation element */
+    size_t act_bytes;    /* bytes per activation element */
+    size_t weight_bytes; /* bytes per element of a frozen weight (its weight format) */
     void *impl;       /* backend-private state */
 
     /* ---- memory ---- */

@@ -462,7 +462,7 @@ us_status us_backend_cpu_create(int threads, us_backend **out, us_err *e) {
         openblas_set_num_threads(threads);
     }
     *be = (us_backend){
-        .name = "cpu", .act_bytes = 4, .impl = st,
+        .name = "cpu", .act_bytes = 4, .weight_bytes = 4, .impl = st,
         .alloc = cpu_alloc, .free = cpu_free, .upload = cpu_copy, .download = cpu_copy, .zero = cpu_zero, .copy = cpu_copy,
         .sync = cpu_sync, .mem_info = cpu_mem_info,
         .weight_upload = cpu_weight_upload, .weight_fill_normal = cpu_weight_fill_normal,
