@@ -28,9 +28,7 @@ us_status us_json_parse(const char *text, size_t len, const char *where, cJSON *
     if (!root) {
         size_t off = (end && end >= text && (size_t)(end - text) <= len) ? (size_t)(end - text) : 0;
         line_col(text, off, &line, &col);
-        if (len == 0 || off >= len)
-            return us_fail(e, US_EFORMAT, "%s: malformed JSON: unexpected end of input at line %zu, column %zu",
-                           where, line, col);
+        if (len == 0) return us_fail(e, US_EFORMAT, "%s: malformed JSON: the text is empty", where);
         return us_fail(e, US_EFORMAT, "%s: malformed JSON at line %zu, column %zu", where, line, col);
     }
     size_t off = end ? (size_t)(end - text) : len;

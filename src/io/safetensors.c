@@ -162,7 +162,7 @@ static us_status st_load_header(us_st_file *f, const cJSON *root, const uint8_t 
         }
         t->name = nm;
         f->n++;
-        uint64_t b, en;
+        uint64_t b = 0, en = 0;
         st = st_parse_entry(path, c, data_len, t, &b, &en, e);
         if (st) goto done;
         t->data = data + b;
