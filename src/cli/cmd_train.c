@@ -1,0 +1,94 @@
+/* cmd_train.c — `unswag train`: flags to us_train_opts, then the library does the work. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/args.h"
+#include "cli/commands.h"
+#include "core/common.h"
+#include "io/adapter.h"
+#include "train/trainer.h"
+
+static const char *usage =
+    "usage: unswag train --model DIR --data FILE.jsonl --out DIR [options]\n"
+    "\n"
+    "Fine-tunes LoRA adapters (or, with --full, every weight) of a Hugging Face Llama, Mistral or\n"
+    "Qwen2 checkpoint and writes a PEFT adapter (adapter_config.json + adapter_model.safetensors).\n"
+    "\n"
+    "  --model DIR            Hugging Face model directory (config.json + safetensors)\n"
+    "  --data FILE            JSONL, one {\"input_ids\": [...], \"labels\": [...]} per line\n"
+    "  --out DIR              where the adapter is written (atomically, at the end)\n"
+    "  --adapter-init DIR     start from a PEFT adapter (its config gives r, alpha, targets)\n"
+    "  --lora-r N             rank (16)            --lora-alpha X    scaling numerator (32)\n"
+    "  --lora-targets LIST    q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj (all)\n"
+    "  --rslora               scale by alpha/sqrt(r) instead of alpha/r\n"
+    "  --lr X (2e-4)  --weight-decay X (0)  --beta1 X (0.9)  --beta2 X (0.999)  --eps X (1e-8)\n"
+    "  --schedule constant|linear|cosine (cosine)   --warmup N (3%% of steps)\n"
+    "  --grad-clip X          global-norm clipping (1.0; 0 turns it off)\n"
+    "  --grad-accum N (1)  --steps N (one epoch)  --batch N (4)  --seq-len N (longest row)\n"
+    "  --no-shuffle           rows in file order, wrapping around      --seed N (42)\n"
+    "  --metrics FILE.jsonl   one object per optimizer step: step, loss, lr, grad_norm, tokens_per_s\n"
+    "  --device cpu|cuda      --threads N      --quiet\n"
+    "  --random-init          random weights from config.json alone (benchmarks)\n"
+    "  --full                 train every weight (small models); writes model.safetensors\n"
+    "\n"
+    "example:\n"
+    "  unswag train --model ./SmolLM2-135M --data train.jsonl --out ./adapter --steps 100 --metrics m.jsonl\n";
+
+int cmd_train(int argc, char **argv) {
+    us_train_opts o;
+    us_train_opts_default(&o);
+    us_err e = {{0}};
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = NULL;
+#define VAL() (v = us_arg_value(argc, argv, &i))
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(usage, stdout);
+            return 0;
+        } else if (!strcmp(a, "--model")) { if (!VAL()) return 2; o.model_dir = v; }
+        else if (!strcmp(a, "--data")) { if (!VAL()) return 2; o.data_path = v; }
+        else if (!strcmp(a, "--out")) { if (!VAL()) return 2; o.out_dir = v; }
+        else if (!strcmp(a, "--adapter-init")) { if (!VAL()) return 2; o.adapter_init = v; }
+        else if (!strcmp(a, "--metrics")) { if (!VAL()) return 2; o.metrics_path = v; }
+        else if (!strcmp(a, "--device")) { if (!VAL()) return 2; o.device = v; }
+        else if (!strcmp(a, "--lora-r")) { if (!VAL() || !us_arg_int(a, v, 1, 4096, &o.lora_r)) return 2; }
+        else if (!strcmp(a, "--lora-alpha")) { if (!VAL() || !us_arg_double(a, v, &o.lora_alpha)) return 2; }
+        else if (!strcmp(a, "--lora-targets")) {
+            if (!VAL()) return 2;
+            if (us_targets_parse(v, &o.targets, &e)) { fprintf(stderr, "unswag: --lora-targets: %s\n", e.msg); return 2; }
+        }
+        else if (!strcmp(a, "--rslora")) o.rslora = true;
+        else if (!strcmp(a, "--lr")) { if (!VAL() || !us_arg_double(a, v, &o.lr)) return 2; }
+        else if (!strcmp(a, "--weight-decay")) { if (!VAL() || !us_arg_double(a, v, &o.weight_decay)) return 2; }
+        else if (!strcmp(a, "--beta1")) { if (!VAL() || !us_arg_double(a, v, &o.beta1)) return 2; }
+        else if (!strcmp(a, "--beta2")) { if (!VAL() || !us_arg_double(a, v, &o.beta2)) return 2; }
+        else if (!strcmp(a, "--eps")) { if (!VAL() || !us_arg_double(a, v, &o.eps)) return 2; }
+        else if (!strcmp(a, "--grad-clip")) { if (!VAL() || !us_arg_double(a, v, &o.grad_clip)) return 2; }
+        else if (!strcmp(a, "--schedule")) {
+            if (!VAL()) return 2;
+            if (!us_schedule_parse(v, &o.schedule)) { fprintf(stderr, "unswag: --schedule %s: expected constant, linear or cosine\n", v); return 2; }
+        }
+        else if (!strcmp(a, "--warmup")) { if (!VAL() || !us_arg_int(a, v, 0, 1L << 30, &o.warmup)) return 2; }
+        else if (!strcmp(a, "--grad-accum")) { if (!VAL() || !us_arg_int(a, v, 1, 1L << 20, &o.grad_accum)) return 2; }
+        else if (!strcmp(a, "--steps")) { if (!VAL() || !us_arg_int(a, v, 1, 1L << 30, &o.steps)) return 2; }
+        else if (!strcmp(a, "--batch")) { if (!VAL() || !us_arg_int(a, v, 1, 1L << 20, &o.batch)) return 2; }
+        else if (!strcmp(a, "--seq-len")) { if (!VAL() || !us_arg_int(a, v, 1, 1L << 24, &o.seq_len)) return 2; }
+        else if (!strcmp(a, "--threads")) { if (!VAL() || !us_arg_int(a, v, 1, 4096, &o.threads)) return 2; }
+        else if (!strcmp(a, "--seed")) { if (!VAL() || !us_arg_u64(a, v, &o.seed)) return 2; }
+        else if (!strcmp(a, "--no-shuffle")) o.shuffle = false;
+        else if (!strcmp(a, "--random-init")) o.random_init = true;
+        else if (!strcmp(a, "--full")) o.full = true;
+        else if (!strcmp(a, "--quiet")) o.quiet = true;
+        else {
+            fprintf(stderr, "unswag train: unknown option %s (see unswag train --help)\n", a);
+            return 2;
+        }
+#undef VAL
+    }
+    us_status st = us_train(&o, &e);
+    if (st) {
+        fprintf(stderr, "unswag: error: %s\n", e.msg);
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,46 @@
+/* main.c — the `unswag` command: dispatches to a subcommand. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/commands.h"
+#include "unswag.h"
+
+/* provided by cmd_tokenize.c; weak until it lands in the tree */
+__attribute__((weak)) int cmd_tokenize(int argc, char **argv);
+__attribute__((weak)) int cmd_detokenize(int argc, char **argv);
+
+static const struct {
+    const char *name, *what;
+    int (*fn)(int, char **);
+} commands[] = {
+    {"train", "fine-tune LoRA adapters (or all weights) of a Hugging Face checkpoint", cmd_train},
+    {"tokenize", "text (JSON strings, one per line) to token ids", cmd_tokenize},
+    {"detokenize", "token ids (JSON arrays, one per line) to text", cmd_detokenize},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "unswag %s — memory-efficient LoRA fine-tuning\n\nusage: unswag COMMAND [options]   (unswag COMMAND --help)\n\n",
+            us_version_string());
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].what);
+    fprintf(f, "\n  --version    print the version and the compiled backends\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        printf("unswag %s\n", us_version_string());
+        return 0;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name) && commands[i].fn) return commands[i].fn(argc - 2, argv + 2);
+    fprintf(stderr, "unswag: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

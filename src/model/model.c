@@ -1,0 +1,467 @@
+/* model.c — building a model on a backend: weights from a Hugging Face directory (or random),
+ * the rotary frequencies, the flat buffer of trainable parameters (LoRA or full), and moving
+ * adapters and checkpoints in and out.
+ *
+ * Frozen matrices go to the backend in its weight format straight from the memory-mapped
+ * safetensors, one tensor at a time (host memory never holds a second copy of the model).
+ * Trainable parameters live in one f32 buffer so that the optimizer, clipping and the
+ * non-finite check are each a single pass; us_param names each tensor inside it. */
+#include "model/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "io/safetensors.h"
+
+void us_target_dims(const us_config *c, int t, int *in, int *out) {
+    int qd = c->heads * c->head_dim, kvd = c->kv_heads * c->head_dim;
+    switch (t) {
+    case US_T_Q: *in = c->hidden; *out = qd; break;
+    case US_T_K:
+    case US_T_V: *in = c->hidden; *out = kvd; break;
+    case US_T_O: *in = qd; *out = c->hidden; break;
+    case US_T_GATE:
+    case US_T_UP: *in = c->hidden; *out = c->inter; break;
+    default: *in = c->inter; *out = c->hidden; break;
+    }
+}
+
+static bool target_has_bias(const us_config *c, int t) {
+    if (t <= US_T_V) return c->qkv_bias;
+    if (t == US_T_O) return c->o_bias;
+    return c->mlp_bias;
+}
+
+static void weight_name(char *buf, size_t cap, int layer, int t, const char *what) {
+    snprintf(buf, cap, "model.layers.%d.%s.%s.%s", layer, t <= US_T_O ? "self_attn" : "mlp", us_target_name(t), what);
+}
+
+/* rotary inverse frequencies as transformers computes them, incl. linear and llama3 scaling */
+static void rope_inv_freq(const us_config *c, float *f) {
+    int hd = c->head_dim;
+    for (int i = 0; i < hd / 2; i++) {
+        float base = (float)(1.0 / pow(c->rope_theta, (double)(2 * i) / hd));
+        if (c->rope_type == US_ROPE_LINEAR) {
+            base = (float)(base / c->rope_factor);
+        } else if (c->rope_type == US_ROPE_LLAMA3) {
+            double wavelen = 2 * M_PI / base;
+            double low_wl = c->rope_orig_max_pos / c->rope_low_freq, high_wl = c->rope_orig_max_pos / c->rope_high_freq;
+            double v = base;
+            if (wavelen > low_wl) {
+                v = base / c->rope_factor;
+            } else if (wavelen >= high_wl) {
+                double smooth = (c->rope_orig_max_pos / wavelen - c->rope_low_freq) / (c->rope_high_freq - c->rope_low_freq);
+                v = (1 - smooth) * base / c->rope_factor + smooth * base;
+            }
+            base = (float)v;
+        }
+        f[i] = base;
+    }
+}
+
+static float *upload_f32(us_backend *be, const float *host, size_t n) {
+    float *d = be->alloc(be, n * 4);
+    if (d) be->upload(be, d, host, n * 4);
+    return d;
+}
+
+typedef struct loader {
+    us_model *m;
+    us_st_model *st;
+    bool random;
+    float std;
+    uint64_t seed, stream;
+    us_err *e;
+} loader;
+
+/* a frozen matrix [rows, cols] in weight format */
+static us_status load_matrix(loader *ld, const char *name, int64_t rows, int64_t cols, void **out) {
+    us_backend *be = ld->m->be;
+    size_t n = (size_t)rows * (size_t)cols;
+    uint64_t stream = ld->stream++;
+    if (ld->random) {
+        *out = be->alloc(be, n * be->weight_bytes);
+        if (!*out) return us_fail(ld->e, US_ENOMEM, "out of device memory for %s (%zu elements)", name, n);
+        be->weight_fill_normal(be, *out, n, ld->std, ld->seed, stream);
+        return US_OK;
+    }
+    const us_st_tensor *t;
+    int64_t shape[2] = {rows, cols};
+    us_status st = us_st_model_get(ld->st, name, 2, shape, &t, ld->e);
+    if (st) return st;
+    if (t->dtype != US_DT_F32 && t->dtype != US_DT_BF16 && t->dtype != US_DT_F16)
+        return us_fail(ld->e, US_EUNSUPPORTED, "tensor %s: dtype %s is not supported (F32, BF16, F16)", name,
+                       us_dtype_name(t->dtype));
+    *out = be->weight_upload(be, t->data, t->dtype, n);
+    if (!*out) return us_fail(ld->e, US_ENOMEM, "out of device memory for %s", name);
+    return US_OK;
+}
+
+/* an f32 vector: norm weights (random init: ones) and biases (random init: zeros) */
+static us_status load_vector(loader *ld, const char *name, int64_t n, float fill, float **out) {
+    us_backend *be = ld->m->be;
+    float *h = us_malloc((size_t)n * 4, ld->e, name);
+    if (!h) return US_ENOMEM;
+    us_status st = US_OK;
+    if (ld->random) {
+        for (int64_t i = 0; i < n; i++) h[i] = fill;
+    } else {
+        st = us_st_model_read_f32(ld->st, name, 1, &n, h, ld->e);
+    }
+    if (!st) {
+        *out = upload_f32(be, h, (size_t)n);
+        if (!*out) st = us_fail(ld->e, US_ENOMEM, "out of device memory for %s", name);
+    }
+    free(h);
+    return st;
+}
+
+static us_status check_config(const us_config *c, const char *dir, us_err *e) {
+    if (c->head_dim % 2 || c->head_dim > 1024)
+        return us_fail(e, US_EUNSUPPORTED, "%s/config.json: head_dim %d must be even and at most 1024", dir, c->head_dim);
+    return US_OK;
+}
+
+us_status us_model_load(us_model **out, us_backend *be, const char *dir, bool random_init, float init_std,
+                        uint64_t seed, us_err *e) {
+    *out = NULL;
+    us_model *m = calloc(1, sizeof *m);
+    if (!m) return us_fail(e, US_ENOMEM, "out of memory");
+    m->be = be;
+    us_status st = us_config_load(dir, &m->cfg, e);
+    if (!st) st = check_config(&m->cfg, dir, e);
+    if (st) {
+        free(m);
+        return st;
+    }
+    const us_config *c = &m->cfg;
+    loader ld = {.m = m, .random = random_init, .std = init_std, .seed = seed, .e = e};
+    if (!random_init && (st = us_st_model_open(dir, &ld.st, e))) {
+        free(m);
+        return st;
+    }
+    m->L = calloc((size_t)c->layers, sizeof *m->L);
+    if (!m->L) st = us_fail(e, US_ENOMEM, "out of memory");
+    char name[256];
+    if (!st) st = load_matrix(&ld, "model.embed_tokens.weight", c->vocab, c->hidden, &m->embed);
+    for (int l = 0; l < c->layers && !st; l++) {
+        us_layer_weights *L = &m->L[l];
+        for (int t = 0; t < US_T_COUNT && !st; t++) {
+            int in, o;
+            us_target_dims(c, t, &in, &o);
+            weight_name(name, sizeof name, l, t, "weight");
+            st = load_matrix(&ld, name, o, in, &L->w[t]);
+            if (!st && target_has_bias(c, t)) {
+                weight_name(name, sizeof name, l, t, "bias");
+                st = load_vector(&ld, name, o, 0.0f, &L->b[t]);
+            }
+        }
+        snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
+        if (!st) st = load_vector(&ld, name, c->hidden, 1.0f, &L->ln1);
+        snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+        if (!st) st = load_vector(&ld, name, c->hidden, 1.0f, &L->ln2);
+    }
+    if (!st) st = load_vector(&ld, "model.norm.weight", c->hidden, 1.0f, &m->norm_f);
+    if (!st) {
+        if (c->tie_embeddings)
+            m->lm_head = m->embed;
+        else
+            st = load_matrix(&ld, "lm_head.weight", c->vocab, c->hidden, &m->lm_head);
+    }
+    if (!st) {
+        float f[512];
+        rope_inv_freq(c, f);
+        m->inv_freq = upload_f32(be, f, (size_t)c->head_dim / 2);
+        if (!m->inv_freq) st = us_fail(e, US_ENOMEM, "out of device memory");
+    }
+    if (ld.st) us_st_model_close(ld.st);
+    if (st) {
+        us_model_free(m);
+        return st;
+    }
+    *out = m;
+    return US_OK;
+}
+
+void us_model_free(us_model *m) {
+    if (!m) return;
+    us_backend *be = m->be;
+    bool full = m->spec.full; /* vectors then live inside m->params */
+    if (m->L) {
+        for (int l = 0; l < m->cfg.layers; l++) {
+            us_layer_weights *L = &m->L[l];
+            for (int t = 0; t < US_T_COUNT; t++) {
+                be->free(be, L->w[t]);
+                if (!full) be->free(be, L->b[t]);
+            }
+            if (!full) {
+                be->free(be, L->ln1);
+                be->free(be, L->ln2);
+            }
+        }
+        free(m->L);
+    }
+    if (m->lm_head != m->embed) be->free(be, m->lm_head);
+    be->free(be, m->embed);
+    if (!full) be->free(be, m->norm_f);
+    be->free(be, m->inv_freq);
+    be->free(be, m->params);
+    be->free(be, m->grads);
+    be->free(be, m->arena);
+    free(m->plist);
+    free(m->slot);
+    free(m->acts);
+    free(m->plan.layer);
+    free(m);
+}
+
+/* ---- trainable parameters ---- */
+
+static us_param *add_param(us_model *m, const char *name, int64_t rows, int64_t cols, size_t *off) {
+    us_param *p = &m->plist[m->n_plist++];
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->ndim = cols ? 2 : 1;
+    p->shape[0] = rows;
+    p->shape[1] = cols;
+    p->numel = (size_t)rows * (size_t)(cols ? cols : 1);
+    p->off = *off;
+    *off += (p->numel + 15) / 16 * 16; /* 64-byte aligned tensors */
+    return p;
+}
+
+static us_status setup_lora(us_model *m, uint64_t seed, us_err *e) {
+    const us_config *c = &m->cfg;
+    const us_lora_config *lc = &m->spec.lora;
+    if (lc->r <= 0 || lc->r > 4096) return us_fail(e, US_EINVAL, "--lora-r %d: must be in 1..4096", lc->r);
+    if (!lc->targets) return us_fail(e, US_EINVAL, "--lora-targets: no target modules");
+    m->lora_scale = (float)us_lora_scaling(lc);
+    m->slot = calloc((size_t)c->layers, sizeof *m->slot);
+    m->plist = calloc((size_t)c->layers * US_T_COUNT * 2, sizeof *m->plist);
+    if (!m->slot || !m->plist) return us_fail(e, US_ENOMEM, "out of memory");
+    size_t off = 0;
+    char name[200];
+    for (int l = 0; l < c->layers; l++)
+        for (int t = 0; t < US_T_COUNT; t++) {
+            if (!(lc->targets & (1u << t))) continue;
+            us_lora_slot *s = &m->slot[l][t];
+            s->on = true;
+            us_target_dims(c, t, &s->in, &s->out);
+            us_adapter_tensor_name(name, sizeof name, l, t, 0);
+            s->off_A = add_param(m, name, lc->r, s->in, &off)->off;
+            us_adapter_tensor_name(name, sizeof name, l, t, 1);
+            s->off_B = add_param(m, name, s->out, lc->r, &off)->off;
+        }
+    m->n_params = off;
+    float *h = calloc(off ? off : 1, sizeof(float));
+    if (!h) return us_fail(e, US_ENOMEM, "out of memory");
+    /* A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming-uniform with a = sqrt(5), as PEFT), B = 0 */
+    for (int l = 0; l < c->layers; l++)
+        for (int t = 0; t < US_T_COUNT; t++) {
+            us_lora_slot *s = &m->slot[l][t];
+            if (!s->on) continue;
+            float bound = 1.0f / sqrtf((float)s->in);
+            size_t n = (size_t)lc->r * s->in;
+            for (size_t i = 0; i < n; i++)
+                h[s->off_A + i] = bound * (2.0f * us_rand_uniform(seed, 1000u + (uint64_t)l * US_T_COUNT + t, i) - 1.0f);
+        }
+    m->params = upload_f32(m->be, h, off);
+    free(h);
+    return m->params ? US_OK : us_fail(e, US_ENOMEM, "out of device memory for %zu LoRA parameters", off);
+}
+
+/* Full fine-tuning: every weight gets an f32 master in the flat buffer. Vectors are used from
+ * there directly (they are f32 on every backend); matrices keep their weight-format copy, which
+ * the trainer refreshes after each update (us_model_sync_weights). */
+static us_status setup_full(us_model *m, us_err *e) {
+    const us_config *c = &m->cfg;
+    us_backend *be = m->be;
+    size_t cap = 4 + (size_t)c->layers * (2 * US_T_COUNT + 2);
+    m->plist = calloc(cap, sizeof *m->plist);
+    if (!m->plist) return us_fail(e, US_ENOMEM, "out of memory");
+    size_t off = 0;
+    char name[256];
+    /* pass 1: layout */
+    add_param(m, "model.embed_tokens.weight", c->vocab, c->hidden, &off)->weight = m->embed;
+    for (int l = 0; l < c->layers; l++) {
+        us_layer_weights *L = &m->L[l];
+        snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
+        add_param(m, name, c->hidden, 0, &off);
+        for (int t = 0; t < US_T_COUNT; t++) {
+            int in, o;
+            us_target_dims(c, t, &in, &o);
+            weight_name(name, sizeof name, l, t, "weight");
+            add_param(m, name, o, in, &off)->weight = L->w[t];
+            if (L->b[t]) {
+                weight_name(name, sizeof name, l, t, "bias");
+                add_param(m, name, o, 0, &off);
+            }
+        }
+        snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+        add_param(m, name, c->hidden, 0, &off);
+    }
+    add_param(m, "model.norm.weight", c->hidden, 0, &off);
+    if (m->lm_head != m->embed) add_param(m, "lm_head.weight", c->vocab, c->hidden, &off)->weight = m->lm_head;
+    m->n_params = off;
+    m->params = be->alloc(be, off * 4);
+    m->grads = be->alloc(be, off * 4);
+    if (!m->params || !m->grads) return us_fail(e, US_ENOMEM, "out of device memory for %zu parameters", off);
+    /* pass 2: fill masters, point vectors and gradients into the flat buffers */
+    size_t i = 0;
+#define NEXT_P (&m->plist[i++])
+    us_param *p = NEXT_P;
+    be->weight_to_f32(be, m->params + p->off, m->embed, p->numel);
+    m->g_embed = m->grads + p->off;
+    for (int l = 0; l < c->layers; l++) {
+        us_layer_weights *L = &m->L[l];
+        p = NEXT_P;
+        be->copy(be, m->params + p->off, L->ln1, p->numel * 4);
+        be->free(be, L->ln1);
+        L->ln1 = m->params + p->off;
+        L->gln1 = m->grads + p->off;
+        for (int t = 0; t < US_T_COUNT; t++) {
+            p = NEXT_P;
+            be->weight_to_f32(be, m->params + p->off, L->w[t], p->numel);
+            L->gw[t] = m->grads + p->off;
+            if (L->b[t]) {
+                p = NEXT_P;
+                be->copy(be, m->params + p->off, L->b[t], p->numel * 4);
+                be->free(be, L->b[t]);
+                L->b[t] = m->params + p->off;
+                L->gb[t] = m->grads + p->off;
+            }
+        }
+        p = NEXT_P;
+        be->copy(be, m->params + p->off, L->ln2, p->numel * 4);
+        be->free(be, L->ln2);
+        L->ln2 = m->params + p->off;
+        L->gln2 = m->grads + p->off;
+    }
+    p = NEXT_P;
+    be->copy(be, m->params + p->off, m->norm_f, p->numel * 4);
+    be->free(be, m->norm_f);
+    m->norm_f = m->params + p->off;
+    m->g_norm_f = m->grads + p->off;
+    if (m->lm_head != m->embed) {
+        p = NEXT_P;
+        be->weight_to_f32(be, m->params + p->off, m->lm_head, p->numel);
+        m->g_lm_head = m->grads + p->off;
+    } else {
+        m->g_lm_head = m->g_embed;
+    }
+#undef NEXT_P
+    be->zero(be, m->grads, off * 4);
+    return US_OK;
+}
+
+us_status us_model_setup_training(us_model *m, const us_train_spec *spec, uint64_t seed, us_err *e) {
+    m->spec = *spec;
+    us_status st = spec->full ? setup_full(m, e) : setup_lora(m, seed, e);
+    if (st) return st;
+    if (!m->grads) {
+        m->grads = m->be->alloc(m->be, m->n_params * 4);
+        if (!m->grads) return us_fail(e, US_ENOMEM, "out of device memory for gradients");
+        m->be->zero(m->be, m->grads, m->n_params * 4);
+    }
+    return US_OK;
+}
+
+void us_model_sync_weights(us_model *m) {
+    for (size_t i = 0; i < m->n_plist; i++)
+        if (m->plist[i].weight) m->be->weight_from_f32(m->be, m->plist[i].weight, m->params + m->plist[i].off, m->plist[i].numel);
+}
+
+us_status us_model_load_adapter(us_model *m, const char *dir, us_err *e) {
+    us_adapter *a;
+    us_status st = us_adapter_open(dir, &a, e);
+    if (st) return st;
+    const us_lora_config *ac = us_adapter_config(a);
+    if (m->spec.full || ac->r != m->spec.lora.r || ac->targets != m->spec.lora.targets) {
+        us_adapter_close(a);
+        return us_fail(e, US_EINVAL, "%s: adapter (r=%d) does not match the training setup (r=%d)", dir, ac->r,
+                       m->spec.lora.r);
+    }
+    float *h = malloc(m->n_params * 4 + 4);
+    if (!h) st = us_fail(e, US_ENOMEM, "out of memory");
+    else memset(h, 0, m->n_params * 4);
+    for (int l = 0; l < m->cfg.layers && !st; l++)
+        for (int t = 0; t < US_T_COUNT && !st; t++) {
+            us_lora_slot *s = &m->slot[l][t];
+            if (!s->on) continue;
+            st = us_adapter_read(a, l, t, 0, ac->r, s->in, h + s->off_A, e);
+            if (!st) st = us_adapter_read(a, l, t, 1, s->out, ac->r, h + s->off_B, e);
+        }
+    if (!st) m->be->upload(m->be, m->params, h, m->n_params * 4);
+    free(h);
+    us_adapter_close(a);
+    return st;
+}
+
+us_status us_model_save_adapter(us_model *m, const char *dir, const char *base_model, us_err *e) {
+    float *h = malloc(m->n_params * 4 + 4);
+    us_adapter_pair *pairs = calloc((size_t)m->cfg.layers * US_T_COUNT, sizeof *pairs);
+    us_status st = US_OK;
+    if (!h || !pairs) {
+        st = us_fail(e, US_ENOMEM, "out of memory");
+    } else {
+        m->be->download(m->be, h, m->params, m->n_params * 4);
+        size_t n = 0;
+        for (int l = 0; l < m->cfg.layers; l++)
+            for (int t = 0; t < US_T_COUNT; t++) {
+                us_lora_slot *s = &m->slot[l][t];
+                if (s->on)
+                    pairs[n++] = (us_adapter_pair){l, t, s->in, s->out, h + s->off_A, h + s->off_B};
+            }
+        st = us_adapter_save(dir, &m->spec.lora, base_model, pairs, n, e);
+    }
+    free(h);
+    free(pairs);
+    return st;
+}
+
+static us_status copy_file(const char *src, const char *dst, us_err *e) {
+    char *data;
+    size_t len;
+    us_status st = us_read_file(src, &data, &len, e);
+    if (st) return st;
+    st = us_write_file_atomic(dst, data, len, e);
+    free(data);
+    return st;
+}
+
+us_status us_model_save_full(us_model *m, const char *dir, const char *src_dir, us_err *e) {
+    if (mkdir(dir, 0777) != 0) {
+        struct stat sb;
+        if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) return us_fail(e, US_EIO, "%s: cannot create directory", dir);
+    }
+    float *h = malloc(m->n_params * 4 + 4);
+    us_st_write_tensor *ts = calloc(m->n_plist, sizeof *ts);
+    us_status st = US_OK;
+    if (!h || !ts) {
+        st = us_fail(e, US_ENOMEM, "out of memory");
+        goto done;
+    }
+    m->be->download(m->be, h, m->params, m->n_params * 4);
+    for (size_t i = 0; i < m->n_plist; i++) {
+        us_param *p = &m->plist[i];
+        ts[i] = (us_st_write_tensor){.name = p->name, .dtype = US_DT_F32, .ndim = p->ndim, .data = h + p->off};
+        ts[i].shape[0] = p->shape[0];
+        ts[i].shape[1] = p->shape[1];
+    }
+    char path[4096];
+    const char *meta[] = {"format", "pt"};
+    if (!us_path_join(path, sizeof path, dir, "model.safetensors")) {
+        st = us_fail(e, US_EINVAL, "%s: path too long", dir);
+        goto done;
+    }
+    st = us_st_write(path, ts, m->n_plist, meta, 1, e);
+    char src[4096];
+    if (!st && src_dir && us_path_join(src, sizeof src, src_dir, "config.json") && us_path_join(path, sizeof path, dir, "config.json"))
+        st = copy_file(src, path, e);
+done:
+    free(h);
+    free(ts);
+    return st;
+}

@@ -1,0 +1,153 @@
+/* model.h — a decoder (Llama / Mistral / Qwen2) on a backend: its weights, its trainable
+ * parameters (LoRA adapters, or every weight with full fine-tuning), the saved-activation plan,
+ * and the forward and backward passes.
+ *
+ * The plan is the product: it walks the blocks in forward order, knowing which weights train, and
+ * decides per layer what backward will need (see plan.c). Forward stores exactly that into one
+ * arena sized per step; backward consumes it in reverse. The LM head and cross-entropy run in
+ * chunks of tokens during the forward, so [tokens x vocab] logits never exist, and the gradient
+ * of the final norm is formed there too: backward starts from d(residual) of the last layer. */
+#ifndef US_MODEL_H
+#define US_MODEL_H
+
+#include <stdio.h>
+
+#include "backend/backend.h"
+#include "io/adapter.h"
+#include "model/config.h"
+
+/* What kinds of saved state the plan accounts for, per token. */
+enum {
+    US_SAVE_RESIDUAL = 0, /* layer input and mid-layer residual stream (act) */
+    US_SAVE_NORM_STATS,   /* RMSNorm 1/rms per token (f32) */
+    US_SAVE_QKV,          /* rotated q, k and v (act) */
+    US_SAVE_ATTN_OUT,     /* attention output = o_proj input (act) */
+    US_SAVE_ATTN_LSE,     /* attention log-sum-exp (f32) */
+    US_SAVE_LORA_U,       /* x A^T of each adapter (f32, r per adapter) */
+    US_SAVE_MLP,          /* gate (or relu(gate)) and up projections (act) */
+    US_SAVE_MLP_MASK,     /* ReLU gate bits, 32 per uint32 */
+    US_SAVE_MLP_DOWN_IN,  /* down_proj input when nothing else needs gate/up */
+    US_SAVE_KINDS
+};
+const char *us_save_kind_name(int kind);
+
+typedef struct us_layer_plan {
+    bool attn_bwd;    /* attention core backward runs (q/k/v LoRA, or anything trainable below) */
+    bool prior_attn;  /* something trainable before this layer: d(residual) must flow further */
+    bool save_att;    /* attention output kept (o_proj LoRA, or attn_bwd) */
+    bool glu_bwd;     /* gate/up backward runs */
+    bool prior_mlp;   /* something trainable before this MLP */
+    bool save_a;      /* only the down_proj input is kept */
+} us_layer_plan;
+
+typedef struct us_plan {
+    us_layer_plan *layer;
+    double bytes_per_token[US_SAVE_KINDS]; /* summed over layers */
+    double total_per_token;
+    double store_all_per_token; /* what keeping every forward intermediate would need */
+    int first_layer_bwd;        /* backward stops after this layer */
+} us_plan;
+
+typedef struct us_lora_slot {
+    bool on;
+    int in, out;
+    size_t off_A, off_B; /* offsets into the flat parameter buffer */
+} us_lora_slot;
+
+/* One trainable tensor of the flat parameter buffer (LoRA A/B, or a full weight). */
+typedef struct us_param {
+    char name[256];
+    size_t off, numel;
+    int ndim;
+    int64_t shape[2];
+    void *weight;  /* full fine-tuning: the backend weight-format copy to refresh, or NULL */
+} us_param;
+
+typedef struct us_layer_weights {
+    void *w[US_T_COUNT];   /* q,k,v,o,gate,up,down in backend weight format */
+    float *b[US_T_COUNT];  /* biases (f32) or NULL */
+    float *ln1, *ln2;      /* f32 */
+    /* full fine-tuning: gradients (f32, inside the flat gradient buffer); NULL when frozen */
+    float *gw[US_T_COUNT], *gb[US_T_COUNT], *gln1, *gln2;
+} us_layer_weights;
+
+/* Where one layer's forward tensors live for the current step: in the arena when the plan keeps
+ * them for backward, else in scratch shared by all layers. */
+typedef struct us_layer_acts {
+    void *xin, *xmid, *q, *k, *v, *att, *g, *up, *a;
+    float *rstd1, *rstd2, *lse, *u[US_T_COUNT];
+    uint32_t *bits;
+} us_layer_acts;
+
+typedef struct us_train_spec {
+    bool full;             /* train every weight instead of adapters */
+    us_lora_config lora;   /* used when !full */
+} us_train_spec;
+
+typedef struct us_model {
+    us_config cfg;
+    us_backend *be;
+    us_train_spec spec;
+    float lora_scale;
+    void *embed, *lm_head; /* lm_head == embed when tied */
+    float *norm_f;
+    us_layer_weights *L;
+    float *inv_freq;       /* [head_dim/2] on the device */
+    us_lora_slot (*slot)[US_T_COUNT];
+    /* flat trainable state on the device */
+    size_t n_params;
+    float *params, *grads;
+    us_param *plist;
+    size_t n_plist;
+    float *g_embed, *g_lm_head, *g_norm_f; /* full fine-tuning gradients, else NULL */
+    us_plan plan;
+    /* per-step buffers, sized for max_tokens */
+    int max_tokens;
+    void *arena;
+    size_t arena_bytes, saved_bytes;
+    int head_chunk;        /* rows of logits formed at once */
+    us_layer_acts *acts;   /* [layers] */
+    struct us_scratch {
+        void *h, *a, *dres, *dh, *dq, *dk, *dv, *datt, *da, *logits, *xfin;
+        float *rstd, *lora, *loss;
+    } s;
+} us_model;
+
+/* in/out features of projection t (US_T_*) */
+void us_target_dims(const us_config *c, int t, int *in, int *out);
+
+/* One micro-batch on the device: batch rows of seq tokens. */
+typedef struct us_batch {
+    int batch, seq;
+    int32_t *ids, *targets, *pos, *seg_start; /* device; targets = labels shifted left, -100 ignored */
+} us_batch;
+
+/* Builds a model from a Hugging Face directory (config.json + safetensors) or, with random_init,
+ * from config.json alone (weights N(0, std^2), norms 1, biases 0; the same on every backend). */
+us_status us_model_load(us_model **out, us_backend *be, const char *dir, bool random_init, float init_std,
+                        uint64_t seed, us_err *e);
+void us_model_free(us_model *m);
+
+/* Adds trainable parameters: LoRA adapters per spec (A ~ PEFT's kaiming-uniform from seed, B = 0),
+ * or every weight with spec->full. */
+us_status us_model_setup_training(us_model *m, const us_train_spec *spec, uint64_t seed, us_err *e);
+/* Full fine-tuning: refreshes the weight-format copies from the f32 masters after an update. */
+void us_model_sync_weights(us_model *m);
+/* Loads A/B of an existing PEFT adapter (its config must match the spec). */
+us_status us_model_load_adapter(us_model *m, const char *dir, us_err *e);
+us_status us_model_save_adapter(us_model *m, const char *dir, const char *base_model, us_err *e);
+/* Writes every weight (full fine-tuning result) as a Hugging Face checkpoint into dir. */
+us_status us_model_save_full(us_model *m, const char *dir, const char *src_dir, us_err *e);
+
+/* Computes the plan for the current training spec and sizes the arena for max_tokens. */
+us_status us_model_prepare(us_model *m, int max_tokens, us_err *e);
+/* Prints the plan: bytes per token by kind beside the store-everything figure. */
+void us_plan_print(const us_model *m, FILE *f);
+
+/* Forward + backward of one micro-batch: gradients are added into m->grads, scaled by grad_scale
+ * (1 / counted tokens of the whole optimizer step). Returns the sum of token losses. */
+us_status us_model_step(us_model *m, const us_batch *b, float grad_scale, double *loss_sum, us_err *e);
+/* Forward only; logits_host (optional) receives [T, vocab] f32, loss_sum/count the loss. */
+us_status us_model_forward(us_model *m, const us_batch *b, float *logits_host, double *loss_sum, us_err *e);
+
+#endif

@@ -1,0 +1,188 @@
+/* plan.c — the saved-activation plan: what backward needs, given which weights train.
+ *
+ * Walk the blocks in forward order carrying one flag, "something before this point trains".
+ * For an attention block the core backward (through softmax, RoPE, q/k/v) runs only if its
+ * q/k/v adapters train or the flag is set; then it needs the rotated q, k, v, the output and the
+ * log-sum-exp, plus the layer input and its 1/rms to rebuild the normed input. The attention
+ * output alone is kept when only o_proj trains there. For the MLP, the gate/up backward runs
+ * only when gate/up train or the flag is set; it needs the gate (for ReLU: relu(gate), with the
+ * gate's derivative as 1-bit packed mask) and up projections, and the mid-layer residual with
+ * its 1/rms. When only down_proj trains, just the down_proj input is kept. The normed inputs and
+ * the MLP product are never stored: backward rebuilds them elementwise. Nothing of the LM head
+ * is stored: its backward runs inside the forward, chunk by chunk.
+ *
+ * The same walk, given a token count, lays out the arena: per-layer slots for what is kept and
+ * one set of scratch buffers shared by all layers for the rest. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model.h"
+
+const char *us_save_kind_name(int kind) {
+    static const char *n[US_SAVE_KINDS] = {"residual stream", "norm 1/rms", "q, k, v (rotated)", "attention output",
+                                           "attention lse", "LoRA x·A", "MLP gate, up", "ReLU mask bits",
+                                           "down_proj input"};
+    return kind >= 0 && kind < US_SAVE_KINDS ? n[kind] : "?";
+}
+
+static bool slot_on(const us_model *m, int l, int t) { return !m->spec.full && m->slot && m->slot[l][t].on; }
+
+static void compute_flags(us_model *m) {
+    const us_config *c = &m->cfg;
+    bool full = m->spec.full;
+    bool before = full; /* the embedding trains with full fine-tuning */
+    m->plan.first_layer_bwd = c->layers;
+    for (int l = 0; l < c->layers; l++) {
+        us_layer_plan *p = &m->plan.layer[l];
+        bool qkv = full || slot_on(m, l, US_T_Q) || slot_on(m, l, US_T_K) || slot_on(m, l, US_T_V);
+        bool o = full || slot_on(m, l, US_T_O);
+        p->prior_attn = before;
+        p->attn_bwd = before || qkv;
+        p->save_att = p->attn_bwd || o;
+        before = before || qkv || o;
+        bool gu = full || slot_on(m, l, US_T_GATE) || slot_on(m, l, US_T_UP);
+        bool down = full || slot_on(m, l, US_T_DOWN);
+        p->prior_mlp = before;
+        p->glu_bwd = before || gu;
+        p->save_a = !p->glu_bwd && down;
+        before = before || gu || down;
+        if ((p->save_att || p->glu_bwd || p->save_a) && m->plan.first_layer_bwd == c->layers) m->plan.first_layer_bwd = l;
+    }
+}
+
+/* A bump allocator over the arena; with base == NULL it only measures. */
+typedef struct bump {
+    char *base;
+    size_t off;
+} bump;
+
+static void *take(bump *b, size_t bytes) {
+    size_t at = b->off;
+    b->off += (bytes + 255) / 256 * 256;
+    return b->base ? b->base + at : NULL;
+}
+
+/* Lays out saved slots (counted into per-token bytes) and scratch for T tokens. */
+static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SAVE_KINDS]) {
+    const us_config *c = &m->cfg;
+    size_t A = m->be->act_bytes, D = (size_t)c->hidden, F = (size_t)c->inter, hd = (size_t)c->head_dim;
+    size_t H = (size_t)c->heads, KV = (size_t)c->kv_heads, r = m->spec.full ? 0 : (size_t)m->spec.lora.r;
+    size_t words = ((size_t)F + 31) / 32;
+    size_t tt = (size_t)T;
+    struct us_scratch *s = &m->s;
+    /* scratch shared by all layers */
+    void *res0 = take(b, tt * D * A), *res1 = take(b, tt * D * A), *mid = take(b, tt * D * A);
+    void *sq = take(b, tt * H * hd * A), *sk = take(b, tt * KV * hd * A), *sv = take(b, tt * KV * hd * A);
+    void *satt = take(b, tt * H * hd * A), *sg = take(b, tt * F * A), *su = take(b, tt * F * A);
+    float *srstd1 = take(b, tt * 4), *srstd2 = take(b, tt * 4), *slse = take(b, tt * H * 4);
+    uint32_t *sbits = take(b, tt * words * 4);
+    float *su_lora = take(b, tt * (r ? r : 1) * 4);
+    s->h = take(b, tt * D * A);
+    s->rstd = take(b, tt * 4);
+    s->a = take(b, tt * F * A);
+    s->xfin = NULL;
+    if (train) {
+        s->dres = take(b, tt * D * A);
+        s->dh = take(b, tt * D * A);
+        s->dq = take(b, tt * H * hd * A);
+        s->dk = take(b, tt * KV * hd * A);
+        s->dv = take(b, tt * KV * hd * A);
+        s->datt = take(b, tt * H * hd * A);
+        s->da = take(b, tt * F * A);
+        s->lora = take(b, tt * (r ? r : 1) * 4);
+    }
+    s->logits = take(b, (size_t)m->head_chunk * (size_t)c->vocab * A);
+    s->loss = take(b, 64);
+    /* per-layer slots */
+    for (int l = 0; l < c->layers; l++) {
+        us_layer_plan *p = &m->plan.layer[l];
+        us_layer_acts *a = &m->acts[l];
+        bool keep_attn = train && p->attn_bwd, keep_mlp = train && p->glu_bwd;
+#define SLOT(keep, kind, bytes_per_tok, scratch) \
+    ((keep) ? (per_tok[kind] += (double)(bytes_per_tok), take(b, tt * (bytes_per_tok))) : (void *)(scratch))
+        /* the layer input is where the previous layer (or the embedding) writes its output: a
+         * saved slot, or one of two scratch buffers alternating by layer parity */
+        a->xin = SLOT(keep_attn, US_SAVE_RESIDUAL, D * A, (l % 2) ? res1 : res0);
+        a->rstd1 = SLOT(keep_attn, US_SAVE_NORM_STATS, 4, srstd1);
+        a->q = SLOT(keep_attn, US_SAVE_QKV, H * hd * A, sq);
+        a->k = SLOT(keep_attn, US_SAVE_QKV, KV * hd * A, sk);
+        a->v = SLOT(keep_attn, US_SAVE_QKV, KV * hd * A, sv);
+        a->lse = SLOT(keep_attn, US_SAVE_ATTN_LSE, H * 4, slse);
+        a->att = SLOT(train && p->save_att, US_SAVE_ATTN_OUT, H * hd * A, satt);
+        a->xmid = SLOT(keep_mlp, US_SAVE_RESIDUAL, D * A, mid);
+        a->rstd2 = SLOT(keep_mlp, US_SAVE_NORM_STATS, 4, srstd2);
+        a->g = SLOT(keep_mlp, US_SAVE_MLP, F * A, sg);
+        a->up = SLOT(keep_mlp, US_SAVE_MLP, F * A, su);
+        a->bits = SLOT(keep_mlp && c->act == US_ACT_RELU, US_SAVE_MLP_MASK, words * 4, sbits);
+        a->a = SLOT(train && p->save_a, US_SAVE_MLP_DOWN_IN, F * A, s->a);
+        for (int t = 0; t < US_T_COUNT; t++)
+            a->u[t] = slot_on(m, l, t) ? SLOT(train, US_SAVE_LORA_U, r * 4, su_lora) : NULL;
+#undef SLOT
+    }
+    s->xfin = (c->layers % 2) ? res1 : res0;
+}
+
+/* every tensor the forward produces, once each (attention probabilities excluded, as a fused
+ * attention kernel would not form them): the figure a framework that saves everything needs */
+static double store_all_per_token(const us_model *m) {
+    const us_config *c = &m->cfg;
+    double A = (double)m->be->act_bytes, D = c->hidden, F = c->inter, hd = c->head_dim, H = c->heads,
+           KV = c->kv_heads;
+    double per_layer = D * A * 4                            /* x_in, normed x, x_mid, normed x_mid */
+                       + 8                                  /* two 1/rms */
+                       + (H + 2 * KV) * hd * A              /* q, k, v */
+                       + (H + KV) * hd * A                  /* rotated q, k */
+                       + H * hd * A + H * 4                 /* attention output, lse */
+                       + F * A * 4;                         /* gate, act(gate), up, product */
+    double lora = 0;
+    if (!m->spec.full && m->slot)
+        for (int t = 0; t < US_T_COUNT; t++)
+            if (m->slot[0][t].on) lora += m->spec.lora.r * A;
+    return c->layers * (per_layer + lora) + D * A * 2 + (double)c->vocab * (A + 4); /* final norm, logits */
+}
+
+us_status us_model_prepare(us_model *m, int max_tokens, us_err *e) {
+    const us_config *c = &m->cfg;
+    us_backend *be = m->be;
+    if (max_tokens <= 0) return us_fail(e, US_EINVAL, "no tokens per step");
+    free(m->plan.layer);
+    free(m->acts);
+    m->plan.layer = calloc((size_t)c->layers, sizeof *m->plan.layer);
+    m->acts = calloc((size_t)c->layers, sizeof *m->acts);
+    if (!m->plan.layer || !m->acts) return us_fail(e, US_ENOMEM, "out of memory");
+    compute_flags(m);
+    size_t budget = (size_t)64 << 20; /* bytes of logits formed at once */
+    m->head_chunk = (int)US_MAX((size_t)1, US_MIN((size_t)max_tokens, budget / ((size_t)c->vocab * be->act_bytes)));
+    bool train = m->params != NULL;
+    double per_tok[US_SAVE_KINDS] = {0};
+    bump meas = {0};
+    layout(m, max_tokens, train, &meas, per_tok);
+    memcpy(m->plan.bytes_per_token, per_tok, sizeof per_tok);
+    m->plan.total_per_token = 0;
+    for (int k = 0; k < US_SAVE_KINDS; k++) m->plan.total_per_token += per_tok[k];
+    m->plan.store_all_per_token = store_all_per_token(m);
+    be->free(be, m->arena);
+    m->arena = be->alloc(be, meas.off);
+    if (!m->arena)
+        return us_fail(e, US_ENOMEM, "out of %s memory: the step needs %.1f MiB (%d tokens x %.1f KiB saved per token, plus scratch)",
+                       be->name, meas.off / 1048576.0, max_tokens, m->plan.total_per_token / 1024.0);
+    m->arena_bytes = meas.off;
+    m->saved_bytes = (size_t)(m->plan.total_per_token * max_tokens);
+    m->max_tokens = max_tokens;
+    double dummy[US_SAVE_KINDS] = {0};
+    bump real = {.base = m->arena};
+    layout(m, max_tokens, train, &real, dummy);
+    return US_OK;
+}
+
+void us_plan_print(const us_model *m, FILE *f) {
+    const us_plan *p = &m->plan;
+    fprintf(f, "activation plan (%s, %zu-byte activations): saved bytes per token\n", m->be->name, m->be->act_bytes);
+    for (int k = 0; k < US_SAVE_KINDS; k++)
+        if (p->bytes_per_token[k] > 0) fprintf(f, "  %-22s %10.0f\n", us_save_kind_name(k), p->bytes_per_token[k]);
+    fprintf(f, "  %-22s %10.0f   (store-everything: %.0f, %.1f%% of it)\n", "total", p->total_per_token,
+            p->store_all_per_token, 100.0 * p->total_per_token / p->store_all_per_token);
+    fprintf(f, "  step arena %.1f MiB for %d tokens (saved %.1f MiB + scratch)\n", m->arena_bytes / 1048576.0,
+            m->max_tokens, m->saved_bytes / 1048576.0);
+}

@@ -1,0 +1,181 @@
+/* step.c — the decoder's forward and backward, layer by layer, side by side.
+ *
+ * forward_layer() computes one layer into the places the plan chose (us_layer_acts); the LM
+ * head then forms logits a chunk of tokens at a time, turns each chunk into its gradient at once
+ * (cross-entropy forward and backward fused) and pushes it through the head and the final norm,
+ * so backward begins at the last layer's output with d(residual) already in hand.
+ * backward_layer() consumes what forward kept, rebuilding the normed inputs and the MLP product
+ * elementwise, and stops at the first block below which nothing trains. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model.h"
+
+static bool lora_on(const us_model *m, int l, int t) { return !m->spec.full && m->slot && m->slot[l][t].on; }
+
+/* y = x W^T + b (+ LoRA); acc adds into y (the residual) */
+static void project(us_model *m, int l, int t, void *y, bool acc, const void *x, int T, float *u) {
+    int in, out;
+    us_target_dims(&m->cfg, t, &in, &out);
+    m->be->linear_fwd(m->be, y, acc, x, m->L[l].w[t], m->L[l].b[t], T, in, out);
+    if (lora_on(m, l, t)) {
+        const us_lora_slot *s = &m->slot[l][t];
+        m->be->lora_fwd(m->be, y, u, x, m->params + s->off_A, m->params + s->off_B, m->lora_scale, T, in, out,
+                        m->spec.lora.r);
+    }
+}
+
+static us_attn_shape attn_shape(const us_model *m, const us_batch *b) {
+    const us_config *c = &m->cfg;
+    return (us_attn_shape){b->batch, b->seq, c->heads, c->kv_heads, c->head_dim, 1.0f / sqrtf((float)c->head_dim)};
+}
+
+static void forward_layer(us_model *m, int l, const us_batch *b, void *out) {
+    us_backend *be = m->be;
+    const us_config *c = &m->cfg;
+    const us_layer_weights *L = &m->L[l];
+    us_layer_acts *a = &m->acts[l];
+    int T = b->batch * b->seq, D = c->hidden, F = c->inter;
+    us_attn_shape sh = attn_shape(m, b);
+    /* attention block */
+    be->rmsnorm_fwd(be, m->s.h, a->rstd1, a->xin, L->ln1, T, D, (float)c->rms_eps);
+    project(m, l, US_T_Q, a->q, false, m->s.h, T, a->u[US_T_Q]);
+    project(m, l, US_T_K, a->k, false, m->s.h, T, a->u[US_T_K]);
+    project(m, l, US_T_V, a->v, false, m->s.h, T, a->u[US_T_V]);
+    be->rope(be, a->q, b->pos, m->inv_freq, T, c->heads, c->head_dim, false);
+    be->rope(be, a->k, b->pos, m->inv_freq, T, c->kv_heads, c->head_dim, false);
+    be->attn_fwd(be, a->att, a->lse, a->q, a->k, a->v, b->seg_start, &sh);
+    be->copy(be, a->xmid, a->xin, (size_t)T * D * be->act_bytes);
+    project(m, l, US_T_O, a->xmid, true, a->att, T, a->u[US_T_O]);
+    /* MLP block */
+    be->rmsnorm_fwd(be, m->s.h, a->rstd2, a->xmid, L->ln2, T, D, (float)c->rms_eps);
+    project(m, l, US_T_GATE, a->g, false, m->s.h, T, a->u[US_T_GATE]);
+    project(m, l, US_T_UP, a->up, false, m->s.h, T, a->u[US_T_UP]);
+    void *prod = a->a;
+    be->glu_fwd(be, c->act == US_ACT_RELU ? US_GLU_RELU : US_GLU_SILU, prod, a->g, a->up, a->bits, T, F);
+    be->copy(be, out, a->xmid, (size_t)T * D * be->act_bytes);
+    project(m, l, US_T_DOWN, out, true, prod, T, a->u[US_T_DOWN]);
+}
+
+/* backward of one projection: dx (+)= dy W (when dx), LoRA grads, full-weight grads */
+static void project_bwd(us_model *m, int l, int t, void *dx, bool acc, const void *dy, const void *x, int T) {
+    us_backend *be = m->be;
+    const us_layer_weights *L = &m->L[l];
+    int in, out;
+    us_target_dims(&m->cfg, t, &in, &out);
+    if (dx) be->linear_bwd_x(be, dx, acc, dy, L->w[t], T, in, out);
+    if (lora_on(m, l, t)) {
+        const us_lora_slot *s = &m->slot[l][t];
+        be->lora_bwd(be, dx, m->grads + s->off_A, m->grads + s->off_B, dy, x, m->acts[l].u[t], m->params + s->off_A,
+                     m->params + s->off_B, m->lora_scale, T, in, out, m->spec.lora.r, m->s.lora);
+    }
+    if (L->gw[t]) be->linear_bwd_w(be, L->gw[t], L->gb[t], dy, x, T, in, out);
+}
+
+/* dres holds d(layer output); on return d(layer input). Returns false when nothing below needs it. */
+static bool backward_layer(us_model *m, int l, const us_batch *b) {
+    us_backend *be = m->be;
+    const us_config *c = &m->cfg;
+    const us_layer_weights *L = &m->L[l];
+    const us_layer_plan *p = &m->plan.layer[l];
+    us_layer_acts *a = &m->acts[l];
+    int T = b->batch * b->seq, D = c->hidden, F = c->inter;
+    int act = c->act == US_ACT_RELU ? US_GLU_RELU : US_GLU_SILU;
+    void *dres = m->s.dres, *dh = m->s.dh;
+
+    /* MLP block: out = xmid + down(act(gate(h2)) * up(h2)) */
+    bool down_trains = lora_on(m, l, US_T_DOWN) || L->gw[US_T_DOWN];
+    if (p->glu_bwd || down_trains) {
+        void *prod = a->a;
+        if (!p->save_a && down_trains) { /* rebuild the down_proj input; bits stay untouched */
+            prod = m->s.a;
+            be->glu_fwd(be, act, prod, a->g, a->up, NULL, T, F);
+        }
+        project_bwd(m, l, US_T_DOWN, p->glu_bwd ? m->s.da : NULL, false, dres, prod, T);
+    }
+    if (p->glu_bwd) {
+        be->glu_bwd(be, act, a->g, a->up, m->s.da, a->g, a->up, a->bits, T, F); /* dg, du in place */
+        bool need_h2 = lora_on(m, l, US_T_GATE) || lora_on(m, l, US_T_UP) || L->gw[US_T_GATE];
+        if (need_h2) be->rmsnorm_fwd(be, m->s.h, m->s.rstd, a->xmid, L->ln2, T, D, (float)c->rms_eps);
+        void *dx = p->prior_mlp ? dh : NULL;
+        project_bwd(m, l, US_T_GATE, dx, false, a->g, m->s.h, T);
+        project_bwd(m, l, US_T_UP, dx, true, a->up, m->s.h, T);
+        if (p->prior_mlp) be->rmsnorm_bwd(be, dres, true, L->gln2, dh, a->xmid, a->rstd2, L->ln2, T, D);
+    }
+    if (!p->prior_mlp) return false;
+
+    /* attention block: xmid = xin + o(attn(rope(q(h1)), rope(k(h1)), v(h1))) */
+    us_attn_shape sh = attn_shape(m, b);
+    if (p->save_att) project_bwd(m, l, US_T_O, p->attn_bwd ? m->s.datt : NULL, false, dres, a->att, T);
+    if (p->attn_bwd) {
+        be->attn_bwd(be, m->s.dq, m->s.dk, m->s.dv, m->s.datt, a->q, a->k, a->v, a->att, a->lse, b->seg_start, &sh);
+        be->rope(be, m->s.dq, b->pos, m->inv_freq, T, c->heads, c->head_dim, true);
+        be->rope(be, m->s.dk, b->pos, m->inv_freq, T, c->kv_heads, c->head_dim, true);
+        bool need_h1 = lora_on(m, l, US_T_Q) || lora_on(m, l, US_T_K) || lora_on(m, l, US_T_V) || L->gw[US_T_Q];
+        if (need_h1) be->rmsnorm_fwd(be, m->s.h, m->s.rstd, a->xin, L->ln1, T, D, (float)c->rms_eps);
+        void *dx = p->prior_attn ? dh : NULL;
+        project_bwd(m, l, US_T_Q, dx, false, m->s.dq, m->s.h, T);
+        project_bwd(m, l, US_T_K, dx, true, m->s.dk, m->s.h, T);
+        project_bwd(m, l, US_T_V, dx, true, m->s.dv, m->s.h, T);
+        if (p->prior_attn) be->rmsnorm_bwd(be, dres, true, L->gln1, dh, a->xin, a->rstd1, L->ln1, T, D);
+    }
+    return p->prior_attn;
+}
+
+/* Final norm, LM head and cross-entropy over chunks of tokens. Training: forms d(last residual)
+ * in m->s.dres. logits_host: copies the logits out before they become gradients. */
+static void head(us_model *m, const us_batch *b, bool train, float grad_scale, float *logits_host) {
+    us_backend *be = m->be;
+    const us_config *c = &m->cfg;
+    int T = b->batch * b->seq, D = c->hidden, V = c->vocab, C = m->head_chunk;
+    size_t A = be->act_bytes;
+    be->rmsnorm_fwd(be, m->s.h, m->s.rstd, m->s.xfin, m->norm_f, T, D, (float)c->rms_eps);
+    float *tmp = logits_host ? be->alloc(be, (size_t)C * V * 4) : NULL;
+    for (int r0 = 0; r0 < T; r0 += C) {
+        int rows = US_MIN(C, T - r0);
+        const char *hrow = (const char *)m->s.h + (size_t)r0 * D * A;
+        be->linear_fwd(be, m->s.logits, false, hrow, m->lm_head, NULL, rows, D, V);
+        if (tmp) {
+            be->act_to_f32(be, tmp, m->s.logits, (size_t)rows * V);
+            be->download(be, logits_host + (size_t)r0 * V, tmp, (size_t)rows * V * 4);
+        }
+        be->xent_fwd_bwd(be, m->s.logits, b->targets + r0, m->s.loss, grad_scale, rows, V);
+        if (train) {
+            be->linear_bwd_x(be, (char *)m->s.dh + (size_t)r0 * D * A, false, m->s.logits, m->lm_head, rows, D, V);
+            if (m->g_lm_head) be->linear_bwd_w(be, m->g_lm_head, NULL, m->s.logits, hrow, rows, D, V);
+        }
+    }
+    be->free(be, tmp);
+    if (train) be->rmsnorm_bwd(be, m->s.dres, false, m->g_norm_f, m->s.dh, m->s.xfin, m->s.rstd, m->norm_f, T, D);
+}
+
+static us_status run(us_model *m, const us_batch *b, bool train, float grad_scale, float *logits_host,
+                     double *loss_sum, us_err *e) {
+    us_backend *be = m->be;
+    const us_config *c = &m->cfg;
+    int T = b->batch * b->seq;
+    if (T > m->max_tokens) return us_fail(e, US_EINVAL, "batch of %d tokens exceeds the planned %d", T, m->max_tokens);
+    be->zero(be, m->s.loss, 4);
+    be->embed_fwd(be, m->acts[0].xin, m->embed, b->ids, T, c->hidden);
+    for (int l = 0; l < c->layers; l++)
+        forward_layer(m, l, b, l + 1 < c->layers ? m->acts[l + 1].xin : m->s.xfin);
+    head(m, b, train, grad_scale, logits_host);
+    if (train) {
+        bool more = true;
+        for (int l = c->layers - 1; l >= m->plan.first_layer_bwd && more; l--) more = backward_layer(m, l, b);
+        if (more && m->g_embed) be->embed_bwd(be, m->g_embed, m->s.dres, b->ids, T, c->hidden);
+    }
+    float loss;
+    be->download(be, &loss, m->s.loss, 4);
+    *loss_sum = loss;
+    return US_OK;
+}
+
+us_status us_model_step(us_model *m, const us_batch *b, float grad_scale, double *loss_sum, us_err *e) {
+    return run(m, b, true, grad_scale, NULL, loss_sum, e);
+}
+
+us_status us_model_forward(us_model *m, const us_batch *b, float *logits_host, double *loss_sum, us_err *e) {
+    return run(m, b, false, 0.0f, logits_host, loss_sum, e);
+}

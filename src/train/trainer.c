@@ -1,0 +1,288 @@
+/* trainer.c — the training loop: validate everything, then plan, then step.
+ *
+ * Order matters for "lose nothing the user had": the model, adapter and data are all read and
+ * checked, and the memory plan allocated, before anything is written; the adapter is written
+ * only at the end, atomically. Batches take rows in order (--no-shuffle, wrapping around) or from
+ * a per-epoch permutation drawn from the seed. Gradient accumulation divides by the tokens
+ * counted over all micro-batches of the step, so k micro-batches equal one batch k times larger. */
+#include "train/trainer.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "data/tokens.h"
+#include "io/adapter.h"
+#include "model/model.h"
+
+void us_train_opts_default(us_train_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->device = "cpu";
+    o->lora_r = 16;
+    o->lora_alpha = 32;
+    o->targets = (1u << US_T_COUNT) - 1;
+    o->lr = 2e-4;
+    o->beta1 = 0.9;
+    o->beta2 = 0.999;
+    o->eps = 1e-8;
+    o->grad_clip = 1.0;
+    o->schedule = US_SCHED_COSINE;
+    o->warmup = -1;
+    o->grad_accum = 1;
+    o->batch = 4;
+    o->shuffle = true;
+    o->seed = 42;
+    o->init_std = 0.02f;
+}
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+/* Picks example indices for micro-batches: in order, or through per-epoch permutations. */
+typedef struct sampler {
+    size_t n, cursor, epoch;
+    size_t *perm;
+    bool shuffle;
+    uint64_t seed;
+} sampler;
+
+static void sampler_shuffle(sampler *s) {
+    for (size_t i = 0; i < s->n; i++) s->perm[i] = i;
+    for (size_t i = s->n; i > 1; i--) {
+        size_t j = (size_t)(us_rand_uniform(s->seed, 7777 + s->epoch, i) * (double)i);
+        if (j >= i) j = i - 1;
+        size_t t = s->perm[i - 1];
+        s->perm[i - 1] = s->perm[j];
+        s->perm[j] = t;
+    }
+}
+
+static size_t sampler_next(sampler *s) {
+    if (s->cursor == s->n) {
+        s->cursor = 0;
+        s->epoch++;
+        if (s->shuffle) sampler_shuffle(s);
+    }
+    size_t i = s->cursor++;
+    return s->shuffle ? s->perm[i] : i;
+}
+
+/* host side of a micro-batch */
+typedef struct host_batch {
+    int32_t *ids, *targets, *pos;
+    int counted;
+} host_batch;
+
+static void fill_batch(host_batch *hb, const us_token_dataset *ds, sampler *smp, int batch, int seq) {
+    hb->counted = 0;
+    for (int b = 0; b < batch; b++) {
+        const us_example *ex = &ds->ex[sampler_next(smp)];
+        int n = (int)US_MIN((int64_t)seq, ex->n);
+        for (int s = 0; s < seq; s++) {
+            size_t i = (size_t)b * seq + s;
+            hb->ids[i] = s < n ? ex->ids[s] : 0;
+            hb->pos[i] = s;
+            hb->targets[i] = (s + 1 < n) ? ex->labels[s + 1] : US_IGNORE_INDEX;
+            if (hb->targets[i] != US_IGNORE_INDEX) hb->counted++;
+        }
+    }
+}
+
+static us_status check_out_dir(const char *dir, us_err *e) {
+    struct stat sb;
+    if (stat(dir, &sb) == 0 && !S_ISDIR(sb.st_mode)) return us_fail(e, US_EINVAL, "--out %s: exists and is not a directory", dir);
+    return US_OK;
+}
+
+typedef struct run_state {
+    us_backend *be;
+    us_model *m;
+    us_token_dataset ds;
+    FILE *metrics;
+    float *adam_m, *adam_v;
+    int32_t *d_ids, *d_targets, *d_pos;
+    host_batch hb;
+    size_t *perm;
+} run_state;
+
+static void run_free(run_state *r) {
+    if (r->metrics) fclose(r->metrics);
+    if (r->be) {
+        r->be->free(r->be, r->adam_m);
+        r->be->free(r->be, r->adam_v);
+        r->be->free(r->be, r->d_ids);
+        r->be->free(r->be, r->d_targets);
+        r->be->free(r->be, r->d_pos);
+    }
+    us_model_free(r->m);
+    if (r->be) r->be->destroy(r->be);
+    us_token_dataset_free(&r->ds);
+    free(r->hb.ids);
+    free(r->hb.targets);
+    free(r->hb.pos);
+    free(r->perm);
+}
+
+static us_status setup_spec(const us_train_opts *o, us_train_spec *spec, us_err *e) {
+    memset(spec, 0, sizeof *spec);
+    spec->full = o->full;
+    spec->lora = (us_lora_config){.r = o->lora_r, .alpha = o->lora_alpha, .rslora = o->rslora, .targets = o->targets};
+    if (o->full && o->adapter_init) return us_fail(e, US_EINVAL, "--full and --adapter-init cannot be combined");
+    if (o->adapter_init) { /* the adapter's own config decides r, alpha, targets, rsLoRA */
+        us_adapter *a;
+        us_status st = us_adapter_open(o->adapter_init, &a, e);
+        if (st) return st;
+        spec->lora = *us_adapter_config(a);
+        us_adapter_close(a);
+    }
+    return US_OK;
+}
+
+static us_status validate_opts(const us_train_opts *o, us_err *e) {
+    if (!o->model_dir) return us_fail(e, US_EINVAL, "--model DIR is required");
+    if (!o->data_path) return us_fail(e, US_EINVAL, "--data FILE is required");
+    if (!o->out_dir) return us_fail(e, US_EINVAL, "--out DIR is required");
+    if (o->batch < 1 || o->batch > 1 << 20) return us_fail(e, US_EINVAL, "--batch %d: must be at least 1", o->batch);
+    if (o->grad_accum < 1) return us_fail(e, US_EINVAL, "--grad-accum %d: must be at least 1", o->grad_accum);
+    if (o->steps < 0) return us_fail(e, US_EINVAL, "--steps %d: must not be negative", o->steps);
+    if (o->seq_len < 0) return us_fail(e, US_EINVAL, "--seq-len %d: must be positive", o->seq_len);
+    if (!(o->lr >= 0)) return us_fail(e, US_EINVAL, "--lr: must be a non-negative number");
+    if (!(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1))
+        return us_fail(e, US_EINVAL, "--beta1/--beta2: must lie in [0, 1)");
+    if (!(o->eps > 0)) return us_fail(e, US_EINVAL, "--eps: must be positive");
+    if (!(o->grad_clip >= 0)) return us_fail(e, US_EINVAL, "--grad-clip: must be >= 0 (0 turns clipping off)");
+    if (!(o->weight_decay >= 0)) return us_fail(e, US_EINVAL, "--weight-decay: must be >= 0");
+    return US_OK;
+}
+
+us_status us_train(const us_train_opts *o, us_err *e) {
+    run_state r = {0};
+    us_status st = validate_opts(o, e);
+    if (!st) st = check_out_dir(o->out_dir, e);
+    us_train_spec spec;
+    if (!st) st = setup_spec(o, &spec, e);
+    if (!st) st = us_backend_create(o->device, o->threads, &r.be, e);
+    if (!st) st = us_model_load(&r.m, r.be, o->model_dir, o->random_init, o->init_std, o->seed, e);
+    if (!st) st = us_model_setup_training(r.m, &spec, o->seed, e);
+    if (!st && o->adapter_init) st = us_model_load_adapter(r.m, o->adapter_init, e);
+    if (!st) st = us_jsonl_tokens_load(o->data_path, r.m->cfg.vocab, &r.ds, e);
+    if (st) goto out;
+
+    us_model *m = r.m;
+    us_backend *be = r.be;
+    int seq = o->seq_len;
+    if (seq == 0)
+        for (size_t i = 0; i < r.ds.n; i++) seq = (int)US_MAX((int64_t)seq, r.ds.ex[i].n);
+    if (seq > m->cfg.max_pos) {
+        st = us_fail(e, US_EINVAL, "--seq-len %d exceeds the model's max_position_embeddings %d", seq, m->cfg.max_pos);
+        goto out;
+    }
+    if (m->cfg.sliding_window > 0 && seq > m->cfg.sliding_window) {
+        st = us_fail(e, US_EUNSUPPORTED, "--seq-len %d exceeds the model's sliding_window %d (sliding-window attention is not supported)",
+                     seq, m->cfg.sliding_window);
+        goto out;
+    }
+    int B = o->batch, T = B * seq;
+    int steps = o->steps ? o->steps : (int)((r.ds.n + (size_t)B * o->grad_accum - 1) / ((size_t)B * o->grad_accum));
+    int warmup = o->warmup >= 0 ? o->warmup : (int)(0.03 * steps + 0.5);
+    if ((st = us_model_prepare(m, T, e))) goto out;
+    if (!o->quiet) {
+        fprintf(stderr, "unswag: %s, %d layers, hidden %d, vocab %d on %s; %s; %zu trainable parameters\n", m->cfg.arch,
+                m->cfg.layers, m->cfg.hidden, m->cfg.vocab, be->name, spec.full ? "full fine-tuning" : "LoRA",
+                m->n_params);
+        fprintf(stderr, "unswag: %zu examples, batch %d x %d tokens, grad-accum %d, %d steps\n", r.ds.n, B, seq,
+                o->grad_accum, steps);
+        us_plan_print(m, stderr);
+    }
+    r.adam_m = be->alloc(be, m->n_params * 4);
+    r.adam_v = be->alloc(be, m->n_params * 4);
+    r.d_ids = be->alloc(be, (size_t)T * 4);
+    r.d_targets = be->alloc(be, (size_t)T * 4);
+    r.d_pos = be->alloc(be, (size_t)T * 4);
+    r.hb.ids = malloc((size_t)T * 4 * (size_t)o->grad_accum);
+    r.hb.targets = malloc((size_t)T * 4 * (size_t)o->grad_accum);
+    r.hb.pos = malloc((size_t)T * 4);
+    r.perm = malloc(r.ds.n * sizeof *r.perm);
+    if (!r.adam_m || !r.adam_v || !r.d_ids || !r.d_targets || !r.d_pos || !r.hb.ids || !r.hb.targets || !r.hb.pos || !r.perm) {
+        st = us_fail(e, US_ENOMEM, "out of memory for optimizer state and batches");
+        goto out;
+    }
+    be->zero(be, r.adam_m, m->n_params * 4);
+    be->zero(be, r.adam_v, m->n_params * 4);
+    if (o->metrics_path && !(r.metrics = fopen(o->metrics_path, "w"))) {
+        st = us_fail(e, US_EIO, "--metrics %s: cannot open for writing", o->metrics_path);
+        goto out;
+    }
+    sampler smp = {.n = r.ds.n, .perm = r.perm, .shuffle = o->shuffle, .seed = o->seed};
+    if (smp.shuffle) sampler_shuffle(&smp);
+    us_batch batch = {.batch = B, .seq = seq, .ids = r.d_ids, .targets = r.d_targets, .pos = r.d_pos};
+    int skipped = 0;
+    double t_start = now_s();
+    for (int step = 0; step < steps; step++) {
+        double t0 = now_s();
+        /* draw the step's micro-batches first: the loss is normalised by all their tokens */
+        long counted = 0;
+        for (int k = 0; k < o->grad_accum; k++) {
+            host_batch hb = {r.hb.ids + (size_t)k * T, r.hb.targets + (size_t)k * T, r.hb.pos, 0};
+            fill_batch(&hb, &r.ds, &smp, B, seq);
+            counted += hb.counted;
+        }
+        float scale = counted ? 1.0f / (float)counted : 0.0f;
+        be->zero(be, m->grads, m->n_params * 4);
+        double loss_sum = 0;
+        be->upload(be, r.d_pos, r.hb.pos, (size_t)T * 4);
+        for (int k = 0; k < o->grad_accum; k++) {
+            be->upload(be, r.d_ids, r.hb.ids + (size_t)k * T, (size_t)T * 4);
+            be->upload(be, r.d_targets, r.hb.targets + (size_t)k * T, (size_t)T * 4);
+            double ls;
+            if ((st = us_model_step(m, &batch, scale, &ls, e))) goto out;
+            loss_sum += ls;
+        }
+        double loss = counted ? loss_sum / counted : 0.0;
+        double norm = sqrt(be->sumsq(be, m->grads, m->n_params));
+        double lr = us_lr_at(o->schedule, o->lr, step, warmup, steps);
+        if (!isfinite(norm) || !isfinite(loss) || counted == 0) {
+            skipped++;
+            fprintf(stderr, "unswag: step %d: %s; update skipped (%d so far)\n", step + 1,
+                    counted ? "non-finite loss or gradient" : "no counted tokens", skipped);
+        } else {
+            if (o->grad_clip > 0 && norm > o->grad_clip) be->scale(be, m->grads, m->n_params, (float)(o->grad_clip / (norm + 1e-6)));
+            int t = step + 1 - skipped;
+            be->adamw(be, m->params, m->grads, r.adam_m, r.adam_v, m->n_params, (float)lr, (float)o->beta1,
+                      (float)o->beta2, (float)o->eps, (float)o->weight_decay, (float)(1 - pow(o->beta1, t)),
+                      (float)(1 - pow(o->beta2, t)));
+            if (spec.full) us_model_sync_weights(m);
+        }
+        be->sync(be);
+        double dt = now_s() - t0, tps = (double)T * o->grad_accum / dt;
+        if (r.metrics) {
+            fprintf(r.metrics, "{\"step\": %d, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"tokens_per_s\": %.1f, \"tokens\": %ld, \"time_s\": %.4f}\n",
+                    step + 1, loss, lr, norm, tps, counted, now_s() - t_start);
+            fflush(r.metrics);
+        }
+        if (!o->quiet) {
+            double eta = (now_s() - t_start) / (step + 1) * (steps - step - 1);
+            fprintf(stderr, "step %d/%d  loss %.4f  lr %.3g  |g| %.3g  %.0f tok/s  eta %.0fs\n", step + 1, steps, loss, lr,
+                    norm, tps, eta);
+        }
+    }
+    if (spec.full)
+        st = us_model_save_full(m, o->out_dir, o->model_dir, e);
+    else
+        st = us_model_save_adapter(m, o->out_dir, o->model_dir, e);
+    if (!st && !o->quiet) {
+        size_t peak;
+        be->mem_info(be, NULL, &peak, NULL);
+        fprintf(stderr, "unswag: wrote %s to %s (%.1f s, peak %s memory %.1f MiB)\n", spec.full ? "model" : "adapter",
+                o->out_dir, now_s() - t_start, be->name, peak / 1048576.0);
+    }
+out:
+    run_free(&r);
+    return st;
+}

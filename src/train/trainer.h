@@ -1,0 +1,29 @@
+/* trainer.h — one fine-tuning run: options in, adapter (or full checkpoint) and metrics out. */
+#ifndef US_TRAINER_H
+#define US_TRAINER_H
+
+#include "core/common.h"
+#include "train/optim.h"
+
+typedef struct us_train_opts {
+    const char *model_dir, *data_path, *out_dir, *adapter_init, *metrics_path, *device;
+    int lora_r;
+    double lora_alpha;
+    unsigned targets; /* bitmask of 1 << US_T_* */
+    bool rslora;
+    double lr, weight_decay, beta1, beta2, eps, grad_clip;
+    us_schedule schedule;
+    int warmup;       /* -1: 3% of the steps */
+    int grad_accum, steps, batch, seq_len; /* steps/seq_len 0: one epoch / longest row */
+    bool shuffle, random_init, full, quiet;
+    uint64_t seed;
+    int threads;
+    float init_std;
+} us_train_opts;
+
+/* Defaults users expect: r 16, alpha 32, all seven projections, lr 2e-4, cosine, 3% warmup,
+ * AdamW (0.9, 0.999, 1e-8, no weight decay), clipping at 1.0, batch 4, shuffled, seed 42. */
+void us_train_opts_default(us_train_opts *o);
+us_status us_train(const us_train_opts *o, us_err *e);
+
+#endif
