@@ -3,7 +3,9 @@
 #ifndef US_TEST_IO_UTIL_H
 #define US_TEST_IO_UTIL_H
 
+#include <cJSON.h>
 #include <dirent.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,6 +92,28 @@ static inline double tio_bf16(uint16_t h) {
     float f;
     memcpy(&f, &u, 4);
     return f;
+}
+
+/* Finds a tensor's bytes in a whole-file buffer by our own reading of the header (cJSON only,
+ * none of src/io); fills dtype (8 chars) and nbytes. NULL when absent. */
+static inline const unsigned char *tio_raw_tensor(const char *bytes, const char *name, char *dtype, size_t *nbytes) {
+    uint64_t hl = 0;
+    *nbytes = 0;
+    dtype[0] = 0;
+    for (int i = 7; i >= 0; i--) hl = (hl << 8) | (unsigned char)bytes[i];
+    cJSON *h = cJSON_ParseWithLength(bytes + 8, (size_t)hl);
+    if (!h) return NULL;
+    cJSON *tj = cJSON_GetObjectItem(h, name);
+    cJSON *off = cJSON_GetObjectItem(tj, "data_offsets");
+    const unsigned char *p = NULL;
+    if (off) {
+        size_t b = (size_t)cJSON_GetArrayItem(off, 0)->valuedouble, en = (size_t)cJSON_GetArrayItem(off, 1)->valuedouble;
+        p = (const unsigned char *)bytes + 8 + hl + b;
+        *nbytes = en - b;
+        snprintf(dtype, 8, "%s", cJSON_GetObjectItem(tj, "dtype")->valuestring);
+    }
+    cJSON_Delete(h);
+    return p;
 }
 
 #endif

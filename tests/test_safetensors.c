@@ -148,25 +148,6 @@ TEST(safetensors_model_dir_single) {
     us_st_close(NULL);
 }
 
-/* Finds a tensor's bytes in a file by our own reading of the header (cJSON only). */
-static const unsigned char *raw_tensor(const char *bytes, const char *name, char *dtype, size_t *nbytes) {
-    uint64_t hl = 0;
-    for (int i = 7; i >= 0; i--) hl = (hl << 8) | (unsigned char)bytes[i];
-    cJSON *h = cJSON_ParseWithLength(bytes + 8, (size_t)hl);
-    if (!h) return NULL;
-    cJSON *tn = cJSON_GetObjectItem(h, name);
-    cJSON *off = cJSON_GetObjectItem(tn, "data_offsets");
-    const unsigned char *p = NULL;
-    if (off) {
-        size_t b = (size_t)cJSON_GetArrayItem(off, 0)->valuedouble, en = (size_t)cJSON_GetArrayItem(off, 1)->valuedouble;
-        p = (const unsigned char *)bytes + 8 + hl + b;
-        *nbytes = en - b;
-        snprintf(dtype, 8, "%s", cJSON_GetObjectItem(tn, "dtype")->valuestring);
-    }
-    cJSON_Delete(h);
-    return p;
-}
-
 TEST(safetensors_fixture_qwen2_bf16) {
     const char *dir = FIXTURES "/qwen2_bias_bf16/model";
     us_st_model *m;
@@ -178,17 +159,17 @@ TEST(safetensors_fixture_qwen2_bf16) {
     CHECK(tn && tn->dtype == US_DT_BF16 && tn->ndim == 1 && tn->shape[0] == 64, "q_proj.bias");
     static float got[64 * 256];
     CHECK(us_st_model_read_f32(m, name, 1, (int64_t[]){64}, got, &e) == US_OK, "%s", e.msg);
-    size_t flen, nb;
+    size_t flen, nb = 0;
     char *bytes = tio_slurp(FIXTURES "/qwen2_bias_bf16/model/model.safetensors", &flen);
     CHECK(bytes, "read fixture");
     char dt[8];
-    const unsigned char *p = raw_tensor(bytes, name, dt, &nb);
+    const unsigned char *p = tio_raw_tensor(bytes, name, dt, &nb);
     int ok = p && strcmp(dt, "BF16") == 0 && nb == 128;
     int bad = -1, nonzero = 0;
     for (int i = 0; ok && i < 64; i++)
         if (got[i] != (float)tio_bf16((uint16_t)(p[2 * i] | p[2 * i + 1] << 8))) bad = i;
     /* and the embedding, a bigger 2-D tensor */
-    p = raw_tensor(bytes, "model.embed_tokens.weight", dt, &nb);
+    p = tio_raw_tensor(bytes, "model.embed_tokens.weight", dt, &nb);
     int ok2 = p && nb == 256 * 64 * 2;
     CHECK(us_st_model_read_f32(m, "model.embed_tokens.weight", 2, (int64_t[]){256, 64}, got, &e) == US_OK, "%s",
           e.msg);
@@ -217,11 +198,11 @@ TEST(safetensors_fixture_sharded_f16) {
     CHECK(tn->dtype == US_DT_F16 && tn->shape[0] == 64 && tn->shape[1] == 160, "shape");
     static float got[64 * 160];
     CHECK(us_st_model_read_f32(m, name, 2, (int64_t[]){64, 160}, got, &e) == US_OK, "%s", e.msg);
-    size_t flen, nb;
+    size_t flen, nb = 0;
     char *bytes = tio_slurp(file, &flen);
     CHECK(bytes, "read shard");
     char dt[8];
-    const unsigned char *p = raw_tensor(bytes, name, dt, &nb);
+    const unsigned char *p = tio_raw_tensor(bytes, name, dt, &nb);
     int ok = p && strcmp(dt, "F16") == 0 && nb == 64 * 160 * 2, bad = -1;
     for (int i = 0; ok && i < 64 * 160; i++)
         if (got[i] != (float)tio_f16((uint16_t)(p[2 * i] | p[2 * i + 1] << 8))) bad = i;

@@ -238,11 +238,15 @@ static us_status check_tensors(const us_adapter *a, us_err *e) {
             return us_fail(e, US_EUNSUPPORTED, "%s: tensor %s has dtype %s (expected F32, BF16 or F16)", path, t->name,
                            us_dtype_name(t->dtype));
         int64_t rdim = t->ndim == 2 ? t->shape[is_b ? 1 : 0] : -1;
-        if (t->ndim != 2 || rdim != a->cfg.r || t->shape[is_b ? 0 : 1] <= 0)
-            return us_fail(e, US_EFORMAT, "%s: tensor %s must be %s with r = %d, got %d dims [%lld%s%lld]", path,
-                           t->name, is_b ? "[out, r]" : "[r, in]", a->cfg.r, t->ndim,
-                           (long long)(t->ndim > 0 ? t->shape[0] : 0), t->ndim > 1 ? ", " : "",
-                           (long long)(t->ndim > 1 ? t->shape[1] : 0));
+        if (t->ndim != 2 || rdim != a->cfg.r || t->shape[is_b ? 0 : 1] <= 0) {
+            char shape[160];
+            size_t k = (size_t)snprintf(shape, sizeof shape, "[");
+            for (int d = 0; d < t->ndim && k < sizeof shape; d++)
+                k += (size_t)snprintf(shape + k, sizeof shape - k, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+            if (k < sizeof shape) snprintf(shape + k, sizeof shape - k, "]");
+            return us_fail(e, US_EFORMAT, "%s: tensor %s must be %s with r = %d, got %d dims %s", path, t->name,
+                           is_b ? "[out, r]" : "[r, in]", a->cfg.r, t->ndim, shape);
+        }
         char other[200];
         us_adapter_tensor_name(other, sizeof other, layer, target, !is_b);
         if (!us_st_find(a->f, other))
