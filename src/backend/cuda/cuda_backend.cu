@@ -1,0 +1,1048 @@
+/* cuda_backend.cu — the CUDA backend: bf16 activations and frozen weights, f32 LoRA masters,
+ * gradients and optimizer state; matrix products through cuBLASLt (bf16 x bf16, fp32
+ * accumulation); everything else as fused kernels here and in cuda_attn.cu.
+ *
+ * All work is queued on one stream, so ops are asynchronous with respect to the host and ordered
+ * among themselves; only download, sumsq and nonfinite (which return host values) and sync wait.
+ * Every device allocation, internal scratch included, goes through one tracker so mem_info's peak
+ * is the true high-water mark of what this backend asked cudaMalloc for. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_internal.cuh"
+
+#define PIN_BYTES ((size_t)16 << 20)
+#define WS_BYTES ((size_t)32 << 20)
+
+/* ------------------------------------------------------------------------------------------ */
+/* errors, allocation tracking, scratch                                                        */
+
+void us_cuda_report(cuda_impl *c, const char *what, const char *err, const char *file, int line) {
+    if (!c->failed) fprintf(stderr, "unswag: cuda error: %s: %s (%s:%d)\n", what, err, file, line);
+    c->failed = 1;
+}
+
+static void track_add(cuda_impl *c, void *p, size_t n) {
+    if (c->n_allocs == c->cap_allocs) {
+        size_t cap = c->cap_allocs ? c->cap_allocs * 2 : 256;
+        void *na = realloc(c->allocs, cap * sizeof *c->allocs);
+        if (!na) return; /* tracking only: the allocation itself is fine */
+        c->allocs = (struct cuda_impl::alloc_rec *)na;
+        c->cap_allocs = cap;
+    }
+    c->allocs[c->n_allocs].p = p;
+    c->allocs[c->n_allocs].n = n;
+    c->n_allocs++;
+    c->in_use += n;
+    if (c->in_use > c->peak) c->peak = c->in_use;
+}
+
+static void *dev_alloc(cuda_impl *c, size_t bytes) {
+    void *p = NULL;
+    if (cudaMalloc(&p, bytes ? bytes : 1) != cudaSuccess) {
+        (void)cudaGetLastError(); /* an out-of-memory is an answer, not a sticky error */
+        return NULL;
+    }
+    track_add(c, p, bytes);
+    return p;
+}
+
+static void dev_free(cuda_impl *c, void *p) {
+    if (!p) return;
+    for (size_t i = c->n_allocs; i-- > 0;)
+        if (c->allocs[i].p == p) {
+            c->in_use -= c->allocs[i].n;
+            c->allocs[i] = c->allocs[--c->n_allocs];
+            break;
+        }
+    CK(c, cudaFree(p));
+}
+
+void *us_cuda_scratch(cuda_impl *c, int slot, size_t bytes) {
+    if (c->scr_bytes[slot] >= bytes && c->scr[slot]) return c->scr[slot];
+    if (c->scr[slot]) dev_free(c, c->scr[slot]);
+    size_t want = bytes < 256 ? 256 : bytes;
+    c->scr[slot] = dev_alloc(c, want);
+    c->scr_bytes[slot] = c->scr[slot] ? want : 0;
+    if (!c->scr[slot]) us_cuda_report(c, "scratch allocation", "out of memory", __FILE__, __LINE__);
+    return c->scr[slot];
+}
+
+static void scratch_release(cuda_impl *c, int slot) {
+    if (c->scr[slot]) dev_free(c, c->scr[slot]);
+    c->scr[slot] = NULL;
+    c->scr_bytes[slot] = 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* memory ops                                                                                  */
+
+static void *cu_alloc(us_backend *be, size_t bytes) { return dev_alloc(CI(be), bytes); }
+static void cu_free(us_backend *be, void *p) { dev_free(CI(be), p); }
+
+static void cu_upload(us_backend *be, void *dst, const void *src, size_t bytes) {
+    cuda_impl *c = CI(be);
+    for (size_t off = 0; off < bytes;) {
+        size_t n = US_MIN(c->pin_bytes, bytes - off);
+        int i = c->pin_next;
+        c->pin_next ^= 1;
+        CK(c, cudaEventSynchronize(c->pin_ev[i])); /* the previous copy out of this buffer is done */
+        memcpy(c->pin[i], (const char *)src + off, n);
+        CK(c, cudaMemcpyAsync((char *)dst + off, c->pin[i], n, cudaMemcpyHostToDevice, c->st));
+        CK(c, cudaEventRecord(c->pin_ev[i], c->st));
+        off += n;
+    }
+}
+
+static void cu_download(us_backend *be, void *dst, const void *src, size_t bytes) {
+    cuda_impl *c = CI(be);
+    if (!bytes) return;
+    CK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->st));
+    CK(c, cudaStreamSynchronize(c->st));
+}
+
+static void cu_zero(us_backend *be, void *p, size_t bytes) {
+    if (bytes) CK(CI(be), cudaMemsetAsync(p, 0, bytes, CI(be)->st));
+}
+
+static void cu_copy(us_backend *be, void *dst, const void *src, size_t bytes) {
+    if (bytes) CK(CI(be), cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, CI(be)->st));
+}
+
+static void cu_sync(us_backend *be) { CK(CI(be), cudaStreamSynchronize(CI(be)->st)); }
+
+static void cu_mem_info(us_backend *be, size_t *in_use, size_t *peak, size_t *total) {
+    cuda_impl *c = CI(be);
+    size_t fr = 0, tot = 0;
+    if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) tot = 0;
+    if (in_use) *in_use = c->in_use;
+    if (peak) *peak = c->peak;
+    if (total) *total = tot;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* conversions and weight init                                                                 */
+
+#define GRID_STRIDE(i, n) for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
+
+static unsigned grid_for(cuda_impl *c, size_t n, int threads) {
+    size_t b = (n + threads - 1) / threads;
+    size_t cap = (size_t)c->sm_count * 32;
+    if (b > cap) b = cap;
+    return (unsigned)(b ? b : 1);
+}
+
+__global__ void k_f32_to_bf16(bf16 *d, const float *s, size_t n) { GRID_STRIDE(i, n) d[i] = __float2bfloat16_rn(s[i]); }
+__global__ void k_bf16_to_f32(float *d, const bf16 *s, size_t n) { GRID_STRIDE(i, n) d[i] = __bfloat162float(s[i]); }
+__global__ void k_f16_to_bf16(bf16 *d, const __half *s, size_t n) {
+    GRID_STRIDE(i, n) d[i] = __float2bfloat16_rn(__half2float(s[i]));
+}
+
+static void f32_to_bf16(cuda_impl *c, void *d, const float *s, size_t n) {
+    if (!n) return;
+    k_f32_to_bf16<<<grid_for(c, n, 256), 256, 0, c->st>>>((bf16 *)d, s, n);
+    CK_LAUNCH(c);
+}
+static void bf16_to_f32(cuda_impl *c, float *d, const void *s, size_t n) {
+    if (!n) return;
+    k_bf16_to_f32<<<grid_for(c, n, 256), 256, 0, c->st>>>(d, (const bf16 *)s, n);
+    CK_LAUNCH(c);
+}
+
+static void *cu_weight_upload(us_backend *be, const void *host, us_dtype dt, size_t n) {
+    cuda_impl *c = CI(be);
+    if (dt != US_DT_F32 && dt != US_DT_BF16 && dt != US_DT_F16) return NULL;
+    bf16 *w = (bf16 *)dev_alloc(c, n * 2);
+    if (!w) return NULL;
+    if (dt == US_DT_BF16) {
+        cu_upload(be, w, host, n * 2);
+        return w;
+    }
+    size_t es = us_dtype_size(dt), per = c->pin_bytes / es;
+    void *stage = us_cuda_scratch(c, SCR_STAGE, per * es);
+    if (!stage) {
+        dev_free(c, w);
+        return NULL;
+    }
+    for (size_t i0 = 0; i0 < n; i0 += per) {
+        size_t cnt = US_MIN(per, n - i0);
+        cu_upload(be, stage, (const char *)host + i0 * es, cnt * es);
+        if (dt == US_DT_F32)
+            k_f32_to_bf16<<<grid_for(c, cnt, 256), 256, 0, c->st>>>(w + i0, (const float *)stage, cnt);
+        else
+            k_f16_to_bf16<<<grid_for(c, cnt, 256), 256, 0, c->st>>>(w + i0, (const __half *)stage, cnt);
+        CK_LAUNCH(c);
+    }
+    CK(c, cudaStreamSynchronize(c->st));
+    scratch_release(c, SCR_STAGE); /* keep load-time staging out of the training peak */
+    return w;
+}
+
+/* The same counter-based generator as src/core/common.c (splitmix64 finaliser, Box-Muller in
+ * double), so a random-init model is the same on every backend. */
+__device__ __forceinline__ uint64_t d_hash64(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+__global__ void k_fill_normal(bf16 *w, size_t n, float stdv, uint64_t key) {
+    GRID_STRIDE(i, n) {
+        uint64_t h = d_hash64(key + i);
+        double u1 = ((double)(h >> 40) + 1.0) / 16777217.0;
+        double u2 = (double)(h & 0xffffffu) / 16777216.0;
+        float z = (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+        w[i] = __float2bfloat16_rn(stdv * z);
+    }
+}
+
+static void cu_weight_fill_normal(us_backend *be, void *w, size_t n, float stdv, uint64_t seed, uint64_t stream) {
+    cuda_impl *c = CI(be);
+    if (!n) return;
+    uint64_t key = us_hash64(seed ^ us_hash64(stream));
+    k_fill_normal<<<grid_for(c, n, 256), 256, 0, c->st>>>((bf16 *)w, n, stdv, key);
+    CK_LAUNCH(c);
+}
+
+static void cu_weight_from_f32(us_backend *be, void *w, const float *src, size_t n) { f32_to_bf16(CI(be), w, src, n); }
+static void cu_weight_to_f32(us_backend *be, float *dst, const void *w, size_t n) { bf16_to_f32(CI(be), dst, w, n); }
+static void cu_act_from_f32(us_backend *be, void *dst, const float *src, size_t n) { f32_to_bf16(CI(be), dst, src, n); }
+static void cu_act_to_f32(us_backend *be, float *dst, const void *src, size_t n) { bf16_to_f32(CI(be), dst, src, n); }
+
+/* ------------------------------------------------------------------------------------------ */
+/* embedding                                                                                   */
+
+__global__ void k_embed_fwd_vec(bf16 *x, const bf16 *E, const int32_t *ids, int T, int dim) {
+    int upr = dim / 8;
+    GRID_STRIDE(i, (size_t)T * upr) {
+        size_t t = i / upr, u = i % upr;
+        *reinterpret_cast<uint4 *>(x + t * dim + u * 8) =
+            *reinterpret_cast<const uint4 *>(E + (size_t)ids[t] * dim + u * 8);
+    }
+}
+__global__ void k_embed_fwd(bf16 *x, const bf16 *E, const int32_t *ids, int T, int dim) {
+    GRID_STRIDE(i, (size_t)T * dim) {
+        size_t t = i / dim, d = i % dim;
+        x[i] = E[(size_t)ids[t] * dim + d];
+    }
+}
+__global__ void k_embed_bwd(float *dE, const bf16 *dx, const int32_t *ids, int T, int dim) {
+    GRID_STRIDE(i, (size_t)T * dim) {
+        size_t t = i / dim, d = i % dim;
+        atomicAdd(dE + (size_t)ids[t] * dim + d, __bfloat162float(dx[i]));
+    }
+}
+
+static void cu_embed_fwd(us_backend *be, void *x, const void *E, const int32_t *ids, int T, int dim) {
+    cuda_impl *c = CI(be);
+    if (dim % 8 == 0 && aligned16(x) && aligned16(E))
+        k_embed_fwd_vec<<<grid_for(c, (size_t)T * dim / 8, 256), 256, 0, c->st>>>((bf16 *)x, (const bf16 *)E, ids, T, dim);
+    else
+        k_embed_fwd<<<grid_for(c, (size_t)T * dim, 256), 256, 0, c->st>>>((bf16 *)x, (const bf16 *)E, ids, T, dim);
+    CK_LAUNCH(c);
+}
+static void cu_embed_bwd(us_backend *be, float *dE, const void *dx, const int32_t *ids, int T, int dim) {
+    cuda_impl *c = CI(be);
+    k_embed_bwd<<<grid_for(c, (size_t)T * dim, 256), 256, 0, c->st>>>(dE, (const bf16 *)dx, ids, T, dim);
+    CK_LAUNCH(c);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* RMSNorm: one warp per row                                                                   */
+
+template <bool VEC>
+__global__ void k_rmsnorm_fwd(bf16 *y, float *rstd, const bf16 *x, const float *w, int T, int dim, float eps) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= T) return;
+    const bf16 *xr = x + (size_t)row * dim;
+    bf16 *yr = y + (size_t)row * dim;
+    float ss = 0;
+    if (VEC) {
+        for (int u = lane; u < dim / 8; u += 32) {
+            float f[8];
+            load8(xr + u * 8, f);
+#pragma unroll
+            for (int j = 0; j < 8; j++) ss += f[j] * f[j];
+        }
+    } else {
+        for (int d = lane; d < dim; d += 32) {
+            float f = __bfloat162float(xr[d]);
+            ss += f * f;
+        }
+    }
+    ss = warp_sum(ss);
+    float r = 1.0f / sqrtf(ss / dim + eps);
+    if (lane == 0) rstd[row] = r;
+    if (VEC) {
+        for (int u = lane; u < dim / 8; u += 32) {
+            float f[8];
+            load8(xr + u * 8, f);
+#pragma unroll
+            for (int j = 0; j < 8; j++) f[j] = w[u * 8 + j] * (f[j] * r);
+            store8(yr + u * 8, f);
+        }
+    } else {
+        for (int d = lane; d < dim; d += 32) yr[d] = __float2bfloat16_rn(w[d] * (__bfloat162float(xr[d]) * r));
+    }
+}
+
+template <bool VEC>
+__global__ void k_rmsnorm_bwd(bf16 *dx, bool acc, const bf16 *dy, const bf16 *x, const float *rstd, const float *w,
+                              int T, int dim) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= T) return;
+    const bf16 *xr = x + (size_t)row * dim, *gr = dy + (size_t)row * dim;
+    bf16 *dr = dx + (size_t)row * dim;
+    float r = rstd[row], dot = 0;
+    if (VEC) {
+        for (int u = lane; u < dim / 8; u += 32) {
+            float f[8], g[8];
+            load8(xr + u * 8, f);
+            load8(gr + u * 8, g);
+#pragma unroll
+            for (int j = 0; j < 8; j++) dot += g[j] * w[u * 8 + j] * f[j];
+        }
+    } else {
+        for (int d = lane; d < dim; d += 32) dot += __bfloat162float(gr[d]) * w[d] * __bfloat162float(xr[d]);
+    }
+    dot = warp_sum(dot);
+    float mean = dot * r / dim; /* mean of (dy*w) * xhat */
+    if (VEC) {
+        for (int u = lane; u < dim / 8; u += 32) {
+            float f[8], g[8], o[8];
+            load8(xr + u * 8, f);
+            load8(gr + u * 8, g);
+            if (acc) load8(dr + u * 8, o);
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                float v = r * (g[j] * w[u * 8 + j] - f[j] * r * mean);
+                o[j] = acc ? o[j] + v : v;
+            }
+            store8(dr + u * 8, o);
+        }
+    } else {
+        for (int d = lane; d < dim; d += 32) {
+            float v = r * (__bfloat162float(gr[d]) * w[d] - __bfloat162float(xr[d]) * r * mean);
+            dr[d] = __float2bfloat16_rn(acc ? __bfloat162float(dr[d]) + v : v);
+        }
+    }
+}
+
+/* Column sums over rows of a [T, dim] bf16 tensor: out[d] += sum_t a[t,d] (* b[t,d] * s[t]).
+ * Block: 32 columns x 8 row lanes; grid.y splits the rows; one atomicAdd per column per block. */
+__global__ void k_colsum(float *out, const bf16 *a, const bf16 *b, const float *s, int T, int dim, int rows_per) {
+    __shared__ float part[8][33];
+    int col = blockIdx.x * 32 + threadIdx.x, t0 = blockIdx.y * rows_per, t1 = min(T, t0 + rows_per);
+    float acc = 0;
+    if (col < dim)
+        for (int t = t0 + threadIdx.y; t < t1; t += 8) {
+            float v = __bfloat162float(a[(size_t)t * dim + col]);
+            if (b) v *= __bfloat162float(b[(size_t)t * dim + col]) * s[t];
+            acc += v;
+        }
+    part[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && col < dim) {
+        float sum = 0;
+        for (int i = 0; i < 8; i++) sum += part[i][threadIdx.x];
+        atomicAdd(out + col, sum);
+    }
+}
+
+static void colsum(cuda_impl *c, float *out, const void *a, const void *b, const float *s, int T, int dim) {
+    int rows_per = 256;
+    dim3 grid(ceil_div_u(dim, 32), ceil_div_u(T, rows_per)), block(32, 8);
+    k_colsum<<<grid, block, 0, c->st>>>(out, (const bf16 *)a, (const bf16 *)b, s, T, dim, rows_per);
+    CK_LAUNCH(c);
+}
+
+static void cu_rmsnorm_fwd(us_backend *be, void *y, float *rstd, const void *x, const float *w, int T, int dim,
+                           float eps) {
+    cuda_impl *c = CI(be);
+    unsigned grid = ceil_div_u(T, 4);
+    if (dim % 8 == 0 && aligned16(x) && aligned16(y))
+        k_rmsnorm_fwd<true><<<grid, 128, 0, c->st>>>((bf16 *)y, rstd, (const bf16 *)x, w, T, dim, eps);
+    else
+        k_rmsnorm_fwd<false><<<grid, 128, 0, c->st>>>((bf16 *)y, rstd, (const bf16 *)x, w, T, dim, eps);
+    CK_LAUNCH(c);
+}
+
+static void cu_rmsnorm_bwd(us_backend *be, void *dx, bool acc, float *dw, const void *dy, const void *x,
+                           const float *rstd, const float *w, int T, int dim) {
+    cuda_impl *c = CI(be);
+    unsigned grid = ceil_div_u(T, 4);
+    if (dw) colsum(c, dw, dy, x, rstd, T, dim); /* before dx: dx may alias dy */
+    if (dim % 8 == 0 && aligned16(x) && aligned16(dy) && aligned16(dx))
+        k_rmsnorm_bwd<true><<<grid, 128, 0, c->st>>>((bf16 *)dx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
+    else
+        k_rmsnorm_bwd<false><<<grid, 128, 0, c->st>>>((bf16 *)dx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
+    CK_LAUNCH(c);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* matrix products: cuBLASLt, column-major, plans cached by shape, types and alignment          */
+
+struct gemm_plan {
+    int ta, tb, m, n, k, lda, ldb, ldc, at, bt, ct, align_a, align_b, align_c;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasLtMatmulAlgo_t algo;
+    int ok;
+};
+
+static int ptr_align(const void *p) {
+    uintptr_t v = (uintptr_t)p;
+    int a = 256;
+    while (a > 1 && (v % (uintptr_t)a)) a >>= 1;
+    return a;
+}
+
+#define LTCK(c, call)                                                                  \
+    do {                                                                               \
+        cublasStatus_t s_ = (call);                                                    \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                             \
+            char m_[64];                                                               \
+            snprintf(m_, sizeof m_, "cublasLt status %d", (int)s_);                    \
+            us_cuda_report((c), #call, m_, __FILE__, __LINE__);                        \
+        }                                                                              \
+    } while (0)
+
+static gemm_plan *gemm_find(cuda_impl *c, int ta, int tb, int m, int n, int k, int lda, int ldb, int ldc,
+                            cudaDataType at, cudaDataType bt, cudaDataType ct, int aa, int ab, int ac) {
+    for (int i = 0; i < c->n_plans; i++) {
+        gemm_plan *p = &c->plans[i];
+        if (p->ta == ta && p->tb == tb && p->m == m && p->n == n && p->k == k && p->lda == lda && p->ldb == ldb &&
+            p->ldc == ldc && p->at == (int)at && p->bt == (int)bt && p->ct == (int)ct && p->align_a == aa &&
+            p->align_b == ab && p->align_c == ac)
+            return p;
+    }
+    if (c->n_plans == c->cap_plans) {
+        int cap = c->cap_plans ? c->cap_plans * 2 : 64;
+        void *np = realloc(c->plans, (size_t)cap * sizeof(gemm_plan));
+        if (!np) return NULL;
+        c->plans = (gemm_plan *)np;
+        c->cap_plans = cap;
+    }
+    gemm_plan *p = &c->plans[c->n_plans];
+    memset(p, 0, sizeof *p);
+    p->ta = ta, p->tb = tb, p->m = m, p->n = n, p->k = k, p->lda = lda, p->ldb = ldb, p->ldc = ldc;
+    p->at = at, p->bt = bt, p->ct = ct, p->align_a = aa, p->align_b = ab, p->align_c = ac;
+    cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    LTCK(c, cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    LTCK(c, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
+    LTCK(c, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
+    LTCK(c, cublasLtMatrixLayoutCreate(&p->la, at, ta ? k : m, ta ? m : k, lda));
+    LTCK(c, cublasLtMatrixLayoutCreate(&p->lb, bt, tb ? n : k, tb ? k : n, ldb));
+    LTCK(c, cublasLtMatrixLayoutCreate(&p->lc, ct, m, n, ldc));
+    cublasLtMatmulPreference_t pref;
+    LTCK(c, cublasLtMatmulPreferenceCreate(&pref));
+    uint64_t ws = c->ws_bytes;
+    uint32_t a32 = (uint32_t)aa, b32 = (uint32_t)ab, c32 = (uint32_t)ac;
+    LTCK(c, cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+    LTCK(c, cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &a32, sizeof a32));
+    LTCK(c, cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &b32, sizeof b32));
+    LTCK(c, cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &c32, sizeof c32));
+    LTCK(c, cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &c32, sizeof c32));
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 1, &res, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (s == CUBLAS_STATUS_SUCCESS && found > 0) {
+        p->algo = res.algo;
+        p->ok = 1;
+    } else {
+        char msg[160];
+        snprintf(msg, sizeof msg, "no cuBLASLt algorithm for m=%d n=%d k=%d ta=%d tb=%d (status %d)", m, n, k, ta, tb,
+                 (int)s);
+        us_cuda_report(c, "cublasLtMatmulAlgoGetHeuristic", msg, __FILE__, __LINE__);
+    }
+    c->n_plans++;
+    return p;
+}
+
+/* Column-major C[m,n] = alpha op(A) op(B) + beta C, op(A) m x k. */
+static void gemm(cuda_impl *c, bool ta, bool tb, int m, int n, int k, float alpha, const void *A, cudaDataType at,
+                 int lda, const void *B, cudaDataType bt, int ldb, float beta, void *C, cudaDataType ct, int ldc) {
+    if (m <= 0 || n <= 0) return;
+    if (k <= 0) {
+        if (beta == 0.0f) CK(c, cudaMemsetAsync(C, 0, (size_t)ldc * n * (ct == CUDA_R_32F ? 4 : 2), c->st));
+        return;
+    }
+    gemm_plan *p = gemm_find(c, ta, tb, m, n, k, lda, ldb, ldc, at, bt, ct, ptr_align(A), ptr_align(B), ptr_align(C));
+    if (!p || !p->ok) return;
+    LTCK(c, cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, B, p->lb, &beta, C, p->lc, C, p->lc, &p->algo, c->ws,
+                           c->ws_bytes, c->st));
+}
+
+#define BF CUDA_R_16BF
+#define F32 CUDA_R_32F
+
+__global__ void k_add_bias(bf16 *y, const float *bias, size_t T, int out) {
+    GRID_STRIDE(i, T * out) y[i] = __float2bfloat16_rn(__bfloat162float(y[i]) + bias[i % out]);
+}
+
+static void cu_linear_fwd(us_backend *be, void *y, bool acc, const void *x, const void *W, const float *bias, int T,
+                          int in, int out) {
+    cuda_impl *c = CI(be);
+    /* y^T (out x T) = W (out x in) x^T */
+    gemm(c, true, false, out, T, in, 1.0f, W, BF, in, x, BF, in, acc ? 1.0f : 0.0f, y, BF, out);
+    if (bias) {
+        k_add_bias<<<grid_for(c, (size_t)T * out, 256), 256, 0, c->st>>>((bf16 *)y, bias, (size_t)T, out);
+        CK_LAUNCH(c);
+    }
+}
+
+static void cu_linear_bwd_x(us_backend *be, void *dx, bool acc, const void *dy, const void *W, int T, int in, int out) {
+    /* dx^T (in x T) = W^T (in x out) dy^T */
+    gemm(CI(be), false, false, in, T, out, 1.0f, W, BF, in, dy, BF, out, acc ? 1.0f : 0.0f, dx, BF, in);
+}
+
+static void cu_linear_bwd_w(us_backend *be, float *dW, float *dbias, const void *dy, const void *x, int T, int in,
+                            int out) {
+    cuda_impl *c = CI(be);
+    /* dW^T (in x out) += x^T (in x T) dy (T x out) */
+    if (dW) gemm(c, false, true, in, out, T, 1.0f, x, BF, in, dy, BF, out, 1.0f, dW, F32, in);
+    if (dbias) colsum(c, dbias, dy, NULL, NULL, T, out);
+}
+
+/* LoRA: the f32 masters are cast to bf16 copies (r x in and out x r: tiny) for tensor-core
+ * products with fp32 accumulation; u stays f32 for backward and is cast for the second product. */
+static void cu_lora_fwd(us_backend *be, void *y, float *u, const void *x, const float *A, const float *B, float s,
+                        int T, int in, int out, int r) {
+    cuda_impl *c = CI(be);
+    bf16 *Ab = (bf16 *)us_cuda_scratch(c, SCR_LORA_A, (size_t)r * in * 2);
+    bf16 *Bb = (bf16 *)us_cuda_scratch(c, SCR_LORA_B, (size_t)out * r * 2);
+    bf16 *ub = (bf16 *)us_cuda_scratch(c, SCR_LORA_U, (size_t)T * r * 2);
+    if (!Ab || !Bb || !ub) return;
+    f32_to_bf16(c, Ab, A, (size_t)r * in);
+    f32_to_bf16(c, Bb, B, (size_t)out * r);
+    /* u^T (r x T) = A (r x in) x^T */
+    gemm(c, true, false, r, T, in, 1.0f, Ab, BF, in, x, BF, in, 0.0f, u, F32, r);
+    f32_to_bf16(c, ub, u, (size_t)T * r);
+    /* y^T (out x T) += s B (out x r) u^T */
+    gemm(c, true, false, out, T, r, s, Bb, BF, r, ub, BF, r, 1.0f, y, BF, out);
+}
+
+static void cu_lora_bwd(us_backend *be, void *dx, float *dA, float *dB, const void *dy, const void *x, const float *u,
+                        const float *A, const float *B, float s, int T, int in, int out, int r, float *scratch) {
+    cuda_impl *c = CI(be);
+    bf16 *Ab = (bf16 *)us_cuda_scratch(c, SCR_LORA_A, (size_t)r * in * 2);
+    bf16 *Bb = (bf16 *)us_cuda_scratch(c, SCR_LORA_B, (size_t)out * r * 2);
+    bf16 *ub = (bf16 *)us_cuda_scratch(c, SCR_LORA_U, (size_t)T * r * 2);
+    if (!Ab || !Bb || !ub) return;
+    float *du = scratch;
+    f32_to_bf16(c, Bb, B, (size_t)out * r);
+    f32_to_bf16(c, ub, u, (size_t)T * r);
+    /* dB^T (r x out) += s u^T (r x T) dy (T x out) */
+    gemm(c, false, true, r, out, T, s, ub, BF, r, dy, BF, out, 1.0f, dB, F32, r);
+    /* du^T (r x T) = s B^T (r x out) dy^T */
+    gemm(c, false, false, r, T, out, s, Bb, BF, r, dy, BF, out, 0.0f, du, F32, r);
+    f32_to_bf16(c, ub, du, (size_t)T * r);
+    /* dA^T (in x r) += x^T (in x T) du (T x r) */
+    gemm(c, false, true, in, r, T, 1.0f, x, BF, in, ub, BF, r, 1.0f, dA, F32, in);
+    if (dx) {
+        f32_to_bf16(c, Ab, A, (size_t)r * in);
+        /* dx^T (in x T) += A^T (in x r) du^T */
+        gemm(c, false, false, in, T, r, 1.0f, Ab, BF, in, ub, BF, r, 1.0f, dx, BF, in);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* RoPE                                                                                        */
+
+__global__ void k_rope(bf16 *x, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, float sgn) {
+    int half = hd / 2;
+    GRID_STRIDE(idx, (size_t)T * nh * half) {
+        size_t th = idx / half;
+        int i = (int)(idx % half);
+        int t = (int)(th / nh);
+        float ang = (float)pos[t] * inv_freq[i], sn, cs;
+        sincosf(ang, &sn, &cs);
+        sn *= sgn;
+        bf16 *r = x + th * hd;
+        float a = __bfloat162float(r[i]), b = __bfloat162float(r[i + half]);
+        r[i] = __float2bfloat16_rn(a * cs - b * sn);
+        r[i + half] = __float2bfloat16_rn(b * cs + a * sn);
+    }
+}
+
+static void cu_rope(us_backend *be, void *x, const int32_t *pos, const float *inv_freq, int T, int nh, int hd,
+                    bool inverse) {
+    cuda_impl *c = CI(be);
+    size_t n = (size_t)T * nh * (hd / 2);
+    if (!n) return;
+    k_rope<<<grid_for(c, n, 256), 256, 0, c->st>>>((bf16 *)x, pos, inv_freq, T, nh, hd, inverse ? -1.0f : 1.0f);
+    CK_LAUNCH(c);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* gated MLP activation with the bit-packed ReLU gate                                          */
+
+__device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + __expf(-x)); }
+
+/* Vector path (cols % 8 == 0, 16-byte aligned rows): a lane owns 8 consecutive elements; the
+ * four lanes of one 32-column word exchange their bytes by shuffles and the first writes it. */
+__global__ void k_glu_fwd_vec(int act, bf16 *a, bf16 *g, const bf16 *u, uint32_t *bits, int rows, int cols) {
+    int W = (cols + 31) / 32, upr = W * 4;
+    size_t total = (size_t)rows * upr;
+    size_t stride = (size_t)gridDim.x * blockDim.x;
+    size_t iters = (total + stride - 1) / stride; /* every lane runs the same count: shuffles stay converged */
+    size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    int lane = threadIdx.x & 31;
+    for (size_t it = 0; it < iters; it++, id += stride) {
+        size_t row = id / upr;
+        int cu = (int)(id % upr), c0 = cu * 8;
+        bool valid = id < total && c0 < cols;
+        uint32_t byte = 0;
+        if (valid) {
+            size_t off = row * cols + c0;
+            float gf[8], uf[8], af[8];
+            load8(g + off, gf);
+            load8(u + off, uf);
+            if (act == US_GLU_RELU) {
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    byte |= (gf[j] > 0.0f ? 1u : 0u) << j;
+                    gf[j] = gf[j] > 0.0f ? gf[j] : 0.0f;
+                    af[j] = gf[j] * uf[j];
+                }
+                store8(g + off, gf);
+            } else {
+#pragma unroll
+                for (int j = 0; j < 8; j++) af[j] = gf[j] * sigmoidf_(gf[j]) * uf[j];
+            }
+            if (a) store8(a + off, af);
+        }
+        if (act == US_GLU_RELU && bits) {
+            int base = lane & ~3;
+            uint32_t b0 = __shfl_sync(0xffffffffu, byte, base), b1 = __shfl_sync(0xffffffffu, byte, base + 1);
+            uint32_t b2 = __shfl_sync(0xffffffffu, byte, base + 2), b3 = __shfl_sync(0xffffffffu, byte, base + 3);
+            if ((lane & 3) == 0 && id < total) bits[row * W + cu / 4] = b0 | (b1 << 8) | (b2 << 16) | (b3 << 24);
+        }
+    }
+}
+
+/* Scalar path: a warp is one 32-column word of one row (cols padded to 32); ballot packs it. */
+__global__ void k_glu_fwd(int act, bf16 *a, bf16 *g, const bf16 *u, uint32_t *bits, int rows, int cols) {
+    int W = (cols + 31) / 32, cp = W * 32;
+    size_t total = (size_t)rows * cp;
+    size_t stride = (size_t)gridDim.x * blockDim.x;
+    size_t iters = (total + stride - 1) / stride;
+    size_t id = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    for (size_t it = 0; it < iters; it++, id += stride) {
+        size_t row = id / cp;
+        int col = (int)(id % cp);
+        bool valid = id < total && col < cols;
+        bool pos = false;
+        if (valid) {
+            size_t off = row * cols + col;
+            float gv = __bfloat162float(g[off]), uv = __bfloat162float(u[off]), av;
+            if (act == US_GLU_RELU) {
+                pos = gv > 0.0f;
+                gv = pos ? gv : 0.0f;
+                g[off] = __float2bfloat16_rn(gv);
+                av = gv * uv;
+            } else {
+                av = gv * sigmoidf_(gv) * uv;
+            }
+            if (a) a[off] = __float2bfloat16_rn(av);
+        }
+        if (act == US_GLU_RELU && bits) {
+            uint32_t word = __ballot_sync(0xffffffffu, pos);
+            if ((threadIdx.x & 31) == 0 && id < total) bits[row * W + col / 32] = word;
+        }
+    }
+}
+
+__device__ __forceinline__ void glu_grad(int act, float d, float gv, float uv, bool bit, float &dg, float &du) {
+    if (act == US_GLU_RELU) {
+        dg = bit ? d * uv : 0.0f;
+        du = d * (bit ? gv : 0.0f); /* gv is relu(g) (or g: same where the bit is set) */
+    } else {
+        float sg = sigmoidf_(gv);
+        dg = d * uv * sg * (1.0f + gv * (1.0f - sg));
+        du = d * gv * sg;
+    }
+}
+
+__global__ void k_glu_bwd_vec(int act, bf16 *dg, bf16 *du, const bf16 *da, const bf16 *g, const bf16 *u,
+                              const uint32_t *bits, int rows, int cols) {
+    int W = (cols + 31) / 32, upr = cols / 8;
+    GRID_STRIDE(id, (size_t)rows * upr) {
+        size_t row = id / upr;
+        int c0 = (int)(id % upr) * 8;
+        size_t off = row * cols + c0;
+        float gf[8], uf[8], df[8], og[8], ou[8];
+        load8(g + off, gf);
+        load8(u + off, uf);
+        load8(da + off, df);
+        uint32_t byte = 0xffu;
+        if (act == US_GLU_RELU) {
+            if (bits) {
+                byte = (bits[row * W + c0 / 32] >> (c0 & 31)) & 0xffu; /* unpacked in registers */
+            } else {
+                byte = 0;
+#pragma unroll
+                for (int j = 0; j < 8; j++) byte |= (gf[j] > 0.0f ? 1u : 0u) << j;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++) glu_grad(act, df[j], gf[j], uf[j], (byte >> j) & 1u, og[j], ou[j]);
+        store8(dg + off, og);
+        store8(du + off, ou);
+    }
+}
+
+__global__ void k_glu_bwd(int act, bf16 *dg, bf16 *du, const bf16 *da, const bf16 *g, const bf16 *u,
+                          const uint32_t *bits, int rows, int cols) {
+    int W = (cols + 31) / 32;
+    GRID_STRIDE(id, (size_t)rows * cols) {
+        size_t row = id / cols;
+        int col = (int)(id % cols);
+        float gv = __bfloat162float(g[id]), uv = __bfloat162float(u[id]), d = __bfloat162float(da[id]), og, ou;
+        bool bit = bits ? ((bits[row * W + col / 32] >> (col & 31)) & 1u) : gv > 0.0f;
+        glu_grad(act, d, gv, uv, bit, og, ou);
+        dg[id] = __float2bfloat16_rn(og);
+        du[id] = __float2bfloat16_rn(ou);
+    }
+}
+
+static void cu_glu_fwd(us_backend *be, int act, void *a, void *g, const void *u, uint32_t *bits, int rows, int cols) {
+    cuda_impl *c = CI(be);
+    if (rows <= 0 || cols <= 0) return;
+    if (act != US_GLU_RELU && !a) return;
+    int W = (cols + 31) / 32;
+    bool vec = cols % 8 == 0 && aligned16(g) && aligned16(u) && (!a || aligned16(a));
+    if (vec) {
+        size_t n = (size_t)rows * W * 4;
+        k_glu_fwd_vec<<<grid_for(c, n, 256), 256, 0, c->st>>>(act, (bf16 *)a, (bf16 *)g, (const bf16 *)u, bits, rows, cols);
+    } else {
+        size_t n = (size_t)rows * W * 32;
+        k_glu_fwd<<<grid_for(c, n, 256), 256, 0, c->st>>>(act, (bf16 *)a, (bf16 *)g, (const bf16 *)u, bits, rows, cols);
+    }
+    CK_LAUNCH(c);
+}
+
+static void cu_glu_bwd(us_backend *be, int act, void *dg, void *du, const void *da, const void *g, const void *u,
+                       const uint32_t *bits, int rows, int cols) {
+    cuda_impl *c = CI(be);
+    if (rows <= 0 || cols <= 0) return;
+    bool vec = cols % 8 == 0 && aligned16(g) && aligned16(u) && aligned16(da) && aligned16(dg) && aligned16(du);
+    if (vec)
+        k_glu_bwd_vec<<<grid_for(c, (size_t)rows * cols / 8, 256), 256, 0, c->st>>>(
+            act, (bf16 *)dg, (bf16 *)du, (const bf16 *)da, (const bf16 *)g, (const bf16 *)u, bits, rows, cols);
+    else
+        k_glu_bwd<<<grid_for(c, (size_t)rows * cols, 256), 256, 0, c->st>>>(
+            act, (bf16 *)dg, (bf16 *)du, (const bf16 *)da, (const bf16 *)g, (const bf16 *)u, bits, rows, cols);
+    CK_LAUNCH(c);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* residual add                                                                                */
+
+__global__ void k_add_vec(bf16 *y, const bf16 *x, size_t n8) {
+    GRID_STRIDE(i, n8) {
+        float a[8], b[8];
+        load8(y + i * 8, a);
+        load8(x + i * 8, b);
+#pragma unroll
+        for (int j = 0; j < 8; j++) a[j] += b[j];
+        store8(y + i * 8, a);
+    }
+}
+__global__ void k_add(bf16 *y, const bf16 *x, size_t n) {
+    GRID_STRIDE(i, n) y[i] = __float2bfloat16_rn(__bfloat162float(y[i]) + __bfloat162float(x[i]));
+}
+
+static void cu_add(us_backend *be, void *y, const void *x, size_t n) {
+    cuda_impl *c = CI(be);
+    if (!n) return;
+    if (n % 8 == 0 && aligned16(x) && aligned16(y))
+        k_add_vec<<<grid_for(c, n / 8, 256), 256, 0, c->st>>>((bf16 *)y, (const bf16 *)x, n / 8);
+    else
+        k_add<<<grid_for(c, n, 256), 256, 0, c->st>>>((bf16 *)y, (const bf16 *)x, n);
+    CK_LAUNCH(c);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* cross-entropy over a chunk of rows: one block per row, online max/sum, then dlogits in place */
+
+#define XENT_THREADS 512
+
+__device__ __forceinline__ void ms_merge(float &m, float &s, float m2, float s2) {
+    float mn = fmaxf(m, m2);
+    if (mn == -INFINITY) return;
+    s = s * __expf(m - mn) + s2 * __expf(m2 - mn);
+    m = mn;
+}
+
+template <bool VEC>
+__global__ void __launch_bounds__(XENT_THREADS) k_xent(bf16 *logits, const int32_t *labels, float *loss_sum,
+                                                       float grad_scale, int vocab) {
+    __shared__ float sm[XENT_THREADS / 32], ss[XENT_THREADS / 32];
+    __shared__ float s_lse;
+    int row = blockIdx.x, lab = labels[row];
+    bf16 *L = logits + (size_t)row * vocab;
+    int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5;
+    if (lab < 0 || lab >= vocab) {
+        if (VEC) {
+            for (int i = tid; i < vocab / 8; i += XENT_THREADS) *reinterpret_cast<uint4 *>(L + i * 8) = make_uint4(0, 0, 0, 0);
+        } else {
+            for (int i = tid; i < vocab; i += XENT_THREADS) L[i] = __float2bfloat16_rn(0.0f);
+        }
+        return;
+    }
+    float m = -INFINITY, s = 0;
+    if (VEC) {
+        for (int i = tid; i < vocab / 8; i += XENT_THREADS) {
+            float f[8];
+            load8(L + i * 8, f);
+            float bm = f[0];
+#pragma unroll
+            for (int j = 1; j < 8; j++) bm = fmaxf(bm, f[j]);
+            float bs = 0;
+#pragma unroll
+            for (int j = 0; j < 8; j++) bs += __expf(f[j] - bm);
+            ms_merge(m, s, bm, bs);
+        }
+    } else {
+        for (int i = tid; i < vocab; i += XENT_THREADS) ms_merge(m, s, __bfloat162float(L[i]), 1.0f);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+        ms_merge(m, s, m2, s2);
+    }
+    if (lane == 0) sm[wid] = m, ss[wid] = s;
+    __syncthreads();
+    if (tid == 0) {
+        float M = sm[0], S = ss[0];
+        for (int i = 1; i < XENT_THREADS / 32; i++) ms_merge(M, S, sm[i], ss[i]);
+        float lse = M + logf(S);
+        s_lse = lse;
+        atomicAdd(loss_sum, lse - __bfloat162float(L[lab]));
+    }
+    __syncthreads();
+    float lse = s_lse;
+    if (VEC) {
+        for (int i = tid; i < vocab / 8; i += XENT_THREADS) {
+            float f[8];
+            load8(L + i * 8, f);
+#pragma unroll
+            for (int j = 0; j < 8; j++) f[j] = __expf(f[j] - lse) * grad_scale - (i * 8 + j == lab ? grad_scale : 0.0f);
+            store8(L + i * 8, f);
+        }
+    } else {
+        for (int i = tid; i < vocab; i += XENT_THREADS)
+            L[i] = __float2bfloat16_rn(__expf(__bfloat162float(L[i]) - lse) * grad_scale - (i == lab ? grad_scale : 0.0f));
+    }
+}
+
+static void cu_xent_fwd_bwd(us_backend *be, void *logits, const int32_t *labels, float *loss_sum, float grad_scale,
+                            int rows, int vocab) {
+    cuda_impl *c = CI(be);
+    if (rows <= 0) return;
+    if (vocab % 8 == 0 && aligned16(logits))
+        k_xent<true><<<rows, XENT_THREADS, 0, c->st>>>((bf16 *)logits, labels, loss_sum, grad_scale, vocab);
+    else
+        k_xent<false><<<rows, XENT_THREADS, 0, c->st>>>((bf16 *)logits, labels, loss_sum, grad_scale, vocab);
+    CK_LAUNCH(c);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* optimizer and reductions                                                                    */
+
+__global__ void k_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1, float b2,
+                        float eps, float wd, float bc1, float bc2) {
+    float step = lr / bc1, sq = sqrtf(bc2), decay = 1.0f - lr * wd;
+    GRID_STRIDE(i, n) {
+        float gi = g[i], pi = p[i] * decay;
+        float mi = b1 * m[i] + (1.0f - b1) * gi;
+        float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = pi - step * mi / (sqrtf(vi) / sq + eps);
+    }
+}
+
+static void cu_adamw(us_backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float b1,
+                     float b2, float eps, float wd, float bc1, float bc2) {
+    cuda_impl *c = CI(be);
+    if (!n) return;
+    k_adamw<<<grid_for(c, n, 256), 256, 0, c->st>>>(p, g, m, v, n, lr, b1, b2, eps, wd, bc1, bc2);
+    CK_LAUNCH(c);
+}
+
+__global__ void k_sumsq(double *out, const float *x, size_t n) {
+    __shared__ double part[32];
+    double s = 0;
+    GRID_STRIDE(i, n) s += (double)x[i] * x[i];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0;
+        for (int i = 0; i < (int)(blockDim.x >> 5); i++) t += part[i];
+        atomicAdd(out, t);
+    }
+}
+
+__global__ void k_nonfinite(int *flag, const float *x, size_t n) {
+    int bad = 0;
+    GRID_STRIDE(i, n) bad |= !isfinite(x[i]);
+    if (__any_sync(0xffffffffu, bad) && (threadIdx.x & 31) == 0) atomicOr(flag, 1);
+}
+
+__global__ void k_scale(float *x, size_t n, float s) { GRID_STRIDE(i, n) x[i] *= s; }
+
+static double cu_sumsq(us_backend *be, const float *x, size_t n) {
+    cuda_impl *c = CI(be);
+    double *d = (double *)us_cuda_scratch(c, SCR_RED, 8);
+    if (!d || c->failed) return NAN;
+    double h = 0;
+    CK(c, cudaMemsetAsync(d, 0, 8, c->st));
+    if (n) {
+        k_sumsq<<<grid_for(c, n, 256), 256, 0, c->st>>>(d, x, n);
+        CK_LAUNCH(c);
+    }
+    CK(c, cudaMemcpyAsync(&h, d, 8, cudaMemcpyDeviceToHost, c->st));
+    CK(c, cudaStreamSynchronize(c->st));
+    return c->failed ? NAN : h;
+}
+
+static void cu_scale(us_backend *be, float *x, size_t n, float s) {
+    cuda_impl *c = CI(be);
+    if (!n) return;
+    k_scale<<<grid_for(c, n, 256), 256, 0, c->st>>>(x, n, s);
+    CK_LAUNCH(c);
+}
+
+static bool cu_nonfinite(us_backend *be, const float *x, size_t n) {
+    cuda_impl *c = CI(be);
+    int *d = (int *)us_cuda_scratch(c, SCR_RED, 8);
+    if (!d || c->failed) return true;
+    int h = 0;
+    CK(c, cudaMemsetAsync(d, 0, 4, c->st));
+    if (n) {
+        k_nonfinite<<<grid_for(c, n, 256), 256, 0, c->st>>>(d, x, n);
+        CK_LAUNCH(c);
+    }
+    CK(c, cudaMemcpyAsync(&h, d, 4, cudaMemcpyDeviceToHost, c->st));
+    CK(c, cudaStreamSynchronize(c->st));
+    return h != 0 || c->failed;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* creation                                                                                    */
+
+static void cu_destroy(us_backend *be) {
+    if (!be) return;
+    cuda_impl *c = CI(be);
+    if (c) {
+        cudaStreamSynchronize(c->st);
+        for (int i = 0; i < c->n_plans; i++) {
+            cublasLtMatrixLayoutDestroy(c->plans[i].la);
+            cublasLtMatrixLayoutDestroy(c->plans[i].lb);
+            cublasLtMatrixLayoutDestroy(c->plans[i].lc);
+            cublasLtMatmulDescDestroy(c->plans[i].desc);
+        }
+        free(c->plans);
+        for (int i = 0; i < SCR_COUNT; i++) scratch_release(c, i);
+        if (c->ws) dev_free(c, c->ws);
+        for (size_t i = 0; i < c->n_allocs; i++) cudaFree(c->allocs[i].p);
+        free(c->allocs);
+        for (int i = 0; i < 2; i++) {
+            if (c->pin[i]) cudaFreeHost(c->pin[i]);
+            if (c->pin_ev[i]) cudaEventDestroy(c->pin_ev[i]);
+        }
+        if (c->lt) cublasLtDestroy(c->lt);
+        if (c->st) cudaStreamDestroy(c->st);
+        free(c);
+    }
+    free(be);
+}
+
+extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
+    *out = NULL;
+    int n = 0;
+    cudaError_t err = cudaGetDeviceCount(&n);
+    if (err != cudaSuccess || n <= 0)
+        return us_fail(e, US_EDEVICE, "--device cuda: no CUDA device found (%s)",
+                       err != cudaSuccess ? cudaGetErrorString(err) : "0 devices");
+    us_backend *be = (us_backend *)calloc(1, sizeof *be);
+    cuda_impl *c = (cuda_impl *)calloc(1, sizeof *c);
+    if (!be || !c) {
+        free(be);
+        free(c);
+        return us_fail(e, US_ENOMEM, "out of memory creating the cuda backend");
+    }
+    be->impl = c;
+    const char *what = NULL;
+    cudaDeviceProp prop;
+    if ((err = cudaSetDevice(0)) != cudaSuccess) what = "cudaSetDevice";
+    else if ((err = cudaGetDeviceProperties(&prop, 0)) != cudaSuccess) what = "cudaGetDeviceProperties";
+    else if ((err = cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking)) != cudaSuccess) what = "cudaStreamCreate";
+    else if ((err = cudaHostAlloc(&c->pin[0], PIN_BYTES, cudaHostAllocDefault)) != cudaSuccess) what = "cudaHostAlloc";
+    else if ((err = cudaHostAlloc(&c->pin[1], PIN_BYTES, cudaHostAllocDefault)) != cudaSuccess) what = "cudaHostAlloc";
+    else if ((err = cudaEventCreateWithFlags(&c->pin_ev[0], cudaEventDisableTiming)) != cudaSuccess) what = "cudaEventCreate";
+    else if ((err = cudaEventCreateWithFlags(&c->pin_ev[1], cudaEventDisableTiming)) != cudaSuccess) what = "cudaEventCreate";
+    if (what) {
+        us_status st = us_fail(e, US_EDEVICE, "--device cuda: %s: %s", what, cudaGetErrorString(err));
+        cu_destroy(be);
+        return st;
+    }
+    if (cublasLtCreate(&c->lt) != CUBLAS_STATUS_SUCCESS) {
+        cu_destroy(be);
+        return us_fail(e, US_EDEVICE, "--device cuda: cublasLtCreate failed");
+    }
+    c->pin_bytes = PIN_BYTES;
+    c->sm_count = prop.multiProcessorCount;
+    c->ws_bytes = WS_BYTES;
+    c->ws = dev_alloc(c, WS_BYTES);
+    if (!c->ws) {
+        cu_destroy(be);
+        return us_fail(e, US_ENOMEM, "--device cuda: out of device memory for the cuBLASLt workspace");
+    }
+    be->name = "cuda";
+    be->act_bytes = 2;
+    be->alloc = cu_alloc;
+    be->free = cu_free;
+    be->upload = cu_upload;
+    be->download = cu_download;
+    be->zero = cu_zero;
+    be->copy = cu_copy;
+    be->sync = cu_sync;
+    be->mem_info = cu_mem_info;
+    be->weight_upload = cu_weight_upload;
+    be->weight_fill_normal = cu_weight_fill_normal;
+    be->weight_from_f32 = cu_weight_from_f32;
+    be->weight_to_f32 = cu_weight_to_f32;
+    be->act_from_f32 = cu_act_from_f32;
+    be->act_to_f32 = cu_act_to_f32;
+    be->embed_fwd = cu_embed_fwd;
+    be->embed_bwd = cu_embed_bwd;
+    be->rmsnorm_fwd = cu_rmsnorm_fwd;
+    be->rmsnorm_bwd = cu_rmsnorm_bwd;
+    be->linear_fwd = cu_linear_fwd;
+    be->linear_bwd_x = cu_linear_bwd_x;
+    be->linear_bwd_w = cu_linear_bwd_w;
+    be->lora_fwd = cu_lora_fwd;
+    be->lora_bwd = cu_lora_bwd;
+    be->rope = cu_rope;
+    be->attn_fwd = us_cuda_attn_fwd;
+    be->attn_bwd = us_cuda_attn_bwd;
+    be->glu_fwd = cu_glu_fwd;
+    be->glu_bwd = cu_glu_bwd;
+    be->add = cu_add;
+    be->xent_fwd_bwd = cu_xent_fwd_bwd;
+    be->adamw = cu_adamw;
+    be->sumsq = cu_sumsq;
+    be->scale = cu_scale;
+    be->nonfinite = cu_nonfinite;
+    be->destroy = cu_destroy;
+    *out = be;
+    return US_OK;
+}

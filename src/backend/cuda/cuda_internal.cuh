@@ -1,0 +1,115 @@
+/* cuda_internal.cuh — what the CUDA backend's translation units share: the backend state, error
+ * checking, scratch buffers and the small device helpers (bf16 vectors, warp reductions). */
+#ifndef US_CUDA_INTERNAL_CUH
+#define US_CUDA_INTERNAL_CUH
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
+
+extern "C" {
+#include "backend/backend.h"
+}
+
+typedef __nv_bfloat16 bf16;
+
+/* Internal scratch slots (grow-only device buffers, counted in mem_info like any allocation). */
+enum {
+    SCR_STAGE = 0,  /* weight_upload: raw host data before conversion */
+    SCR_LORA_A,     /* bf16 copy of LoRA A */
+    SCR_LORA_B,     /* bf16 copy of LoRA B */
+    SCR_LORA_U,     /* bf16 copy of u / du */
+    SCR_ATTN_DQ,    /* attention backward: f32 dq accumulator */
+    SCR_ATTN_D,     /* attention backward: rowsum(dO * O) */
+    SCR_ATTN_SEG,   /* attention backward: per query block min seg_start */
+    SCR_RED,        /* reductions: one double / int */
+    SCR_COUNT
+};
+
+struct gemm_plan;
+
+typedef struct cuda_impl {
+    int device;
+    cudaStream_t st;
+    cublasLtHandle_t lt;
+    void *ws;
+    size_t ws_bytes;
+    /* allocation tracking */
+    size_t in_use, peak;
+    struct alloc_rec { void *p; size_t n; } *allocs;
+    size_t n_allocs, cap_allocs;
+    /* pinned staging for uploads: two buffers, each guarded by an event */
+    void *pin[2];
+    size_t pin_bytes;
+    cudaEvent_t pin_ev[2];
+    int pin_next;
+    void *scr[SCR_COUNT];
+    size_t scr_bytes[SCR_COUNT];
+    struct gemm_plan *plans;
+    int n_plans, cap_plans;
+    int sm_count;
+    int failed; /* a sticky CUDA error was reported */
+} cuda_impl;
+
+static inline cuda_impl *CI(us_backend *be) { return (cuda_impl *)be->impl; }
+
+/* Reports a CUDA error once (sticky); ops have no error channel, so reductions return a non-finite
+ * value afterwards and the trainer stops on it. */
+void us_cuda_report(cuda_impl *c, const char *what, const char *err, const char *file, int line);
+
+#define CK(c, call)                                                                   \
+    do {                                                                              \
+        cudaError_t err_ = (call);                                                    \
+        if (err_ != cudaSuccess) us_cuda_report((c), #call, cudaGetErrorString(err_), __FILE__, __LINE__); \
+    } while (0)
+#define CK_LAUNCH(c) CK(c, cudaGetLastError())
+
+/* A scratch buffer of at least `bytes` for slot `slot`; NULL (and reported) on failure. */
+void *us_cuda_scratch(cuda_impl *c, int slot, size_t bytes);
+
+static inline unsigned ceil_div_u(size_t a, size_t b) { return (unsigned)((a + b - 1) / b); }
+
+/* ---- device helpers ---- */
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* 8 bf16 <-> 8 floats through one 16-byte access. */
+__device__ __forceinline__ void load8(const bf16 *p, float f[8]) {
+    uint4 u = *reinterpret_cast<const uint4 *>(p);
+    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 t = __bfloat1622float2(h[i]);
+        f[2 * i] = t.x;
+        f[2 * i + 1] = t.y;
+    }
+}
+__device__ __forceinline__ void store8(bf16 *p, const float f[8]) {
+    uint4 u;
+    __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; i++) h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
+    *reinterpret_cast<uint4 *>(p) = u;
+}
+
+static inline bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+
+/* attention (cuda_attn.cu) */
+void us_cuda_attn_fwd(us_backend *be, void *o, float *lse, const void *q, const void *k, const void *v,
+                      const int32_t *seg_start, const us_attn_shape *sh);
+void us_cuda_attn_bwd(us_backend *be, void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
+                      const void *v, const void *o, const float *lse, const int32_t *seg_start,
+                      const us_attn_shape *sh);
+
+#endif

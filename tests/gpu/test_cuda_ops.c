@@ -1,0 +1,432 @@
+/* test_cuda_ops.c — every op of the CUDA backend against the CPU backend on random inputs.
+ *
+ * Inputs are drawn once, rounded to bf16, and given to both backends (bf16 on the GPU, the same
+ * values in f32 on the CPU), so the comparison measures only the GPU's arithmetic: products in
+ * bf16 with fp32 accumulation and bf16 outputs. Tolerances are relative L2 errors:
+ *   - elementwise ops with a bf16 output: 1e-2 (one output rounding is ~2e-3 relative);
+ *   - matrix products and attention: 1e-2 forward, 2e-2 for gradients (P and dS are rounded to
+ *     bf16 inside the fused attention backward);
+ *   - f32-only ops (AdamW, reductions): 1e-5.
+ * GPU outputs are poisoned (NaN) before each op, so an unwritten element fails. */
+#include "gpu_util.h"
+
+#define TOL_EW 1e-2
+#define TOL_MM 1e-2
+#define TOL_GRAD 2e-2
+
+TEST(cuda_weight_fill_normal_matches_cpu) {
+    OPEN_PAIR(p);
+    size_t n = 100003;
+    void *w = g_poison(&p, n * 2);
+    p.g->weight_fill_normal(p.g, w, n, 0.02f, 1234, 5);
+    float *h = get_act(&p, w, n);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        float ref = bfr(0.02f * us_rand_normal(1234, 5, i));
+        if (h[i] != ref) bad++;
+    }
+    free(h);
+    gpair_close(&p);
+    CHECK(bad <= n / 10000, "%zu of %zu values differ from us_rand_normal", bad, n);
+}
+
+TEST(cuda_weight_upload_converts) {
+    OPEN_PAIR(p);
+    size_t n = 5000;
+    float *f = malloc(n * 4);
+    uint16_t *h16 = malloc(n * 2), *b16 = malloc(n * 2);
+    for (size_t i = 0; i < n; i++) {
+        f[i] = us_rand_normal(9, 9, i) * 3.0f;
+        h16[i] = us_f32_to_f16(f[i]);
+        b16[i] = us_f32_to_bf16(f[i]);
+    }
+    void *wf = p.g->weight_upload(p.g, f, US_DT_F32, n);
+    void *wh = p.g->weight_upload(p.g, h16, US_DT_F16, n);
+    void *wb = p.g->weight_upload(p.g, b16, US_DT_BF16, n);
+    CHECK(wf && wh && wb, "weight_upload returned NULL");
+    float *gf = get_act(&p, wf, n), *gh = get_act(&p, wh, n), *gb = get_act(&p, wb, n);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (gf[i] != us_bf16_to_f32(b16[i])) bad++;
+        if (gh[i] != bfr(us_f16_to_f32(h16[i]))) bad++;
+        if (gb[i] != us_bf16_to_f32(b16[i])) bad++;
+    }
+    /* weight_to_f32 / act round trip */
+    float *df = p.g->alloc(p.g, n * 4);
+    p.g->weight_to_f32(p.g, df, wf, n);
+    float *back = get_f32(&p, df, n);
+    for (size_t i = 0; i < n; i++)
+        if (back[i] != us_bf16_to_f32(b16[i])) bad++;
+    free(f), free(h16), free(b16), free(gf), free(gh), free(gb), free(back);
+    gpair_close(&p);
+    CHECK(bad == 0, "%zu conversions differ", bad);
+}
+
+TEST(cuda_embed_fwd_bwd) {
+    OPEN_PAIR(p);
+    int V = 300, D = 72, T = 257;
+    float *E = rnd((size_t)V * D, 1.0f, 1), *dx = rnd((size_t)T * D, 1.0f, 2);
+    int32_t *ids = malloc(T * 4);
+    for (int t = 0; t < T; t++) ids[t] = (int32_t)((us_hash64(t) % V));
+    for (int variant = 0; variant < 2; variant++) {
+        int dim = variant ? D - 3 : D; /* scalar path too */
+        void *gE = g_act(&p, E, (size_t)V * dim), *gx = g_poison(&p, (size_t)T * dim * 2);
+        int32_t *gid = g_bytes(&p, ids, T * 4);
+        void *cE = c_f32(&p, E, (size_t)V * dim), *cx = p.c->alloc(p.c, (size_t)T * dim * 4);
+        int32_t *cid = c_bytes(&p, ids, T * 4);
+        p.g->embed_fwd(p.g, gx, gE, gid, T, dim);
+        p.c->embed_fwd(p.c, cx, cE, cid, T, dim);
+        double e1 = err_act(&p, gx, cx, (size_t)T * dim);
+        CHECK(e1 == 0, "embed_fwd dim %d: rel err %g", dim, e1);
+        float *zero = calloc((size_t)V * dim, 4);
+        float *gdE = g_bytes(&p, zero, (size_t)V * dim * 4), *cdE = c_f32(&p, zero, (size_t)V * dim);
+        void *gdx = g_act(&p, dx, (size_t)T * dim), *cdx = c_f32(&p, dx, (size_t)T * dim);
+        p.g->embed_bwd(p.g, gdE, gdx, gid, T, dim);
+        p.c->embed_bwd(p.c, cdE, cdx, cid, T, dim);
+        double e2 = err_f32(&p, gdE, cdE, (size_t)V * dim);
+        free(zero);
+        CHECK(e2 < 1e-5, "embed_bwd dim %d: rel err %g", dim, e2);
+    }
+    free(E), free(dx), free(ids);
+    gpair_close(&p);
+}
+
+TEST(cuda_rmsnorm_fwd_bwd) {
+    OPEN_PAIR(p);
+    int dims[] = {64, 576, 100, 2048};
+    for (int di = 0; di < 4; di++) {
+        int T = 131, D = dims[di];
+        size_t n = (size_t)T * D;
+        float *x = rnd(n, 2.0f, 10 + di), *dy = rnd(n, 1.0f, 20 + di), *w = rnd(D, 1.0f, 30 + di), *dx0 = rnd(n, 1.0f, 40);
+        void *gx = g_act(&p, x, n), *gy = g_poison(&p, n * 2), *gdy = g_act(&p, dy, n);
+        float *gw = g_bytes(&p, w, D * 4), *grs = g_poison(&p, T * 4);
+        void *cx = c_f32(&p, x, n), *cy = p.c->alloc(p.c, n * 4), *cdy = c_f32(&p, dy, n);
+        float *cw = c_f32(&p, w, D), *crs = p.c->alloc(p.c, T * 4);
+        p.g->rmsnorm_fwd(p.g, gy, grs, gx, gw, T, D, 1e-5f);
+        p.c->rmsnorm_fwd(p.c, cy, crs, cx, cw, T, D, 1e-5f);
+        double ey = err_act(&p, gy, cy, n), er = err_f32(&p, grs, crs, T);
+        CHECK(ey < TOL_EW && er < 1e-5, "rmsnorm_fwd D=%d: y %g rstd %g", D, ey, er);
+        for (int acc = 0; acc < 2; acc++) {
+            void *gdx = acc ? g_act(&p, dx0, n) : g_poison(&p, n * 2);
+            void *cdx = acc ? c_f32(&p, dx0, n) : p.c->alloc(p.c, n * 4);
+            float *zero = calloc(D, 4);
+            float *gdw = g_bytes(&p, zero, D * 4), *cdw = c_f32(&p, zero, D);
+            p.g->rmsnorm_bwd(p.g, gdx, acc, gdw, gdy, gx, crs == NULL ? NULL : grs, gw, T, D);
+            p.c->rmsnorm_bwd(p.c, cdx, acc, cdw, cdy, cx, crs, cw, T, D);
+            double ex = err_act(&p, gdx, cdx, n), ew = err_f32(&p, gdw, cdw, D);
+            free(zero);
+            CHECK(ex < TOL_EW && ew < 1e-3, "rmsnorm_bwd D=%d acc=%d: dx %g dw %g", D, acc, ex, ew);
+        }
+        free(x), free(dy), free(w), free(dx0);
+    }
+    gpair_close(&p);
+}
+
+TEST(cuda_linear_fwd_bwd) {
+    OPEN_PAIR(p);
+    int shapes[][3] = {{100, 64, 96}, {512, 576, 1536}, {77, 40, 24}};
+    for (int si = 0; si < 3; si++) {
+        int T = shapes[si][0], in = shapes[si][1], out = shapes[si][2];
+        float *x = rnd((size_t)T * in, 1.0f, 1), *W = rnd((size_t)out * in, 0.05f, 2), *b = rnd(out, 0.1f, 3);
+        float *y0 = rnd((size_t)T * out, 1.0f, 4), *dy = rnd((size_t)T * out, 1.0f, 5), *dx0 = rnd((size_t)T * in, 1.0f, 6);
+        void *gx = g_act(&p, x, (size_t)T * in), *gW = p.g->weight_upload(p.g, W, US_DT_F32, (size_t)out * in);
+        float *gb = g_bytes(&p, b, out * 4);
+        void *cx = c_f32(&p, x, (size_t)T * in), *cW = c_f32(&p, W, (size_t)out * in);
+        float *cb = c_f32(&p, b, out);
+        for (int acc = 0; acc < 2; acc++) {
+            void *gy = acc ? g_act(&p, y0, (size_t)T * out) : g_poison(&p, (size_t)T * out * 2);
+            void *cy = acc ? c_f32(&p, y0, (size_t)T * out) : p.c->alloc(p.c, (size_t)T * out * 4);
+            p.g->linear_fwd(p.g, gy, acc, gx, gW, acc ? NULL : gb, T, in, out);
+            p.c->linear_fwd(p.c, cy, acc, cx, cW, acc ? NULL : cb, T, in, out);
+            double e = err_act(&p, gy, cy, (size_t)T * out);
+            CHECK(e < TOL_MM, "linear_fwd %dx%dx%d acc=%d: %g", T, in, out, acc, e);
+            void *gdy = g_act(&p, dy, (size_t)T * out), *cdy = c_f32(&p, dy, (size_t)T * out);
+            void *gdx = acc ? g_act(&p, dx0, (size_t)T * in) : g_poison(&p, (size_t)T * in * 2);
+            void *cdx = acc ? c_f32(&p, dx0, (size_t)T * in) : p.c->alloc(p.c, (size_t)T * in * 4);
+            p.g->linear_bwd_x(p.g, gdx, acc, gdy, gW, T, in, out);
+            p.c->linear_bwd_x(p.c, cdx, acc, cdy, cW, T, in, out);
+            e = err_act(&p, gdx, cdx, (size_t)T * in);
+            CHECK(e < TOL_MM, "linear_bwd_x %dx%dx%d acc=%d: %g", T, in, out, acc, e);
+        }
+        float *dW0 = rnd((size_t)out * in, 0.1f, 7), *db0 = rnd(out, 0.1f, 8);
+        void *gdy = g_act(&p, dy, (size_t)T * out), *cdy = c_f32(&p, dy, (size_t)T * out);
+        float *gdW = g_bytes(&p, dW0, (size_t)out * in * 4), *cdW = c_f32(&p, dW0, (size_t)out * in);
+        float *gdb = g_bytes(&p, db0, out * 4), *cdb = c_f32(&p, db0, out);
+        p.g->linear_bwd_w(p.g, gdW, gdb, gdy, gx, T, in, out);
+        p.c->linear_bwd_w(p.c, cdW, cdb, cdy, cx, T, in, out);
+        double ew = err_f32(&p, gdW, cdW, (size_t)out * in), eb = err_f32(&p, gdb, cdb, out);
+        CHECK(ew < 1e-3 && eb < 1e-4, "linear_bwd_w %dx%dx%d: dW %g db %g", T, in, out, ew, eb);
+        free(x), free(W), free(b), free(y0), free(dy), free(dx0), free(dW0), free(db0);
+    }
+    gpair_close(&p);
+}
+
+TEST(cuda_lora_fwd_bwd) {
+    OPEN_PAIR(p);
+    int T = 300, in = 576, out = 192, r = 16;
+    float s = 2.0f;
+    float *x = rnd((size_t)T * in, 1.0f, 1), *A = rnd((size_t)r * in, 0.05f, 2), *B = rnd((size_t)out * r, 0.05f, 3);
+    float *y0 = rnd((size_t)T * out, 1.0f, 4), *dy = rnd((size_t)T * out, 1.0f, 5), *dx0 = rnd((size_t)T * in, 1.0f, 6);
+    float *dA0 = rnd((size_t)r * in, 0.1f, 7), *dB0 = rnd((size_t)out * r, 0.1f, 8);
+    void *gx = g_act(&p, x, (size_t)T * in), *gy = g_act(&p, y0, (size_t)T * out);
+    float *gA = g_bytes(&p, A, (size_t)r * in * 4), *gB = g_bytes(&p, B, (size_t)out * r * 4);
+    float *gu = g_poison(&p, (size_t)T * r * 4);
+    void *cx = c_f32(&p, x, (size_t)T * in), *cy = c_f32(&p, y0, (size_t)T * out);
+    float *cA = c_f32(&p, A, (size_t)r * in), *cB = c_f32(&p, B, (size_t)out * r), *cu = p.c->alloc(p.c, (size_t)T * r * 4);
+    p.g->lora_fwd(p.g, gy, gu, gx, gA, gB, s, T, in, out, r);
+    p.c->lora_fwd(p.c, cy, cu, cx, cA, cB, s, T, in, out, r);
+    double eu = err_f32(&p, gu, cu, (size_t)T * r);
+    float *hy = get_act(&p, gy, (size_t)T * out);
+    /* compare the LoRA increment y - y0, not y: y0 dominates */
+    float *inc_g = malloc((size_t)T * out * 4), *inc_c = malloc((size_t)T * out * 4);
+    for (size_t i = 0; i < (size_t)T * out; i++) inc_g[i] = hy[i] - y0[i], inc_c[i] = ((float *)cy)[i] - y0[i];
+    double ey = rel_l2(inc_g, inc_c, (size_t)T * out);
+    CHECK(eu < 5e-3 && ey < 3e-2, "lora_fwd: u %g, y increment %g", eu, ey);
+    /* backward, with the CPU's u for both */
+    float *gu2 = g_bytes(&p, cu, (size_t)T * r * 4);
+    void *gdy = g_act(&p, dy, (size_t)T * out), *cdy = c_f32(&p, dy, (size_t)T * out);
+    void *gdx = g_act(&p, dx0, (size_t)T * in), *cdx = c_f32(&p, dx0, (size_t)T * in);
+    float *gdA = g_bytes(&p, dA0, (size_t)r * in * 4), *cdA = c_f32(&p, dA0, (size_t)r * in);
+    float *gdB = g_bytes(&p, dB0, (size_t)out * r * 4), *cdB = c_f32(&p, dB0, (size_t)out * r);
+    float *gsc = g_poison(&p, (size_t)T * r * 4), *csc = p.c->alloc(p.c, (size_t)T * r * 4);
+    p.g->lora_bwd(p.g, gdx, gdA, gdB, gdy, gx, gu2, gA, gB, s, T, in, out, r, gsc);
+    p.c->lora_bwd(p.c, cdx, cdA, cdB, cdy, cx, cu, cA, cB, s, T, in, out, r, csc);
+    double eA = err_f32(&p, gdA, cdA, (size_t)r * in), eB = err_f32(&p, gdB, cdB, (size_t)out * r);
+    float *hdx = get_act(&p, gdx, (size_t)T * in);
+    float *ig = malloc((size_t)T * in * 4), *ic = malloc((size_t)T * in * 4);
+    for (size_t i = 0; i < (size_t)T * in; i++) ig[i] = hdx[i] - dx0[i], ic[i] = ((float *)cdx)[i] - dx0[i];
+    double ex = rel_l2(ig, ic, (size_t)T * in);
+    CHECK(eA < TOL_MM && eB < TOL_MM && ex < 3e-2, "lora_bwd: dA %g dB %g dx increment %g", eA, eB, ex);
+    /* dx may be NULL */
+    p.g->lora_bwd(p.g, NULL, gdA, gdB, gdy, gx, gu2, gA, gB, s, T, in, out, r, gsc);
+    p.g->sync(p.g);
+    CHECK(!p.g->nonfinite(p.g, gdA, (size_t)r * in), "lora_bwd with dx NULL");
+    free(x), free(A), free(B), free(y0), free(dy), free(dx0), free(dA0), free(dB0), free(hy), free(inc_g), free(inc_c);
+    free(hdx), free(ig), free(ic);
+    gpair_close(&p);
+}
+
+TEST(cuda_rope) {
+    OPEN_PAIR(p);
+    int T = 70, nh = 3, hd = 64;
+    size_t n = (size_t)T * nh * hd;
+    float *x = rnd(n, 1.0f, 1), *inv = malloc(hd / 2 * 4);
+    for (int i = 0; i < hd / 2; i++) inv[i] = (float)pow(10000.0, -2.0 * i / hd);
+    int32_t *pos = malloc(T * 4);
+    for (int t = 0; t < T; t++) pos[t] = (t * 37) % 2048;
+    for (int inverse = 0; inverse < 2; inverse++) {
+        void *gx = g_act(&p, x, n), *cx = c_f32(&p, x, n);
+        int32_t *gp = g_bytes(&p, pos, T * 4), *cp = c_bytes(&p, pos, T * 4);
+        float *gi = g_bytes(&p, inv, hd / 2 * 4), *ci = c_f32(&p, inv, hd / 2);
+        p.g->rope(p.g, gx, gp, gi, T, nh, hd, inverse);
+        p.c->rope(p.c, cx, cp, ci, T, nh, hd, inverse);
+        double e = err_act(&p, gx, cx, n);
+        CHECK(e < TOL_EW, "rope inverse=%d: %g", inverse, e);
+    }
+    free(x), free(inv), free(pos);
+    gpair_close(&p);
+}
+
+static int attn_case(gpair *p, us_test_ctx *t, int batch, int seq, int H, int KV, int hd, int use_seg) {
+    us_attn_shape sh = {batch, seq, H, KV, hd, 1.0f / sqrtf((float)hd)};
+    size_t T = (size_t)batch * seq, nq = T * H * hd, nk = T * KV * hd;
+    uint64_t sd = (uint64_t)seq * 131 + hd;
+    float *q = rnd(nq, 1.0f, sd + 1), *k = rnd(nk, 1.0f, sd + 2), *v = rnd(nk, 1.0f, sd + 3), *dout = rnd(nq, 1.0f, sd + 4);
+    int32_t *seg = NULL;
+    if (use_seg) { /* packed examples: boundaries at pseudo-random places */
+        seg = malloc(T * 4);
+        for (int b = 0; b < batch; b++) {
+            int start = 0;
+            for (int i = 0; i < seq; i++) {
+                if (i > 0 && us_hash64((uint64_t)b * 100003 + i) % 41 == 0) start = i;
+                seg[(size_t)b * seq + i] = start;
+            }
+        }
+    }
+    void *gq = g_act(p, q, nq), *gk = g_act(p, k, nk), *gv = g_act(p, v, nk), *go = g_poison(p, nq * 2);
+    float *gl = g_poison(p, T * H * 4);
+    int32_t *gs = seg ? g_bytes(p, seg, T * 4) : NULL, *cs = seg ? c_bytes(p, seg, T * 4) : NULL;
+    void *cq = c_f32(p, q, nq), *ck = c_f32(p, k, nk), *cv = c_f32(p, v, nk), *co = p->c->alloc(p->c, nq * 4);
+    float *cl = p->c->alloc(p->c, T * H * 4);
+    p->g->attn_fwd(p->g, go, gl, gq, gk, gv, gs, &sh);
+    p->c->attn_fwd(p->c, co, cl, cq, ck, cv, cs, &sh);
+    double eo = err_act(p, go, co, nq), el = err_f32(p, gl, cl, T * H);
+    int ok = eo < TOL_MM && el < 1e-3;
+    if (ok) {
+        /* backward from the GPU's own o (bf16) on both sides */
+        float *ho = get_act(p, go, nq);
+        void *cob = c_f32(p, ho, nq);
+        float *hl = get_f32(p, gl, T * H);
+        float *clg = c_f32(p, hl, T * H);
+        void *gdo = g_act(p, dout, nq), *cdo = c_f32(p, dout, nq);
+        void *gdq = g_poison(p, nq * 2), *gdk = g_poison(p, nk * 2), *gdv = g_poison(p, nk * 2);
+        void *cdq = p->c->alloc(p->c, nq * 4), *cdk = p->c->alloc(p->c, nk * 4), *cdv = p->c->alloc(p->c, nk * 4);
+        p->g->attn_bwd(p->g, gdq, gdk, gdv, gdo, gq, gk, gv, go, gl, gs, &sh);
+        p->c->attn_bwd(p->c, cdq, cdk, cdv, cdo, cq, ck, cv, cob, clg, cs, &sh);
+        double eq = err_act(p, gdq, cdq, nq), ek = err_act(p, gdk, cdk, nk), ev = err_act(p, gdv, cdv, nk);
+        free(ho), free(hl);
+        if (!(eq < TOL_GRAD && ek < TOL_GRAD && ev < TOL_GRAD)) {
+            snprintf(t->msg, sizeof t->msg, "attn_bwd b=%d s=%d H=%d KV=%d hd=%d seg=%d: dq %g dk %g dv %g", batch, seq,
+                     H, KV, hd, use_seg, eq, ek, ev);
+            ok = 0;
+        }
+    } else {
+        snprintf(t->msg, sizeof t->msg, "attn_fwd b=%d s=%d H=%d KV=%d hd=%d seg=%d: o %g lse %g", batch, seq, H, KV, hd,
+                 use_seg, eo, el);
+    }
+    free(q), free(k), free(v), free(dout), free(seg);
+    return ok;
+}
+
+TEST(cuda_attention_fwd_bwd) {
+    OPEN_PAIR(p);
+    int cases[][6] = {
+        /* batch, seq, heads, kv_heads, head_dim, seg */
+        {2, 100, 4, 2, 16, 0}, {1, 130, 4, 1, 32, 0}, {2, 64, 2, 2, 64, 0},  {1, 200, 6, 2, 64, 0},
+        {1, 129, 4, 2, 128, 0}, {2, 150, 4, 2, 16, 1}, {1, 300, 4, 4, 64, 1}, {1, 190, 4, 1, 128, 1},
+        {1, 1, 2, 1, 64, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int ok = attn_case(&p, t, cases[i][0], cases[i][1], cases[i][2], cases[i][3], cases[i][4], cases[i][5]);
+        if (!ok) {
+            t->failed = 1;
+            gpair_close(&p);
+            return;
+        }
+    }
+    gpair_close(&p);
+}
+
+TEST(cuda_glu_fwd_bwd_bits) {
+    OPEN_PAIR(p);
+    int colss[] = {160, 100, 1536, 33};
+    for (int ci = 0; ci < 4; ci++)
+        for (int act = 0; act < 2; act++) {
+            int rows = 37, cols = colss[ci], W = (cols + 31) / 32;
+            size_t n = (size_t)rows * cols;
+            float *g = rnd(n, 1.0f, 1 + ci), *u = rnd(n, 1.0f, 2 + ci), *da = rnd(n, 1.0f, 3 + ci);
+            void *gg = g_act(&p, g, n), *gu = g_act(&p, u, n), *ga = g_poison(&p, n * 2);
+            uint32_t *gb = g_poison(&p, (size_t)rows * W * 4);
+            void *cg = c_f32(&p, g, n), *cu = c_f32(&p, u, n), *ca = p.c->alloc(p.c, n * 4);
+            uint32_t *cb = p.c->alloc(p.c, (size_t)rows * W * 4);
+            p.g->glu_fwd(p.g, act, ga, gg, gu, act == US_GLU_RELU ? gb : NULL, rows, cols);
+            p.c->glu_fwd(p.c, act, ca, cg, cu, act == US_GLU_RELU ? cb : NULL, rows, cols);
+            double ea = err_act(&p, ga, ca, n), eg = err_act(&p, gg, cg, n);
+            CHECK(ea < TOL_EW && eg < TOL_EW, "glu_fwd act=%d cols=%d: a %g g %g", act, cols, ea, eg);
+            if (act == US_GLU_RELU) {
+                uint32_t *hb = malloc((size_t)rows * W * 4);
+                p.g->download(p.g, hb, gb, (size_t)rows * W * 4);
+                int same = memcmp(hb, cb, (size_t)rows * W * 4) == 0;
+                free(hb);
+                CHECK(same, "glu_fwd cols=%d: packed bits differ from the cpu backend", cols);
+            }
+            /* backward, in place (dg, du alias g, u), from each side's saved state */
+            void *gda = g_act(&p, da, n), *cda = c_f32(&p, da, n);
+            p.g->glu_bwd(p.g, act, gg, gu, gda, gg, gu, act == US_GLU_RELU ? gb : NULL, rows, cols);
+            p.c->glu_bwd(p.c, act, cg, cu, cda, cg, cu, act == US_GLU_RELU ? cb : NULL, rows, cols);
+            double edg = err_act(&p, gg, cg, n), edu = err_act(&p, gu, cu, n);
+            CHECK(edg < TOL_EW && edu < TOL_EW, "glu_bwd act=%d cols=%d: dg %g du %g", act, cols, edg, edu);
+            free(g), free(u), free(da);
+        }
+    gpair_close(&p);
+}
+
+TEST(cuda_add_and_xent) {
+    OPEN_PAIR(p);
+    size_t n = 10007;
+    float *y = rnd(n, 1.0f, 1), *x = rnd(n, 1.0f, 2);
+    for (int off = 0; off < 2; off++) { /* off = 1: unaligned scalar path */
+        void *gy = g_act(&p, y, n), *gx = g_act(&p, x, n);
+        void *cy = c_f32(&p, y, n), *cx = c_f32(&p, x, n);
+        p.g->add(p.g, (char *)gy + 2 * off, (char *)gx + 2 * off, n - off);
+        p.c->add(p.c, (float *)cy + off, (float *)cx + off, n - off);
+        double e = err_act(&p, gy, cy, n);
+        CHECK(e < TOL_EW, "add: %g", e);
+    }
+    int vocabs[] = {256, 1000, 1001, 49152};
+    for (int vi = 0; vi < 4; vi++) {
+        int rows = 9, V = vocabs[vi];
+        size_t nl = (size_t)rows * V;
+        float *L = rnd(nl, 3.0f, 10 + vi);
+        int32_t lab[9];
+        for (int r = 0; r < rows; r++) lab[r] = r == 3 ? -100 : (int32_t)(us_hash64(r + vi) % V);
+        void *gL = g_act(&p, L, nl), *cL = c_f32(&p, L, nl);
+        int32_t *gl = g_bytes(&p, lab, sizeof lab), *cl = c_bytes(&p, lab, sizeof lab);
+        float z = 1.5f;
+        float *gls = g_bytes(&p, &z, 4), *cls = c_f32(&p, &z, 1);
+        p.g->xent_fwd_bwd(p.g, gL, gl, gls, 0.125f, rows, V);
+        p.c->xent_fwd_bwd(p.c, cL, cl, cls, 0.125f, rows, V);
+        double eL = err_act(&p, gL, cL, nl), el = err_f32(&p, gls, cls, 1);
+        CHECK(eL < TOL_EW && el < 1e-4, "xent vocab %d: dlogits %g loss %g", V, eL, el);
+        free(L);
+    }
+    free(y), free(x);
+    gpair_close(&p);
+}
+
+TEST(cuda_adamw_and_reductions) {
+    OPEN_PAIR(p);
+    size_t n = 100000;
+    float *pp = rnd(n, 1.0f, 1), *g = rnd(n, 0.1f, 2), *m = rnd(n, 0.01f, 3), *v = rnd(n, 0.01f, 4);
+    for (size_t i = 0; i < n; i++) v[i] = v[i] * v[i];
+    float *gp = g_bytes(&p, pp, n * 4), *gg = g_bytes(&p, g, n * 4), *gm = g_bytes(&p, m, n * 4), *gv = g_bytes(&p, v, n * 4);
+    float *cp = c_f32(&p, pp, n), *cg = c_f32(&p, g, n), *cm = c_f32(&p, m, n), *cv = c_f32(&p, v, n);
+    for (int step = 1; step <= 3; step++) {
+        float bc1 = 1.0f - powf(0.9f, step), bc2 = 1.0f - powf(0.999f, step);
+        p.g->adamw(p.g, gp, gg, gm, gv, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, bc1, bc2);
+        p.c->adamw(p.c, cp, cg, cm, cv, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, bc1, bc2);
+    }
+    double ep = err_f32(&p, gp, cp, n), em = err_f32(&p, gm, cm, n), ev = err_f32(&p, gv, cv, n);
+    CHECK(ep < 1e-6 && em < 1e-6 && ev < 1e-6, "adamw: p %g m %g v %g", ep, em, ev);
+    double sg = p.g->sumsq(p.g, gg, n), sc = p.c->sumsq(p.c, cg, n);
+    CHECK(fabs(sg - sc) <= 1e-9 * sc, "sumsq %.12g vs %.12g", sg, sc);
+    p.g->scale(p.g, gg, n, 0.5f);
+    p.c->scale(p.c, cg, n, 0.5f);
+    CHECK(err_f32(&p, gg, cg, n) == 0, "scale");
+    CHECK(!p.g->nonfinite(p.g, gg, n), "nonfinite on finite data");
+    float bad = NAN;
+    p.g->upload(p.g, gg + n / 2, &bad, 4);
+    CHECK(p.g->nonfinite(p.g, gg, n), "nonfinite missed a NaN");
+    bad = INFINITY;
+    p.g->upload(p.g, gg + n / 2, &bad, 4);
+    CHECK(p.g->nonfinite(p.g, gg, n), "nonfinite missed an inf");
+    free(pp), free(g), free(m), free(v);
+    gpair_close(&p);
+}
+
+TEST(cuda_memory_tracking) {
+    OPEN_PAIR(p);
+    size_t u0, pk0, tot;
+    p.g->mem_info(p.g, &u0, &pk0, &tot);
+    void *a = p.g->alloc(p.g, 100 << 20), *b = p.g->alloc(p.g, 50 << 20);
+    CHECK(a && b, "alloc");
+    size_t u1, pk1;
+    p.g->mem_info(p.g, &u1, &pk1, NULL);
+    p.g->free(p.g, a);
+    size_t u2, pk2;
+    p.g->mem_info(p.g, &u2, &pk2, NULL);
+    CHECK(u1 == u0 + (150u << 20) && pk1 >= u1 && u2 == u0 + (50u << 20) && pk2 == pk1 && tot > (1ull << 30),
+          "in_use %zu -> %zu -> %zu, peak %zu, total %zu", u0, u1, u2, pk2, tot);
+    void *huge = p.g->alloc(p.g, (size_t)1 << 50);
+    CHECK(huge == NULL, "an impossible allocation returned non-NULL");
+    /* copy and zero */
+    float h[4] = {1, 2, 3, 4}, back[4];
+    p.g->upload(p.g, b, h, 16);
+    p.g->copy(p.g, (char *)b + 64, b, 16);
+    p.g->zero(p.g, b, 16);
+    p.g->download(p.g, back, (char *)b + 64, 16);
+    CHECK(memcmp(back, h, 16) == 0, "copy");
+    p.g->download(p.g, back, b, 16);
+    CHECK(back[0] == 0 && back[3] == 0, "zero");
+    /* a large upload through the pinned staging buffers */
+    size_t big = 40u << 20;
+    unsigned char *src = malloc(big), *dst = malloc(big);
+    for (size_t i = 0; i < big; i++) src[i] = (unsigned char)(i * 7 + (i >> 20));
+    void *d = p.g->alloc(p.g, big);
+    p.g->upload(p.g, d, src, big);
+    p.g->download(p.g, dst, d, big);
+    int same = memcmp(src, dst, big) == 0;
+    free(src), free(dst);
+    CHECK(same, "40 MiB upload round trip");
+    gpair_close(&p);
+}
