@@ -145,6 +145,14 @@ struct us_backend {
     bool (*nonfinite)(us_backend *be, const float *x, size_t n);
 
     void (*destroy)(us_backend *be);
+
+    /* ---- incremental decoding (optional: NULL when a backend lacks it; src/model/decode.c then
+     * computes this attention on the host) ---- */
+    /* Attention of T new queries at positions start..start+T-1 of one sequence over its key/value
+     * cache: q, o [T, heads*head_dim]; kc, vc [>= start+T, kv_heads*head_dim] (act type), rows
+     * 0..start+T-1 filled. Query i attends to keys 0..start+i. sh->batch = 1, sh->seq unused. */
+    void (*attn_cached)(us_backend *be, void *o, const void *q, const void *kc, const void *vc, int T, int start,
+                        const us_attn_shape *sh);
 };
 
 /* Creates a backend by name ("cpu", "cuda"); an error says when it is not compiled in or no
@@ -154,6 +162,8 @@ us_status us_backend_create(const char *name, int threads, us_backend **out, us_
 const char *us_backends_compiled(void);
 
 us_status us_backend_cpu_create(int threads, us_backend **out, us_err *e);
+/* Fills the CPU backend's incremental-decoding ops (cpu_decode.c). */
+void us_cpu_decode_install(us_backend *be);
 #ifdef US_HAVE_CUDA
 us_status us_backend_cuda_create(us_backend **out, us_err *e);
 #endif

@@ -476,6 +476,7 @@ us_status us_backend_cpu_create(int threads, us_backend **out, us_err *e) {
         .add = cpu_add, .xent_fwd_bwd = cpu_xent_fwd_bwd, .adamw = cpu_adamw, .sumsq = cpu_sumsq,
         .scale = cpu_scale, .nonfinite = cpu_nonfinite, .destroy = cpu_destroy,
     };
+    us_cpu_decode_install(be);
     *out = be;
     return US_OK;
 }
