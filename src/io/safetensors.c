@@ -201,7 +201,7 @@ us_status us_st_open(const char *path, us_st_file **out, us_err *e) {
         return us_fail(e, US_ENOMEM, "%s: out of memory", path);
     }
     us_status st = US_OK;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block us */
     if (fd < 0) {
         st = us_fail(e, US_EIO, "%s: cannot open: %s", path, strerror(errno));
         goto fail;
