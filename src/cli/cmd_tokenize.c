@@ -49,7 +49,9 @@ static void json_write_string(FILE *f, const char *s, size_t n) {
         else if (c == '\n') fputs("\\n", f);
         else if (c == '\r') fputs("\\r", f);
         else if (c == '\t') fputs("\\t", f);
-        else if (c < 0x20 || c == 0x7F) {
+        else if (c == '\b') fputs("\\b", f);
+        else if (c == '\f') fputs("\\f", f);
+        else if (c < 0x20) { /* the same spelling as JSON.stringify, so outputs compare as text */
             fputs("\\u00", f);
             fputc(hex[c >> 4], f);
             fputc(hex[c & 15], f);

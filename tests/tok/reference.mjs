@@ -27,7 +27,7 @@ if (mode === "encode") {
   for (const l of lines()) out.push(JSON.stringify(tok.encode(JSON.parse(l), { add_special_tokens: add })));
 } else if (mode === "decode") {
   for (const l of lines())
-    out.push(JSON.stringify(tok.decode(JSON.parse(l), { skip_special_tokens: false, clean_up_tokenization_spaces: false })));
+    out.push(JSON.stringify(JSON.parse(l).length === 0 ? "" : tok.decode(JSON.parse(l), { skip_special_tokens: false, clean_up_tokenization_spaces: false })));
 } else if (mode === "chat") {
   const gen = rest.includes("--gen");
   const ti = rest.indexOf("--template");
