@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "io/jsonutil.h"
 
@@ -142,6 +143,11 @@ us_status us_jsonl_tokens_load(const char *path, int vocab, us_token_dataset *ds
     if (vocab <= 0) return us_fail(e, US_EINVAL, "%s: vocabulary size %d must be positive", path, vocab);
     FILE *f = fopen(path, "rb");
     if (!f) return us_fail(e, US_EIO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        fclose(f);
+        return us_fail(e, US_EIO, "%s: is a directory, not a JSONL file", path);
+    }
     char *line = NULL;
     size_t cap = 0, lineno = 0;
     ssize_t len;

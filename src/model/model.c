@@ -92,9 +92,12 @@ static us_status load_matrix(loader *ld, const char *name, int64_t rows, int64_t
     int64_t shape[2] = {rows, cols};
     us_status st = us_st_model_get(ld->st, name, 2, shape, &t, ld->e);
     if (st) return st;
-    if (t->dtype != US_DT_F32 && t->dtype != US_DT_BF16 && t->dtype != US_DT_F16)
-        return us_fail(ld->e, US_EUNSUPPORTED, "tensor %s: dtype %s is not supported (F32, BF16, F16)", name,
+    if (t->dtype != US_DT_F32 && t->dtype != US_DT_BF16 && t->dtype != US_DT_F16) {
+        const char *file = "model";
+        us_st_model_find(ld->st, name, &file);
+        return us_fail(ld->e, US_EUNSUPPORTED, "%s: tensor %s: dtype %s is not supported (F32, BF16, F16)", file, name,
                        us_dtype_name(t->dtype));
+    }
     *out = be->weight_upload(be, t->data, t->dtype, n);
     if (!*out) return us_fail(ld->e, US_ENOMEM, "out of device memory for %s", name);
     return US_OK;
