@@ -525,6 +525,31 @@ TEST(ops_attention_segments_isolate) {
     be->destroy(be);
 }
 
+/* incremental decoding: T new queries at positions start..start+T-1 over a cache of start+T rows
+ * equal rows start.. of the full causal attention of one row of start+T tokens */
+TEST(ops_attention_cached) {
+    us_backend *be = cpu();
+    CHECK(be, "no cpu backend");
+    if (!be->attn_cached) {
+        be->destroy(be);
+        return; /* optional op */
+    }
+    rng r = {25};
+    enum { START = 5, TN = 3, S = START + TN, H = 4, KV = 2, HD = 8 };
+    float q[TN * H * HD], kc[(S + 2) * KV * HD], vc[(S + 2) * KV * HD], o[TN * H * HD];
+    double qd[S * H * HD] = {0}, kd[S * KV * HD], vd[S * KV * HD], od[S * H * HD], lsed[S * H];
+    fill(&r, q, qd + START * H * HD, TN * H * HD, 1);
+    fill(&r, kc, kd, S * KV * HD, 1);
+    fill(&r, vc, vd, S * KV * HD, 1);
+    for (int i = S * KV * HD; i < (S + 2) * KV * HD; i++) kc[i] = vc[i] = 1e4f; /* rows past the cache: unread */
+    us_attn_shape sh = {1, 0, H, KV, HD, 1.0f / sqrtf((float)HD)};
+    be->attn_cached(be, o, q, kc, vc, TN, START, &sh);
+    attn_ctx c = {qd, kd, vd, NULL, od, lsed, NULL, 1, S, H, KV, HD, sh.scale};
+    attn_ref(&c);
+    EXPECT_CLOSE("attn_cached vs full causal attention", o, od + START * H * HD, TN * H * HD, TOL);
+    be->destroy(be);
+}
+
 /* ==== gated MLP ==== */
 
 typedef struct glu_ctx {
