@@ -1,9 +1,8 @@
 /* chat.h — rendering tokenizer_config.json's chat_template (Jinja) for chat datasets and the CLI.
  *
- * The template is run by a small interpreter of the Jinja subset that Hugging Face chat templates
- * use (text, {{ }}, {% if/elif/else/for/set/macro %}, whitespace control, filters, tests, loop
- * variables, namespace(), raise_exception, string methods). Built-in templates for the common
- * families can be forced by name when a tokenizer ships none. */
+ * Not a Jinja interpreter: the template's family is recognised from its marker tokens and rendered
+ * by a built-in C renderer that reproduces that family's shipped template for plain conversations
+ * (see chat.c). A family can be forced by name when a tokenizer ships no template. */
 #ifndef US_CHAT_H
 #define US_CHAT_H
 

@@ -31,7 +31,11 @@ if (mode === "encode") {
 } else if (mode === "chat") {
   const gen = rest.includes("--gen");
   const ti = rest.indexOf("--template");
-  const chat_template = ti >= 0 ? readFileSync(rest[ti + 1], "utf8") : undefined;
+  let chat_template = ti >= 0 ? readFileSync(rest[ti + 1], "utf8") : undefined;
+  // This transformers.js Jinja lacks the `string` test (Gemma's template uses it); with string
+  // contents `is defined` takes the same branch.
+  if (!chat_template && /is string/.test(tokenizerConfig.chat_template ?? ""))
+    chat_template = tokenizerConfig.chat_template.replaceAll("is string", "is defined");
   for (const l of lines()) {
     const { messages } = JSON.parse(l);
     out.push(JSON.stringify(tok.apply_chat_template(messages, { tokenize: false, add_generation_prompt: gen, chat_template })));
