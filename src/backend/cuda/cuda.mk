@@ -28,20 +28,25 @@ GPU_TEST_OBJ := $(GPU_TEST_SRC:%.c=$(BUILD)/obj/%.o)
 $(BUILD)/unswag_gpu_tests: $(GPU_TEST_OBJ) $(BUILD)/obj/tests/main.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-.PHONY: gpu-test gpu-build
-gpu-build: $(BUILD)/unswag $(BUILD)/unswag_gpu_tests
+.PHONY: gpu-test gpu-build gpu-bench
+$(BUILD)/unswag_gpu_bench: $(BUILD)/obj/bench/gpu_bench.o $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+gpu-build: $(BUILD)/unswag $(BUILD)/unswag_gpu_tests $(BUILD)/unswag_gpu_bench
 gpu-test: gpu-build
 	cd $(CURDIR) && $(BUILD)/unswag_gpu_tests $(GPU_TESTS)
+gpu-bench: gpu-build
+	$(BUILD)/unswag_gpu_bench
 
 -include $(CUDA_OBJ:.o=.d) $(GPU_TEST_OBJ:.o=.d)
 
 else
-.PHONY: gpu-test gpu-build
-gpu-test gpu-build:
+.PHONY: gpu-test gpu-build gpu-bench
+gpu-test gpu-build gpu-bench:
 	@echo "gpu-test: nvcc not found (set NVCC=/path/to/nvcc)"; exit 1
 endif
 else
-.PHONY: gpu-test gpu-build
-gpu-test gpu-build:
+.PHONY: gpu-test gpu-build gpu-bench
+gpu-test gpu-build gpu-bench:
 	@echo "gpu-test: US_NO_CUDA is set"; exit 1
 endif

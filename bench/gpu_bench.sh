@@ -1,0 +1,85 @@
+#!/bin/bash
+# gpu_bench.sh — unswag --device cuda beside transformers + PEFT (the oracle's `bench`) on random
+# weights of the issue-3 shapes, in one call, on one GPU.
+#
+#   bench/gpu_bench.sh OUTDIR [shape:batch ...]      (default: smollm2-135m:8 llama-3.2-1b:4 llama-3.1-8b:1)
+#
+# Needs build/unswag and build/unswag_gpu_bench (make gpu-build), python3 with torch,
+# transformers and peft, the oracle at $REF and its configs at $CFG. For each shape it writes
+# random token rows (seq 2048), runs 12 steps of both systems (LoRA r=16, alpha=32, all seven
+# projections, AdamW, bf16), and prints one summary line per shape: tokens/s (median of steps
+# 5..12, like the oracle's median after 4 warm-up steps), peak GiB, ratio, and MFU against the
+# bf16 matrix-product rate measured first in the same call (unswag_gpu_bench's 8192^3 GEMM):
+#   MFU = tokens/s * (4*N + 7*S*L*H*hd) / peak_rate
+#   N = parameters of every matrix product (7 projections per layer + LM head): a frozen-weight
+#   LoRA step does 2N forward + 2N for input gradients per token; attention (causal, average
+#   S/2 keys): forward 2 products = 2*S*H*hd per token per layer, backward 5 products = 2.5x that.
+set -o pipefail
+OUTD=${1:-/tmp/gpubench}
+shift
+SHAPES=${*:-smollm2-135m:8 llama-3.2-1b:4 llama-3.1-8b:1}
+BIN=${BIN:-build}
+REF=${REF:-.shared/peft_reference.py}
+CFG=${CFG:-.shared/configs}
+SEQ=${SEQ:-2048}
+STEPS=${STEPS:-12}
+mkdir -p "$OUTD"
+date -u +"%Y-%m-%d %H:%M UTC" | tee "$OUTD/date.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUTD/gpu.txt"
+if [ ! -f "$OUTD/gemm.txt" ]; then
+    "$BIN/unswag_gpu_bench" 10 2>&1 | tee "$OUTD/microbench.txt" | head -1 | tee "$OUTD/gemm.txt"
+fi
+for sb in $SHAPES; do
+    shape=${sb%%:*}
+    b=${sb##*:}
+    python3 - "$CFG/$shape/config.json" "$OUTD/$shape.jsonl" "$b" "$STEPS" "$SEQ" <<'EOF'
+import json, random, sys
+cfg = json.load(open(sys.argv[1])); b, steps, seq = map(int, sys.argv[3:6])
+random.seed(0)
+with open(sys.argv[2], "w") as f:
+    for _ in range(b * steps):
+        f.write(json.dumps({"input_ids": [random.randrange(cfg["vocab_size"]) for _ in range(seq)]}) + "\n")
+EOF
+    echo "== unswag $shape batch $b"
+    timeout 300 "$BIN/unswag" train --device cuda --random-init --model "$CFG/$shape" --data "$OUTD/$shape.jsonl" \
+        --out "$OUTD/ad_$shape" --seq-len "$SEQ" --batch "$b" --steps "$STEPS" --lora-r 16 --lora-alpha 32 \
+        --no-shuffle --metrics "$OUTD/m_$shape.jsonl" 2>&1 | grep -v '^step ' | tee "$OUTD/unswag_$shape.log"
+    echo "== peft $shape batch $b"
+    PYTHONUNBUFFERED=1 timeout 300 python3 "$REF" bench --config "$CFG/$shape" --batch "$b" --seq "$SEQ" 2>&1 \
+        | tail -1 | tee "$OUTD/peft_$shape.json"
+done
+python3 - "$OUTD" $SHAPES <<'EOF'
+import json, os, re, statistics, sys
+outd, shapes = sys.argv[1], sys.argv[2:]
+gemm = float(re.search(r"([\d.]+) TFLOP/s", open(f"{outd}/gemm.txt").read()).group(1)) * 1e12
+print(f"\nbf16 GEMM rate measured: {gemm/1e12:.1f} TFLOP/s")
+print("| shape | batch x seq | unswag tok/s | PEFT tok/s | ratio | unswag peak GiB | PEFT peak GiB | plan B/token | MFU unswag | MFU PEFT |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for sb in shapes:
+    shape, b = sb.split(":"); b = int(b)
+    cfgp = os.environ.get("CFG", ".shared/configs")
+    c = json.load(open(f"{cfgp}/{shape}/config.json"))
+    D, F, L, V = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
+    H, KV = c["num_attention_heads"], c.get("num_key_value_heads") or c["num_attention_heads"]
+    hd = c.get("head_dim") or D // H
+    seq = int(os.environ.get("SEQ", "2048"))
+    N = L * (D * H * hd + 2 * D * KV * hd + H * hd * D + 3 * D * F) + V * D
+    fpt = 4 * N + 7 * seq * L * H * hd
+    try:
+        rows = [json.loads(l) for l in open(f"{outd}/m_{shape}.jsonl")]
+        ours = statistics.median(r["tokens_per_s"] for r in rows[4:]) if len(rows) > 4 else float("nan")
+    except Exception:
+        ours = float("nan")
+    log = open(f"{outd}/unswag_{shape}.log").read()
+    m = re.search(r"peak cuda memory ([\d.]+) MiB", log)
+    ours_peak = float(m.group(1)) / 1024 if m else float("nan")
+    m = re.search(r"total\s+(\d+)", log)
+    plan = m.group(1) if m else "?"
+    try:
+        p = json.loads(open(f"{outd}/peft_{shape}.json").read())
+        pt, pp = p["tokens_per_s"], p["peak_gib"]
+    except Exception:
+        pt = pp = float("nan")
+    print(f"| {shape} | {b} x {seq} | {ours:,.0f} | {pt:,.0f} | {ours/pt:.2f}x | {ours_peak:.2f} | {pp:.2f} | {plan} | "
+          f"{100*ours*fpt/gemm:.1f}% | {100*pt*fpt/gemm:.1f}% |")
+EOF
