@@ -525,6 +525,74 @@ TEST(ops_attention_segments_isolate) {
     be->destroy(be);
 }
 
+/* Long rows: several query blocks of any blocked implementation (137 = 2 x 64 + 9), segments
+ * restarting inside and across blocks. Backward is checked by finite differences on a sample of
+ * coordinates of q, k and v (all of them would take ~10^9 flops of float64 reference). */
+static void fd_grad_at(loss_fn f, void *ctx, double *x, const size_t *idx, int n, double h, double *g) {
+    for (int k = 0; k < n; k++) {
+        double s = x[idx[k]];
+        x[idx[k]] = s + h;
+        double lp = f(ctx);
+        x[idx[k]] = s - h;
+        double lm = f(ctx);
+        x[idx[k]] = s;
+        g[k] = (lp - lm) / (2 * h);
+    }
+}
+
+TEST(ops_attention_long_rows) {
+    us_backend *be = cpu();
+    CHECK(be, "no cpu backend");
+    rng r = {26};
+    enum { B = 2, S = 137, H = 2, KV = 1, HD = 8, T = B * S, NQ = T * H * HD, NK = T * KV * HD, NS = 20 };
+    int32_t seg[T];
+    for (int i = 0; i < S; i++) {
+        seg[i] = i < 70 ? 0 : 70;                                  /* row 0: [0, 70), [70, 137) */
+        seg[S + i] = i < 11 ? 0 : i < 101 ? 11 : i < 128 ? 101 : 128; /* row 1: 4 examples */
+    }
+    float *q = falloc(NQ), *k = falloc(NK), *v = falloc(NK), *o = falloc(NQ), *lse = falloc(T * H), *w = falloc(NQ),
+          *dq = falloc(NQ), *dk = falloc(NK), *dv = falloc(NK);
+    double *qd = dalloc(NQ), *kd = dalloc(NK), *vd = dalloc(NK), *od = dalloc(NQ), *lsed = dalloc(T * H),
+           *wd = dalloc(NQ);
+    fill(&r, q, qd, NQ, 1);
+    fill(&r, k, kd, NK, 1);
+    fill(&r, v, vd, NK, 1);
+    fill(&r, w, wd, NQ, 1);
+    us_attn_shape sh = {B, S, H, KV, HD, 1.0f / sqrtf((float)HD)};
+    for (int pass = 0; pass < 2 && !t->failed; pass++) {
+        const int32_t *sg = pass ? seg : NULL;
+        attn_ctx c = {qd, kd, vd, wd, od, lsed, sg, B, S, H, KV, HD, sh.scale};
+        attn_ref(&c);
+        be->attn_fwd(be, o, lse, q, k, v, sg, &sh);
+        double e1 = serr(o, od, NQ, 1e-30), e2 = serr(lse, lsed, T * H, 1e-30);
+        be->attn_bwd(be, dq, dk, dv, w, q, k, v, o, lse, sg, &sh);
+        /* sample: random coordinates, plus the last token of each row */
+        size_t iq[NS], ik[NS];
+        for (int s = 0; s < NS; s++) {
+            iq[s] = s < 2 ? ((size_t)(s * S + S - 1) * H + 1) * HD + 3 : (size_t)(rnd_u(&r) * NQ);
+            ik[s] = s < 2 ? ((size_t)(s * S + S - 1) * KV + KV - 1) * HD + 5 : (size_t)(rnd_u(&r) * NK);
+        }
+        double fq[NS], fk[NS], fv[NS], gq[NS], gk[NS], gv[NS], mq = 1e-30, mk = 1e-30, mv = 1e-30, eq = 0, ek = 0, ev = 0;
+        fd_grad_at(attn_loss, &c, qd, iq, NS, FD_H, fq);
+        fd_grad_at(attn_loss, &c, kd, ik, NS, FD_H, fk);
+        fd_grad_at(attn_loss, &c, vd, ik, NS, FD_H, fv);
+        for (int s = 0; s < NS; s++) {
+            gq[s] = dq[iq[s]], gk[s] = dk[ik[s]], gv[s] = dv[ik[s]];
+            mq = fmax(mq, fabs(fq[s])), mk = fmax(mk, fabs(fk[s])), mv = fmax(mv, fabs(fv[s]));
+        }
+        for (int s = 0; s < NS; s++)
+            eq = fmax(eq, fabs(gq[s] - fq[s]) / mq), ek = fmax(ek, fabs(gk[s] - fk[s]) / mk),
+            ev = fmax(ev, fabs(gv[s] - fv[s]) / mv);
+        CHECK(e1 <= TOL && e2 <= TOL, "S=137 %s: attn_fwd o error %.3g, lse error %.3g", pass ? "packed" : "causal", e1,
+              e2);
+        CHECK(eq <= TOL && ek <= TOL && ev <= TOL, "S=137 %s: attn_bwd vs finite differences: dq %.3g dk %.3g dv %.3g",
+              pass ? "packed" : "causal", eq, ek, ev);
+    }
+    free(q), free(k), free(v), free(o), free(lse), free(w), free(dq), free(dk), free(dv);
+    free(qd), free(kd), free(vd), free(od), free(lsed), free(wd);
+    be->destroy(be);
+}
+
 /* incremental decoding: T new queries at positions start..start+T-1 over a cache of start+T rows
  * equal rows start.. of the full causal attention of one row of start+T tokens */
 TEST(ops_attention_cached) {
