@@ -1008,6 +1008,7 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
     }
     be->name = "cuda";
     be->act_bytes = 2;
+    be->weight_bytes = 2;
     be->alloc = cu_alloc;
     be->free = cu_free;
     be->upload = cu_upload;
