@@ -6,5 +6,6 @@
 int cmd_train(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
+int cmd_demo(int argc, char **argv);
 
 #endif

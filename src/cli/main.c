@@ -13,6 +13,7 @@ static const struct {
     const char *name, *what;
     int (*fn)(int, char **);
 } commands[] = {
+    {"demo", "pretrain a tiny model, then LoRA-fine-tune it on a new task (nothing downloaded)", cmd_demo},
     {"train", "fine-tune LoRA adapters (or all weights) of a Hugging Face checkpoint", cmd_train},
     {"tokenize", "text (JSON strings, one per line) to token ids", cmd_tokenize},
     {"detokenize", "token ids (JSON arrays, one per line) to text", cmd_detokenize},

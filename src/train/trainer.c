@@ -17,6 +17,9 @@
 #include "data/tokens.h"
 #include "io/adapter.h"
 #include "model/model.h"
+#include "train/evaluate.h"
+#include "train/progress.h"
+#include "train/report.h"
 
 void us_train_opts_default(us_train_opts *o) {
     memset(o, 0, sizeof *o);
@@ -109,6 +112,9 @@ typedef struct run_state {
     int32_t *d_ids, *d_targets, *d_pos;
     host_batch hb;
     size_t *perm;
+    us_token_dataset eval_ds;
+    double *hist; /* [5][steps]: step, loss, lr, tokens/s; eval step, eval loss interleaved */
+    us_report *rep;
 } run_state;
 
 static void run_free(run_state *r) {
@@ -127,6 +133,9 @@ static void run_free(run_state *r) {
     free(r->hb.targets);
     free(r->hb.pos);
     free(r->perm);
+    us_token_dataset_free(&r->eval_ds);
+    free(r->hist);
+    us_report_free(r->rep);
 }
 
 static us_status setup_spec(const us_train_opts *o, us_train_spec *spec, us_err *e) {
@@ -172,6 +181,7 @@ us_status us_train(const us_train_opts *o, us_err *e) {
     if (!st) st = us_model_setup_training(r.m, &spec, o->seed, e);
     if (!st && o->adapter_init) st = us_model_load_adapter(r.m, o->adapter_init, e);
     if (!st) st = us_jsonl_tokens_load(o->data_path, r.m->cfg.vocab, &r.ds, e);
+    if (!st && o->eval_data_path) st = us_jsonl_tokens_load(o->eval_data_path, r.m->cfg.vocab, &r.eval_ds, e);
     if (st) goto out;
 
     us_model *m = r.m;
@@ -224,6 +234,15 @@ us_status us_train(const us_train_opts *o, us_err *e) {
     us_batch batch = {.batch = B, .seq = seq, .ids = r.d_ids, .targets = r.d_targets, .pos = r.d_pos};
     int skipped = 0;
     double t_start = now_s();
+    us_progress prog;
+    us_progress_init(&prog, stderr, steps, o->quiet, -1);
+    int n_hist = 0, n_eval = 0, eval_every = o->eval_every > 0 ? o->eval_every : US_MAX(1, steps / 10);
+    if (!(r.hist = calloc((size_t)steps * 6 + 12, sizeof *r.hist))) {
+        st = us_fail(e, US_ENOMEM, "out of memory");
+        goto out;
+    }
+    double *h_x = r.hist, *h_loss = h_x + steps, *h_lr = h_loss + steps, *h_tps = h_lr + steps;
+    double *h_ex = h_tps + steps, *h_ey = h_ex + steps + 6;
     for (int step = 0; step < steps; step++) {
         double t0 = now_s();
         /* draw the step's micro-batches first: the loss is normalised by all their tokens */
@@ -249,8 +268,10 @@ us_status us_train(const us_train_opts *o, us_err *e) {
         double lr = us_lr_at(o->schedule, o->lr, step, warmup, steps);
         if (!isfinite(norm) || !isfinite(loss) || counted == 0) {
             skipped++;
-            fprintf(stderr, "unswag: step %d: %s; update skipped (%d so far)\n", step + 1,
-                    counted ? "non-finite loss or gradient" : "no counted tokens", skipped);
+            char note[160];
+            snprintf(note, sizeof note, "unswag: step %d: %s; update skipped (%d so far)", step + 1,
+                     counted ? "non-finite loss or gradient" : "no counted tokens", skipped);
+            us_progress_note(&prog, note);
         } else {
             if (o->grad_clip > 0 && norm > o->grad_clip) be->scale(be, m->grads, m->n_params, (float)(o->grad_clip / (norm + 1e-6)));
             int t = step + 1 - skipped;
@@ -266,12 +287,24 @@ us_status us_train(const us_train_opts *o, us_err *e) {
                     step + 1, loss, lr, norm, tps, counted, now_s() - t_start);
             fflush(r.metrics);
         }
-        if (!o->quiet) {
-            double eta = (now_s() - t_start) / (step + 1) * (steps - step - 1);
-            fprintf(stderr, "step %d/%d  loss %.4f  lr %.3g  |g| %.3g  %.0f tok/s  eta %.0fs\n", step + 1, steps, loss, lr,
-                    norm, tps, eta);
+        size_t mem_in_use = 0;
+        be->mem_info(be, &mem_in_use, NULL, NULL);
+        us_progress_step(&prog, step + 1, loss, lr, tps, mem_in_use);
+        h_x[n_hist] = step + 1, h_loss[n_hist] = loss, h_lr[n_hist] = lr, h_tps[n_hist++] = tps;
+        if (r.eval_ds.n && ((step + 1) % eval_every == 0 || step + 1 == steps || step == 0) && n_eval < steps + 6) {
+            double ls;
+            long cnt;
+            if ((st = us_eval_dataset(m, &r.eval_ds, B, seq, NULL, &ls, &cnt, e))) goto out;
+            h_ex[n_eval] = step + 1, h_ey[n_eval++] = cnt ? ls / cnt : 0;
+            if (r.metrics) fprintf(r.metrics, "{\"step\": %d, \"eval_loss\": %.9g, \"eval_tokens\": %ld}\n", step + 1, cnt ? ls / cnt : 0, cnt);
+            if (!o->quiet) {
+                char note[128];
+                snprintf(note, sizeof note, "eval at step %d: loss %.4f over %ld tokens", step + 1, cnt ? ls / cnt : 0, cnt);
+                us_progress_note(&prog, note);
+            }
         }
     }
+    us_progress_end(&prog);
     if (spec.full)
         st = us_model_save_full(m, o->out_dir, o->model_dir, e);
     else
@@ -281,6 +314,17 @@ us_status us_train(const us_train_opts *o, us_err *e) {
         be->mem_info(be, NULL, &peak, NULL);
         fprintf(stderr, "unswag: wrote %s to %s (%.1f s, peak %s memory %.1f MiB)\n", spec.full ? "model" : "adapter",
                 o->out_dir, now_s() - t_start, be->name, peak / 1048576.0);
+    }
+    if (!st && (o->report_path || o->report)) {
+        us_report *rep = o->report;
+        if (!rep) rep = r.rep = us_report_new(o->run_name ? o->run_name : "unswag train");
+        us_train_opts eff = *o;
+        eff.warmup = warmup;
+        eff.eval_every = eval_every;
+        us_report_add_run(rep, o->run_name ? o->run_name : "training", &eff, m, h_x, h_loss, h_lr, h_tps, n_hist, h_ex,
+                          h_ey, n_eval);
+        if (o->report_path && (st = us_report_write(rep, o->report_path, e))) goto out;
+        if (o->report_path && !o->quiet) fprintf(stderr, "unswag: report written to %s\n", o->report_path);
     }
 out:
     run_free(&r);

@@ -19,6 +19,13 @@ typedef struct us_train_opts {
     uint64_t seed;
     int threads;
     float init_std;
+    /* records (train/report.h, train/evaluate.h): report_path writes an HTML report at the end;
+     * report (optional) receives the run's curves, configuration and plan under run_name
+     * instead of or besides that; eval_data_path is scored every eval_every steps (0: 10% of
+     * the run) and at the end. */
+    const char *report_path, *run_name, *eval_data_path;
+    struct us_report *report;
+    int eval_every;
 } us_train_opts;
 
 /* Defaults users expect: r 16, alpha 32, all seven projections, lr 2e-4, cosine, 3% warmup,
