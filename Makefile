@@ -6,9 +6,14 @@ CC      ?= cc
 BUILD   ?= build
 OPT     ?= -O2 -march=x86-64-v2 -g
 SAN     ?=
+# OpenBLAS built for OpenMP (Debian's libopenblas-openmp-dev) shares our OpenMP threads: a BLAS
+# call inside a parallel region runs single-threaded instead of oversubscribing the cores.
+BLAS_PC := /usr/lib/$(shell gcc -print-multiarch 2>/dev/null)/openblas-openmp/pkgconfig
+BLAS_LIBDIR := $(shell PKG_CONFIG_PATH=$(BLAS_PC) pkg-config --variable=libdir openblas 2>/dev/null)
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter $(OPT) $(SAN) -fopenmp \
-           -Iinclude -Isrc $(shell pkg-config --cflags openblas libcjson libpcre2-8 2>/dev/null)
-LDLIBS  += $(shell pkg-config --libs openblas libcjson libpcre2-8 2>/dev/null) -lm -lpthread
+           -Iinclude -Isrc $(shell PKG_CONFIG_PATH=$(BLAS_PC) pkg-config --cflags openblas libcjson libpcre2-8 2>/dev/null)
+LDLIBS  += $(shell PKG_CONFIG_PATH=$(BLAS_PC) pkg-config --libs openblas libcjson libpcre2-8 2>/dev/null) \
+           -Wl,-rpath,$(BLAS_LIBDIR) -lm -lpthread
 LDFLAGS += -fopenmp $(SAN)
 
 LIB_SRC  := $(sort $(shell find src -name '*.c' -not -path 'src/cli/*'))

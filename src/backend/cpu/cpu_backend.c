@@ -16,6 +16,8 @@
 
 typedef struct cpu_state {
     size_t in_use, peak;
+    float *scratch; /* attention blocks, grown on demand */
+    size_t scratch_n;
 } cpu_state;
 
 #define HDR 64 /* keeps the user pointer 64-byte aligned */
@@ -226,94 +228,134 @@ static void cpu_rope(us_backend *be, void *x, const int32_t *pos, const float *i
     }
 }
 
-static inline float dotf(const float *a, const float *b, int n) {
-    float s = 0;
-    #pragma omp simd reduction(+ : s)
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
+/* Attention, blocked: for QB query rows at a time, scores against every key up to the block's
+ * last row come from one sgemm, then masking (causal, example boundaries) and the softmax, then
+ * the output from another sgemm. Backward recomputes the probabilities from q, k and the saved
+ * log-sum-exp the same way (no S x S matrix survives a call). Work is split over (batch, head);
+ * backward accumulates dk/dv per query head in scratch and sums each kv group at the end. */
+#define QB 64
+
+static float *scratch_get(cpu_state *st, size_t floats) {
+    if (st->scratch_n < floats) {
+        free(st->scratch);
+        st->scratch = aligned_alloc(64, (floats * 4 + 63) / 64 * 64);
+        st->scratch_n = st->scratch ? floats : 0;
+    }
+    return st->scratch;
 }
 
-static inline void axpyf(float *y, float a, const float *x, int n) {
-    #pragma omp simd
-    for (int i = 0; i < n; i++) y[i] += a * x[i];
+/* scores of rows [i0, i1) against keys [0, i1) -> probabilities in place (row stride nk) */
+static void attn_probs(float *P, int i0, int i1, const us_attn_shape *sh, const int32_t *seg, size_t tok0,
+                       const float *lse_row /* NULL: compute and store into lse_out */, float *lse_out, int lse_stride) {
+    int nk = i1;
+    for (int i = i0; i < i1; i++) {
+        float *row = P + (size_t)(i - i0) * nk;
+        int j0 = seg ? seg[tok0 + i] : 0;
+        for (int j = 0; j < j0; j++) row[j] = 0.0f;
+        for (int j = i + 1; j < nk; j++) row[j] = 0.0f;
+        if (lse_row) {
+            float L = lse_row[(size_t)(i - i0) * lse_stride];
+            for (int j = j0; j <= i; j++) row[j] = expf(row[j] - L);
+        } else {
+            float m = -INFINITY;
+            for (int j = j0; j <= i; j++) m = row[j] > m ? row[j] : m;
+            double l = 0;
+            for (int j = j0; j <= i; j++) {
+                row[j] = expf(row[j] - m);
+                l += row[j];
+            }
+            float inv = (float)(1.0 / l);
+            for (int j = j0; j <= i; j++) row[j] *= inv;
+            lse_out[(size_t)(i - i0) * lse_stride] = m + (float)log(l);
+        }
+    }
 }
 
 static void cpu_attn_fwd(us_backend *be, void *o, float *lse, const void *q, const void *k, const void *v,
                          const int32_t *seg_start, const us_attn_shape *sh) {
-    (void)be;
+    cpu_state *st = be->impl;
     const int S = sh->seq, H = sh->heads, KV = sh->kv_heads, hd = sh->head_dim, grp = H / KV;
     const float *Q = q, *K = k, *V = v;
     float *O = o;
-    #pragma omp parallel
-    {
-        float *p = malloc((size_t)S * sizeof(float));
-        #pragma omp for collapse(2) schedule(dynamic, 1)
-        for (int b = 0; b < sh->batch; b++)
-            for (int h = 0; h < H; h++) {
-                int kh = h / grp;
-                for (int i = 0; i < S; i++) {
-                    size_t ti = (size_t)b * S + i;
-                    const float *qi = Q + (ti * H + h) * hd;
-                    int j0 = seg_start ? seg_start[ti] : 0;
-                    float m = -INFINITY;
-                    for (int j = j0; j <= i; j++) {
-                        p[j] = sh->scale * dotf(qi, K + (((size_t)b * S + j) * KV + kh) * hd, hd);
-                        if (p[j] > m) m = p[j];
-                    }
-                    float *oi = O + (ti * H + h) * hd;
-                    memset(oi, 0, (size_t)hd * 4);
-                    double l = 0;
-                    for (int j = j0; j <= i; j++) {
-                        p[j] = expf(p[j] - m);
-                        l += p[j];
-                    }
-                    float inv = (float)(1.0 / l);
-                    for (int j = j0; j <= i; j++) axpyf(oi, p[j] * inv, V + (((size_t)b * S + j) * KV + kh) * hd, hd);
-                    lse[ti * H + h] = m + (float)log(l);
-                }
+    int nth = omp_get_max_threads();
+    float *scr = scratch_get(st, (size_t)nth * QB * S);
+    #pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int b = 0; b < sh->batch; b++)
+        for (int h = 0; h < H; h++) {
+            float *P = scr + (size_t)omp_get_thread_num() * QB * S;
+            size_t tok0 = (size_t)b * S;
+            const float *Kb = K + (tok0 * KV + h / grp) * hd, *Vb = V + (tok0 * KV + h / grp) * hd;
+            for (int i0 = 0; i0 < S; i0 += QB) {
+                int i1 = US_MIN(S, i0 + QB), rows = i1 - i0;
+                const float *Qi = Q + ((tok0 + i0) * H + h) * hd;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, i1, hd, sh->scale, Qi, H * hd, Kb, KV * hd,
+                            0.0f, P, i1);
+                attn_probs(P, i0, i1, sh, seg_start, tok0, NULL, lse + (tok0 + i0) * H + h, H);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, i1, 1.0f, P, i1, Vb, KV * hd, 0.0f,
+                            O + ((tok0 + i0) * H + h) * hd, H * hd);
             }
-        free(p);
-    }
+        }
 }
 
 static void cpu_attn_bwd(us_backend *be, void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
                          const void *v, const void *o, const float *lse, const int32_t *seg_start,
                          const us_attn_shape *sh) {
-    (void)be;
+    cpu_state *st = be->impl;
     const int S = sh->seq, H = sh->heads, KV = sh->kv_heads, hd = sh->head_dim, grp = H / KV;
     const float *Q = q, *K = k, *V = v, *O = o, *dO = dout;
     float *dQ = dq, *dK = dk, *dV = dv;
     size_t T = (size_t)sh->batch * S;
-    memset(dQ, 0, T * H * hd * 4);
-    memset(dK, 0, T * KV * hd * 4);
-    memset(dV, 0, T * KV * hd * 4);
-    /* parallel over (batch, kv head): the query heads of one group write the same dK/dV rows */
-    #pragma omp parallel
-    {
-        float *p = malloc((size_t)S * sizeof(float));
-        #pragma omp for collapse(2) schedule(dynamic, 1)
-        for (int b = 0; b < sh->batch; b++)
-            for (int kh = 0; kh < KV; kh++)
-                for (int h = kh * grp; h < (kh + 1) * grp; h++)
-                    for (int i = 0; i < S; i++) {
-                        size_t ti = (size_t)b * S + i;
-                        const float *qi = Q + (ti * H + h) * hd, *doi = dO + (ti * H + h) * hd;
-                        float *dqi = dQ + (ti * H + h) * hd;
-                        int j0 = seg_start ? seg_start[ti] : 0;
-                        float L = lse[ti * H + h];
-                        float Di = dotf(doi, O + (ti * H + h) * hd, hd);
-                        for (int j = j0; j <= i; j++) {
-                            size_t kj = (((size_t)b * S + j) * KV + kh) * hd;
-                            float pj = expf(sh->scale * dotf(qi, K + kj, hd) - L);
-                            float dpj = dotf(doi, V + kj, hd);
-                            float ds = pj * (dpj - Di) * sh->scale;
-                            axpyf(dqi, ds, K + kj, hd);
-                            axpyf(dK + kj, ds, qi, hd);
-                            axpyf(dV + kj, pj, doi, hd);
-                        }
-                    }
-        free(p);
-    }
+    int nth = omp_get_max_threads();
+    /* per thread: P and dP blocks; shared: per-query-head dk, dv [T, H, hd] */
+    size_t per = (size_t)2 * QB * S;
+    float *scr = scratch_get(st, (size_t)nth * per + 2 * T * H * hd);
+    float *dKh = scr + (size_t)nth * per, *dVh = dKh + T * H * hd;
+    memset(dKh, 0, 2 * T * H * hd * 4);
+    #pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int b = 0; b < sh->batch; b++)
+        for (int h = 0; h < H; h++) {
+            float *P = scr + (size_t)omp_get_thread_num() * per, *dP = P + (size_t)QB * S;
+            size_t tok0 = (size_t)b * S;
+            const float *Kb = K + (tok0 * KV + h / grp) * hd, *Vb = V + (tok0 * KV + h / grp) * hd;
+            float *dKb = dKh + (tok0 * H + h) * hd, *dVb = dVh + (tok0 * H + h) * hd;
+            for (int i0 = 0; i0 < S; i0 += QB) {
+                int i1 = US_MIN(S, i0 + QB), rows = i1 - i0;
+                size_t qoff = ((tok0 + i0) * H + h) * hd;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, i1, hd, sh->scale, Q + qoff, H * hd, Kb,
+                            KV * hd, 0.0f, P, i1);
+                attn_probs(P, i0, i1, sh, seg_start, tok0, lse + (tok0 + i0) * H + h, NULL, H);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, i1, hd, 1.0f, dO + qoff, H * hd, Vb, KV * hd,
+                            0.0f, dP, i1);
+                for (int i = 0; i < rows; i++) { /* dS = P * (dP - rowsum(dO * O)) * scale, into dP */
+                    const float *doi = dO + qoff + (size_t)i * H * hd, *oi = O + qoff + (size_t)i * H * hd;
+                    float D = 0;
+                    for (int d = 0; d < hd; d++) D += doi[d] * oi[d];
+                    float *pr = P + (size_t)i * i1, *dr = dP + (size_t)i * i1;
+                    for (int j = 0; j < i1; j++) dr[j] = pr[j] * (dr[j] - D) * sh->scale;
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, i1, 1.0f, dP, i1, Kb, KV * hd, 0.0f,
+                            dQ + qoff, H * hd);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i1, hd, rows, 1.0f, dP, i1, Q + qoff, H * hd, 1.0f,
+                            dKb, H * hd);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i1, hd, rows, 1.0f, P, i1, dO + qoff, H * hd, 1.0f,
+                            dVb, H * hd);
+            }
+        }
+    /* sum each kv group's query heads */
+    #pragma omp parallel for schedule(static)
+    for (size_t t = 0; t < T; t++)
+        for (int kh = 0; kh < KV; kh++) {
+            float *dk_ = dK + (t * KV + kh) * hd, *dv_ = dV + (t * KV + kh) * hd;
+            for (int d = 0; d < hd; d++) {
+                float sk = 0, sv = 0;
+                for (int g = 0; g < grp; g++) {
+                    sk += dKh[(t * H + kh * grp + g) * hd + d];
+                    sv += dVh[(t * H + kh * grp + g) * hd + d];
+                }
+                dk_[d] = sk;
+                dv_[d] = sv;
+            }
+        }
 }
 
 static inline int words_per_row(int cols) { return (cols + 31) / 32; }
@@ -445,6 +487,7 @@ static bool cpu_nonfinite(us_backend *be, const float *x, size_t n) {
 
 static void cpu_destroy(us_backend *be) {
     if (!be) return;
+    free(((cpu_state *)be->impl)->scratch);
     free(be->impl);
     free(be);
 }
@@ -457,10 +500,7 @@ us_status us_backend_cpu_create(int threads, us_backend **out, us_err *e) {
         free(st);
         return us_fail(e, US_ENOMEM, "out of memory creating the cpu backend");
     }
-    if (threads > 0) {
-        omp_set_num_threads(threads);
-        openblas_set_num_threads(threads);
-    }
+    if (threads > 0) omp_set_num_threads(threads);
     *be = (us_backend){
         .name = "cpu", .act_bytes = 4, .weight_bytes = 4, .impl = st,
         .alloc = cpu_alloc, .free = cpu_free, .upload = cpu_copy, .download = cpu_copy, .zero = cpu_zero, .copy = cpu_copy,
