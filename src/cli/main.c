@@ -1,13 +1,11 @@
 /* main.c — the `unswag` command: dispatches to a subcommand. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/commands.h"
 #include "unswag.h"
-
-/* provided by cmd_tokenize.c; weak until it lands in the tree */
-__attribute__((weak)) int cmd_tokenize(int argc, char **argv);
-__attribute__((weak)) int cmd_detokenize(int argc, char **argv);
 
 static const struct {
     const char *name, *what;
@@ -26,7 +24,17 @@ static void usage(FILE *f) {
     fprintf(f, "\n  --version    print the version and the compiled backends\n");
 }
 
+/* OpenMP threads that spin while OpenBLAS or the main thread work steal a core from them on small
+ * machines (2 cores: 2-4x slower). libgomp reads OMP_WAIT_POLICY when it loads, before main, so
+ * when the user has not chosen, set "passive" and re-execute once. */
+static void prefer_passive_wait(char **argv) {
+    if (getenv("OMP_WAIT_POLICY")) return;
+    setenv("OMP_WAIT_POLICY", "passive", 1);
+    execv("/proc/self/exe", argv); /* on failure, carry on with the default policy */
+}
+
 int main(int argc, char **argv) {
+    prefer_passive_wait(argv);
     if (argc < 2) {
         usage(stderr);
         return 2;
