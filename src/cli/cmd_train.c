@@ -1,4 +1,5 @@
 /* cmd_train.c — `unswag train`: flags to us_train_opts, then the library does the work. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +17,12 @@ static const char *usage =
     "Qwen2 checkpoint and writes a PEFT adapter (adapter_config.json + adapter_model.safetensors).\n"
     "\n"
     "  --model DIR            Hugging Face model directory (config.json + safetensors)\n"
-    "  --data FILE            JSONL, one {\"input_ids\": [...], \"labels\": [...]} per line\n"
+    "  --data FILE            .txt, or JSONL rows of {\"input_ids\", \"labels\"} | \"text\" | Alpaca\n"
+    "                         (instruction, input, output) | chat \"messages\" | prompt + completion\n"
+    "  --tokenizer PATH       tokenizer.json for text data (default: the model's)\n"
+    "  --train-on-prompt      also train on prompt tokens (default: completions only)\n"
+    "  --chat-template NAME   force llama3|chatml|qwen3|gemma|llama2|mistral\n"
+    "  --refuse-long          refuse examples longer than --seq-len instead of truncating\n"
     "  --out DIR              where the adapter is written (atomically, at the end)\n"
     "  --adapter-init DIR     start from a PEFT adapter (its config gives r, alpha, targets)\n"
     "  --lora-r N             rank (16)            --lora-alpha X    scaling numerator (32)\n"
@@ -31,9 +37,20 @@ static const char *usage =
     "  --device cpu|cuda      --threads N      --quiet\n"
     "  --random-init          random weights from config.json alone (benchmarks)\n"
     "  --full                 train every weight (small models); writes model.safetensors\n"
+    "  --save-every N         checkpoint every N steps into --out/checkpoint-STEP (0: only on a signal)\n"
+    "  --keep K               checkpoints kept (3)     --max-skips K  non-finite updates in a row that stop (5)\n"
+    "  --resume               continue from the newest complete checkpoint in --out (fresh when none)\n"
+    "  SIGINT/SIGTERM finish the current step, save a checkpoint and exit 0; rerun with --resume.\n"
     "\n"
     "example:\n"
     "  unswag train --model ./SmolLM2-135M --data train.jsonl --out ./adapter --steps 100 --metrics m.jsonl\n";
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_stop_signal(int sig) {
+    (void)sig;
+    stop_requested = 1;
+}
 
 int cmd_train(int argc, char **argv) {
     us_train_opts o;
@@ -58,6 +75,10 @@ int cmd_train(int argc, char **argv) {
             if (us_targets_parse(v, &o.targets, &e)) { fprintf(stderr, "unswag: --lora-targets: %s\n", e.msg); return 2; }
         }
         else if (!strcmp(a, "--rslora")) o.rslora = true;
+        else if (!strcmp(a, "--tokenizer")) { if (!VAL()) return 2; o.tokenizer_path = v; }
+        else if (!strcmp(a, "--chat-template")) { if (!VAL()) return 2; o.chat_template = v; }
+        else if (!strcmp(a, "--train-on-prompt")) o.train_on_prompt = true;
+        else if (!strcmp(a, "--refuse-long")) o.refuse_long = true;
         else if (!strcmp(a, "--lr")) { if (!VAL() || !us_arg_double(a, v, &o.lr)) return 2; }
         else if (!strcmp(a, "--weight-decay")) { if (!VAL() || !us_arg_double(a, v, &o.weight_decay)) return 2; }
         else if (!strcmp(a, "--beta1")) { if (!VAL() || !us_arg_double(a, v, &o.beta1)) return 2; }
@@ -79,12 +100,24 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--random-init")) o.random_init = true;
         else if (!strcmp(a, "--full")) o.full = true;
         else if (!strcmp(a, "--quiet")) o.quiet = true;
+        else if (!strcmp(a, "--save-every")) { if (!VAL() || !us_arg_int(a, v, 0, 1L << 30, &o.save_every)) return 2; }
+        else if (!strcmp(a, "--keep")) { if (!VAL() || !us_arg_int(a, v, 1, 1L << 20, &o.keep)) return 2; }
+        else if (!strcmp(a, "--max-skips")) { if (!VAL() || !us_arg_int(a, v, 0, 1L << 30, &o.max_skips)) return 2; }
+        else if (!strcmp(a, "--resume")) o.resume = true;
         else {
             fprintf(stderr, "unswag train: unknown option %s (see unswag train --help)\n", a);
             return 2;
         }
 #undef VAL
     }
+    /* a signal asks the trainer to finish the step, save a checkpoint and return */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    o.stop = &stop_requested;
     us_status st = us_train(&o, &e);
     if (st) {
         fprintf(stderr, "unswag: error: %s\n", e.msg);

@@ -14,10 +14,13 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "data/load.h"
 #include "data/tokens.h"
 #include "io/adapter.h"
 #include "model/model.h"
+#include "train/checkpoint.h"
 #include "train/evaluate.h"
+#include "train/preflight.h"
 #include "train/progress.h"
 #include "train/report.h"
 
@@ -39,6 +42,8 @@ void us_train_opts_default(us_train_opts *o) {
     o->shuffle = true;
     o->seed = 42;
     o->init_std = 0.02f;
+    o->keep = 3;
+    o->max_skips = 5;
 }
 
 static double now_s(void) {
@@ -167,6 +172,9 @@ static us_status validate_opts(const us_train_opts *o, us_err *e) {
     if (!(o->eps > 0)) return us_fail(e, US_EINVAL, "--eps: must be positive");
     if (!(o->grad_clip >= 0)) return us_fail(e, US_EINVAL, "--grad-clip: must be >= 0 (0 turns clipping off)");
     if (!(o->weight_decay >= 0)) return us_fail(e, US_EINVAL, "--weight-decay: must be >= 0");
+    if (o->save_every < 0) return us_fail(e, US_EINVAL, "--save-every %d: must not be negative", o->save_every);
+    if (o->keep < 1) return us_fail(e, US_EINVAL, "--keep %d: must be at least 1", o->keep);
+    if (o->max_skips < 0) return us_fail(e, US_EINVAL, "--max-skips %d: must not be negative", o->max_skips);
     return US_OK;
 }
 
@@ -180,8 +188,11 @@ us_status us_train(const us_train_opts *o, us_err *e) {
     if (!st) st = us_model_load(&r.m, r.be, o->model_dir, o->random_init, o->init_std, o->seed, e);
     if (!st) st = us_model_setup_training(r.m, &spec, o->seed, e);
     if (!st && o->adapter_init) st = us_model_load_adapter(r.m, o->adapter_init, e);
-    if (!st) st = us_jsonl_tokens_load(o->data_path, r.m->cfg.vocab, &r.ds, e);
-    if (!st && o->eval_data_path) st = us_jsonl_tokens_load(o->eval_data_path, r.m->cfg.vocab, &r.eval_ds, e);
+    us_data_source src = {.model_dir = o->model_dir, .tokenizer = o->tokenizer_path, .vocab = st ? 0 : r.m->cfg.vocab,
+                          .opt = {.seq_len = o->seq_len, .refuse_long = o->refuse_long,
+                                  .train_on_prompt = o->train_on_prompt, .chat_template = o->chat_template}};
+    if (!st) src.path = o->data_path, st = us_data_load(&src, &r.ds, e);
+    if (!st && o->eval_data_path) src.path = o->eval_data_path, st = us_data_load(&src, &r.eval_ds, e);
     if (st) goto out;
 
     us_model *m = r.m;
@@ -198,9 +209,10 @@ us_status us_train(const us_train_opts *o, us_err *e) {
                      seq, m->cfg.sliding_window);
         goto out;
     }
-    int B = o->batch, T = B * seq;
+    int B = o->batch, T = (int)US_MIN((int64_t)B * seq, (int64_t)INT32_MAX); /* preflight refuses huge T */
     int steps = o->steps ? o->steps : (int)((r.ds.n + (size_t)B * o->grad_accum - 1) / ((size_t)B * o->grad_accum));
     int warmup = o->warmup >= 0 ? o->warmup : (int)(0.03 * steps + 0.5);
+    if ((st = us_preflight_memory(m, B, seq, o->grad_accum, e))) goto out;
     if ((st = us_model_prepare(m, T, e))) goto out;
     if (!o->quiet) {
         fprintf(stderr, "unswag: %s, %d layers, hidden %d, vocab %d on %s; %s; %zu trainable parameters\n", m->cfg.arch,
@@ -225,14 +237,26 @@ us_status us_train(const us_train_opts *o, us_err *e) {
     }
     be->zero(be, r.adam_m, m->n_params * 4);
     be->zero(be, r.adam_v, m->n_params * 4);
-    if (o->metrics_path && !(r.metrics = fopen(o->metrics_path, "w"))) {
-        st = us_fail(e, US_EIO, "--metrics %s: cannot open for writing", o->metrics_path);
-        goto out;
-    }
-    sampler smp = {.n = r.ds.n, .perm = r.perm, .shuffle = o->shuffle, .seed = o->seed};
+    /* output preflight, then a resume or a fresh start (train/checkpoint.h) */
+    us_ckpt_run ck = {.o = o, .m = m, .adam_m = r.adam_m, .adam_v = r.adam_v, .steps = steps, .seq = seq,
+                      .warmup = warmup, .n_examples = r.ds.n};
+    us_ckpt_state cs = {.metrics_bytes = -1};
+    bool resumed = false, ckpts = o->save_every > 0 || o->resume;
+    char ck_dir[4200] = "";
+    uint64_t final_bytes = (uint64_t)m->n_params * 4 + (1 << 16);
+    if (!o->resume && ckpts) st = us_ckpt_check_fresh(o->out_dir, e);
+    if (!st) st = us_preflight_out_dir(o->out_dir, final_bytes + (ckpts ? (uint64_t)(o->keep + 1) * us_ckpt_bytes(m) : 0),
+                                       ckpts ? "the adapter and --keep + 1 checkpoints" : "the adapter", e);
+    if (!st && o->resume) st = us_ckpt_resume(&ck, &cs, &resumed, ck_dir, sizeof ck_dir, e);
+    if (!st && o->metrics_path) st = us_metrics_open(o->metrics_path, resumed ? cs.metrics_bytes : -1, &r.metrics, e);
+    if (st) goto out;
+    ck.metrics = r.metrics;
+    if (resumed && !o->quiet) fprintf(stderr, "unswag: resuming from %s (step %d of %d)\n", ck_dir, cs.step, steps);
+    sampler smp = {.n = r.ds.n, .perm = r.perm, .shuffle = o->shuffle, .seed = o->seed, .epoch = cs.epoch,
+                   .cursor = cs.cursor};
     if (smp.shuffle) sampler_shuffle(&smp);
     us_batch batch = {.batch = B, .seq = seq, .ids = r.d_ids, .targets = r.d_targets, .pos = r.d_pos};
-    int skipped = 0;
+    int skipped = cs.skipped, consec = cs.consec_skipped;
     double t_start = now_s();
     us_progress prog;
     us_progress_init(&prog, stderr, steps, o->quiet, -1);
@@ -243,7 +267,7 @@ us_status us_train(const us_train_opts *o, us_err *e) {
     }
     double *h_x = r.hist, *h_loss = h_x + steps, *h_lr = h_loss + steps, *h_tps = h_lr + steps;
     double *h_ex = h_tps + steps, *h_ey = h_ex + steps + 6;
-    for (int step = 0; step < steps; step++) {
+    for (int step = cs.step; step < steps; step++) {
         double t0 = now_s();
         /* draw the step's micro-batches first: the loss is normalised by all their tokens */
         long counted = 0;
@@ -268,11 +292,13 @@ us_status us_train(const us_train_opts *o, us_err *e) {
         double lr = us_lr_at(o->schedule, o->lr, step, warmup, steps);
         if (!isfinite(norm) || !isfinite(loss) || counted == 0) {
             skipped++;
+            if (counted) consec++;
             char note[160];
             snprintf(note, sizeof note, "unswag: step %d: %s; update skipped (%d so far)", step + 1,
                      counted ? "non-finite loss or gradient" : "no counted tokens", skipped);
             us_progress_note(&prog, note);
         } else {
+            consec = 0;
             if (o->grad_clip > 0 && norm > o->grad_clip) be->scale(be, m->grads, m->n_params, (float)(o->grad_clip / (norm + 1e-6)));
             int t = step + 1 - skipped;
             be->adamw(be, m->params, m->grads, r.adam_m, r.adam_v, m->n_params, (float)lr, (float)o->beta1,
@@ -286,6 +312,32 @@ us_status us_train(const us_train_opts *o, us_err *e) {
             fprintf(r.metrics, "{\"step\": %d, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"tokens_per_s\": %.1f, \"tokens\": %ld, \"time_s\": %.4f}\n",
                     step + 1, loss, lr, norm, tps, counted, now_s() - t_start);
             fflush(r.metrics);
+        }
+        /* numerical faults, checkpoints and signals (train/checkpoint.h) */
+        if (o->max_skips > 0 && consec >= o->max_skips) {
+            char last[4200];
+            int last_step;
+            bool have = us_ckpt_newest(o->out_dir, last, sizeof last, &last_step);
+            st = us_fail(e, US_EINVAL,
+                         "%d updates in a row had a non-finite loss or gradient (steps %d-%d); stopping (--max-skips %d). "
+                         "%s%s%s Check the model weights and the data for NaN/Inf, lower --lr, keep --grad-clip on.",
+                         consec, step + 2 - consec, step + 1, o->max_skips,
+                         have ? "The last good checkpoint is " : "No checkpoint was written (see --save-every).",
+                         have ? last : "", have ? ", left intact (continue from it with --resume)." : "");
+            goto out;
+        }
+        bool stop_now = o->stop && *o->stop;
+        if (stop_now || (o->save_every > 0 && ((step + 1) % o->save_every == 0 || step + 1 == steps))) {
+            if (r.metrics) fflush(r.metrics);
+            cs = (us_ckpt_state){.step = step + 1, .skipped = skipped, .consec_skipped = consec, .epoch = smp.epoch,
+                                 .cursor = smp.cursor, .metrics_bytes = r.metrics ? (int64_t)ftell(r.metrics) : -1};
+            if ((st = us_ckpt_save(&ck, &cs, ck_dir, sizeof ck_dir, e))) goto out;
+            if (stop_now) {
+                fprintf(stderr, "\nunswag: stopped by a signal after step %d of %d; saved %s and the adapter in %s\n"
+                                "unswag: to continue, run the same command with --resume\n",
+                        step + 1, steps, ck_dir, o->out_dir);
+                goto out;
+            }
         }
         size_t mem_in_use = 0;
         be->mem_info(be, &mem_in_use, NULL, NULL);

@@ -2,11 +2,15 @@
 #ifndef US_TRAINER_H
 #define US_TRAINER_H
 
+#include <signal.h>
+
 #include "core/common.h"
 #include "train/optim.h"
 
 typedef struct us_train_opts {
     const char *model_dir, *data_path, *out_dir, *adapter_init, *metrics_path, *device;
+    const char *tokenizer_path, *chat_template; /* text data: tokenizer (default: the model's), template */
+    bool train_on_prompt, refuse_long;          /* labels on prompts too; refuse rows over --seq-len */
     int lora_r;
     double lora_alpha;
     unsigned targets; /* bitmask of 1 << US_T_* */
@@ -19,6 +23,13 @@ typedef struct us_train_opts {
     uint64_t seed;
     int threads;
     float init_std;
+    /* checkpoints (train/checkpoint.h): every save_every steps (0: none) under out_dir, the
+     * newest `keep` kept; resume continues from the newest complete one. max_skips non-finite
+     * updates in a row stop the run (0: never). *stop (optional), set by a signal handler,
+     * makes the run save a checkpoint after the current step and return US_OK. */
+    int save_every, keep, max_skips;
+    bool resume;
+    volatile sig_atomic_t *stop;
     /* records (train/report.h, train/evaluate.h): report_path writes an HTML report at the end;
      * report (optional) receives the run's curves, configuration and plan under run_name
      * instead of or besides that; eval_data_path is scored every eval_every steps (0: 10% of

@@ -1,0 +1,96 @@
+/* preflight.c — memory and output-directory checks before training (see preflight.h).
+ *
+ * The memory estimate prepares the model for k = min(tokens, 256) tokens to measure the arena per
+ * token (saved activations plus scratch), scales it to the step's tokens and adds 64 MiB for the
+ * chunked LM head; it never allocates the full arena, so an impossible plan is refused before
+ * any large allocation. UNSWAG_TEST_MEM_TOTAL_MB and UNSWAG_TEST_DISK_FREE_MB (tests only,
+ * ignored unless set) stand in for the device total and the free disk space. */
+#include "train/preflight.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#define MIB (1024.0 * 1024.0)
+
+static double env_mb(const char *name) {
+    const char *v = getenv(name);
+    return v && *v ? atof(v) : -1;
+}
+
+us_status us_preflight_memory(us_model *m, int batch, int seq, int grad_accum, us_err *e) {
+    us_backend *be = m->be;
+    int64_t tokens = (int64_t)batch * seq;
+    if (tokens > (1 << 30) || tokens * grad_accum > ((int64_t)1 << 34))
+        return us_fail(e, US_EINVAL,
+                       "--batch %d x --seq-len %d x --grad-accum %d = %lld tokens per step is too many; lower --batch "
+                       "or --seq-len", batch, seq, grad_accum, (long long)(tokens * grad_accum));
+    size_t loaded = 0, total = 0;
+    be->mem_info(be, &loaded, NULL, &total); /* weights, parameters and gradients so far */
+    int k = (int)US_MIN(tokens, (int64_t)256);
+    us_status st = us_model_prepare(m, k, e);
+    if (st) return st;
+    double arena = (double)m->arena_bytes / k * (double)tokens + 64 * MIB;
+    double optim = 2.0 * (double)m->n_params * 4;
+    double batches = 3.0 * (double)tokens * 4 * grad_accum + 2.0 * (double)tokens * 4;
+    double need = (double)loaded + arena + optim + batches;
+    double have = (double)total;
+    double fake = env_mb("UNSWAG_TEST_MEM_TOTAL_MB");
+    if (fake >= 0) have = fake * MIB;
+    if (have > 0 && need > have)
+        return us_fail(e, US_ENOMEM,
+                       "not enough %s memory for this run: it needs about %.1f MiB, the device has %.1f MiB.\n"
+                       "  weights, trainable parameters and gradients  %10.1f MiB\n"
+                       "  AdamW state (m, v)                           %10.1f MiB\n"
+                       "  activations: %lld tokens x %.1f KiB/token     %10.1f MiB\n"
+                       "  token batches                                %10.1f MiB\n"
+                       "To fit: lower --batch or --seq-len (activations grow with batch x seq-len; --grad-accum keeps "
+                       "the effective batch), train fewer --lora-targets or a lower --lora-r, or drop --full.",
+                       be->name, need / MIB, have / MIB, loaded / MIB, optim / MIB, (long long)tokens,
+                       m->plan.total_per_token / 1024.0, arena / MIB, batches / MIB);
+    return US_OK;
+}
+
+us_status us_preflight_out_dir(const char *dir, uint64_t need_bytes, const char *why, us_err *e) {
+    /* create it (and its parents) */
+    size_t len = strlen(dir);
+    if (len == 0 || len >= 4000) return us_fail(e, US_EINVAL, "--out: the path is empty or too long");
+    char p[4096];
+    memcpy(p, dir, len + 1);
+    for (size_t i = 1; i <= len; i++) {
+        if (p[i] != '/' && p[i] != 0) continue;
+        char c = p[i];
+        p[i] = 0;
+        if (mkdir(p, 0755) != 0 && errno != EEXIST)
+            return us_fail(e, US_EIO, "--out %s: cannot create directory %s: %s", dir, p, strerror(errno));
+        p[i] = c;
+    }
+    struct stat sb;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return us_fail(e, US_EIO, "--out %s: exists and is not a directory", dir);
+    /* prove it writable */
+    snprintf(p, sizeof p, "%s/.unswag-probe-%ld", dir, (long)getpid());
+    int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return us_fail(e, US_EIO, "--out %s: not writable: %s", dir, strerror(errno));
+    bool ok = write(fd, "probe\n", 6) == 6 && fsync(fd) == 0;
+    int err = errno;
+    close(fd);
+    unlink(p);
+    if (!ok) return us_fail(e, US_EIO, "--out %s: writing a probe file failed: %s", dir, strerror(err));
+    /* free space */
+    struct statvfs vfs;
+    double free_b = -1;
+    if (statvfs(dir, &vfs) == 0) free_b = (double)vfs.f_bavail * (double)vfs.f_frsize;
+    double fake = env_mb("UNSWAG_TEST_DISK_FREE_MB");
+    if (fake >= 0) free_b = fake * MIB;
+    if (free_b >= 0 && (double)need_bytes > free_b)
+        return us_fail(e, US_EIO,
+                       "--out %s: not enough free disk space: the run needs about %.1f MiB (%s), %.1f MiB are free; free "
+                       "space, lower --keep, or choose another --out", dir, need_bytes / MIB, why, free_b / MIB);
+    return US_OK;
+}

@@ -1,0 +1,21 @@
+/* preflight.h — checks made before a training run starts its long work, so that a run that
+ * cannot finish says so at once, clearly, instead of after hours.
+ *
+ * Memory: the activation plan for the run's tokens per micro-batch, the weights already loaded,
+ * the trainable parameters with their gradients and AdamW moments, and the batches, against the
+ * backend's total memory; too much gives the breakdown and what to change. Output: the directory
+ * is created if needed and proven writable with a probe file (written, synced, removed), and
+ * the free space (statvfs) must hold the adapter plus the checkpoints the run will keep. */
+#ifndef US_PREFLIGHT_H
+#define US_PREFLIGHT_H
+
+#include "model/model.h"
+
+/* Run after us_model_setup_training and before us_model_prepare(m, batch * seq). Leaves the
+ * model prepared for a few tokens (the trainer prepares it for the full step afterwards). */
+us_status us_preflight_memory(us_model *m, int batch, int seq, int grad_accum, us_err *e);
+
+/* need_bytes: what the run will write into dir at most; why: what those bytes are, for the message. */
+us_status us_preflight_out_dir(const char *dir, uint64_t need_bytes, const char *why, us_err *e);
+
+#endif
