@@ -1,0 +1,59 @@
+/* load.c — picks the reader for a run's data file. The first non-blank line decides: an object
+ * with "input_ids" means pre-tokenized JSONL (checked against the model's vocabulary); anything
+ * else needs a tokenizer, and the ids it produces are checked against the model too. */
+#include "data/load.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static bool first_line_pretokenized(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) return false;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    bool yes = false;
+    while ((n = getline(&line, &cap, f)) > 0) {
+        size_t i = 0;
+        while (i < (size_t)n && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r' || line[i] == '\n')) i++;
+        if (i == (size_t)n) continue;
+        yes = line[i] == '{' && strstr(line, "\"input_ids\"") != NULL;
+        break;
+    }
+    free(line);
+    fclose(f);
+    return yes;
+}
+
+us_status us_data_load(us_data_source *src, us_token_dataset *ds, us_err *e) {
+    struct stat sb;
+    if (stat(src->path, &sb) != 0) return us_fail(e, US_EIO, "%s: no such data file", src->path);
+    if (S_ISDIR(sb.st_mode)) return us_fail(e, US_EIO, "%s: is a directory, not a data file", src->path);
+    if (first_line_pretokenized(src->path)) return us_jsonl_tokens_load(src->path, src->vocab, ds, e);
+    const char *tp = src->tokenizer ? src->tokenizer : src->model_dir;
+    char probe[4096];
+    if (!src->tokenizer && (!us_path_join(probe, sizeof probe, tp, "tokenizer.json") || stat(probe, &sb) != 0))
+        return us_fail(e, US_EINVAL,
+                       "%s: text data needs a tokenizer, and %s has no tokenizer.json (pass --tokenizer PATH, or "
+                       "pre-tokenized {\"input_ids\": [...]} lines)", src->path, src->model_dir);
+    us_tokenizer *tok;
+    us_status st = us_tokenizer_load(tp, &tok, e);
+    if (st) return st;
+    st = us_dataset_load(src->path, tok, &src->opt, ds, e);
+    us_tokenizer_free(tok);
+    if (st) return st;
+    for (size_t i = 0; i < ds->n; i++)
+        for (int64_t j = 0; j < ds->ex[i].n; j++)
+            if (ds->ex[i].ids[j] < 0 || ds->ex[i].ids[j] >= src->vocab) {
+                int32_t bad = ds->ex[i].ids[j];
+                us_token_dataset_free(ds);
+                return us_fail(e, US_EFORMAT, "%s: example %zu: the tokenizer produced id %d, outside the model's vocabulary of %d",
+                               src->path, i + 1, bad, src->vocab);
+            }
+    if (src->opt.n_truncated)
+        fprintf(stderr, "unswag: %s: %zu examples truncated to --seq-len %d\n", src->path, src->opt.n_truncated,
+                src->opt.seq_len);
+    return US_OK;
+}

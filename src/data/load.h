@@ -1,0 +1,19 @@
+/* load.h — the training data of a run, whatever its format: pre-tokenized JSONL is read as is;
+ * text formats (.txt, JSONL with text / Alpaca / chat / prompt-completion) go through the
+ * model's tokenizer (tokenizer.json in the model directory, or an explicit one). */
+#ifndef US_DATA_LOAD_H
+#define US_DATA_LOAD_H
+
+#include "data/formats.h"
+
+typedef struct us_data_source {
+    const char *path;
+    const char *model_dir;      /* where tokenizer.json is looked for */
+    const char *tokenizer;      /* explicit tokenizer.json or directory, or NULL */
+    int vocab;                  /* the model's vocabulary: every id must lie below it */
+    us_data_options opt;        /* seq_len, prompt masking, chat template, ... */
+} us_data_source;
+
+us_status us_data_load(us_data_source *src, us_token_dataset *ds, us_err *e);
+
+#endif
