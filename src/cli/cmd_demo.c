@@ -212,6 +212,8 @@ static const char *pick_device(const char *want, int threads) {
 
 us_status us_demo_run(const us_demo_opts *o, us_demo_result *r, us_err *e) {
     memset(r, 0, sizeof *r);
+    FILE *out = o->quiet ? NULL : stdout; /* quiet: nothing printed at all */
+#define SAY(...) (out ? fprintf(out, __VA_ARGS__) : 0)
     double t0 = now_s();
     const char *dev = pick_device(o->device ? o->device : "auto", o->threads);
     char base[4096], pre[4096], ada[4096], data_pre[4096], data_ft[4096], m_pre[4096], m_ft[4096], report[4096];
@@ -239,10 +241,10 @@ us_status us_demo_run(const us_demo_opts *o, us_demo_result *r, us_err *e) {
     if (st) return st;
     us_report *rep = us_report_new("unswag demo: pretraining a tiny Llama, then teaching it a new task with LoRA");
     if (!rep) return us_fail(e, US_ENOMEM, "out of memory");
-    printf("unswag demo: a tiny Llama (2 layers, hidden 128, GQA 4/2 heads, vocab %d) on %s\n", VOCAB, dev);
-    printf("  token language: \"OP d1..d6 = r1..r6 .\"   C copies, S adds one to each digit;\n"
+    SAY("unswag demo: a tiny Llama (2 layers, hidden 128, GQA 4/2 heads, vocab %d) on %s\n", VOCAB, dev);
+    SAY("  token language: \"OP d1..d6 = r1..r6 .\"   C copies, S adds one to each digit;\n"
            "  the new task N (nines' complement, 9-d) is never seen in pretraining.\n\n");
-    fflush(stdout);
+    if (out) fflush(out);
 
     /* 1. pretrain from random weights, every weight trains */
     us_train_opts t;
@@ -265,24 +267,24 @@ us_status us_demo_run(const us_demo_opts *o, us_demo_result *r, us_err *e) {
     t.quiet = o->quiet;
     t.eval_data_path = ev_pre;
     t.report = rep;
-    t.run_name = "pretraining (full, from random weights)";
-    printf("== 1/3 pretraining from scratch (--full, %d steps) ==\n", pre_steps);
-    fflush(stdout);
+    t.run_name = "pretraining";
+    SAY("== 1/3 pretraining from scratch (--full, %d steps) ==\n", pre_steps);
+    if (out) fflush(out);
     if ((st = us_train(&t, e))) goto done;
     char samples[4][2][LEN + 1];
     double acc_c, acc_s;
     if ((st = accuracy(pre, NULL, dev, o->threads, o->seed, TOK_C, held / 2, &acc_c, samples, 0, e))) goto done;
     if ((st = accuracy(pre, NULL, dev, o->threads, o->seed, TOK_S, held / 2, &acc_s, samples, 0, e))) goto done;
     r->pre_acc = (acc_c + acc_s) / 2;
-    printf("pretrained model on held-out C and S examples: %.0f%% and %.0f%% exact\n\n", 100 * acc_c, 100 * acc_s);
+    SAY("pretrained model on held-out C and S examples: %.0f%% and %.0f%% exact\n\n", 100 * acc_c, 100 * acc_s);
 
     /* 2. the new task before fine-tuning */
     char before[4][2][LEN + 1], after[4][2][LEN + 1];
     if ((st = accuracy(pre, NULL, dev, o->threads, o->seed, TOK_N, held, &r->acc_before, before, 4, e))) goto done;
-    printf("== 2/3 the new task N before fine-tuning: %.1f%% of %d held-out examples exact ==\n", 100 * r->acc_before,
+    SAY("== 2/3 the new task N before fine-tuning: %.1f%% of %d held-out examples exact ==\n", 100 * r->acc_before,
            held);
-    for (int i = 0; i < 3; i++) printf("  want %s   got %s\n", before[i][0], before[i][1]);
-    printf("\n");
+    for (int i = 0; i < 3; i++) SAY("  want %s   got %s\n", before[i][0], before[i][1]);
+    SAY("\n");
 
     /* 3. LoRA fine-tuning on N */
     us_train_opts_default(&t);
@@ -299,10 +301,10 @@ us_status us_demo_run(const us_demo_opts *o, us_demo_result *r, us_err *e) {
     t.quiet = o->quiet;
     t.eval_data_path = ev_ft;
     t.report = rep;
-    t.run_name = "LoRA fine-tuning on the new task N";
-    printf("== 3/3 LoRA fine-tuning on N (r %d, alpha %.0f, all projections, %d steps) ==\n", t.lora_r, t.lora_alpha,
+    t.run_name = "LoRA on task N";
+    SAY("== 3/3 LoRA fine-tuning on N (r %d, alpha %.0f, all projections, %d steps) ==\n", t.lora_r, t.lora_alpha,
            ft_steps);
-    fflush(stdout);
+    if (out) fflush(out);
     if ((st = us_train(&t, e))) goto done;
     if ((st = accuracy(pre, ada, dev, o->threads, o->seed, TOK_N, held, &r->acc_after, after, 4, e))) goto done;
     r->held_out = held;
@@ -311,12 +313,12 @@ us_status us_demo_run(const us_demo_opts *o, us_demo_result *r, us_err *e) {
     int np = read_losses(m_pre, lp, 4096), nf = read_losses(m_ft, lf, 4096);
     if (np) r->loss_pre_first = lp[0], r->loss_pre_last = lp[np - 1];
     if (nf) r->loss_ft_first = lf[0], r->loss_ft_last = lf[nf - 1];
-    printf("\n");
-    us_ascii_plot(stdout, "pretraining loss (answer tokens)", lp, np, 64, 10);
-    us_ascii_plot(stdout, "LoRA fine-tuning loss on N", lf, nf, 64, 10);
-    printf("\nthe new task N after fine-tuning: %.1f%% of %d held-out examples exact (before: %.1f%%)\n",
+    SAY("\n");
+    if (out) us_ascii_plot(out, "pretraining loss (answer tokens)", lp, np, 64, 10);
+    if (out) us_ascii_plot(out, "LoRA fine-tuning loss on N", lf, nf, 64, 10);
+    SAY("\nthe new task N after fine-tuning: %.1f%% of %d held-out examples exact (before: %.1f%%)\n",
            100 * r->acc_after, held, 100 * r->acc_before);
-    for (int i = 0; i < 3; i++) printf("  want %s   got %s\n", after[i][0], after[i][1]);
+    for (int i = 0; i < 3; i++) SAY("  want %s   got %s\n", after[i][0], after[i][1]);
     r->seconds = now_s() - t0;
     {
         char txt[2048];
@@ -333,15 +335,16 @@ us_status us_demo_run(const us_demo_opts *o, us_demo_result *r, us_err *e) {
         us_report_param(rep, "demo", "wall time", "%.1f s", r->seconds);
         if ((st = us_report_write(rep, report, e))) goto done;
     }
-    printf("\nwritten under %s:\n  base/ (config.json, tokenizer.json)   pretrained/ (model.safetensors)\n"
+    SAY("\nwritten under %s:\n  base/ (config.json, tokenizer.json)   pretrained/ (model.safetensors)\n"
            "  adapter/ (PEFT LoRA adapter)   pretrain.jsonl, finetune.jsonl (+ _eval: held out), *_metrics.jsonl\n",
            o->out_dir);
-    printf("try:  build/unswag generate --model %s --adapter %s --prompt-ids 14,3,1,4,1,5,9,10\n", pre, ada);
-    printf("demo finished in %.1f s\n", r->seconds);
-    printf("report: %s\n", report);
+    SAY("try:  build/unswag generate --model %s --adapter %s --prompt-ids 14,3,1,4,1,5,9,10\n", pre, ada);
+    SAY("demo finished in %.1f s\n", r->seconds);
+    SAY("report: %s\n", report);
 done:
     us_report_free(rep);
     return st;
+#undef SAY
 }
 
 static const char *usage =
@@ -354,7 +357,7 @@ static const char *usage =
     "  --out DIR     where everything is written (build/demo)\n"
     "  --quick       a shorter setting (as the tests run it)\n"
     "  --device D    auto (default: cuda when it works, else cpu), cpu or cuda\n"
-    "  --threads N   CPU threads (1: the model is tiny)   --seed N (1234)   --quiet\n"
+    "  --threads N   CPU threads (1: the model is tiny)   --seed N (1234)   --quiet (print nothing)\n"
     "\n"
     "example:\n"
     "  unswag demo --out /tmp/demo\n";

@@ -9,7 +9,7 @@ typedef struct us_demo_opts {
     const char *out_dir;   /* everything is written below it */
     const char *device;    /* "auto" (cuda when it works, else cpu), "cpu", "cuda" */
     bool quick;            /* fewer steps: for tests */
-    bool quiet;            /* no progress output (the summary is still printed) */
+    bool quiet;            /* nothing printed (tests) */
     int threads;
     uint64_t seed;
 } us_demo_opts;

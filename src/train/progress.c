@@ -7,6 +7,7 @@
 #include "train/progress.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -96,7 +97,10 @@ void us_ascii_plot(FILE *f, const char *title, const double *y, int n, int width
             hi = fmax(hi, y[i]);
         }
     if (!isfinite(lo)) return;
-    if (hi - lo < 1e-12) hi = lo + 1;
+    bool logy = lo > 0 && hi / lo > 100; /* a loss falling over decades: plot log10 */
+#define TR(v) (logy ? log10(v) : (v))
+    double vlo = TR(lo), vhi = TR(hi);
+    if (vhi - vlo < 1e-12) vhi = vlo + 1;
     char grid[128][513];
     for (int r = 0; r < height; r++) {
         memset(grid[r], ' ', (size_t)width);
@@ -112,13 +116,14 @@ void us_ascii_plot(FILE *f, const char *title, const double *y, int n, int width
         for (int i = a; i < b && i < n; i++)
             if (isfinite(y[i])) s += y[i], k++;
         if (!k) continue;
-        double v = s / k;
-        int r = (int)lround((hi - v) / (hi - lo) * (height - 1));
+        double v = TR(s / k);
+        int r = (int)lround((vhi - v) / (vhi - vlo) * (height - 1));
         grid[r < 0 ? 0 : r >= height ? height - 1 : r][c] = '*';
     }
-    fprintf(f, "  %s\n", title);
+    fprintf(f, "  %s%s\n", title, logy ? " (log scale)" : "");
     for (int r = 0; r < height; r++) {
-        double v = hi - (hi - lo) * r / (height - 1);
+        double v = vhi - (vhi - vlo) * r / (height - 1);
+        if (logy) v = pow(10, v);
         if (r == 0 || r == height - 1 || r == height / 2)
             fprintf(f, "  %8.3f |%s\n", v, grid[r]);
         else
@@ -127,4 +132,5 @@ void us_ascii_plot(FILE *f, const char *title, const double *y, int n, int width
     fprintf(f, "  %8s +", "");
     for (int c = 0; c < width; c++) fputc('-', f);
     fprintf(f, "\n  %8s  step 1%*d\n", "", width - 6, n);
+#undef TR
 }

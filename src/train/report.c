@@ -246,7 +246,9 @@ static double nice_step(double span, int target) {
 static void fmt_num(char *o, size_t cap, double v) {
     double a = fabs(v);
     if (v == 0) snprintf(o, cap, "0");
-    else if (a >= 1e5 || a < 1e-3) snprintf(o, cap, "%.0e", v);
+    else if (a >= 1e7) snprintf(o, cap, "%.0e", v);
+    else if (a < 1e-3) snprintf(o, cap, "%.3g", v);
+    else if (a >= 1000) snprintf(o, cap, "%.0f", v);
     else snprintf(o, cap, "%.4g", v);
 }
 
@@ -313,7 +315,9 @@ static void render_chart(buf *b, const chart *c) {
     put(b, "</g>\n<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" class=\"axis\"/><line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" class=\"axis\"/>\n",
         L, T, L, T + ph, L, T + ph, W - R, T + ph);
     put(b, "<text x=\"%g\" y=\"%g\" class=\"ax\" text-anchor=\"middle\">step%s</text>\n", L + pw / 2, H - 6,
-        logy ? " (log scale)" : "");
+        logy ? "   (y: log scale)" : "");
+    size_t longest = 0;
+    for (int i = 0; i < c->ns; i++) longest = strlen(c->s[i].name) > longest ? strlen(c->s[i].name) : longest;
     /* curves and legend */
     for (int i = 0; i < c->ns; i++) {
         const series *s = &c->s[i];
@@ -332,7 +336,7 @@ static void render_chart(buf *b, const chart *c) {
         if (pts == 1) /* a single point: show a dot */
             for (int k = 0; k < s->n; k++)
                 if (isfinite(s->y[k])) put(b, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\"/>\n", PX(s->x[k]), PY(s->y[k]), col);
-        double lx = W - R - 150, ly = T + 14 + 16 * i;
+        double lx = W - R - 34 - 6.6 * (double)(longest > 60 ? 60 : longest), ly = T + 14 + 16 * i;
         put(b, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"%s\" stroke-width=\"3\"/><text x=\"%g\" y=\"%g\" class=\"lg\">",
             lx, ly - 4, lx + 18, ly - 4, col, lx + 24, ly);
         put_esc(b, s->name);
@@ -391,7 +395,7 @@ us_status us_report_write(const us_report *r, const char *path, us_err *e) {
             ".sub{color:#6b7280;margin:0 0 16px}\n"
             ".charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:14px}\n"
             ".panel{margin:0;background:#fff;border:1px solid #e5e7eb;border-radius:8px;padding:6px}\n"
-            "svg{width:100%%;height:auto;display:block} .ct{font-size:14px;font-weight:600;fill:#111827}\n"
+            "svg{width:100%%;height:auto;display:block} svg.membars{max-width:760px} .ct{font-size:14px;font-weight:600;fill:#111827}\n"
             ".ax{font-size:11px;fill:#6b7280} .lg{font-size:12px;fill:#374151} .grid line{stroke:#eef0f3}\n"
             ".axis{stroke:#9ca3af} table{border-collapse:collapse;background:#fff;width:100%%}\n"
             "td,th{border:1px solid #e5e7eb;padding:4px 8px;text-align:left;vertical-align:top} th{background:#f9fafb}\n"
