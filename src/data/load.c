@@ -8,13 +8,14 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static bool first_line_pretokenized(const char *path) {
+/* 1: pre-tokenized JSONL, 0: anything else, -1: no non-blank line at all */
+static int first_line_pretokenized(const char *path) {
     FILE *f = fopen(path, "r");
-    if (!f) return false;
+    if (!f) return 0;
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
-    bool yes = false;
+    int yes = -1;
     while ((n = getline(&line, &cap, f)) > 0) {
         size_t i = 0;
         while (i < (size_t)n && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r' || line[i] == '\n')) i++;
@@ -31,7 +32,9 @@ us_status us_data_load(us_data_source *src, us_token_dataset *ds, us_err *e) {
     struct stat sb;
     if (stat(src->path, &sb) != 0) return us_fail(e, US_EIO, "%s: no such data file", src->path);
     if (S_ISDIR(sb.st_mode)) return us_fail(e, US_EIO, "%s: is a directory, not a data file", src->path);
-    if (first_line_pretokenized(src->path)) return us_jsonl_tokens_load(src->path, src->vocab, ds, e);
+    int kind = first_line_pretokenized(src->path);
+    if (kind < 0) return us_fail(e, US_EFORMAT, "%s: no examples (the file is empty or blank)", src->path);
+    if (kind > 0) return us_jsonl_tokens_load(src->path, src->vocab, ds, e);
     const char *tp = src->tokenizer ? src->tokenizer : src->model_dir;
     char probe[4096];
     if (!src->tokenizer && (!us_path_join(probe, sizeof probe, tp, "tokenizer.json") || stat(probe, &sb) != 0))
