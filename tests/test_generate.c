@@ -5,9 +5,12 @@
  * sequence so far, no cache, the attention that is checked against PEFT in test_parity.c)
  * gives for the last position; greedy generation must therefore pick the same ids. Run on
  * fixtures with a trained LoRA adapter loaded (GQA + tied head; Qwen2 biases + BF16; ReLU + F16),
- * plus the sampler's filters and the CLI's streaming output. */
+ * and `unswag generate --ids` must print those ids. Plus the sampler's filters (top-k, top-p,
+ * temperature against the softmax frequencies, seeding) and the CLI's refusal of --prompt
+ * without a tokenizer. */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "io/adapter.h"
 #include "model/decode.h"
@@ -73,6 +76,22 @@ static void greedy_vs_forward(us_test_ctx *t, const char *fx) {
     CHECK(!us_decoder_feed(d, seq, MAXLEN - 1, lp, &e), "%s", e.msg);
     for (int v = 0; v < V; v++) CHECK(fabs(lp[v] - lc[v]) <= 1e-4 * (1 + fabs(lc[v])), "prefill vs step at %d", v);
     free(lp);
+    /* the CLI prints the same greedy ids (stopping early only at the model's EOS id) */
+    char cmd[4096], out[4096], self[1500];
+    ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
+    CHECK(sl > 0, "readlink");
+    self[sl] = 0;
+    *strrchr(self, '/') = 0;
+    snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=1 %s/unswag generate --model %s --adapter %s --prompt-ids 17,200,3,99,42 "
+             "--max-new-tokens %d --ids 2>/dev/null", self, model, adapter, NEW);
+    CHECK(us_test_run(cmd, out, sizeof out) == 0, "generate failed: %.500s", out);
+    char *p = out;
+    for (int i = PROMPT; i < MAXLEN && seq[i] != m->cfg.eos_id; i++) {
+        char *end;
+        long id = strtol(p, &end, 10);
+        CHECK(end != p && id == seq[i], "%s: CLI token %d is %.20s, want %d", fx, i - PROMPT, p, seq[i]);
+        p = end;
+    }
     free(lc);
     free(lf);
     be->free(be, dids);
@@ -132,4 +151,15 @@ TEST(generate_sampler_filters) {
         memcpy(y, base, sizeof y);
         CHECK(us_sample(&a, x, 4) == us_sample(&b, y, 4), "seeded draws differ");
     }
+}
+
+TEST(generate_cli_text_needs_tokenizer) {
+    char cmd[4096], out[4096], self[1500];
+    ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
+    CHECK(sl > 0, "readlink");
+    self[sl] = 0;
+    *strrchr(self, '/') = 0;
+    snprintf(cmd, sizeof cmd, "%s/unswag generate --model " FIXTURES "/mistral_mlp/model --prompt hello", self);
+    int rc = us_test_run(cmd, out, sizeof out);
+    CHECK(rc == 1 && strstr(out, "tokenizer.json") && strstr(out, "--prompt-ids"), "rc %d: %.300s", rc, out);
 }

@@ -114,7 +114,7 @@ static us_status write_model_files(const char *dir, us_err *e) {
     char tok[4096];
     snprintf(tok, sizeof tok,
              "{\"version\": \"1.0\", \"truncation\": null, \"padding\": null, \"added_tokens\": [],\n"
-             " \"normalizer\": null, \"pre_tokenizer\": null, \"post_processor\": null, \"decoder\": null,\n"
+             " \"normalizer\": null, \"pre_tokenizer\": null, \"post_processor\": null, \"decoder\": {\"type\": \"Fuse\"},\n"
              " \"model\": {\"type\": \"BPE\", \"dropout\": null, \"unk_token\": null, \"continuing_subword_prefix\": null,\n"
              "  \"end_of_word_suffix\": null, \"fuse_unk\": false, \"byte_fallback\": false, \"ignore_merges\": false,\n"
              "  \"vocab\": {%s}, \"merges\": []}}\n",

@@ -35,6 +35,8 @@ static const char *usage =
     "  --no-shuffle           rows in file order, wrapping around      --seed N (42)\n"
     "  --metrics FILE.jsonl   one object per optimizer step: step, loss, lr, grad_norm, tokens_per_s\n"
     "  --device cpu|cuda      --threads N      --quiet\n"
+    "  --report FILE.html     a self-contained page: loss/lr/tokens-per-s curves, configuration, memory plan\n"
+    "  --eval-data FILE       held-out rows scored every --eval-every N steps (10%% of the run) and at the end\n"
     "  --random-init          random weights from config.json alone (benchmarks)\n"
     "  --full                 train every weight (small models); writes model.safetensors\n"
     "  --save-every N         checkpoint every N steps into --out/checkpoint-STEP (0: only on a signal)\n"
@@ -100,6 +102,9 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--random-init")) o.random_init = true;
         else if (!strcmp(a, "--full")) o.full = true;
         else if (!strcmp(a, "--quiet")) o.quiet = true;
+        else if (!strcmp(a, "--report")) { if (!VAL()) return 2; o.report_path = v; }
+        else if (!strcmp(a, "--eval-data")) { if (!VAL()) return 2; o.eval_data_path = v; }
+        else if (!strcmp(a, "--eval-every")) { if (!VAL() || !us_arg_int(a, v, 1, 1L << 30, &o.eval_every)) return 2; }
         else if (!strcmp(a, "--save-every")) { if (!VAL() || !us_arg_int(a, v, 0, 1L << 30, &o.save_every)) return 2; }
         else if (!strcmp(a, "--keep")) { if (!VAL() || !us_arg_int(a, v, 1, 1L << 20, &o.keep)) return 2; }
         else if (!strcmp(a, "--max-skips")) { if (!VAL() || !us_arg_int(a, v, 0, 1L << 30, &o.max_skips)) return 2; }

@@ -13,6 +13,9 @@ static const struct {
 } commands[] = {
     {"demo", "pretrain a tiny model, then LoRA-fine-tune it on a new task (nothing downloaded)", cmd_demo},
     {"train", "fine-tune LoRA adapters (or all weights) of a Hugging Face checkpoint", cmd_train},
+    {"eval", "loss and perplexity of a model (+ adapter) over a dataset", cmd_eval},
+    {"generate", "generate text from a model (+ adapter) with a KV cache", cmd_generate},
+    {"merge", "merge a LoRA adapter into the base weights (a Hugging Face checkpoint)", cmd_merge},
     {"tokenize", "text (JSON strings, one per line) to token ids", cmd_tokenize},
     {"detokenize", "token ids (JSON arrays, one per line) to text", cmd_detokenize},
 };

@@ -29,6 +29,30 @@ struct us_decoder {
     float *hq, *hk, *hv, *ho;  /* host fallback for attention (NULL when the backend has attn_cached) */
 };
 
+us_status us_model_load_inference(us_model **out, us_backend *be, const char *model_dir, const char *adapter_dir,
+                                  us_err *e) {
+    us_model *m;
+    us_status st = us_model_load(&m, be, model_dir, false, 0, 0, e);
+    if (st) return st;
+    if (adapter_dir) {
+        us_adapter *a;
+        us_train_spec spec = {0};
+        st = us_adapter_open(adapter_dir, &a, e);
+        if (!st) {
+            spec.lora = *us_adapter_config(a);
+            us_adapter_close(a);
+            st = us_model_setup_training(m, &spec, 0, e);
+        }
+        if (!st) st = us_model_load_adapter(m, adapter_dir, e);
+        if (st) {
+            us_model_free(m);
+            return st;
+        }
+    }
+    *out = m;
+    return US_OK;
+}
+
 void us_decoder_free(us_decoder *d) {
     if (!d) return;
     us_backend *be = d->m->be;

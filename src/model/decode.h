@@ -10,6 +10,11 @@
 
 #include "model/model.h"
 
+/* A model for inference: us_model_load from model_dir, then, when adapter_dir is not NULL, the
+ * LoRA adapter with its own config (r, alpha, targets, rsLoRA) applied in the forward. */
+us_status us_model_load_inference(us_model **out, us_backend *be, const char *model_dir, const char *adapter_dir,
+                                  us_err *e);
+
 typedef struct us_decoder us_decoder;
 
 /* max_ctx: the longest sequence (prompt + generated) this decoder will hold (<= max_pos). */
