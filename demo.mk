@@ -9,3 +9,8 @@ DEMO_FLAGS ?=
 
 demo: $(BUILD)/unswag
 	$(BUILD)/unswag demo --out $(BUILD)/demo $(DEMO_FLAGS)
+
+# --config FILE.yaml (src/cli/config_file.c) parses YAML with libyaml (Debian libyaml-dev, listed
+# in scripts/deps.sh). Appended here so the Makefile itself stays untouched; LDLIBS is expanded
+# when the link runs, after this file is read.
+LDLIBS += $(shell pkg-config --libs yaml-0.1 2>/dev/null || echo -lyaml)

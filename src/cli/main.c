@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "cli/commands.h"
+#include "cli/config_file.h"
 #include "unswag.h"
 
 static const struct {
@@ -24,7 +25,17 @@ static void usage(FILE *f) {
     fprintf(f, "unswag %s — memory-efficient LoRA fine-tuning\n\nusage: unswag COMMAND [options]   (unswag COMMAND --help)\n\n",
             us_version_string());
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].what);
-    fprintf(f, "\n  --version    print the version and the compiled backends\n");
+    fprintf(f, "\n  --version    print the version and the compiled backends\n"
+               "  --config FILE.yaml   (any command) options from a YAML file, e.g. \"lora-r: 16\"; flags on\n"
+               "               the command line override it\n"
+               "\nexamples:\n"
+               "  unswag demo                                   # the whole tour, nothing downloaded\n"
+               "  unswag train --model ./SmolLM2-135M --data train.jsonl --out ./adapter --report run.html\n"
+               "  unswag train --config run.yaml --lr 1e-4      # run.yaml holds the rest\n"
+               "  unswag eval --model ./SmolLM2-135M --adapter ./adapter --data val.jsonl\n"
+               "  unswag generate --model ./SmolLM2-135M --adapter ./adapter --prompt \"Hello\"\n"
+               "  unswag merge --model ./SmolLM2-135M --adapter ./adapter --out ./merged\n"
+               "  echo '\"hello world\"' | unswag tokenize --tokenizer ./SmolLM2-135M\n");
 }
 
 /* OpenMP threads that spin while OpenBLAS or the main thread work steal a core from them on small
@@ -51,7 +62,21 @@ int main(int argc, char **argv) {
         return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (!strcmp(argv[1], commands[i].name) && commands[i].fn) return commands[i].fn(argc - 2, argv + 2);
+        if (!strcmp(argv[1], commands[i].name) && commands[i].fn) {
+            bool has_config = false;
+            for (int a = 2; a < argc; a++) has_config = has_config || !strcmp(argv[a], "--config");
+            if (!has_config) return commands[i].fn(argc - 2, argv + 2);
+            int n;
+            char **v;
+            us_err e = {{0}};
+            if (us_config_expand(argc - 2, argv + 2, &n, &v, &e)) {
+                fprintf(stderr, "unswag %s: %s\n", argv[1], e.msg);
+                return 2;
+            }
+            int rc = commands[i].fn(n, v);
+            us_config_argv_free(n, v);
+            return rc;
+        }
     fprintf(stderr, "unswag: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;
