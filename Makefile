@@ -25,6 +25,7 @@ TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 LIB      := $(BUILD)/libunswag.a
 CUDA_OBJ :=
 
+.DEFAULT_GOAL := all
 -include src/backend/cuda/cuda.mk
 
 .PHONY: all test asan clean bench demo
@@ -43,6 +44,13 @@ $(BUILD)/unswag: $(CLI_OBJ) $(LIB)
 
 $(BUILD)/unswag_tests: $(TEST_OBJ) $(filter-out $(BUILD)/obj/src/cli/main.o,$(CLI_OBJ)) $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/sgemm_peak: bench/sgemm_peak.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+bench: all $(BUILD)/sgemm_peak
+	bench/cpu_train_bench.sh
 
 test: all
 	cd $(CURDIR) && OMP_NUM_THREADS=2 $(BUILD)/unswag_tests
