@@ -280,11 +280,14 @@ struct BwdSmem {
     static constexpr size_t bytes = (size_t)END * 2 + 2 * BQ * 4 * 3; /* + lse2, D, seg per stage */
 };
 
+/* split: one CTA per (key block, query head), dK/dV summed over the group by f32 atomics into
+ * dkv_acc ([2][T, KVH*HD]); otherwise one CTA per (key block, kv head) loops over the group's
+ * heads and writes dK/dV directly. */
 template <int HD, int BQ>
-__global__ void __launch_bounds__(BNT) k_attn_bwd(float *dq_acc, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *q,
-                                                  const bf16 *k, const bf16 *v, const float *lse, const float *Dg,
-                                                  const int32_t *seg, const int *segmin_blk, int seq, int H, int KVH,
-                                                  float scale, float scale_log2) {
+__global__ void __launch_bounds__(BNT) k_attn_bwd(float *dq_acc, bf16 *dk, bf16 *dv, float *dkv_acc, const bf16 *dout,
+                                                  const bf16 *q, const bf16 *k, const bf16 *v, const float *lse,
+                                                  const float *Dg, const int32_t *seg, const int *segmin_blk, int seq,
+                                                  int H, int KVH, float scale, float scale_log2) {
     using L = BwdSmem<HD, BQ>;
     extern __shared__ __align__(128) unsigned char smraw[];
     bf16 *sb = reinterpret_cast<bf16 *>(smraw);
@@ -293,7 +296,9 @@ __global__ void __launch_bounds__(BNT) k_attn_bwd(float *dq_acc, bf16 *dk, bf16 
     float *sD = sL + 2 * BQ;                            /* [2][BQ] */
     int *sS = reinterpret_cast<int *>(sD + 2 * BQ);     /* [2][BQ] seg start */
 
-    const int kblk = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, G = H / KVH;
+    const bool split = dkv_acc != NULL;
+    const int kblk = blockIdx.x, b = blockIdx.z, GH = H / KVH;
+    const int kvh = split ? blockIdx.y / GH : blockIdx.y, hq0 = split ? blockIdx.y : kvh * GH, G = split ? 1 : GH;
     const int k0 = kblk * BBN;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const size_t qs = (size_t)H * HD, ks = (size_t)KVH * HD;
@@ -317,7 +322,7 @@ __global__ void __launch_bounds__(BNT) k_attn_bwd(float *dq_acc, bf16 *dk, bf16 
         return -1;
     };
     auto issue = [&](int it, int stage) {
-        int g = it / nqb, qb = it % nqb, h = kvh * G + g, q0 = qb * BQ;
+        int g = it / nqb, qb = it % nqb, h = hq0 + g, q0 = qb * BQ;
         const bf16 *qg = q + ((size_t)b * seq + q0) * qs + (size_t)h * HD;
         const bf16 *dg = dout + ((size_t)b * seq + q0) * qs + (size_t)h * HD;
         load_tile<BQ, HD, BNT>(sQ + stage * BQ * HD, qg, qs, seq - q0, tid);
@@ -360,7 +365,7 @@ __global__ void __launch_bounds__(BNT) k_attn_bwd(float *dq_acc, bf16 *dk, bf16 
     const int kra = k0 + warp * 16 + (lane >> 2), krb = kra + 8; /* this thread's key rows */
     int stage = 0;
     while (it >= 0) {
-        const int g = it / nqb, qb = it % nqb, h = kvh * G + g, q0 = qb * BQ;
+        const int g = it / nqb, qb = it % nqb, h = hq0 + g, q0 = qb * BQ;
         const int nit = next_item(it);
         if (nit >= 0) issue(nit, stage ^ 1);
         const bf16 *cQ = sQ + stage * BQ * HD, *cdO = sdO + stage * BQ * HD;
@@ -397,17 +402,22 @@ __global__ void __launch_bounds__(BNT) k_attn_bwd(float *dq_acc, bf16 *dk, bf16 
             }
         }
         /* P^T = exp2(S^T * scale*log2e - lse2), masked; dS^T = P^T (dP^T - D) */
+        const bool need_mask = k0 + BBN - 1 > q0 || seg != NULL || q0 + BQ > seq;
 #pragma unroll
-        for (int nt = 0; nt < BQ / 8; nt++)
+        for (int nt = 0; nt < BQ / 8; nt++) {
+            const int qc = nt * 8 + (lane & 3) * 2;
+            const float2 L2 = *reinterpret_cast<const float2 *>(cL + qc), D2 = *reinterpret_cast<const float2 *>(cD + qc);
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                int qc = nt * 8 + (lane & 3) * 2 + (e & 1), qi = q0 + qc;
-                int kr = e < 2 ? kra : krb;
-                float p = exp2f(fmaf(st[nt][e], scale_log2, -cL[qc]));
-                if (kr > qi || kr < cS[qc]) p = 0.0f;
+                float p = exp2f(fmaf(st[nt][e], scale_log2, -((e & 1) ? L2.y : L2.x)));
+                if (need_mask) {
+                    int qi = q0 + qc + (e & 1), kr = e < 2 ? kra : krb;
+                    if (kr > qi || kr < cS[qc + (e & 1)]) p = 0.0f;
+                }
                 st[nt][e] = p;
-                dp[nt][e] = p * (dp[nt][e] - cD[qc]);
+                dp[nt][e] = p * (dp[nt][e] - ((e & 1) ? D2.y : D2.x));
             }
+        }
         /* dV += P^T dO ; dK += dS^T Q */
 #pragma unroll
         for (int kk = 0; kk < BQ / 16; kk++) {
@@ -489,6 +499,23 @@ __global__ void __launch_bounds__(BNT) k_attn_bwd(float *dq_acc, bf16 *dk, bf16 
         stage ^= 1;
     }
 
+    if (split) {
+        size_t half = (size_t)gridDim.z * seq * ks;
+        float *dkg = dkv_acc + (size_t)b * seq * ks + (size_t)kvh * HD, *dvg = dkg + half;
+#pragma unroll
+        for (int dt = 0; dt < HD / 8; dt++) {
+            int col = dt * 8 + (lane & 3) * 2;
+            if (kra < seq) {
+                atomicAdd(reinterpret_cast<float2 *>(dkg + (size_t)kra * ks + col), make_float2(dka[dt][0] * scale, dka[dt][1] * scale));
+                atomicAdd(reinterpret_cast<float2 *>(dvg + (size_t)kra * ks + col), make_float2(dva[dt][0], dva[dt][1]));
+            }
+            if (krb < seq) {
+                atomicAdd(reinterpret_cast<float2 *>(dkg + (size_t)krb * ks + col), make_float2(dka[dt][2] * scale, dka[dt][3] * scale));
+                atomicAdd(reinterpret_cast<float2 *>(dvg + (size_t)krb * ks + col), make_float2(dva[dt][2], dva[dt][3]));
+            }
+        }
+        return;
+    }
     bf16 *dkg = dk + (size_t)b * seq * ks + (size_t)kvh * HD;
     bf16 *dvg = dv + (size_t)b * seq * ks + (size_t)kvh * HD;
 #pragma unroll
@@ -548,8 +575,16 @@ void launch_bwd(cuda_impl *c, void *dq, void *dk, void *dv, const void *dout, co
         CK(c, cudaFuncSetAttribute(k_attn_bwd<HD, BQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)L::bytes));
         attr_set = true;
     }
-    dim3 grid((sh->seq + BBN - 1) / BBN, sh->kv_heads, sh->batch);
-    k_attn_bwd<HD, BQ><<<grid, BNT, L::bytes, c->st>>>(dq_acc, (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout,
+    const bool split = sh->heads > sh->kv_heads; /* GQA: a CTA per query head balances the causal work */
+    size_t nkv = (size_t)T * sh->kv_heads * HD;
+    float *dkv = NULL;
+    if (split) {
+        dkv = (float *)us_cuda_scratch(c, SCR_ATTN_DKV, 2 * nkv * 4);
+        if (!dkv) return;
+        CK(c, cudaMemsetAsync(dkv, 0, 2 * nkv * 4, c->st));
+    }
+    dim3 grid((sh->seq + BBN - 1) / BBN, split ? sh->heads : sh->kv_heads, sh->batch);
+    k_attn_bwd<HD, BQ><<<grid, BNT, L::bytes, c->st>>>(dq_acc, (bf16 *)dk, (bf16 *)dv, dkv, (const bf16 *)dout,
                                                        (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, lse, D, seg,
                                                        segmin, sh->seq, H, sh->kv_heads, sh->scale,
                                                        sh->scale * LOG2E);
@@ -558,6 +593,12 @@ void launch_bwd(cuda_impl *c, void *dq, void *dk, void *dv, const void *dout, co
     if (g > (unsigned)c->sm_count * 32) g = (unsigned)c->sm_count * 32;
     k_f32_to_bf16_a<<<g, 256, 0, c->st>>>((bf16 *)dq, dq_acc, nq);
     CK_LAUNCH(c);
+    if (split) {
+        unsigned gk = (unsigned)US_MIN((nkv + 255) / 256, (size_t)c->sm_count * 32);
+        k_f32_to_bf16_a<<<gk, 256, 0, c->st>>>((bf16 *)dk, dkv, nkv);
+        k_f32_to_bf16_a<<<gk, 256, 0, c->st>>>((bf16 *)dv, dkv + nkv, nkv);
+        CK_LAUNCH(c);
+    }
 }
 
 bool shape_ok(cuda_impl *c, const us_attn_shape *sh) {
@@ -581,6 +622,7 @@ void us_cuda_attn_fwd(us_backend *be, void *o, float *lse, const void *q, const 
                       const int32_t *seg_start, const us_attn_shape *sh) {
     cuda_impl *c = CI(be);
     if (!shape_ok(c, sh)) return;
+    PROF(c, P_ATTN_F);
     switch (sh->head_dim) {
     case 16: launch_fwd<16>(c, o, lse, q, k, v, seg_start, sh); break;
     case 32: launch_fwd<32>(c, o, lse, q, k, v, seg_start, sh); break;
@@ -594,6 +636,7 @@ void us_cuda_attn_bwd(us_backend *be, void *dq, void *dk, void *dv, const void *
                       const us_attn_shape *sh) {
     cuda_impl *c = CI(be);
     if (!shape_ok(c, sh)) return;
+    PROF(c, P_ATTN_B);
     switch (sh->head_dim) {
     case 16: launch_bwd<16>(c, dq, dk, dv, dout, q, k, v, o, lse, seg_start, sh); break;
     case 32: launch_bwd<32>(c, dq, dk, dv, dout, q, k, v, o, lse, seg_start, sh); break;

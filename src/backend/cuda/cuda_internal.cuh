@@ -25,11 +25,21 @@ enum {
     SCR_ATTN_DQ,    /* attention backward: f32 dq accumulator */
     SCR_ATTN_D,     /* attention backward: rowsum(dO * O) */
     SCR_ATTN_SEG,   /* attention backward: per query block min seg_start */
+    SCR_ATTN_DKV,   /* attention backward (GQA): f32 dK, dV accumulators */
+    SCR_TUNE,       /* GEMM autotuning: a scratch output (released after) */
     SCR_RED,        /* reductions: one double / int */
     SCR_COUNT
 };
 
 struct gemm_plan;
+
+/* Per-op GPU time (US_CUDA_PROFILE=1): an event pair around each op, summed per op kind and
+ * printed to stderr when the backend is destroyed. Off by default (no events, no cost). */
+enum {
+    P_EMBED, P_RMSNORM_F, P_RMSNORM_B, P_LINEAR_F, P_LINEAR_BX, P_LINEAR_BW, P_LORA_F, P_LORA_B, P_ROPE, P_ATTN_F,
+    P_ATTN_B, P_GLU_F, P_GLU_B, P_ADD, P_XENT, P_ADAMW, P_REDUCE, P_COPY, P_CONVERT, P_COUNT
+};
+struct prof_state;
 
 typedef struct cuda_impl {
     int device;
@@ -52,6 +62,7 @@ typedef struct cuda_impl {
     int n_plans, cap_plans;
     int sm_count;
     int failed; /* a sticky CUDA error was reported */
+    struct prof_state *prof;
 } cuda_impl;
 
 static inline cuda_impl *CI(us_backend *be) { return (cuda_impl *)be->impl; }
@@ -66,6 +77,18 @@ void us_cuda_report(cuda_impl *c, const char *what, const char *err, const char 
         if (err_ != cudaSuccess) us_cuda_report((c), #call, cudaGetErrorString(err_), __FILE__, __LINE__); \
     } while (0)
 #define CK_LAUNCH(c) CK(c, cudaGetLastError())
+
+int us_prof_begin(cuda_impl *c);
+void us_prof_end(cuda_impl *c, int slot, int op);
+struct ProfScope {
+    cuda_impl *c;
+    int slot, op;
+    ProfScope(cuda_impl *c_, int op_) : c(c_), slot(c_->prof ? us_prof_begin(c_) : -1), op(op_) {}
+    ~ProfScope() {
+        if (slot >= 0) us_prof_end(c, slot, op);
+    }
+};
+#define PROF(c, op) ProfScope prof_scope_((c), (op))
 
 /* A scratch buffer of at least `bytes` for slot `slot`; NULL (and reported) on failure. */
 void *us_cuda_scratch(cuda_impl *c, int slot, size_t bytes);
