@@ -66,3 +66,4 @@ clean:
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
 -include demo.mk
+-include tests/fuzz/fuzz.mk

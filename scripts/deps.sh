@@ -3,7 +3,7 @@
 # every tests/*/deps.sh (e.g. the npm packages the tokenizer tests compare against).
 set -euo pipefail
 need=()
-for p in build-essential pkg-config libopenblas-openmp-dev libcjson-dev libpcre2-dev libyaml-dev; do
+for p in build-essential pkg-config libopenblas-openmp-dev libcjson-dev libpcre2-dev libyaml-dev clang valgrind; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

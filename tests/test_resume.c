@@ -1,12 +1,12 @@
 /* test_resume.c — crash-safe checkpoints and exact resume (issue 6), through the CLI.
  *
- * resume_kill_trials: a reference run trains the llama_silu_gqa_tied fixture for 40 steps without
+ * resume_kill_trials: a reference run trains the llama_silu_gqa_tied fixture for 80 steps without
  * checkpoints. Then the same run with --save-every 1 --resume is started again and again and
  * SIGKILLed after a random delay (seeded, so a failure replays) — during model loading, during
  * steps, and inside checkpoint writes, which UNSWAG_TEST_SLOW_SAVE_MS widens — until at least 20
  * kills have landed and a run finishes. After every kill: each checkpoint directory that has a
  * manifest validates (hashes match), and the adapter at the top of --out opens. At the end the
- * --metrics file holds steps 1..40 once each with the reference's losses (same printed digits),
+ * --metrics file holds steps 1..80 once each with the reference's losses (same printed digits),
  * and the adapter is byte-identical to the reference's. Kills landing inside a save are counted
  * (a checkpoint directory without manifest, or a temporary file, is left behind) and must occur.
  * resume_sigterm: SIGTERM finishes the step, saves, prints how to resume and exits 0; resuming
@@ -30,14 +30,15 @@
 
 #define FIX FIXTURES "/llama_silu_gqa_tied"
 #define STEPS 40
+#define KILL_STEPS 80 /* enough that >= 20 kills land before a run gets through */
 #define OUT_CAP 16384
 
-static void train_cmd(char *buf, size_t cap, const char *model, const char *data, const char *out,
+static void train_cmd(char *buf, size_t cap, int steps, const char *model, const char *data, const char *out,
                       const char *metrics, const char *extra) {
     snprintf(buf, cap,
              "%s train --model %s --data %s --out %s --steps %d --batch 2 --lora-r 4 --lr 1e-2 --weight-decay 0.01 "
              "--metrics %s --quiet %s",
-             cu_cli(), model, data, out, STEPS, metrics, extra);
+             cu_cli(), model, data, out, steps, metrics, extra);
 }
 
 /* Starts `sh -c "exec CMD"` with output to log; returns the pid (the CLI itself, after exec). */
@@ -122,16 +123,16 @@ static int count_tmp_files(const char *dir) {
     return atoi(out);
 }
 
-/* Compares a metrics file with the reference's: steps 1..STEPS once each, same losses. */
-static int same_losses(const char *ref, const char *got, char *msg, size_t cap) {
-    static int s1[STEPS + 8], s2[STEPS + 8];
-    static char l1[STEPS + 8][32], l2[STEPS + 8][32];
-    int n1 = read_losses(ref, s1, l1, STEPS + 8), n2 = read_losses(got, s2, l2, STEPS + 8);
-    if (n1 != STEPS || n2 != STEPS) {
-        snprintf(msg, cap, "metrics lines: reference %d, resumed %d (expected %d)", n1, n2, STEPS);
+/* Compares a metrics file with the reference's: steps 1..steps once each, same losses. */
+static int same_losses(const char *ref, const char *got, int steps, char *msg, size_t cap) {
+    static int s1[KILL_STEPS + 8], s2[KILL_STEPS + 8];
+    static char l1[KILL_STEPS + 8][32], l2[KILL_STEPS + 8][32];
+    int n1 = read_losses(ref, s1, l1, KILL_STEPS + 8), n2 = read_losses(got, s2, l2, KILL_STEPS + 8);
+    if (n1 != steps || n2 != steps) {
+        snprintf(msg, cap, "metrics lines: reference %d, resumed %d (expected %d)", n1, n2, steps);
         return 0;
     }
-    for (int i = 0; i < STEPS; i++)
+    for (int i = 0; i < steps; i++)
         if (s2[i] != i + 1 || s1[i] != i + 1 || strcmp(l1[i], l2[i]) != 0) {
             snprintf(msg, cap, "metrics line %d: reference step %d loss %s, resumed step %d loss %s", i + 1, s1[i], l1[i],
                      s2[i], l2[i]);
@@ -140,11 +141,11 @@ static int same_losses(const char *ref, const char *got, char *msg, size_t cap) 
     return 1;
 }
 
-static int reference_run(const char *tmp, char *msg, size_t cap) {
+static int reference_run(const char *tmp, int steps, char *msg, size_t cap) {
     char cmd[8192], out[OUT_CAP], o[600], m[600];
     snprintf(o, sizeof o, "%s/ref", tmp);
     snprintf(m, sizeof m, "%s/ref.jsonl", tmp);
-    train_cmd(cmd, sizeof cmd, FIX "/model", FIX "/data.jsonl", o, m, "");
+    train_cmd(cmd, sizeof cmd, steps, FIX "/model", FIX "/data.jsonl", o, m, "");
     int rc = cu_run(out, sizeof out, CU_ENV "%s", cmd);
     if (rc) snprintf(msg, cap, "reference run failed (%d): %s", rc, cu_tail(out));
     return rc;
@@ -153,19 +154,19 @@ static int reference_run(const char *tmp, char *msg, size_t cap) {
 TEST(resume_kill_trials) {
     const char *tmp = us_test_tmpdir();
     char msg[OUT_CAP];
-    CHECK(reference_run(tmp, msg, sizeof msg) == 0, "%s", cu_tail(msg));
+    CHECK(reference_run(tmp, KILL_STEPS, msg, sizeof msg) == 0, "%s", cu_tail(msg));
     char cmd[8192], out[600], metrics[600], log[600], a[700], b[700];
     snprintf(out, sizeof out, "%s/run", tmp);
     snprintf(metrics, sizeof metrics, "%s/run.jsonl", tmp);
     snprintf(log, sizeof log, "%s/run.log", tmp);
-    train_cmd(cmd, sizeof cmd, FIX "/model", FIX "/data.jsonl", out, metrics, "--save-every 1 --keep 2 --resume");
+    train_cmd(cmd, sizeof cmd, KILL_STEPS, FIX "/model", FIX "/data.jsonl", out, metrics, "--save-every 1 --keep 2 --resume");
     srand(12345);
     int kills = 0, in_save = 0, runs = 0, rc = -1;
     while (runs < 200) {
         runs++;
         pid_t pid = spawn(cmd, log, CU_ENV "UNSWAG_TEST_SLOW_SAVE_MS=3");
         CHECK(pid > 0, "fork failed");
-        double delay = kills < 24 ? 10 + rand() % 140 : 1e9; /* after 24 kills let it finish */
+        double delay = kills < 30 ? 10 + rand() % 140 : 1e9; /* after 30 kills let it finish */
         double waited = 0;
         int status = 0;
         pid_t done = 0;
@@ -205,7 +206,7 @@ TEST(resume_kill_trials) {
     snprintf(b, sizeof b, "%s/adapter_model.safetensors", out);
     CHECK(cu_same_file(a, b), "final adapter differs from the uninterrupted run's");
     snprintf(a, sizeof a, "%s/ref.jsonl", tmp);
-    CHECK(same_losses(a, metrics, msg, sizeof msg), "%s", cu_tail(msg));
+    CHECK(same_losses(a, metrics, KILL_STEPS, msg, sizeof msg), "%s", cu_tail(msg));
     CHECK(check_ckpts(out, msg, sizeof msg) == 0, "after the final run: %s", cu_tail(msg));
     CHECK(count_tmp_files(out) == 0, "temporary files left in %s after the final run", out);
 }
@@ -213,12 +214,12 @@ TEST(resume_kill_trials) {
 TEST(resume_sigterm) {
     const char *tmp = us_test_tmpdir();
     char msg[OUT_CAP];
-    CHECK(reference_run(tmp, msg, sizeof msg) == 0, "%s", cu_tail(msg));
+    CHECK(reference_run(tmp, STEPS, msg, sizeof msg) == 0, "%s", cu_tail(msg));
     char cmd[8192], out[600], metrics[600], log[600], a[700], b[700];
     snprintf(out, sizeof out, "%s/run", tmp);
     snprintf(metrics, sizeof metrics, "%s/run.jsonl", tmp);
     snprintf(log, sizeof log, "%s/run.log", tmp);
-    train_cmd(cmd, sizeof cmd, FIX "/model", FIX "/data.jsonl", out, metrics, "--save-every 10 --resume");
+    train_cmd(cmd, sizeof cmd, STEPS, FIX "/model", FIX "/data.jsonl", out, metrics, "--save-every 10 --resume");
     /* slow saves keep the run going long enough for the signal to land mid-run */
     pid_t pid = spawn(cmd, log, CU_ENV "UNSWAG_TEST_SLOW_SAVE_MS=150");
     /* signal once the first step is in the metrics (the handler is installed by then) */
@@ -250,7 +251,7 @@ TEST(resume_sigterm) {
     snprintf(b, sizeof b, "%s/adapter_model.safetensors", out);
     CHECK(cu_same_file(a, b), "adapter after SIGTERM + resume differs from the uninterrupted run's");
     snprintf(a, sizeof a, "%s/ref.jsonl", tmp);
-    CHECK(same_losses(a, metrics, msg, sizeof msg), "%s", cu_tail(msg));
+    CHECK(same_losses(a, metrics, STEPS, msg, sizeof msg), "%s", cu_tail(msg));
     /* the same command again after completion changes nothing */
     rc = cu_run(o2, sizeof o2, CU_ENV "%s", cmd);
     CHECK(rc == 0 && cu_same_file(a, a), "rerun after completion: %d %s", rc, cu_tail(o2));
@@ -326,7 +327,7 @@ TEST(resume_refuses_foreign_checkpoints) {
     char cmd[8192], o[OUT_CAP], out[600], m[600];
     snprintf(out, sizeof out, "%s/out", tmp);
     snprintf(m, sizeof m, "%s/m.jsonl", tmp);
-    train_cmd(cmd, sizeof cmd, FIX "/model", FIX "/data.jsonl", out, m, "--save-every 20");
+    train_cmd(cmd, sizeof cmd, STEPS, FIX "/model", FIX "/data.jsonl", out, m, "--save-every 20");
     CHECK(cu_run(o, sizeof o, CU_ENV "%s", cmd) == 0, "%s", cu_tail(o));
     /* a fresh run (no --resume) into the same directory */
     int rc = cu_run(o, sizeof o, CU_ENV "%s", cmd);
@@ -343,7 +344,7 @@ TEST(resume_preflight_memory_and_disk) {
     char cmd[8192], o[OUT_CAP], out[600], m[600];
     snprintf(out, sizeof out, "%s/out", tmp);
     snprintf(m, sizeof m, "%s/m.jsonl", tmp);
-    train_cmd(cmd, sizeof cmd, FIX "/model", FIX "/data.jsonl", out, m, "--save-every 5");
+    train_cmd(cmd, sizeof cmd, STEPS, FIX "/model", FIX "/data.jsonl", out, m, "--save-every 5");
     int rc = cu_run(o, sizeof o, CU_ENV "UNSWAG_TEST_MEM_TOTAL_MB=1 %s", cmd);
     CHECK(rc == 1 && strstr(o, "not enough cpu memory") && strstr(o, "activations") && strstr(o, "lower --batch"),
           "rc %d: %s", rc, cu_tail(o));

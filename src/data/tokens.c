@@ -88,6 +88,11 @@ static us_status parse_line(const char *where, const char *line, size_t len, int
         st = us_fail(e, US_EFORMAT, "%s: each line must be a JSON object, got %s", where, us_json_type_name(root));
         goto done;
     }
+    const char *dup = us_json_duplicate_key(root);
+    if (dup) {
+        st = us_fail(e, US_EFORMAT, "%s: key \"%.200s\" appears twice in one object", where, dup);
+        goto done;
+    }
     const cJSON *ji = cJSON_GetObjectItemCaseSensitive(root, "input_ids");
     const cJSON *jl = cJSON_GetObjectItemCaseSensitive(root, "labels");
     if (!ji) {

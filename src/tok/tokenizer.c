@@ -1306,7 +1306,7 @@ static us_status bpe_word(us_tokenizer *t, const char *w, size_t n, idvec *out, 
             c->ids = malloc((cnt ? cnt : 1) * sizeof(int32_t));
             if (c->key && c->ids) {
                 memcpy(c->key, w, n);
-                memcpy(c->ids, out->v + first, cnt * sizeof(int32_t));
+                if (cnt) memcpy(c->ids, out->v + first, cnt * sizeof(int32_t)); /* out->v may be NULL */
                 c->klen = (uint32_t)n;
                 c->n = (uint32_t)cnt;
                 c->hash = h;
