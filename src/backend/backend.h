@@ -153,6 +153,17 @@ struct us_backend {
      * 0..start+T-1 filled. Query i attends to keys 0..start+i. sh->batch = 1, sh->seq unused. */
     void (*attn_cached)(us_backend *be, void *o, const void *q, const void *kc, const void *vc, int T, int start,
                         const us_attn_shape *sh);
+
+    /* ---- host offload (--offload) ---- */
+    /* Pinned host memory the copies below can run from asynchronously; NULL on failure. */
+    void *(*host_alloc)(us_backend *be, size_t bytes);
+    void (*host_free)(us_backend *be, void *p);
+    /* Device -> host and host -> device copies on a copy stream, each ordered after all compute
+     * issued before it, overlapping compute issued after it. */
+    void (*offload)(us_backend *be, void *host_dst, const void *dev_src, size_t bytes);
+    void (*prefetch)(us_backend *be, void *dev_dst, const void *host_src, size_t bytes);
+    /* Compute issued after this waits until every copy issued before it has finished. */
+    void (*copies_wait)(us_backend *be);
 };
 
 /* Creates a backend by name ("cpu", "cuda"); an error says when it is not compiled in or no
