@@ -594,7 +594,10 @@ static us_status load_pretok(us_tokenizer *t, const cJSON *p, us_err *e) {
         else if (!strcmp(b, "MergedWithPrevious")) x.behavior = BH_MERGED_PREV;
         else if (!strcmp(b, "MergedWithNext")) x.behavior = BH_MERGED_NEXT;
         else if (!strcmp(b, "Contiguous")) x.behavior = BH_CONTIGUOUS;
-        else return us_fail(e, US_EUNSUPPORTED, "%s: pre_tokenizer Split: behavior \"%s\" unknown", t->path, b);
+        else {
+            pcre2_code_free(x.re); /* not yet owned by t */
+            return us_fail(e, US_EUNSUPPORTED, "%s: pre_tokenizer Split: behavior \"%s\" unknown", t->path, b);
+        }
         x.invert = jbool(p, "invert", false);
     } else if (!strcmp(type, "ByteLevel")) {
         x.kind = PT_BYTELEVEL;

@@ -324,6 +324,9 @@ TK = {
     "bad_normalizer_unknown": tok(normalizer={"type": "NFKD"}),
     "any_invalid_utf8_vocab": tok().replace('"ab": 2', '"\udcff": 2'),
     "any_dup_vocab_ids": tok(model={"type": "BPE", "vocab": {"a": 0, "b": 0}, "merges": []}),
+    # fuzz_tokenizer regression: an unknown Split behavior leaked the compiled regex (LeakSanitizer)
+    "bad_fuzz_leak_split_behavior": tok(pre_tokenizer={"type": "Split", "pattern": {"Regex": "(a+)+b"},
+                                                       "behavior": "Weird", "invert": False}),
     "any_regex_catastrophic": tok(pre_tokenizer={"type": "Split", "pattern": {"Regex": "(a+)+b"},
                                                  "behavior": "Isolated", "invert": False}),
 }
