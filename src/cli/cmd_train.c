@@ -8,6 +8,7 @@
 #include "cli/commands.h"
 #include "core/common.h"
 #include "io/adapter.h"
+#include "model/model.h"
 #include "train/trainer.h"
 
 static const char *usage =
@@ -35,6 +36,8 @@ static const char *usage =
     "  --no-shuffle           rows in file order, wrapping around      --seed N (42)\n"
     "  --metrics FILE.jsonl   one object per optimizer step: step, loss, lr, grad_norm, tokens_per_s\n"
     "  --device cpu|cuda      --threads N      --quiet\n"
+    "  --recompute mlp|layer  rebuild the MLP (or whole layers) in backward instead of keeping them\n"
+    "  --offload              keep layer inputs in pinned host memory (implies --recompute layer)\n"
     "  --report FILE.html     a self-contained page: loss/lr/tokens-per-s curves, configuration, memory plan\n"
     "  --eval-data FILE       held-out rows scored every --eval-every N steps (10%% of the run) and at the end\n"
     "  --random-init          random weights from config.json alone (benchmarks)\n"
@@ -77,6 +80,11 @@ int cmd_train(int argc, char **argv) {
             if (us_targets_parse(v, &o.targets, &e)) { fprintf(stderr, "unswag: --lora-targets: %s\n", e.msg); return 2; }
         }
         else if (!strcmp(a, "--rslora")) o.rslora = true;
+        else if (!strcmp(a, "--recompute")) {
+            if (!VAL()) return 2;
+            if (!us_recompute_parse(v, &o.recompute)) { fprintf(stderr, "unswag: --recompute %s: expected none, mlp or layer\n", v); return 2; }
+        }
+        else if (!strcmp(a, "--offload")) o.offload = true;
         else if (!strcmp(a, "--tokenizer")) { if (!VAL()) return 2; o.tokenizer_path = v; }
         else if (!strcmp(a, "--chat-template")) { if (!VAL()) return 2; o.chat_template = v; }
         else if (!strcmp(a, "--train-on-prompt")) o.train_on_prompt = true;

@@ -86,6 +86,7 @@ static us_status load_matrix(loader *ld, const char *name, int64_t rows, int64_t
         *out = be->alloc(be, n * be->weight_bytes);
         if (!*out) return us_fail(ld->e, US_ENOMEM, "out of device memory for %s (%zu elements)", name, n);
         be->weight_fill_normal(be, *out, n, ld->std, ld->seed, stream);
+        ld->m->weight_bytes += n * be->weight_bytes;
         return US_OK;
     }
     const us_st_tensor *t;
@@ -100,6 +101,7 @@ static us_status load_matrix(loader *ld, const char *name, int64_t rows, int64_t
     }
     *out = be->weight_upload(be, t->data, t->dtype, n);
     if (!*out) return us_fail(ld->e, US_ENOMEM, "out of device memory for %s", name);
+    ld->m->weight_bytes += n * be->weight_bytes;
     return US_OK;
 }
 
@@ -214,6 +216,9 @@ void us_model_free(us_model *m) {
     be->free(be, m->params);
     be->free(be, m->grads);
     be->free(be, m->arena);
+    if (m->host_xin)
+        for (int l = 0; l < m->cfg.layers; l++) be->host_free(be, m->host_xin[l]);
+    free(m->host_xin);
     free(m->plist);
     free(m->slot);
     free(m->acts);

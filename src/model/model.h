@@ -101,6 +101,14 @@ typedef struct us_model {
     size_t n_plist;
     float *g_embed, *g_lm_head, *g_norm_f; /* full fine-tuning gradients, else NULL */
     us_plan plan;
+    /* memory mode (us_model_set_memory_mode): 0 keep the plan's set, US_RECOMPUTE_MLP rebuild the
+     * MLP in backward, US_RECOMPUTE_LAYER keep only layer inputs; offload moves those to host */
+    int recompute;
+    bool offload;
+    int mlp_rows;          /* MLP rows processed at once (T unless recomputing) */
+    int mlp_chunk_rows;    /* requested chunk when recomputing (0: 4096) */
+    void **host_xin;       /* offload: pinned host copies of each layer's input */
+    size_t weight_bytes;   /* frozen weights on the backend */
     /* per-step buffers, sized for max_tokens */
     int max_tokens;
     void *arena;
@@ -111,6 +119,7 @@ typedef struct us_model {
         void *h, *a, *dres, *dh, *dq, *dk, *dv, *datt, *da, *logits, *xfin;
         float *rstd, *lora, *loss;
     } s;
+    size_t backend_scratch; /* the backend's own buffers for a step (scratch_bytes op), if known */
 } us_model;
 
 /* in/out features of projection t (US_T_*) */
@@ -139,8 +148,19 @@ us_status us_model_save_adapter(us_model *m, const char *dir, const char *base_m
 /* Writes every weight (full fine-tuning result) as a Hugging Face checkpoint into dir. */
 us_status us_model_save_full(us_model *m, const char *dir, const char *src_dir, us_err *e);
 
+enum { US_RECOMPUTE_NONE = 0, US_RECOMPUTE_MLP = 1, US_RECOMPUTE_LAYER = 2 };
+/* Chooses what backward recomputes instead of keeping (before us_model_prepare). offload implies
+ * US_RECOMPUTE_LAYER: each layer's input goes to pinned host memory during the forward and comes
+ * back, one layer ahead, during backward, overlapped with compute. mlp_chunk_rows: tokens of the
+ * MLP processed at once when recomputing (0: 4096). */
+us_status us_model_set_memory_mode(us_model *m, int recompute, bool offload, int mlp_chunk_rows, us_err *e);
+/* "none" | "mlp" | "layer" */
+bool us_recompute_parse(const char *name, int *out);
+
 /* Computes the plan for the current training spec and sizes the arena for max_tokens. */
 us_status us_model_prepare(us_model *m, int max_tokens, us_err *e);
+/* The arena bytes a step of `tokens` tokens needs, without allocating (preflight). */
+us_status us_model_step_bytes(us_model *m, int tokens, size_t *bytes, us_err *e);
 /* Prints the plan: bytes per token by kind beside the store-everything figure. */
 void us_plan_print(const us_model *m, FILE *f);
 

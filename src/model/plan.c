@@ -63,25 +63,31 @@ static void *take(bump *b, size_t bytes) {
     return b->base ? b->base + at : NULL;
 }
 
-/* Lays out saved slots (counted into per-token bytes) and scratch for T tokens. */
+/* Lays out saved slots (counted into per-token bytes) and scratch for T tokens.
+ * Memory modes move tensors from slots to scratch: US_RECOMPUTE_MLP keeps the mid-layer
+ * residual and rebuilds gate/up (in chunks of mlp_rows) in backward; US_RECOMPUTE_LAYER keeps
+ * only each layer's input and re-runs the layer's forward (attention whole, MLP in chunks) just
+ * before its backward; with offload even the layer inputs live in pinned host memory. */
 static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SAVE_KINDS]) {
     const us_config *c = &m->cfg;
     size_t A = m->be->act_bytes, D = (size_t)c->hidden, F = (size_t)c->inter, hd = (size_t)c->head_dim;
     size_t H = (size_t)c->heads, KV = (size_t)c->kv_heads, r = m->spec.full ? 0 : (size_t)m->spec.lora.r;
     size_t words = ((size_t)F + 31) / 32;
-    size_t tt = (size_t)T;
+    size_t tt = (size_t)T, mr = (size_t)m->mlp_rows;
+    int mode = train ? m->recompute : US_RECOMPUTE_NONE;
     struct us_scratch *s = &m->s;
     /* scratch shared by all layers */
     void *res0 = take(b, tt * D * A), *res1 = take(b, tt * D * A), *mid = take(b, tt * D * A);
     void *sq = take(b, tt * H * hd * A), *sk = take(b, tt * KV * hd * A), *sv = take(b, tt * KV * hd * A);
-    void *satt = take(b, tt * H * hd * A), *sg = take(b, tt * F * A), *su = take(b, tt * F * A);
+    void *satt = take(b, tt * H * hd * A), *sg = take(b, mr * F * A), *su = take(b, mr * F * A);
     float *srstd1 = take(b, tt * 4), *srstd2 = take(b, tt * 4), *slse = take(b, tt * H * 4);
-    uint32_t *sbits = take(b, tt * words * 4);
-    float *su_lora = take(b, tt * (r ? r : 1) * 4);
+    uint32_t *sbits = take(b, mr * words * 4);
+    float *su_lora[US_T_COUNT] = {0};
+    for (int t = 0; t < US_T_COUNT; t++)
+        if (r && m->slot && m->slot[0][t].on) su_lora[t] = take(b, tt * r * 4);
     s->h = take(b, tt * D * A);
     s->rstd = take(b, tt * 4);
-    s->a = take(b, tt * F * A);
-    s->xfin = NULL;
+    s->a = take(b, mr * F * A);
     if (train) {
         s->dres = take(b, tt * D * A);
         s->dh = take(b, tt * D * A);
@@ -89,7 +95,7 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
         s->dk = take(b, tt * KV * hd * A);
         s->dv = take(b, tt * KV * hd * A);
         s->datt = take(b, tt * H * hd * A);
-        s->da = take(b, tt * F * A);
+        s->da = take(b, mr * F * A);
         s->lora = take(b, tt * (r ? r : 1) * 4);
     }
     s->logits = take(b, (size_t)m->head_chunk * (size_t)c->vocab * A);
@@ -98,26 +104,35 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
     for (int l = 0; l < c->layers; l++) {
         us_layer_plan *p = &m->plan.layer[l];
         us_layer_acts *a = &m->acts[l];
-        bool keep_attn = train && p->attn_bwd, keep_mlp = train && p->glu_bwd;
+        bool layer_bwd = train && l >= m->plan.first_layer_bwd;
+        bool keep_attn = train && p->attn_bwd && mode != US_RECOMPUTE_LAYER;
+        bool keep_mlp = train && p->glu_bwd && mode == US_RECOMPUTE_NONE;
+        bool keep_xmid = keep_mlp || (train && (p->glu_bwd || p->save_a) && mode == US_RECOMPUTE_MLP);
+        bool keep_small = train && mode != US_RECOMPUTE_LAYER; /* LoRA x·A */
+        bool keep_xin = keep_attn || (layer_bwd && mode == US_RECOMPUTE_LAYER && !m->offload);
+        void *parity = (l % 2) ? res1 : res0;
 #define SLOT(keep, kind, bytes_per_tok, scratch) \
     ((keep) ? (per_tok[kind] += (double)(bytes_per_tok), take(b, tt * (bytes_per_tok))) : (void *)(scratch))
         /* the layer input is where the previous layer (or the embedding) writes its output: a
          * saved slot, or one of two scratch buffers alternating by layer parity */
-        a->xin = SLOT(keep_attn, US_SAVE_RESIDUAL, D * A, (l % 2) ? res1 : res0);
+        a->xin = SLOT(keep_xin, US_SAVE_RESIDUAL, D * A, parity);
         a->rstd1 = SLOT(keep_attn, US_SAVE_NORM_STATS, 4, srstd1);
         a->q = SLOT(keep_attn, US_SAVE_QKV, H * hd * A, sq);
         a->k = SLOT(keep_attn, US_SAVE_QKV, KV * hd * A, sk);
         a->v = SLOT(keep_attn, US_SAVE_QKV, KV * hd * A, sv);
         a->lse = SLOT(keep_attn, US_SAVE_ATTN_LSE, H * 4, slse);
-        a->att = SLOT(train && p->save_att, US_SAVE_ATTN_OUT, H * hd * A, satt);
-        a->xmid = SLOT(keep_mlp, US_SAVE_RESIDUAL, D * A, mid);
+        a->att = SLOT(train && p->save_att && mode != US_RECOMPUTE_LAYER, US_SAVE_ATTN_OUT, H * hd * A, satt);
+        a->xmid = SLOT(keep_xmid, US_SAVE_RESIDUAL, D * A, mid);
         a->rstd2 = SLOT(keep_mlp, US_SAVE_NORM_STATS, 4, srstd2);
         a->g = SLOT(keep_mlp, US_SAVE_MLP, F * A, sg);
         a->up = SLOT(keep_mlp, US_SAVE_MLP, F * A, su);
         a->bits = SLOT(keep_mlp && c->act == US_ACT_RELU, US_SAVE_MLP_MASK, words * 4, sbits);
-        a->a = SLOT(train && p->save_a, US_SAVE_MLP_DOWN_IN, F * A, s->a);
+        a->a = SLOT(train && p->save_a && mode == US_RECOMPUTE_NONE, US_SAVE_MLP_DOWN_IN, F * A, s->a);
         for (int t = 0; t < US_T_COUNT; t++)
-            a->u[t] = slot_on(m, l, t) ? SLOT(train, US_SAVE_LORA_U, r * 4, su_lora) : NULL;
+            /* down_proj's x·A stays kept even when recomputing layers: the rebuilt MLP stops
+             * before the down projection, which backward does not need to redo */
+            a->u[t] = slot_on(m, l, t) ? SLOT(keep_small || (train && t == US_T_DOWN), US_SAVE_LORA_U, r * 4, su_lora[t])
+                                       : NULL;
 #undef SLOT
     }
     s->xfin = (c->layers % 2) ? res1 : res0;
@@ -142,7 +157,8 @@ static double store_all_per_token(const us_model *m) {
     return c->layers * (per_layer + lora) + D * A * 2 + (double)c->vocab * (A + 4); /* final norm, logits */
 }
 
-us_status us_model_prepare(us_model *m, int max_tokens, us_err *e) {
+/* Flags, chunk sizes and the measured layout for max_tokens; returns the arena's bytes. */
+static us_status measure(us_model *m, int max_tokens, size_t *bytes, us_err *e) {
     const us_config *c = &m->cfg;
     us_backend *be = m->be;
     if (max_tokens <= 0) return us_fail(e, US_EINVAL, "no tokens per step");
@@ -155,6 +171,7 @@ us_status us_model_prepare(us_model *m, int max_tokens, us_err *e) {
     size_t budget = (size_t)64 << 20; /* bytes of logits formed at once */
     m->head_chunk = (int)US_MAX((size_t)1, US_MIN((size_t)max_tokens, budget / ((size_t)c->vocab * be->act_bytes)));
     bool train = m->params != NULL;
+    m->mlp_rows = (train && m->recompute) ? US_MIN(max_tokens, m->mlp_chunk_rows ? m->mlp_chunk_rows : 4096) : max_tokens;
     double per_tok[US_SAVE_KINDS] = {0};
     bump meas = {0};
     layout(m, max_tokens, train, &meas, per_tok);
@@ -162,12 +179,42 @@ us_status us_model_prepare(us_model *m, int max_tokens, us_err *e) {
     m->plan.total_per_token = 0;
     for (int k = 0; k < US_SAVE_KINDS; k++) m->plan.total_per_token += per_tok[k];
     m->plan.store_all_per_token = store_all_per_token(m);
+    *bytes = meas.off;
+    return US_OK;
+}
+
+us_status us_model_step_bytes(us_model *m, int tokens, size_t *bytes, us_err *e) {
+    us_status st = measure(m, tokens, bytes, e);
+    m->max_tokens = 0; /* the layout is not allocated: prepare again before a step */
+    return st;
+}
+
+us_status us_model_prepare(us_model *m, int max_tokens, us_err *e) {
+    const us_config *c = &m->cfg;
+    us_backend *be = m->be;
+    bool train = m->params != NULL;
+    size_t bytes;
+    us_status st = measure(m, max_tokens, &bytes, e);
+    if (st) return st;
+    bump meas = {.off = bytes};
     be->free(be, m->arena);
     m->arena = be->alloc(be, meas.off);
     if (!m->arena)
         return us_fail(e, US_ENOMEM, "out of %s memory: the step needs %.1f MiB (%d tokens x %.1f KiB saved per token, plus scratch)",
                        be->name, meas.off / 1048576.0, max_tokens, m->plan.total_per_token / 1024.0);
     m->arena_bytes = meas.off;
+    if (train && m->offload) { /* each layer's input, in pinned host memory */
+        if (!be->host_alloc) return us_fail(e, US_EUNSUPPORTED, "--offload: the %s backend cannot offload", be->name);
+        if (!m->host_xin && !(m->host_xin = calloc((size_t)c->layers, sizeof *m->host_xin)))
+            return us_fail(e, US_ENOMEM, "out of memory");
+        for (int l = 0; l < c->layers; l++) {
+            if (m->host_xin[l]) be->host_free(be, m->host_xin[l]);
+            m->host_xin[l] = be->host_alloc(be, (size_t)max_tokens * c->hidden * be->act_bytes);
+            if (!m->host_xin[l])
+                return us_fail(e, US_ENOMEM, "--offload: cannot pin %.1f GiB of host memory for layer inputs",
+                               (double)c->layers * max_tokens * c->hidden * be->act_bytes / (1 << 30));
+        }
+    }
     m->saved_bytes = (size_t)(m->plan.total_per_token * max_tokens);
     m->max_tokens = max_tokens;
     double dummy[US_SAVE_KINDS] = {0};
@@ -176,13 +223,37 @@ us_status us_model_prepare(us_model *m, int max_tokens, us_err *e) {
     return US_OK;
 }
 
+us_status us_model_set_memory_mode(us_model *m, int recompute, bool offload, int mlp_chunk_rows, us_err *e) {
+    if (mlp_chunk_rows < 0) return us_fail(e, US_EINVAL, "MLP chunk of %d rows", mlp_chunk_rows);
+    m->mlp_chunk_rows = mlp_chunk_rows;
+    if (recompute < 0 || recompute > US_RECOMPUTE_LAYER) return us_fail(e, US_EINVAL, "unknown recompute mode %d", recompute);
+    m->recompute = offload ? US_RECOMPUTE_LAYER : recompute;
+    m->offload = offload;
+    return US_OK;
+}
+
+bool us_recompute_parse(const char *name, int *out) {
+    static const char *names[] = {"none", "mlp", "layer"};
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(name, names[i])) {
+            *out = i;
+            return true;
+        }
+    return false;
+}
+
 void us_plan_print(const us_model *m, FILE *f) {
     const us_plan *p = &m->plan;
-    fprintf(f, "activation plan (%s, %zu-byte activations): saved bytes per token\n", m->be->name, m->be->act_bytes);
+    static const char *modes[] = {"keep the plan's set", "recompute mlp", "recompute layer"};
+    fprintf(f, "activation plan (%s, %zu-byte activations, %s%s): saved bytes per token\n", m->be->name,
+            m->be->act_bytes, modes[m->recompute], m->offload ? ", layer inputs offloaded to host" : "");
     for (int k = 0; k < US_SAVE_KINDS; k++)
         if (p->bytes_per_token[k] > 0) fprintf(f, "  %-22s %10.0f\n", us_save_kind_name(k), p->bytes_per_token[k]);
     fprintf(f, "  %-22s %10.0f   (store-everything: %.0f, %.1f%% of it)\n", "total", p->total_per_token,
             p->store_all_per_token, 100.0 * p->total_per_token / p->store_all_per_token);
-    fprintf(f, "  step arena %.1f MiB for %d tokens (saved %.1f MiB + scratch)\n", m->arena_bytes / 1048576.0,
-            m->max_tokens, m->saved_bytes / 1048576.0);
+    if (m->offload)
+        fprintf(f, "  %-22s %10.0f   (pinned host memory)\n", "offloaded to host",
+                (double)m->cfg.layers * m->cfg.hidden * m->be->act_bytes);
+    fprintf(f, "  step arena %.1f MiB for %d tokens (saved %.1f MiB + scratch); weights %.1f MiB\n",
+            m->arena_bytes / 1048576.0, m->max_tokens, m->saved_bytes / 1048576.0, m->weight_bytes / 1048576.0);
 }

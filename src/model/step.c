@@ -1,11 +1,17 @@
 /* step.c — the decoder's forward and backward, layer by layer, side by side.
  *
- * forward_layer() computes one layer into the places the plan chose (us_layer_acts); the LM
- * head then forms logits a chunk of tokens at a time, turns each chunk into its gradient at once
- * (cross-entropy forward and backward fused) and pushes it through the head and the final norm,
- * so backward begins at the last layer's output with d(residual) already in hand.
+ * forward_attn() and mlp_forward() compute one layer into the places the plan chose
+ * (us_layer_acts); the LM head then forms logits a chunk of tokens at a time, turns each chunk
+ * into its gradient at once (cross-entropy forward and backward fused) and pushes it through the
+ * head and the final norm, so backward begins at the last layer's output with d(residual) in hand.
  * backward_layer() consumes what forward kept, rebuilding the normed inputs and the MLP product
- * elementwise, and stops at the first block below which nothing trains. */
+ * elementwise, and stops at the first block below which nothing trains.
+ *
+ * Memory modes (plan.c) only change where tensors live and what backward re-runs: with
+ * US_RECOMPUTE_MLP the MLP is rebuilt from the kept mid-layer residual, with US_RECOMPUTE_LAYER
+ * the whole layer from its kept (or offloaded) input. The MLP always runs in chunks of
+ * m->mlp_rows tokens (one chunk unless recomputing), so its [tokens x intermediate] tensors exist
+ * only a chunk at a time when they are not kept. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +19,12 @@
 #include "model/model.h"
 
 static bool lora_on(const us_model *m, int l, int t) { return !m->spec.full && m->slot && m->slot[l][t].on; }
+
+/* row r0 of a [T, width] activation tensor */
+static void *rows_at(const us_model *m, const void *base, size_t r0, size_t width) {
+    return (char *)base + r0 * width * m->be->act_bytes;
+}
+static float *u_at(const us_model *m, float *u, size_t r0) { return u ? u + r0 * (size_t)m->spec.lora.r : NULL; }
 
 /* y = x W^T + b (+ LoRA); acc adds into y (the residual) */
 static void project(us_model *m, int l, int t, void *y, bool acc, const void *x, int T, float *u) {
@@ -26,20 +38,37 @@ static void project(us_model *m, int l, int t, void *y, bool acc, const void *x,
     }
 }
 
+/* backward of one projection: dx (+)= dy W (when dx), LoRA grads, full-weight grads */
+static void project_bwd(us_model *m, int l, int t, void *dx, bool acc, const void *dy, const void *x, int T,
+                        const float *u) {
+    us_backend *be = m->be;
+    const us_layer_weights *L = &m->L[l];
+    int in, out;
+    us_target_dims(&m->cfg, t, &in, &out);
+    if (dx) be->linear_bwd_x(be, dx, acc, dy, L->w[t], T, in, out);
+    if (lora_on(m, l, t)) {
+        const us_lora_slot *s = &m->slot[l][t];
+        be->lora_bwd(be, dx, m->grads + s->off_A, m->grads + s->off_B, dy, x, u, m->params + s->off_A,
+                     m->params + s->off_B, m->lora_scale, T, in, out, m->spec.lora.r, m->s.lora);
+    }
+    if (L->gw[t]) be->linear_bwd_w(be, L->gw[t], L->gb[t], dy, x, T, in, out);
+}
+
 static us_attn_shape attn_shape(const us_model *m, const us_batch *b) {
     const us_config *c = &m->cfg;
     return (us_attn_shape){b->batch, b->seq, c->heads, c->kv_heads, c->head_dim, 1.0f / sqrtf((float)c->head_dim)};
 }
 
-static void forward_layer(us_model *m, int l, const us_batch *b, void *out) {
+static int glu_act(const us_model *m) { return m->cfg.act == US_ACT_RELU ? US_GLU_RELU : US_GLU_SILU; }
+
+/* attention block: xmid = xin + o(attn(rope(q(h1)), rope(k(h1)), v(h1))), h1 = rmsnorm(xin) */
+static void forward_attn(us_model *m, int l, const us_batch *b) {
     us_backend *be = m->be;
     const us_config *c = &m->cfg;
-    const us_layer_weights *L = &m->L[l];
     us_layer_acts *a = &m->acts[l];
-    int T = b->batch * b->seq, D = c->hidden, F = c->inter;
+    int T = b->batch * b->seq, D = c->hidden;
     us_attn_shape sh = attn_shape(m, b);
-    /* attention block */
-    be->rmsnorm_fwd(be, m->s.h, a->rstd1, a->xin, L->ln1, T, D, (float)c->rms_eps);
+    be->rmsnorm_fwd(be, m->s.h, a->rstd1, a->xin, m->L[l].ln1, T, D, (float)c->rms_eps);
     project(m, l, US_T_Q, a->q, false, m->s.h, T, a->u[US_T_Q]);
     project(m, l, US_T_K, a->k, false, m->s.h, T, a->u[US_T_K]);
     project(m, l, US_T_V, a->v, false, m->s.h, T, a->u[US_T_V]);
@@ -48,29 +77,72 @@ static void forward_layer(us_model *m, int l, const us_batch *b, void *out) {
     be->attn_fwd(be, a->att, a->lse, a->q, a->k, a->v, b->seg_start, &sh);
     be->copy(be, a->xmid, a->xin, (size_t)T * D * be->act_bytes);
     project(m, l, US_T_O, a->xmid, true, a->att, T, a->u[US_T_O]);
-    /* MLP block */
-    be->rmsnorm_fwd(be, m->s.h, a->rstd2, a->xmid, L->ln2, T, D, (float)c->rms_eps);
-    project(m, l, US_T_GATE, a->g, false, m->s.h, T, a->u[US_T_GATE]);
-    project(m, l, US_T_UP, a->up, false, m->s.h, T, a->u[US_T_UP]);
-    void *prod = a->a;
-    be->glu_fwd(be, c->act == US_ACT_RELU ? US_GLU_RELU : US_GLU_SILU, prod, a->g, a->up, a->bits, T, F);
-    be->copy(be, out, a->xmid, (size_t)T * D * be->act_bytes);
-    project(m, l, US_T_DOWN, out, true, prod, T, a->u[US_T_DOWN]);
 }
 
-/* backward of one projection: dx (+)= dy W (when dx), LoRA grads, full-weight grads */
-static void project_bwd(us_model *m, int l, int t, void *dx, bool acc, const void *dy, const void *x, int T) {
+/* MLP rows [r0, r0+n): h2 = rmsnorm(xmid) into m->s.h, gate and up (+LoRA) into the chunk
+ * buffers, the activation (ReLU: bits packed, relu in place), and the product into prod when
+ * not NULL. */
+static void mlp_front(us_model *m, int l, size_t r0, int n, void *prod) {
     us_backend *be = m->be;
-    const us_layer_weights *L = &m->L[l];
-    int in, out;
-    us_target_dims(&m->cfg, t, &in, &out);
-    if (dx) be->linear_bwd_x(be, dx, acc, dy, L->w[t], T, in, out);
-    if (lora_on(m, l, t)) {
-        const us_lora_slot *s = &m->slot[l][t];
-        be->lora_bwd(be, dx, m->grads + s->off_A, m->grads + s->off_B, dy, x, m->acts[l].u[t], m->params + s->off_A,
-                     m->params + s->off_B, m->lora_scale, T, in, out, m->spec.lora.r, m->s.lora);
+    const us_config *c = &m->cfg;
+    us_layer_acts *a = &m->acts[l];
+    size_t D = (size_t)c->hidden;
+    void *h = rows_at(m, m->s.h, r0, D);
+    be->rmsnorm_fwd(be, h, a->rstd2 + r0, rows_at(m, a->xmid, r0, D), m->L[l].ln2, n, c->hidden, (float)c->rms_eps);
+    project(m, l, US_T_GATE, a->g, false, h, n, u_at(m, a->u[US_T_GATE], r0));
+    project(m, l, US_T_UP, a->up, false, h, n, u_at(m, a->u[US_T_UP], r0));
+    be->glu_fwd(be, glu_act(m), prod, a->g, a->up, a->bits, n, c->inter);
+}
+
+/* MLP block, forward: out = xmid + down(act(gate(h2)) * up(h2)), chunk by chunk */
+static void mlp_forward(us_model *m, int l, int T, void *out) {
+    us_layer_acts *a = &m->acts[l];
+    size_t D = (size_t)m->cfg.hidden;
+    m->be->copy(m->be, out, a->xmid, (size_t)T * D * m->be->act_bytes);
+    for (int r0 = 0; r0 < T; r0 += m->mlp_rows) {
+        int n = US_MIN(m->mlp_rows, T - r0);
+        mlp_front(m, l, (size_t)r0, n, a->a);
+        project(m, l, US_T_DOWN, rows_at(m, out, (size_t)r0, D), true, a->a, n, u_at(m, a->u[US_T_DOWN], (size_t)r0));
     }
-    if (L->gw[t]) be->linear_bwd_w(be, L->gw[t], L->gb[t], dy, x, T, in, out);
+}
+
+static void forward_layer(us_model *m, int l, const us_batch *b, void *out) {
+    forward_attn(m, l, b);
+    mlp_forward(m, l, b->batch * b->seq, out);
+}
+
+/* MLP backward over rows [r0, r0+n). dres rows hold d(out); on return d(xmid) when prior_mlp. */
+static void mlp_backward(us_model *m, int l, size_t r0, int n) {
+    us_backend *be = m->be;
+    const us_config *c = &m->cfg;
+    const us_layer_weights *L = &m->L[l];
+    const us_layer_plan *p = &m->plan.layer[l];
+    us_layer_acts *a = &m->acts[l];
+    size_t D = (size_t)c->hidden;
+    int act = glu_act(m);
+    bool down_trains = lora_on(m, l, US_T_DOWN) || L->gw[US_T_DOWN];
+    bool gu_trains = lora_on(m, l, US_T_GATE) || lora_on(m, l, US_T_UP) || L->gw[US_T_GATE];
+    bool kept = m->recompute == US_RECOMPUTE_NONE; /* gate/up (or the product) were kept */
+    void *dres = rows_at(m, m->s.dres, r0, D), *dh = rows_at(m, m->s.dh, r0, D), *h = rows_at(m, m->s.h, r0, D);
+    void *prod = a->a;
+    if (!kept) { /* rebuild this chunk: h2, gate, up, bits and (when down trains) the product */
+        mlp_front(m, l, r0, n, down_trains ? m->s.a : NULL);
+        prod = m->s.a;
+    } else if (!p->save_a && down_trains) { /* rebuild the down_proj input; the bits stay untouched */
+        prod = m->s.a;
+        be->glu_fwd(be, act, prod, a->g, a->up, NULL, n, c->inter);
+    }
+    if (p->glu_bwd || down_trains)
+        project_bwd(m, l, US_T_DOWN, p->glu_bwd ? m->s.da : NULL, false, dres, prod, n, u_at(m, a->u[US_T_DOWN], r0));
+    if (!p->glu_bwd) return;
+    be->glu_bwd(be, act, a->g, a->up, m->s.da, a->g, a->up, a->bits, n, c->inter); /* dg, du in place */
+    if (kept && gu_trains)
+        be->rmsnorm_fwd(be, h, m->s.rstd, rows_at(m, a->xmid, r0, D), L->ln2, n, c->hidden, (float)c->rms_eps);
+    void *dx = p->prior_mlp ? dh : NULL;
+    project_bwd(m, l, US_T_GATE, dx, false, a->g, h, n, u_at(m, a->u[US_T_GATE], r0));
+    project_bwd(m, l, US_T_UP, dx, true, a->up, h, n, u_at(m, a->u[US_T_UP], r0));
+    if (p->prior_mlp)
+        be->rmsnorm_bwd(be, dres, true, L->gln2, dh, rows_at(m, a->xmid, r0, D), a->rstd2 + r0, L->ln2, n, c->hidden);
 }
 
 /* dres holds d(layer output); on return d(layer input). Returns false when nothing below needs it. */
@@ -80,45 +152,27 @@ static bool backward_layer(us_model *m, int l, const us_batch *b) {
     const us_layer_weights *L = &m->L[l];
     const us_layer_plan *p = &m->plan.layer[l];
     us_layer_acts *a = &m->acts[l];
-    int T = b->batch * b->seq, D = c->hidden, F = c->inter;
-    int act = c->act == US_ACT_RELU ? US_GLU_RELU : US_GLU_SILU;
-    void *dres = m->s.dres, *dh = m->s.dh;
+    int T = b->batch * b->seq, D = c->hidden;
 
-    /* MLP block: out = xmid + down(act(gate(h2)) * up(h2)) */
-    bool down_trains = lora_on(m, l, US_T_DOWN) || L->gw[US_T_DOWN];
-    if (p->glu_bwd || down_trains) {
-        void *prod = a->a;
-        if (!p->save_a && down_trains) { /* rebuild the down_proj input; bits stay untouched */
-            prod = m->s.a;
-            be->glu_fwd(be, act, prod, a->g, a->up, NULL, T, F);
-        }
-        project_bwd(m, l, US_T_DOWN, p->glu_bwd ? m->s.da : NULL, false, dres, prod, T);
-    }
-    if (p->glu_bwd) {
-        be->glu_bwd(be, act, a->g, a->up, m->s.da, a->g, a->up, a->bits, T, F); /* dg, du in place */
-        bool need_h2 = lora_on(m, l, US_T_GATE) || lora_on(m, l, US_T_UP) || L->gw[US_T_GATE];
-        if (need_h2) be->rmsnorm_fwd(be, m->s.h, m->s.rstd, a->xmid, L->ln2, T, D, (float)c->rms_eps);
-        void *dx = p->prior_mlp ? dh : NULL;
-        project_bwd(m, l, US_T_GATE, dx, false, a->g, m->s.h, T);
-        project_bwd(m, l, US_T_UP, dx, true, a->up, m->s.h, T);
-        if (p->prior_mlp) be->rmsnorm_bwd(be, dres, true, L->gln2, dh, a->xmid, a->rstd2, L->ln2, T, D);
-    }
+    if (m->recompute == US_RECOMPUTE_LAYER) forward_attn(m, l, b); /* rebuild attention and xmid */
+    for (int r0 = 0; r0 < T; r0 += m->mlp_rows) mlp_backward(m, l, (size_t)r0, US_MIN(m->mlp_rows, T - r0));
     if (!p->prior_mlp) return false;
 
-    /* attention block: xmid = xin + o(attn(rope(q(h1)), rope(k(h1)), v(h1))) */
+    /* attention block */
     us_attn_shape sh = attn_shape(m, b);
-    if (p->save_att) project_bwd(m, l, US_T_O, p->attn_bwd ? m->s.datt : NULL, false, dres, a->att, T);
+    if (p->save_att)
+        project_bwd(m, l, US_T_O, p->attn_bwd ? m->s.datt : NULL, false, m->s.dres, a->att, T, a->u[US_T_O]);
     if (p->attn_bwd) {
         be->attn_bwd(be, m->s.dq, m->s.dk, m->s.dv, m->s.datt, a->q, a->k, a->v, a->att, a->lse, b->seg_start, &sh);
         be->rope(be, m->s.dq, b->pos, m->inv_freq, T, c->heads, c->head_dim, true);
         be->rope(be, m->s.dk, b->pos, m->inv_freq, T, c->kv_heads, c->head_dim, true);
         bool need_h1 = lora_on(m, l, US_T_Q) || lora_on(m, l, US_T_K) || lora_on(m, l, US_T_V) || L->gw[US_T_Q];
         if (need_h1) be->rmsnorm_fwd(be, m->s.h, m->s.rstd, a->xin, L->ln1, T, D, (float)c->rms_eps);
-        void *dx = p->prior_attn ? dh : NULL;
-        project_bwd(m, l, US_T_Q, dx, false, m->s.dq, m->s.h, T);
-        project_bwd(m, l, US_T_K, dx, true, m->s.dk, m->s.h, T);
-        project_bwd(m, l, US_T_V, dx, true, m->s.dv, m->s.h, T);
-        if (p->prior_attn) be->rmsnorm_bwd(be, dres, true, L->gln1, dh, a->xin, a->rstd1, L->ln1, T, D);
+        void *dx = p->prior_attn ? m->s.dh : NULL;
+        project_bwd(m, l, US_T_Q, dx, false, m->s.dq, m->s.h, T, a->u[US_T_Q]);
+        project_bwd(m, l, US_T_K, dx, true, m->s.dk, m->s.h, T, a->u[US_T_K]);
+        project_bwd(m, l, US_T_V, dx, true, m->s.dv, m->s.h, T, a->u[US_T_V]);
+        if (p->prior_attn) be->rmsnorm_bwd(be, m->s.dres, true, L->gln1, m->s.dh, a->xin, a->rstd1, L->ln1, T, D);
     }
     return p->prior_attn;
 }
@@ -129,12 +183,11 @@ static void head(us_model *m, const us_batch *b, bool train, float grad_scale, f
     us_backend *be = m->be;
     const us_config *c = &m->cfg;
     int T = b->batch * b->seq, D = c->hidden, V = c->vocab, C = m->head_chunk;
-    size_t A = be->act_bytes;
     be->rmsnorm_fwd(be, m->s.h, m->s.rstd, m->s.xfin, m->norm_f, T, D, (float)c->rms_eps);
     float *tmp = logits_host ? be->alloc(be, (size_t)C * V * 4) : NULL;
     for (int r0 = 0; r0 < T; r0 += C) {
         int rows = US_MIN(C, T - r0);
-        const char *hrow = (const char *)m->s.h + (size_t)r0 * D * A;
+        const void *hrow = rows_at(m, m->s.h, (size_t)r0, (size_t)D);
         be->linear_fwd(be, m->s.logits, false, hrow, m->lm_head, NULL, rows, D, V);
         if (tmp) {
             be->act_to_f32(be, tmp, m->s.logits, (size_t)rows * V);
@@ -142,7 +195,7 @@ static void head(us_model *m, const us_batch *b, bool train, float grad_scale, f
         }
         be->xent_fwd_bwd(be, m->s.logits, b->targets + r0, m->s.loss, grad_scale, rows, V);
         if (train) {
-            be->linear_bwd_x(be, (char *)m->s.dh + (size_t)r0 * D * A, false, m->s.logits, m->lm_head, rows, D, V);
+            be->linear_bwd_x(be, rows_at(m, m->s.dh, (size_t)r0, (size_t)D), false, m->s.logits, m->lm_head, rows, D, V);
             if (m->g_lm_head) be->linear_bwd_w(be, m->g_lm_head, NULL, m->s.logits, hrow, rows, D, V);
         }
     }
@@ -155,15 +208,28 @@ static us_status run(us_model *m, const us_batch *b, bool train, float grad_scal
     us_backend *be = m->be;
     const us_config *c = &m->cfg;
     int T = b->batch * b->seq;
+    size_t xin_bytes = (size_t)T * c->hidden * be->act_bytes;
+    bool off = train && m->offload;
     if (T > m->max_tokens) return us_fail(e, US_EINVAL, "batch of %d tokens exceeds the planned %d", T, m->max_tokens);
     be->zero(be, m->s.loss, 4);
     be->embed_fwd(be, m->acts[0].xin, m->embed, b->ids, T, c->hidden);
-    for (int l = 0; l < c->layers; l++)
+    for (int l = 0; l < c->layers; l++) {
+        if (off) { /* the buffer this layer writes held the input of layer l-1: its copy must be done */
+            be->copies_wait(be);
+            be->offload(be, m->host_xin[l], m->acts[l].xin, xin_bytes);
+        }
         forward_layer(m, l, b, l + 1 < c->layers ? m->acts[l + 1].xin : m->s.xfin);
+    }
     head(m, b, train, grad_scale, logits_host);
     if (train) {
         bool more = true;
-        for (int l = c->layers - 1; l >= m->plan.first_layer_bwd && more; l--) more = backward_layer(m, l, b);
+        for (int l = c->layers - 1; l >= m->plan.first_layer_bwd && more; l--) {
+            if (off) { /* this layer's input arrived (prefetched one layer ahead); fetch the next */
+                be->copies_wait(be);
+                if (l - 1 >= m->plan.first_layer_bwd) be->prefetch(be, m->acts[l - 1].xin, m->host_xin[l - 1], xin_bytes);
+            }
+            more = backward_layer(m, l, b);
+        }
         if (more && m->g_embed) be->embed_bwd(be, m->g_embed, m->s.dres, b->ids, T, c->hidden);
     }
     float loss;

@@ -32,10 +32,10 @@ us_status us_preflight_memory(us_model *m, int batch, int seq, int grad_accum, u
                        "or --seq-len", batch, seq, grad_accum, (long long)(tokens * grad_accum));
     size_t loaded = 0, total = 0;
     be->mem_info(be, &loaded, NULL, &total); /* weights, parameters and gradients so far */
-    int k = (int)US_MIN(tokens, (int64_t)256);
-    us_status st = us_model_prepare(m, k, e);
+    size_t step_bytes;
+    us_status st = us_model_step_bytes(m, (int)tokens, &step_bytes, e);
     if (st) return st;
-    double arena = (double)m->arena_bytes / k * (double)tokens + 64 * MIB;
+    double arena = (double)step_bytes + 64 * MIB;
     double optim = 2.0 * (double)m->n_params * 4;
     double batches = 3.0 * (double)tokens * 4 * grad_accum + 2.0 * (double)tokens * 4;
     double need = (double)loaded + arena + optim + batches;

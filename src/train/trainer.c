@@ -212,6 +212,7 @@ us_status us_train(const us_train_opts *o, us_err *e) {
     int B = o->batch, T = (int)US_MIN((int64_t)B * seq, (int64_t)INT32_MAX); /* preflight refuses huge T */
     int steps = o->steps ? o->steps : (int)((r.ds.n + (size_t)B * o->grad_accum - 1) / ((size_t)B * o->grad_accum));
     int warmup = o->warmup >= 0 ? o->warmup : (int)(0.03 * steps + 0.5);
+    if ((st = us_model_set_memory_mode(m, o->recompute, o->offload, 0, e))) goto out;
     if ((st = us_preflight_memory(m, B, seq, o->grad_accum, e))) goto out;
     if ((st = us_model_prepare(m, T, e))) goto out;
     if (!o->quiet) {

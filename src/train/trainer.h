@@ -10,7 +10,9 @@
 typedef struct us_train_opts {
     const char *model_dir, *data_path, *out_dir, *adapter_init, *metrics_path, *device;
     const char *tokenizer_path, *chat_template; /* text data: tokenizer (default: the model's), template */
-    bool train_on_prompt, refuse_long;          /* labels on prompts too; refuse rows over --seq-len */
+    bool train_on_prompt, refuse_long;
+    int recompute;    /* US_RECOMPUTE_* (model.h) */
+    bool offload;     /* layer inputs in pinned host memory (implies layer recompute) */          /* labels on prompts too; refuse rows over --seq-len */
     int lora_r;
     double lora_alpha;
     unsigned targets; /* bitmask of 1 << US_T_* */

@@ -1,0 +1,110 @@
+/* test_memory_modes.c — recomputing and offloading change where tensors live, never the result.
+ *
+ * For every parity fixture, one step's loss and gradients under --recompute mlp, --recompute
+ * layer and --offload (CPU: synchronous copies) must equal those of the default plan, with the
+ * MLP processed in chunks of 5 tokens (so chunk boundaries fall inside rows). The same holds for
+ * full fine-tuning. And the saved bytes per token must shrink in that order. The default plan
+ * itself is pinned to PEFT by test_parity.c, so these are PEFT-exact too. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "data/tokens.h"
+#include "io/adapter.h"
+#include "model/model.h"
+#include "test.h"
+
+typedef struct result {
+    double loss;
+    float *grads;
+    size_t n;
+    double per_token;
+} result;
+
+static int run_mode(us_test_ctx *t, const char *fx, bool full, int recompute, bool offload, result *out) {
+    char p[512];
+    us_err e = {{0}};
+    us_backend *be;
+    us_model *m;
+    if (us_backend_create("cpu", 1, &be, &e)) return snprintf(t->msg, sizeof t->msg, "%s", e.msg), t->failed = 1;
+    snprintf(p, sizeof p, FIXTURES "/%s/model", fx);
+    if (us_model_load(&m, be, p, false, 0, 0, &e)) return snprintf(t->msg, sizeof t->msg, "%s", e.msg), t->failed = 1;
+    us_train_spec spec = {.full = full};
+    snprintf(p, sizeof p, FIXTURES "/%s/adapter_init", fx);
+    if (!full) {
+        us_adapter *ad;
+        if (us_adapter_open(p, &ad, &e)) return snprintf(t->msg, sizeof t->msg, "%s", e.msg), t->failed = 1;
+        spec.lora = *us_adapter_config(ad);
+        us_adapter_close(ad);
+    }
+    us_status st = us_model_setup_training(m, &spec, 0, &e);
+    if (!st && !full) st = us_model_load_adapter(m, p, &e);
+    us_token_dataset ds = {0};
+    snprintf(p, sizeof p, FIXTURES "/%s/data.jsonl", fx);
+    if (!st) st = us_jsonl_tokens_load(p, m->cfg.vocab, &ds, &e);
+    if (!st) st = us_model_set_memory_mode(m, recompute, offload, 5, &e);
+    int B = (int)ds.n, S = st ? 0 : (int)ds.ex[0].n, T = B * S, counted = 0;
+    if (!st) st = us_model_prepare(m, T, &e);
+    if (st) return snprintf(t->msg, sizeof t->msg, "%s", e.msg), t->failed = 1;
+    int32_t *ids = malloc(T * 4), *tg = malloc(T * 4), *pos = malloc(T * 4);
+    for (int r = 0; r < B; r++)
+        for (int s = 0; s < S; s++) {
+            ids[r * S + s] = ds.ex[r].ids[s];
+            pos[r * S + s] = s;
+            tg[r * S + s] = s + 1 < S ? ds.ex[r].labels[s + 1] : -100;
+            counted += tg[r * S + s] != -100;
+        }
+    us_batch b = {.batch = B, .seq = S, .ids = be->alloc(be, T * 4), .targets = be->alloc(be, T * 4),
+                  .pos = be->alloc(be, T * 4)};
+    be->upload(be, b.ids, ids, T * 4);
+    be->upload(be, b.targets, tg, T * 4);
+    be->upload(be, b.pos, pos, T * 4);
+    be->zero(be, m->grads, m->n_params * 4);
+    st = us_model_step(m, &b, 1.0f / counted, &out->loss, &e);
+    out->n = m->n_params;
+    out->grads = malloc(m->n_params * 4);
+    be->download(be, out->grads, m->grads, m->n_params * 4);
+    out->per_token = m->plan.total_per_token;
+    free(ids);
+    free(tg);
+    free(pos);
+    be->free(be, b.ids);
+    be->free(be, b.targets);
+    be->free(be, b.pos);
+    us_token_dataset_free(&ds);
+    us_model_free(m);
+    be->destroy(be);
+    if (st) return snprintf(t->msg, sizeof t->msg, "%s", e.msg), t->failed = 1;
+    return 0;
+}
+
+static void compare_modes(us_test_ctx *t, const char *fx, bool full) {
+    result ref, r;
+    if (run_mode(t, fx, full, US_RECOMPUTE_NONE, false, &ref)) return;
+    double prev = ref.per_token;
+    static const struct { int recompute; bool offload; const char *name; } modes[] = {
+        {US_RECOMPUTE_MLP, false, "recompute mlp"}, {US_RECOMPUTE_LAYER, false, "recompute layer"},
+        {US_RECOMPUTE_LAYER, true, "offload"}};
+    for (int k = 0; k < 3; k++) {
+        if (run_mode(t, fx, full, modes[k].recompute, modes[k].offload, &r)) return;
+        double maxg = 0, diff = 0;
+        for (size_t i = 0; i < ref.n; i++) {
+            maxg = fmax(maxg, fabs(ref.grads[i]));
+            diff = fmax(diff, fabs((double)r.grads[i] - ref.grads[i]));
+        }
+        free(r.grads);
+        CHECK(fabs(r.loss - ref.loss) <= 1e-6 * fabs(ref.loss), "%s %s: loss %.9g vs %.9g", fx, modes[k].name, r.loss,
+              ref.loss);
+        CHECK(diff <= 1e-5 * maxg, "%s %s: gradients differ by %.3g of their scale", fx, modes[k].name, diff / maxg);
+        CHECK(r.per_token < prev, "%s %s: keeps %.0f bytes/token, not less than the previous mode's %.0f", fx,
+              modes[k].name, r.per_token, prev);
+        prev = r.per_token;
+    }
+    free(ref.grads);
+}
+
+TEST(memory_modes_llama_silu_gqa_tied) { compare_modes(t, "llama_silu_gqa_tied", false); }
+TEST(memory_modes_qwen2_bias_bf16) { compare_modes(t, "qwen2_bias_bf16", false); }
+TEST(memory_modes_llama_relu_f16_sharded) { compare_modes(t, "llama_relu_f16_sharded", false); }
+TEST(memory_modes_mistral_mlp) { compare_modes(t, "mistral_mlp", false); }
+TEST(memory_modes_full_finetuning) { compare_modes(t, "qwen2_bias_bf16", true); }
