@@ -1,6 +1,8 @@
 /* main.c — the test runner: runs registered tests (all, or those matching argv substrings),
  * each with a fresh temporary directory, and prints the closing "N passed, N failed" line. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

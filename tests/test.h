@@ -26,9 +26,12 @@ void us_test_register(const char *name, const char *file, us_test_fn fn);
 #define CHECK(cond, ...)                                                             \
     do {                                                                             \
         if (!(cond)) {                                                               \
-            int n_ = snprintf(t->msg, sizeof t->msg, "%s:%d: CHECK(%s) ", __FILE__, __LINE__, #cond); \
-            if (n_ > 0 && (size_t)n_ < sizeof t->msg)                                \
-                snprintf(t->msg + n_, sizeof t->msg - (size_t)n_, __VA_ARGS__);      \
+            char m_[1536]; /* failure messages may be cut: that is fine */          \
+            _Pragma("GCC diagnostic push")                                           \
+            _Pragma("GCC diagnostic ignored \"-Wformat-truncation\"")                 \
+            snprintf(m_, sizeof m_, __VA_ARGS__);                                    \
+            snprintf(t->msg, sizeof t->msg, "%s:%d: CHECK(%s) %s", __FILE__, __LINE__, #cond, m_); \
+            _Pragma("GCC diagnostic pop")                                            \
             t->failed = 1;                                                           \
             return;                                                                  \
         }                                                                            \
