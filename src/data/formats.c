@@ -5,7 +5,11 @@
  * and concatenated, so the label mask falls exactly on segment boundaries. Chat rows get their
  * segments from the chat template by rendering growing prefixes of the conversation: the
  * rendering up to an assistant turn with the generation prompt is the prompt; what the next
- * rendering adds is that turn. Rows are then EOS-terminated, length-checked and pushed. */
+ * rendering adds is that turn. A template may re-render earlier turns once the conversation
+ * grows (Qwen3 drops the <think> block of assistant turns before the last user query): when the
+ * text already segmented is no longer a prefix of the new rendering, the row restarts from that
+ * rendering, so the earlier turns become prompt (-100) and the row's text is always exactly the
+ * rendering of the whole conversation. Rows are then EOS-terminated, length-checked and pushed. */
 #include "data/formats.h"
 
 #include <cJSON.h>
@@ -85,7 +89,7 @@ static us_status chat_row(us_tokenizer *tok, us_chat_template *ct, const cJSON *
                           const char *path, long line, us_err *e) {
     int n = cJSON_GetArraySize(msgs);
     size_t done = 0; /* bytes of the rendering already segmented */
-    char *full = NULL;
+    char *full = NULL, *prev = NULL;
     size_t full_n = 0;
     us_status st = US_OK;
     bool any_assistant = false;
@@ -123,15 +127,23 @@ static us_status chat_row(us_tokenizer *tok, us_chat_template *ct, const cJSON *
             !memcmp(full + full_n - (sizeof hdr - 1), hdr, sizeof hdr - 1) &&
             !memcmp(p + pn - (sizeof hdr - 1), hdr, sizeof hdr - 1))
             full_n -= sizeof hdr - 1;
-        if (pn < done || full_n < pn || memcmp(p, full, pn) != 0)
+        if (full_n < pn || memcmp(p, full, pn) != 0)
             st = us_fail(e, US_EUNSUPPORTED, "%s:%ld: chat template output is not incremental at message %d", path,
                          line, i);
+        if (!st && done && (pn < done || memcmp(p, prev, done) != 0)) { /* earlier turns re-rendered: restart */
+            r->n = 0;
+            done = 0;
+        }
         if (!st) st = seg(tok, r, p + done, pn - done, false, o, path, line, e);
         if (!st) st = seg(tok, r, full + pn, full_n - pn, true, o, path, line, e);
         done = full_n;
         free(p);
+        free(prev);
+        prev = full; /* what is segmented so far is prev[0..done) */
+        full = NULL;
     }
     free(full);
+    free(prev);
     if (!st && !any_assistant) st = us_fail(e, US_EFORMAT, "%s:%ld: conversation has no assistant message", path, line);
     return st;
 }
