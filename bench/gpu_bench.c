@@ -4,10 +4,15 @@
  * 8192^3 (the ceiling MFU is quoted against), flash attention forward/backward TFLOP/s (causal
  * FLOPs: forward 2 products of b*s*s/2*H*hd each, x2 for multiply-add; backward 2.5x forward), and
  * the memory-bound kernels' GB/s (bytes read + written once). Inputs are random (never zeros).
- * Usage: unswag_gpu_bench [reps] */
+ * Then LoRA forward/backward at the adapters of the three benchmark shapes (r = 16; GB/s counts
+ * the passes a separate LoRA must make: forward x read + y read/write, backward dy read twice,
+ * x read, dx read/write), and the host offload copies (pinned, GB/s each way, and a GEMM queue
+ * timed alone and beside a concurrent offload + prefetch).
+ * Usage: unswag_gpu_bench [reps] [all|gemm|attn|mem|lora|offload] */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "backend/backend.h"
@@ -40,15 +45,22 @@ static void *rand_act(size_t n, float sd, uint64_t stream) {
         (out_sec) = (now() - t0_) / (reps);                          \
     } while (0)
 
+static void *g_x, *g_w, *g_y;
+static void gemm4(int N) {
+    for (int k = 0; k < 4; k++) be->linear_fwd(be, g_y, false, g_x, g_w, NULL, N, N, N);
+}
+
 int main(int argc, char **argv) {
     int reps = argc > 1 ? atoi(argv[1]) : 20;
+    const char *only = argc > 2 ? argv[2] : "all";
+#define PART(name) (!strcmp(only, "all") || !strcmp(only, name))
     us_err e;
     if (us_backend_create("cuda", 0, &be, &e) != US_OK) {
         fprintf(stderr, "%s\n", e.msg);
         return 1;
     }
     double sec;
-    { /* matrix-product ceiling */
+    if (PART("gemm")) { /* matrix-product ceiling */
         int n = 8192;
         void *x = rand_act((size_t)n * n, 1.0f, 1), *w = rand_act((size_t)n * n, 0.01f, 2), *y = rand_act((size_t)n * n, 1.0f, 3);
         TIME(reps, be->linear_fwd(be, y, false, x, w, NULL, n, n, n), sec);
@@ -57,7 +69,7 @@ int main(int argc, char **argv) {
         be->free(be, x), be->free(be, w), be->free(be, y);
     }
     int shapes[][5] = {{8, 2048, 9, 3, 64}, {4, 2048, 32, 8, 64}, {1, 2048, 32, 8, 128}, {1, 16384, 32, 8, 128}};
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 4 && PART("attn"); i++) {
         us_attn_shape sh = {shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3], shapes[i][4], 0};
         sh.scale = 1.0f / sqrtf((float)sh.head_dim);
         size_t T = (size_t)sh.batch * sh.seq, nq = T * sh.heads * sh.head_dim, nk = T * sh.kv_heads * sh.head_dim;
@@ -73,7 +85,7 @@ int main(int argc, char **argv) {
         be->free(be, q), be->free(be, k), be->free(be, v), be->free(be, o), be->free(be, dO), be->free(be, dq);
         be->free(be, dk), be->free(be, dv), be->free(be, lse);
     }
-    { /* memory-bound kernels at the 1B shape: T = 8192, dim 2048, inter 8192, vocab chunk */
+    if (PART("mem")) { /* memory-bound kernels at the 1B shape: T = 8192, dim 2048, inter 8192, vocab chunk */
         int T = 8192, D = 2048, F = 8192;
         void *x = rand_act((size_t)T * D, 1, 20), *y = rand_act((size_t)T * D, 1, 21);
         float *w = be->alloc(be, D * 4), *rs = be->alloc(be, T * 4);
@@ -103,6 +115,58 @@ int main(int argc, char **argv) {
         be->zero(be, ls, 4);
         TIME(reps, be->xent_fwd_bwd(be, L, lab, ls, 1e-4f, rows, V), sec);
         printf("xent %dx%d: %.3f ms  %.0f GB/s\n", rows, V, sec * 1e3, 6.0 * rows * V / sec / 1e9);
+    }
+    if (PART("lora")) { /* LoRA r = 16 at each benchmark shape's adapters */
+        struct { const char *name; int T, in, out; } ls[] = {
+            {"smollm2 q/o", 16384, 576, 576},  {"smollm2 k/v", 16384, 576, 192},  {"smollm2 gate/up", 16384, 576, 1536},
+            {"smollm2 down", 16384, 1536, 576}, {"1b q/o", 8192, 2048, 2048},       {"1b k/v", 8192, 2048, 512},
+            {"1b gate/up", 8192, 2048, 8192},   {"1b down", 8192, 8192, 2048},      {"8b q/o", 2048, 4096, 4096},
+            {"8b k/v", 2048, 4096, 1024},       {"8b gate/up", 2048, 4096, 14336}, {"8b down", 2048, 14336, 4096},
+        };
+        int r = 16;
+        for (size_t i = 0; i < sizeof ls / sizeof ls[0]; i++) {
+            int T = ls[i].T, in = ls[i].in, out = ls[i].out;
+            void *x = rand_act((size_t)T * in, 1, 30), *y = rand_act((size_t)T * out, 1, 31);
+            void *dy = rand_act((size_t)T * out, 1, 32), *dx = rand_act((size_t)T * in, 1, 33);
+            float *A = be->alloc(be, (size_t)r * in * 4), *B = be->alloc(be, (size_t)out * r * 4);
+            float *dA = be->alloc(be, (size_t)r * in * 4), *dB = be->alloc(be, (size_t)out * r * 4);
+            float *u = be->alloc(be, (size_t)T * r * 4), *sc = be->alloc(be, (size_t)T * r * 4);
+            void *tmp = rand_act((size_t)(r * in > out * r ? r * in : out * r), 0.02f, 34);
+            be->act_to_f32(be, A, tmp, (size_t)r * in);
+            be->act_to_f32(be, B, tmp, (size_t)out * r);
+            be->zero(be, dA, (size_t)r * in * 4), be->zero(be, dB, (size_t)out * r * 4);
+            double tf, tb;
+            TIME(reps, be->lora_fwd(be, y, u, x, A, B, 2.0f, T, in, out, r), tf);
+            TIME(reps, be->lora_bwd(be, dx, dA, dB, dy, x, u, A, B, 2.0f, T, in, out, r, sc), tb);
+            double bf = 2.0 * T * in + 4.0 * T * out, bb = 4.0 * T * out + 2.0 * T * in + 4.0 * T * in;
+            printf("lora r=%d %-16s T=%-6d %5d -> %-5d fwd %7.1f us %5.0f GB/s  bwd %7.1f us %5.0f GB/s\n", r, ls[i].name, T,
+                   in, out, tf * 1e6, bf / tf / 1e9, tb * 1e6, bb / tb / 1e9);
+            be->free(be, x), be->free(be, y), be->free(be, dy), be->free(be, dx), be->free(be, A), be->free(be, B);
+            be->free(be, dA), be->free(be, dB), be->free(be, u), be->free(be, sc), be->free(be, tmp);
+        }
+    }
+    if (PART("offload") && be->host_alloc) { /* pinned host copies on the copy stream */
+        size_t n = (size_t)256 << 20;
+        void *d = rand_act(n / 2, 1, 40), *d2 = rand_act(n / 2, 1, 41);
+        void *h = be->host_alloc(be, n);
+        if (h) {
+            double td, tu;
+            TIME(reps, (be->offload(be, h, d, n), be->copies_wait(be)), td);
+            printf("offload d2h %zu MiB: %.3f ms  %.1f GB/s\n", n >> 20, td * 1e3, n / td / 1e9);
+            TIME(reps, (be->prefetch(be, d2, h, n), be->copies_wait(be)), tu);
+            printf("prefetch h2d %zu MiB: %.3f ms  %.1f GB/s\n", n >> 20, tu * 1e3, n / tu / 1e9);
+            int N = 8192;
+            g_x = rand_act((size_t)N * N, 1, 42), g_w = rand_act((size_t)N * N, 0.01f, 43), g_y = rand_act((size_t)N * N, 1, 44);
+            double alone, both;
+            TIME(reps, gemm4(N), alone);
+            TIME(reps, (be->offload(be, h, d, n), be->prefetch(be, d2, h, n), gemm4(N), be->copies_wait(be)), both);
+            printf("overlap: 4 GEMMs 8192^3 %.3f ms alone, %.3f ms beside a %zu MiB offload + prefetch (%.3f ms alone)\n",
+                   alone * 1e3, both * 1e3, n >> 20, (td + tu) * 1e3);
+            void *x = g_x, *w = g_w, *y = g_y;
+            be->free(be, x), be->free(be, w), be->free(be, y);
+            be->host_free(be, h);
+        }
+        be->free(be, d), be->free(be, d2);
     }
     size_t in_use, peak, total;
     be->mem_info(be, &in_use, &peak, &total);

@@ -164,6 +164,12 @@ struct us_backend {
     void (*prefetch)(us_backend *be, void *dev_dst, const void *host_src, size_t bytes);
     /* Compute issued after this waits until every copy issued before it has finished. */
     void (*copies_wait)(us_backend *be);
+
+    /* ---- planning (optional: NULL means 0) ---- */
+    /* Device bytes the backend allocates on its own (workspaces, accumulators) for a step of T
+     * tokens of attention shape sh (NULL: the fixed part only), beyond what the model allocates.
+     * Counted in mem_info's peak like every allocation. */
+    size_t (*scratch_bytes)(us_backend *be, int T, const us_attn_shape *sh);
 };
 
 /* Creates a backend by name ("cpu", "cuda"); an error says when it is not compiled in or no

@@ -161,13 +161,16 @@ TEST(cuda_linear_fwd_bwd) {
     gpair_close(&p);
 }
 
-/* ranks 16, 8 and 12 (US_CUDA_LORA_FAST=1 sends 4/8/16 to the CUDA-core kernels); odd sizes test the bounds */
+/* ranks 8, 16, 32 take the tensor-core kernels of cuda_lora.cu (12: the cuBLASLt fallback; with
+ * US_CUDA_LORA_GEMM=1 every rank does). Odd token counts test the bounds; T = 34000 gives the
+ * down-projection kernel one K range per CTA (plain stores), the others split K (atomics). */
 static int lora_case(gpair *pp, us_test_ctx *t, int T, int in, int out, int r);
 
 TEST(cuda_lora_fwd_bwd) {
     OPEN_PAIR(p);
-    int cases[][4] = {{300, 576, 192, 16}, {77, 100, 36, 8}, {130, 64, 96, 12}, {2048, 2048, 512, 16}};
-    for (int i = 0; i < 4; i++)
+    int cases[][4] = {{300, 576, 192, 16}, {77, 104, 40, 8},    {130, 64, 96, 12},  {2048, 2048, 512, 16},
+                      {513, 1536, 576, 32}, {34000, 64, 136, 16}, {1000, 4096, 1024, 16}, {77, 100, 36, 8}};
+    for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++)
         if (!lora_case(&p, t, cases[i][0], cases[i][1], cases[i][2], cases[i][3])) {
             gpair_close(&p);
             return;
@@ -291,23 +294,45 @@ static int attn_case(gpair *p, us_test_ctx *t, int batch, int seq, int H, int KV
     return ok;
 }
 
-TEST(cuda_attention_fwd_bwd) {
-    OPEN_PAIR(p);
-    int cases[][6] = {
-        /* batch, seq, heads, kv_heads, head_dim, seg */
-        {2, 100, 4, 2, 16, 0}, {1, 130, 4, 1, 32, 0}, {2, 64, 2, 2, 64, 0},  {1, 200, 6, 2, 64, 0},
-        {1, 129, 4, 2, 128, 0}, {2, 150, 4, 2, 16, 1}, {1, 300, 4, 4, 64, 1}, {1, 190, 4, 1, 128, 1},
-        {1, 1, 2, 1, 64, 0},
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        int ok = attn_case(&p, t, cases[i][0], cases[i][1], cases[i][2], cases[i][3], cases[i][4], cases[i][5]);
-        if (!ok) {
+static const int attn_cases[][6] = {
+    /* batch, seq, heads, kv_heads, head_dim, seg */
+    {2, 100, 4, 2, 16, 0}, {1, 130, 4, 1, 32, 0}, {2, 64, 2, 2, 64, 0},  {1, 200, 6, 2, 64, 0},
+    {1, 129, 4, 2, 128, 0}, {2, 150, 4, 2, 16, 1}, {1, 300, 4, 4, 64, 1}, {1, 190, 4, 1, 128, 1},
+    {1, 1, 2, 1, 64, 0},   {2, 70, 8, 2, 32, 0},
+};
+
+/* every case above with the backend created under US_CUDA_ATTN_ACC_BYTES = budget (NULL: default) */
+static int attn_cases_under(us_test_ctx *t, const char *budget) {
+    if (budget) setenv("US_CUDA_ATTN_ACC_BYTES", budget, 1);
+    gpair p;
+    int opened = gpair_open(&p) == 0;
+    if (budget) unsetenv("US_CUDA_ATTN_ACC_BYTES");
+    if (!opened) {
+        snprintf(t->msg, sizeof t->msg, "backends: %s", p.err.msg);
+        t->failed = 1;
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof attn_cases / sizeof attn_cases[0]; i++) {
+        const int *c = attn_cases[i];
+        if (!attn_case(&p, t, c[0], c[1], c[2], c[3], c[4], c[5])) {
+            size_t l = strlen(t->msg);
+            if (budget) snprintf(t->msg + l, sizeof t->msg - l, " (accumulator budget %s bytes)", budget);
             t->failed = 1;
             gpair_close(&p);
-            return;
+            return 0;
         }
     }
     gpair_close(&p);
+    return 1;
+}
+
+TEST(cuda_attention_fwd_bwd) { attn_cases_under(t, NULL); }
+
+/* The backward in chunks of query heads: budget 1 byte forces one head per chunk (dK/dV of a kv
+ * head accumulate over its group's chunks); 300000 bytes gives whole-group chunks for some cases. */
+TEST(cuda_attention_bwd_chunked) {
+    if (!attn_cases_under(t, "1")) return;
+    attn_cases_under(t, "300000");
 }
 
 TEST(cuda_glu_fwd_bwd_bits) {
@@ -441,5 +466,77 @@ TEST(cuda_memory_tracking) {
     int same = memcmp(src, dst, big) == 0;
     free(src), free(dst);
     CHECK(same, "40 MiB upload round trip");
+    gpair_close(&p);
+}
+
+/* Host offload: offload/prefetch run on the copy stream, ordered after the compute issued before
+ * them (here a kernel that rewrites the source just before the offload, behind a queue of large
+ * products), and copies_wait orders later compute after them. Round trip: device -> pinned host ->
+ * another device buffer, checked on the host copy and on the device after more compute. */
+TEST(cuda_offload_roundtrip_under_compute) {
+    OPEN_PAIR(p);
+    us_backend *g = p.g;
+    CHECK(g->host_alloc && g->offload && g->prefetch && g->copies_wait, "offload ops missing");
+    size_t n = (size_t)16 << 20; /* 64 MiB of f32 */
+    float *h = malloc(n * 4);
+    for (size_t i = 0; i < n; i++) h[i] = (float)(i % 1000003) * 0.5f;
+    float *a = g_bytes(&p, h, n * 4), *b = g_poison(&p, n * 4);
+    float *pin = g->host_alloc(g, n * 4);
+    CHECK(pin != NULL, "host_alloc of 64 MiB failed");
+    memset(pin, 0, n * 4);
+    int N = 4096; /* a queue of products so that the copies would overtake compute if unordered */
+    float *x = rnd((size_t)N * N, 1.0f, 3);
+    void *gx = g_act(&p, x, (size_t)N * N), *gw = g_act(&p, x, (size_t)N * N), *gy = g_poison(&p, (size_t)N * N * 2);
+    for (int rep = 0; rep < 3; rep++) {
+        for (int i = 0; i < 8; i++) g->linear_fwd(g, gy, false, gx, gw, NULL, N, N, N);
+        g->scale(g, a, n, 2.0f);            /* the offload must see this */
+        g->offload(g, pin, a, n * 4);
+        for (int i = 0; i < 4; i++) g->linear_fwd(g, gy, false, gx, gw, NULL, N, N, N); /* overlaps the copy */
+        g->copies_wait(g);
+        g->scale(g, a, n, 0.5f);            /* after the copy: must not show in pin */
+        g->prefetch(g, b, pin, n * 4);
+        g->copies_wait(g);
+        g->scale(g, b, n, 3.0f);            /* after the prefetch */
+        g->sync(g);
+        size_t bad_h = 0, bad_d = 0;
+        for (size_t i = 0; i < n; i++)
+            if (pin[i] != h[i] * 2.0f) bad_h++;
+        float *back = get_f32(&p, b, n), *aa = get_f32(&p, a, n);
+        for (size_t i = 0; i < n; i++)
+            if (back[i] != h[i] * 6.0f || aa[i] != h[i]) bad_d++;
+        free(back), free(aa);
+        CHECK(bad_h == 0 && bad_d == 0, "round %d: %zu host values, %zu device values wrong", rep, bad_h, bad_d);
+        g->zero(g, b, n * 4);
+    }
+    g->host_free(g, pin);
+    free(h), free(x);
+    gpair_close(&p);
+}
+
+TEST(cuda_scratch_bytes_counts_attention) {
+    OPEN_PAIR(p);
+    us_backend *g = p.g;
+    CHECK(g->scratch_bytes != NULL, "scratch_bytes missing");
+    us_attn_shape sh = {1, 4096, 32, 8, 128, 0.088f};
+    size_t fixed = g->scratch_bytes(g, 0, NULL), s = g->scratch_bytes(g, 4096, &sh);
+    /* chunks of 16 heads: dQ 32 MiB + dK, dV of 4 kv heads 16 MiB + D 0.5 MiB */
+    CHECK(fixed >= (32u << 20) && s > fixed && s - fixed <= (size_t)66 << 20, "fixed %zu, with attention %zu", fixed, s);
+    /* the measured peak of an attention backward stays within the prediction */
+    size_t T = 4096, nq = T * 32 * 128, nk = T * 8 * 128;
+    size_t u0, pk0;
+    g->mem_info(g, &u0, &pk0, NULL);
+    void *q = g_poison(&p, nq * 2), *k = g_poison(&p, nk * 2), *v = g_poison(&p, nk * 2), *o = g_poison(&p, nq * 2);
+    void *dq = g_poison(&p, nq * 2), *dk = g_poison(&p, nk * 2), *dv = g_poison(&p, nk * 2);
+    float *lse = g_poison(&p, T * 32 * 4);
+    g->zero(g, q, nq * 2), g->zero(g, k, nk * 2), g->zero(g, v, nk * 2);
+    g->attn_fwd(g, o, lse, q, k, v, NULL, &sh);
+    size_t u1, pk1;
+    g->mem_info(g, &u1, &pk1, NULL);
+    g->attn_bwd(g, dq, dk, dv, o, q, k, v, o, lse, NULL, &sh);
+    g->sync(g);
+    size_t u2, pk2;
+    g->mem_info(g, &u2, &pk2, NULL);
+    CHECK(pk2 - u1 <= s - fixed + 4096, "attention backward allocated %zu bytes, predicted %zu", pk2 - u1, s - fixed);
+    CHECK(!g->nonfinite(g, lse, T * 32), "lse non-finite");
     gpair_close(&p);
 }

@@ -268,11 +268,6 @@ __global__ void k_seg_blockmin(int *out, const int32_t *seg, int seq, int nqb, i
     out[i] = m;
 }
 
-__global__ void k_f32_to_bf16_a(bf16 *d, const float *s, size_t n) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        d[i] = __float2bfloat16_rn(s[i]);
-}
-
 template <int HD, int BQ>
 struct BwdSmem {
     static constexpr int K = 0, V = K + BBN * HD, Q = V + BBN * HD, DO = Q + 2 * BQ * HD, DS = DO + 2 * BQ * HD,
@@ -280,14 +275,16 @@ struct BwdSmem {
     static constexpr size_t bytes = (size_t)END * 2 + 2 * BQ * 4 * 3; /* + lse2, D, seg per stage */
 };
 
-/* split: one CTA per (key block, query head), dK/dV summed over the group by f32 atomics into
- * dkv_acc ([2][T, KVH*HD]); otherwise one CTA per (key block, kv head) loops over the group's
- * heads and writes dK/dV directly. */
+/* One CTA per (key block, query head h0 + blockIdx.y) of a chunk of query heads; dQ goes to the
+ * chunk's f32 accumulator dq_acc [T, acc_qs]. split (GQA): dK/dV are summed over the group by f32
+ * atomics into dkv_acc ([2][T, acc_ks], kv heads from h0 / GH on); otherwise (one query head per
+ * kv head) dK/dV are written directly. */
 template <int HD, int BQ>
 __global__ void __launch_bounds__(BNT) k_attn_bwd(float *dq_acc, bf16 *dk, bf16 *dv, float *dkv_acc, const bf16 *dout,
                                                   const bf16 *q, const bf16 *k, const bf16 *v, const float *lse,
                                                   const float *Dg, const int32_t *seg, const int *segmin_blk, int seq,
-                                                  int H, int KVH, float scale, float scale_log2) {
+                                                  int H, int KVH, float scale, float scale_log2, int h0, int acc_qs,
+                                                  int acc_ks) {
     using L = BwdSmem<HD, BQ>;
     extern __shared__ __align__(128) unsigned char smraw[];
     bf16 *sb = reinterpret_cast<bf16 *>(smraw);
@@ -298,7 +295,7 @@ __global__ void __launch_bounds__(BNT) k_attn_bwd(float *dq_acc, bf16 *dk, bf16 
 
     const bool split = dkv_acc != NULL;
     const int kblk = blockIdx.x, b = blockIdx.z, GH = H / KVH;
-    const int kvh = split ? blockIdx.y / GH : blockIdx.y, hq0 = split ? blockIdx.y : kvh * GH, G = split ? 1 : GH;
+    const int hq0 = h0 + blockIdx.y, kvh = hq0 / GH, kv0 = h0 / GH, G = 1;
     const int k0 = kblk * BBN;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const size_t qs = (size_t)H * HD, ks = (size_t)KVH * HD;
@@ -470,25 +467,25 @@ __global__ void __launch_bounds__(BNT) k_attn_bwd(float *dq_acc, bf16 *dk, bf16 
                 }
             }
             int qa_ = q0 + qt * 16 + (lane >> 2), qb_ = qa_ + 8;
-            float *dqg = dq_acc + (size_t)b * seq * qs + (size_t)h * HD + part * DW;
+            float *dqg = dq_acc + (size_t)b * seq * acc_qs + (size_t)(h - h0) * HD + part * DW;
 #pragma unroll
             for (int dt = 0; dt < DW / 8; dt++) {
                 int col = dt * 8 + (lane & 3) * 2;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
                 if (qa_ < seq)
-                    atomicAdd(reinterpret_cast<float2 *>(dqg + (size_t)qa_ * qs + col),
+                    atomicAdd(reinterpret_cast<float2 *>(dqg + (size_t)qa_ * acc_qs + col),
                               make_float2(dqa[dt][0] * scale, dqa[dt][1] * scale));
                 if (qb_ < seq)
-                    atomicAdd(reinterpret_cast<float2 *>(dqg + (size_t)qb_ * qs + col),
+                    atomicAdd(reinterpret_cast<float2 *>(dqg + (size_t)qb_ * acc_qs + col),
                               make_float2(dqa[dt][2] * scale, dqa[dt][3] * scale));
 #else
                 if (qa_ < seq) {
-                    atomicAdd(dqg + (size_t)qa_ * qs + col, dqa[dt][0] * scale);
-                    atomicAdd(dqg + (size_t)qa_ * qs + col + 1, dqa[dt][1] * scale);
+                    atomicAdd(dqg + (size_t)qa_ * acc_qs + col, dqa[dt][0] * scale);
+                    atomicAdd(dqg + (size_t)qa_ * acc_qs + col + 1, dqa[dt][1] * scale);
                 }
                 if (qb_ < seq) {
-                    atomicAdd(dqg + (size_t)qb_ * qs + col, dqa[dt][2] * scale);
-                    atomicAdd(dqg + (size_t)qb_ * qs + col + 1, dqa[dt][3] * scale);
+                    atomicAdd(dqg + (size_t)qb_ * acc_qs + col, dqa[dt][2] * scale);
+                    atomicAdd(dqg + (size_t)qb_ * acc_qs + col + 1, dqa[dt][3] * scale);
                 }
 #endif
             }
@@ -500,18 +497,18 @@ __global__ void __launch_bounds__(BNT) k_attn_bwd(float *dq_acc, bf16 *dk, bf16 
     }
 
     if (split) {
-        size_t half = (size_t)gridDim.z * seq * ks;
-        float *dkg = dkv_acc + (size_t)b * seq * ks + (size_t)kvh * HD, *dvg = dkg + half;
+        const size_t aks = (size_t)acc_ks, half = (size_t)gridDim.z * seq * aks;
+        float *dkg = dkv_acc + (size_t)b * seq * aks + (size_t)(kvh - kv0) * HD, *dvg = dkg + half;
 #pragma unroll
         for (int dt = 0; dt < HD / 8; dt++) {
             int col = dt * 8 + (lane & 3) * 2;
             if (kra < seq) {
-                atomicAdd(reinterpret_cast<float2 *>(dkg + (size_t)kra * ks + col), make_float2(dka[dt][0] * scale, dka[dt][1] * scale));
-                atomicAdd(reinterpret_cast<float2 *>(dvg + (size_t)kra * ks + col), make_float2(dva[dt][0], dva[dt][1]));
+                atomicAdd(reinterpret_cast<float2 *>(dkg + (size_t)kra * aks + col), make_float2(dka[dt][0] * scale, dka[dt][1] * scale));
+                atomicAdd(reinterpret_cast<float2 *>(dvg + (size_t)kra * aks + col), make_float2(dva[dt][0], dva[dt][1]));
             }
             if (krb < seq) {
-                atomicAdd(reinterpret_cast<float2 *>(dkg + (size_t)krb * ks + col), make_float2(dka[dt][2] * scale, dka[dt][3] * scale));
-                atomicAdd(reinterpret_cast<float2 *>(dvg + (size_t)krb * ks + col), make_float2(dva[dt][2], dva[dt][3]));
+                atomicAdd(reinterpret_cast<float2 *>(dkg + (size_t)krb * aks + col), make_float2(dka[dt][2] * scale, dka[dt][3] * scale));
+                atomicAdd(reinterpret_cast<float2 *>(dvg + (size_t)krb * aks + col), make_float2(dva[dt][2], dva[dt][3]));
             }
         }
         return;
@@ -548,20 +545,65 @@ void launch_fwd(cuda_impl *c, void *o, float *lse, const void *q, const void *k,
     CK_LAUNCH(c);
 }
 
+__global__ void k_acc_to_bf16_2d(bf16 *d, size_t dstride, const float *s, int cols, size_t rows) {
+    const size_t n4 = rows * (size_t)(cols / 4);
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t r = i / (cols / 4);
+        const int c = (int)(i % (cols / 4)) * 4;
+        const float4 v = *reinterpret_cast<const float4 *>(s + r * cols + c);
+        __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+        uint2 u;
+        u.x = *reinterpret_cast<uint32_t *>(&lo);
+        u.y = *reinterpret_cast<uint32_t *>(&hi);
+        *reinterpret_cast<uint2 *>(d + r * dstride + c) = u; /* c, dstride multiples of 4: 8-byte aligned */
+    }
+}
+
+void acc_to_bf16(cuda_impl *c, void *dst, size_t dstride, const float *src, int cols, size_t rows) {
+    size_t n4 = rows * (size_t)(cols / 4);
+    unsigned g = (unsigned)US_MIN((n4 + 255) / 256, (size_t)c->sm_count * 32);
+    k_acc_to_bf16_2d<<<g ? g : 1, 256, 0, c->st>>>((bf16 *)dst, dstride, src, cols, rows);
+    CK_LAUNCH(c);
+}
+
+/* The attention backward runs over chunks of nh query heads so that its f32 accumulators (dQ for
+ * the chunk's heads; dK, dV for their kv heads under GQA) stay within c->attn_budget (64 MiB;
+ * US_CUDA_ATTN_ACC_BYTES overrides, for tests): nh is the whole head count when that fits, else a
+ * multiple of the group size, else a divisor of it (then the kv head's dK/dV accumulate over the
+ * group's chunks). */
+
+size_t attn_acc_bytes(size_t T, int nh, int GH, int hd) {
+    size_t b = T * (size_t)nh * hd * 4;
+    if (GH > 1) b += 2 * T * (size_t)(nh >= GH ? nh / GH : 1) * hd * 4;
+    return b;
+}
+
+int attn_chunk_heads(size_t budget, size_t T, int H, int KV, int hd) {
+    const int GH = H / KV;
+    for (int nh = H; nh >= 1; nh--) {
+        bool unit = nh % GH == 0 ? H % nh == 0 : GH % nh == 0;
+        if (unit && attn_acc_bytes(T, nh, GH, hd) <= budget) return nh;
+    }
+    return 1;
+}
+
 template <int HD>
 void launch_bwd(cuda_impl *c, void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
                 const void *v, const void *o, const float *lse, const int32_t *seg, const us_attn_shape *sh) {
     constexpr int BQ = HD >= 128 ? 32 : 64;
     using L = BwdSmem<HD, BQ>;
-    const int T = sh->batch * sh->seq, H = sh->heads;
-    size_t nq = (size_t)T * H * HD;
-    float *dq_acc = (float *)us_cuda_scratch(c, SCR_ATTN_DQ, nq * 4);
+    const int T = sh->batch * sh->seq, H = sh->heads, KV = sh->kv_heads, GH = H / KV;
+    const int nh = attn_chunk_heads(c->attn_budget, (size_t)T, H, KV, HD), nkv = nh >= GH ? nh / GH : 1;
+    const bool split = GH > 1; /* GQA: a CTA per query head balances the causal work */
+    const size_t qs = (size_t)H * HD, ks = (size_t)KV * HD;
+    const size_t nqc = (size_t)T * nh * HD, nkc = (size_t)T * nkv * HD;
+    float *dq_acc = (float *)us_cuda_scratch(c, SCR_ATTN_DQ, nqc * 4);
     float *D = (float *)us_cuda_scratch(c, SCR_ATTN_D, (size_t)T * H * 4);
     int nqb = (sh->seq + BQ - 1) / BQ;
     int *segmin = NULL;
     if (seg) segmin = (int *)us_cuda_scratch(c, SCR_ATTN_SEG, (size_t)nqb * sh->batch * 4);
-    if (!dq_acc || !D || (seg && !segmin)) return;
-    CK(c, cudaMemsetAsync(dq_acc, 0, nq * 4, c->st));
+    float *dkv = split ? (float *)us_cuda_scratch(c, SCR_ATTN_DKV, 2 * nkc * 4) : NULL;
+    if (!dq_acc || !D || (seg && !segmin) || (split && !dkv)) return;
     size_t TH = (size_t)T * H;
     k_attn_bwd_pre<<<ceil_div_u(TH, 8), 256, 0, c->st>>>(D, (const bf16 *)dout, (const bf16 *)o, TH, HD);
     CK_LAUNCH(c);
@@ -575,29 +617,22 @@ void launch_bwd(cuda_impl *c, void *dq, void *dk, void *dv, const void *dout, co
         CK(c, cudaFuncSetAttribute(k_attn_bwd<HD, BQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)L::bytes));
         attr_set = true;
     }
-    const bool split = sh->heads > sh->kv_heads; /* GQA: a CTA per query head balances the causal work */
-    size_t nkv = (size_t)T * sh->kv_heads * HD;
-    float *dkv = NULL;
-    if (split) {
-        dkv = (float *)us_cuda_scratch(c, SCR_ATTN_DKV, 2 * nkv * 4);
-        if (!dkv) return;
-        CK(c, cudaMemsetAsync(dkv, 0, 2 * nkv * 4, c->st));
-    }
-    dim3 grid((sh->seq + BBN - 1) / BBN, split ? sh->heads : sh->kv_heads, sh->batch);
-    k_attn_bwd<HD, BQ><<<grid, BNT, L::bytes, c->st>>>(dq_acc, (bf16 *)dk, (bf16 *)dv, dkv, (const bf16 *)dout,
-                                                       (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, lse, D, seg,
-                                                       segmin, sh->seq, H, sh->kv_heads, sh->scale,
-                                                       sh->scale * LOG2E);
-    CK_LAUNCH(c);
-    unsigned g = (unsigned)((nq + 255) / 256);
-    if (g > (unsigned)c->sm_count * 32) g = (unsigned)c->sm_count * 32;
-    k_f32_to_bf16_a<<<g, 256, 0, c->st>>>((bf16 *)dq, dq_acc, nq);
-    CK_LAUNCH(c);
-    if (split) {
-        unsigned gk = (unsigned)US_MIN((nkv + 255) / 256, (size_t)c->sm_count * 32);
-        k_f32_to_bf16_a<<<gk, 256, 0, c->st>>>((bf16 *)dk, dkv, nkv);
-        k_f32_to_bf16_a<<<gk, 256, 0, c->st>>>((bf16 *)dv, dkv + nkv, nkv);
+    for (int h0 = 0; h0 < H; h0 += nh) {
+        const bool group_start = h0 % GH == 0, group_end = (h0 + nh) % GH == 0;
+        const int kv0 = h0 / GH;
+        CK(c, cudaMemsetAsync(dq_acc, 0, nqc * 4, c->st));
+        if (split && group_start) CK(c, cudaMemsetAsync(dkv, 0, 2 * nkc * 4, c->st));
+        dim3 grid((sh->seq + BBN - 1) / BBN, nh, sh->batch);
+        k_attn_bwd<HD, BQ><<<grid, BNT, L::bytes, c->st>>>(dq_acc, (bf16 *)dk, (bf16 *)dv, dkv, (const bf16 *)dout,
+                                                           (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, lse, D,
+                                                           seg, segmin, sh->seq, H, KV, sh->scale, sh->scale * LOG2E,
+                                                           h0, nh * HD, nkv * HD);
         CK_LAUNCH(c);
+        acc_to_bf16(c, (bf16 *)dq + (size_t)h0 * HD, qs, dq_acc, nh * HD, (size_t)T);
+        if (split && group_end) {
+            acc_to_bf16(c, (bf16 *)dk + (size_t)kv0 * HD, ks, dkv, nkv * HD, (size_t)T);
+            acc_to_bf16(c, (bf16 *)dv + (size_t)kv0 * HD, ks, dkv + nkc, nkv * HD, (size_t)T);
+        }
     }
 }
 
@@ -617,6 +652,18 @@ bool shape_ok(cuda_impl *c, const us_attn_shape *sh) {
 }
 
 } /* namespace */
+
+size_t us_cuda_attn_scratch_bytes(cuda_impl *c, int T, const us_attn_shape *sh) {
+    const int hd = sh->head_dim, H = sh->heads, KV = sh->kv_heads > 0 ? sh->kv_heads : 1;
+    if (T <= 0 || H <= 0 || H % KV) return 0;
+    const int BQ = hd >= 128 ? 32 : 64, batch = sh->batch > 0 ? sh->batch : 1;
+    const int seq = sh->seq > 0 ? sh->seq : T / batch;
+    const int nh = attn_chunk_heads(c->attn_budget, (size_t)T, H, KV, hd), GH = H / KV;
+    size_t b = attn_acc_bytes((size_t)T, nh, GH, hd);               /* dQ (and dK, dV) accumulators */
+    b += (size_t)T * H * 4;                                           /* D = rowsum(dO * O) */
+    b += (size_t)((seq + BQ - 1) / BQ) * batch * 4;                   /* per-block segment minimum */
+    return b;
+}
 
 void us_cuda_attn_fwd(us_backend *be, void *o, float *lse, const void *q, const void *k, const void *v,
                       const int32_t *seg_start, const us_attn_shape *sh) {

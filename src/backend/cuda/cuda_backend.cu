@@ -193,7 +193,68 @@ static void cu_copy(us_backend *be, void *dst, const void *src, size_t bytes) {
     if (bytes) CK(CI(be), cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, CI(be)->st));
 }
 
-static void cu_sync(us_backend *be) { CK(CI(be), cudaStreamSynchronize(CI(be)->st)); }
+static void cu_sync(us_backend *be) {
+    cuda_impl *c = CI(be);
+    CK(c, cudaStreamSynchronize(c->st));
+    if (c->cst) CK(c, cudaStreamSynchronize(c->cst)); /* offloads land in host memory */
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* host offload: pinned host memory and copies on a second stream                              */
+/*
+ * offload/prefetch: an event recorded on the compute stream orders the copy after every op issued
+ * before it; the copy runs on the copy stream, overlapping the compute issued after it. Each copy
+ * records ev_copy on the copy stream (in order, so the latest record covers every earlier copy);
+ * copies_wait makes the compute stream wait on it. */
+
+static void *cu_host_alloc(us_backend *be, size_t bytes) {
+    (void)be;
+    void *p = NULL;
+    if (cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocDefault) != cudaSuccess) {
+        (void)cudaGetLastError(); /* an answer, not a sticky error */
+        return NULL;
+    }
+    return p;
+}
+
+static void cu_host_free(us_backend *be, void *p) {
+    if (p) CK(CI(be), cudaFreeHost(p));
+}
+
+static void copy_after_compute(cuda_impl *c, void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
+    if (!bytes) return;
+    CK(c, cudaEventRecord(c->ev_compute, c->st));
+    CK(c, cudaStreamWaitEvent(c->cst, c->ev_compute, 0));
+    CK(c, cudaMemcpyAsync(dst, src, bytes, kind, c->cst));
+    CK(c, cudaEventRecord(c->ev_copy, c->cst));
+    c->copies_pending = 1;
+}
+
+static void cu_offload(us_backend *be, void *host_dst, const void *dev_src, size_t bytes) {
+    copy_after_compute(CI(be), host_dst, dev_src, bytes, cudaMemcpyDeviceToHost);
+}
+
+static void cu_prefetch(us_backend *be, void *dev_dst, const void *host_src, size_t bytes) {
+    copy_after_compute(CI(be), dev_dst, host_src, bytes, cudaMemcpyHostToDevice);
+}
+
+/* What the backend allocates beyond the model's buffers for a step of T tokens: the cuBLASLt
+ * workspace, the attention backward's accumulators and D, the reduction scalar. LoRA at r = 8, 16,
+ * 32 needs nothing (the cuBLASLt fallback for other ranks adds (r*in + out*r + T*r) * 2 bytes for
+ * the largest adapter). */
+static size_t cu_scratch_bytes(us_backend *be, int T, const us_attn_shape *sh) {
+    cuda_impl *c = CI(be);
+    size_t b = c->ws_bytes + 256;
+    if (sh && T > 0) b += us_cuda_attn_scratch_bytes(c, T, sh);
+    return b;
+}
+
+static void cu_copies_wait(us_backend *be) {
+    cuda_impl *c = CI(be);
+    if (!c->copies_pending) return;
+    CK(c, cudaStreamWaitEvent(c->st, c->ev_copy, 0));
+    c->copies_pending = 0;
+}
 
 static void cu_mem_info(us_backend *be, size_t *in_use, size_t *peak, size_t *total) {
     cuda_impl *c = CI(be);
@@ -661,195 +722,26 @@ static void cu_linear_bwd_w(us_backend *be, float *dW, float *dbias, const void 
     if (dbias) colsum(c, dbias, dy, NULL, NULL, T, out);
 }
 
-/* LoRA, CUDA-core path (r = 4, 8, 16; opt-in, see getenv_lora_slow): the products with a rank-r
- * side are skinny (one dimension r), so instead of tensor-core GEMMs with few output tiles they run as fp32 CUDA-core kernels that
- * stream the wide operand once at memory speed, reading the f32 masters directly (no casts).
- *   rowdot:    out[t, j]  = scale * sum_i X[t, i] W(j, i)         (u = x A^T, du = s dy B)
- *   rowexpand: Y[t, o]   += scale * sum_j U[t, j] W(o, j)         (y += s u B^T, dx += du A)
- *   colreduce: dW(j, i)  += scale * sum_t U[t, j] X[t, i]         (dB += s dy^T u, dA += du^T x)
- * W(a, b) = w[a * sa + b * sb] covers both the [r, in] and [out, r] layouts. */
-template <int R>
-__global__ void __launch_bounds__(256) k_lora_rowdot(float *out, const bf16 *X, int T, int K, const float *W, int wsj,
-                                                     int wsi, float scale) {
-    __shared__ float Ws[R][256];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int t0 = (blockIdx.x * 8 + warp) * 2;
-    float acc[2][R];
-#pragma unroll
-    for (int r = 0; r < 2; r++)
-#pragma unroll
-        for (int j = 0; j < R; j++) acc[r][j] = 0.0f;
-    for (int k0 = 0; k0 < K; k0 += 256) {
-        __syncthreads();
-        for (int idx = threadIdx.x; idx < R * 256; idx += 256) {
-            int j = idx >> 8, i = k0 + (idx & 255);
-            Ws[j][idx & 255] = i < K ? W[(size_t)j * wsj + (size_t)i * wsi] : 0.0f;
-        }
-        __syncthreads();
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            int t = t0 + r;
-            if (t >= T) break;
-            const bf16 *xr = X + (size_t)t * K + k0;
-#pragma unroll
-            for (int e = 0; e < 8; e++) {
-                int ii = lane + 32 * e;
-                float xv = k0 + ii < K ? __bfloat162float(xr[ii]) : 0.0f;
-#pragma unroll
-                for (int j = 0; j < R; j++) acc[r][j] = fmaf(xv, Ws[j][ii], acc[r][j]);
-            }
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        int t = t0 + r;
-#pragma unroll
-        for (int j = 0; j < R; j++) {
-            float v = warp_sum(acc[r][j]);
-            if (lane == j && t < T) out[(size_t)t * R + j] = v * scale;
-        }
-    }
-}
-
-template <int R>
-__global__ void __launch_bounds__(256) k_lora_rowexpand(bf16 *Y, int T, int N, const float *U, const float *W, int wso,
-                                                        int wsj, float scale) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int o0 = blockIdx.x * 128 + lane * 4;
-    float w[4][R];
-#pragma unroll
-    for (int c = 0; c < 4; c++)
-#pragma unroll
-        for (int j = 0; j < R; j++) w[c][j] = o0 + c < N ? W[(size_t)(o0 + c) * wso + (size_t)j * wsj] * scale : 0.0f;
-    const int tb = blockIdx.y * 64, te = min(T, tb + 64);
-    for (int t = tb + warp; t < te; t += 8) {
-        float u[R];
-#pragma unroll
-        for (int j = 0; j < R; j += 4) {
-            float4 q = *reinterpret_cast<const float4 *>(U + (size_t)t * R + j);
-            u[j] = q.x, u[j + 1] = q.y, u[j + 2] = q.z, u[j + 3] = q.w;
-        }
-        bf16 *yr = Y + (size_t)t * N;
-#pragma unroll
-        for (int c = 0; c < 4; c++) {
-            if (o0 + c < N) {
-                float a = 0.0f;
-#pragma unroll
-                for (int j = 0; j < R; j++) a = fmaf(u[j], w[c][j], a);
-                yr[o0 + c] = __float2bfloat16_rn(__bfloat162float(yr[o0 + c]) + a);
-            }
-        }
-    }
-}
-
-template <int R>
-__global__ void __launch_bounds__(256) k_lora_colreduce(float *dW, int osj, int osi, const float *U, const bf16 *X, int T,
-                                                        int N, int rows_per_block, float scale) {
-    __shared__ float part[R * 4 * 32];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    for (int idx = threadIdx.x; idx < R * 128; idx += 256) part[idx] = 0.0f;
-    const int i0 = blockIdx.x * 128 + lane * 4;
-    float acc[4][R];
-#pragma unroll
-    for (int c = 0; c < 4; c++)
-#pragma unroll
-        for (int j = 0; j < R; j++) acc[c][j] = 0.0f;
-    const int tb = blockIdx.y * rows_per_block, te = min(T, tb + rows_per_block);
-    for (int t = tb + warp; t < te; t += 8) {
-        float u[R];
-#pragma unroll
-        for (int j = 0; j < R; j += 4) {
-            float4 q = *reinterpret_cast<const float4 *>(U + (size_t)t * R + j);
-            u[j] = q.x, u[j + 1] = q.y, u[j + 2] = q.z, u[j + 3] = q.w;
-        }
-        const bf16 *xr = X + (size_t)t * N;
-#pragma unroll
-        for (int c = 0; c < 4; c++) {
-            float xv = i0 + c < N ? __bfloat162float(xr[i0 + c]) : 0.0f;
-#pragma unroll
-            for (int j = 0; j < R; j++) acc[c][j] = fmaf(xv, u[j], acc[c][j]);
-        }
-    }
-    __syncthreads();
-#pragma unroll
-    for (int c = 0; c < 4; c++)
-#pragma unroll
-        for (int j = 0; j < R; j++) atomicAdd(&part[(j * 4 + c) * 32 + lane], acc[c][j]);
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < R * 128; idx += 256) {
-        int j = idx >> 7, c = (idx >> 5) & 3, l = idx & 31, col = blockIdx.x * 128 + l * 4 + c;
-        if (col < N) atomicAdd(&dW[(size_t)j * osj + (size_t)col * osi], part[idx] * scale);
-    }
-}
-
-template <int R>
-static void lora_rowdot(cuda_impl *c, float *out, const void *X, int T, int K, const float *W, int wsj, int wsi,
-                        float scale) {
-    k_lora_rowdot<R><<<ceil_div_u(T, 16), 256, 0, c->st>>>(out, (const bf16 *)X, T, K, W, wsj, wsi, scale);
-    CK_LAUNCH(c);
-}
-template <int R>
-static void lora_rowexpand(cuda_impl *c, void *Y, int T, int N, const float *U, const float *W, int wso, int wsj,
-                           float scale) {
-    dim3 grid(ceil_div_u(N, 128), ceil_div_u(T, 64));
-    k_lora_rowexpand<R><<<grid, 256, 0, c->st>>>((bf16 *)Y, T, N, U, W, wso, wsj, scale);
-    CK_LAUNCH(c);
-}
-template <int R>
-static void lora_colreduce(cuda_impl *c, float *dW, int osj, int osi, const float *U, const void *X, int T, int N,
-                           float scale) {
-    int cb = (int)ceil_div_u(N, 128);
-    int want = c->sm_count * 2 / cb + 1; /* about two blocks per SM in all */
-    int rows = (int)ceil_div_u(T, want);
-    rows = rows < 64 ? 64 : (rows + 7) / 8 * 8;
-    dim3 grid(cb, ceil_div_u(T, rows));
-    k_lora_colreduce<R><<<grid, 256, 0, c->st>>>(dW, osj, osi, U, (const bf16 *)X, T, N, rows, scale);
-    CK_LAUNCH(c);
-}
-
-template <int R>
-static void lora_fwd_fast(cuda_impl *c, void *y, float *u, const void *x, const float *A, const float *B, float s, int T,
-                          int in, int out) {
-    lora_rowdot<R>(c, u, x, T, in, A, in, 1, 1.0f);       /* u = x A^T */
-    lora_rowexpand<R>(c, y, T, out, u, B, R, 1, s);        /* y += s u B^T */
-}
-
-template <int R>
-static void lora_bwd_fast(cuda_impl *c, void *dx, float *dA, float *dB, const void *dy, const void *x, const float *u,
-                          const float *A, const float *B, float s, int T, int in, int out, float *du) {
-    lora_colreduce<R>(c, dB, 1, R, u, dy, T, out, s);      /* dB(o, j) += s sum_t u[t,j] dy[t,o] */
-    lora_rowdot<R>(c, du, dy, T, out, B, 1, R, s);          /* du = s dy B */
-    lora_colreduce<R>(c, dA, in, 1, du, x, T, in, 1.0f);   /* dA(j, i) += sum_t du[t,j] x[t,i] */
-    if (dx) lora_rowexpand<R>(c, dx, T, in, du, A, 1, in, 1.0f); /* dx += du A */
-}
-
-static bool lora_fast_ok(const void *u_or_du) { return ((uintptr_t)u_or_du & 15u) == 0; }
-/* The CUDA-core path is opt-in (US_CUDA_LORA_FAST=1): correct (it passes the same tests), but
- * measured on an H100 (2026-11-22) 1.4-1.8x slower per training step than the cuBLASLt path,
- * so the default stays on cuBLASLt until it is tuned. */
-static bool getenv_lora_slow(void) {
+/* LoRA: by default the three tensor-core kernels of cuda_lora.cu (r = 8, 16, 32; they read the
+ * f32 masters directly). Other ranks or alignments, or US_CUDA_LORA_GEMM=1, take the cuBLASLt
+ * path below. */
+static bool lora_gemm_forced(void) {
     static int v = -1;
     if (v < 0) {
-        const char *e = getenv("US_CUDA_LORA_FAST");
-        v = !(e && *e && *e != '0');
+        const char *e = getenv("US_CUDA_LORA_GEMM");
+        v = e && *e && *e != '0';
     }
     return v;
 }
 
-/* LoRA: the f32 masters are cast to bf16 copies (r x in and out x r: tiny) for tensor-core
- * products with fp32 accumulation; u stays f32 for backward and is cast for the second product. */
+/* LoRA through cuBLASLt (fallback): the f32 masters are cast to bf16 copies (r x in and out x r:
+ * tiny) for tensor-core products with fp32 accumulation; u stays f32 for backward and is cast for
+ * the second product. */
 static void cu_lora_fwd(us_backend *be, void *y, float *u, const void *x, const float *A, const float *B, float s,
                         int T, int in, int out, int r) {
     cuda_impl *c = CI(be);
     PROF(c, P_LORA_F);
-    if (lora_fast_ok(u) && !getenv_lora_slow()) {
-        switch (r) {
-        case 4: lora_fwd_fast<4>(c, y, u, x, A, B, s, T, in, out); return;
-        case 8: lora_fwd_fast<8>(c, y, u, x, A, B, s, T, in, out); return;
-        case 16: lora_fwd_fast<16>(c, y, u, x, A, B, s, T, in, out); return;
-        default: break;
-        }
-    }
+    if (!lora_gemm_forced() && us_cuda_lora_fwd_fast(c, y, u, x, A, B, s, T, in, out, r)) return;
     bf16 *Ab = (bf16 *)us_cuda_scratch(c, SCR_LORA_A, (size_t)r * in * 2);
     bf16 *Bb = (bf16 *)us_cuda_scratch(c, SCR_LORA_B, (size_t)out * r * 2);
     bf16 *ub = (bf16 *)us_cuda_scratch(c, SCR_LORA_U, (size_t)T * r * 2);
@@ -867,14 +759,8 @@ static void cu_lora_bwd(us_backend *be, void *dx, float *dA, float *dB, const vo
                         const float *A, const float *B, float s, int T, int in, int out, int r, float *scratch) {
     cuda_impl *c = CI(be);
     PROF(c, P_LORA_B);
-    if (lora_fast_ok(u) && lora_fast_ok(scratch) && !getenv_lora_slow()) {
-        switch (r) {
-        case 4: lora_bwd_fast<4>(c, dx, dA, dB, dy, x, u, A, B, s, T, in, out, scratch); return;
-        case 8: lora_bwd_fast<8>(c, dx, dA, dB, dy, x, u, A, B, s, T, in, out, scratch); return;
-        case 16: lora_bwd_fast<16>(c, dx, dA, dB, dy, x, u, A, B, s, T, in, out, scratch); return;
-        default: break;
-        }
-    }
+    if (!lora_gemm_forced() && us_cuda_lora_bwd_fast(c, dx, dA, dB, dy, x, u, A, B, s, T, in, out, r, scratch))
+        return;
     bf16 *Ab = (bf16 *)us_cuda_scratch(c, SCR_LORA_A, (size_t)r * in * 2);
     bf16 *Bb = (bf16 *)us_cuda_scratch(c, SCR_LORA_B, (size_t)out * r * 2);
     bf16 *ub = (bf16 *)us_cuda_scratch(c, SCR_LORA_U, (size_t)T * r * 2);
@@ -1314,6 +1200,12 @@ static void cu_destroy(us_backend *be) {
             if (c->pin[i]) cudaFreeHost(c->pin[i]);
             if (c->pin_ev[i]) cudaEventDestroy(c->pin_ev[i]);
         }
+        if (c->cst) {
+            cudaStreamSynchronize(c->cst);
+            cudaStreamDestroy(c->cst);
+        }
+        if (c->ev_compute) cudaEventDestroy(c->ev_compute);
+        if (c->ev_copy) cudaEventDestroy(c->ev_copy);
         if (c->lt) cublasLtDestroy(c->lt);
         if (c->st) cudaStreamDestroy(c->st);
         free(c);
@@ -1345,6 +1237,9 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
     else if ((err = cudaHostAlloc(&c->pin[1], PIN_BYTES, cudaHostAllocDefault)) != cudaSuccess) what = "cudaHostAlloc";
     else if ((err = cudaEventCreateWithFlags(&c->pin_ev[0], cudaEventDisableTiming)) != cudaSuccess) what = "cudaEventCreate";
     else if ((err = cudaEventCreateWithFlags(&c->pin_ev[1], cudaEventDisableTiming)) != cudaSuccess) what = "cudaEventCreate";
+    else if ((err = cudaStreamCreateWithFlags(&c->cst, cudaStreamNonBlocking)) != cudaSuccess) what = "cudaStreamCreate";
+    else if ((err = cudaEventCreateWithFlags(&c->ev_compute, cudaEventDisableTiming)) != cudaSuccess) what = "cudaEventCreate";
+    else if ((err = cudaEventCreateWithFlags(&c->ev_copy, cudaEventDisableTiming)) != cudaSuccess) what = "cudaEventCreate";
     if (what) {
         us_status st = us_fail(e, US_EDEVICE, "--device cuda: %s: %s", what, cudaGetErrorString(err));
         cu_destroy(be);
@@ -1358,6 +1253,11 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
     c->pin_bytes = PIN_BYTES;
     c->sm_count = prop.multiProcessorCount;
     c->ws_bytes = WS_BYTES;
+    c->attn_budget = (size_t)64 << 20;
+    {
+        const char *ab = getenv("US_CUDA_ATTN_ACC_BYTES");
+        if (ab && *ab) c->attn_budget = (size_t)strtoull(ab, NULL, 10);
+    }
     c->ws = dev_alloc(c, WS_BYTES);
     if (!c->ws) {
         cu_destroy(be);
@@ -1401,6 +1301,12 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
     be->scale = cu_scale;
     be->nonfinite = cu_nonfinite;
     be->destroy = cu_destroy;
+    be->host_alloc = cu_host_alloc;
+    be->host_free = cu_host_free;
+    be->offload = cu_offload;
+    be->prefetch = cu_prefetch;
+    be->copies_wait = cu_copies_wait;
+    be->scratch_bytes = cu_scratch_bytes;
     *out = be;
     return US_OK;
 }

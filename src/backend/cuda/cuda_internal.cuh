@@ -63,6 +63,11 @@ typedef struct cuda_impl {
     int sm_count;
     int failed; /* a sticky CUDA error was reported */
     struct prof_state *prof;
+    /* host offload: a copy stream ordered after the compute stream through events */
+    cudaStream_t cst;
+    cudaEvent_t ev_compute, ev_copy; /* last record on each stream (for the other to wait on) */
+    int copies_pending;              /* a copy was issued since the last copies_wait */
+    size_t attn_budget;              /* bytes for the attention backward's f32 accumulators */
 } cuda_impl;
 
 static inline cuda_impl *CI(us_backend *be) { return (cuda_impl *)be->impl; }
@@ -128,9 +133,18 @@ __device__ __forceinline__ void store8(bf16 *p, const float f[8]) {
 
 static inline bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
+/* LoRA (cuda_lora.cu): false when the shape, rank or alignment is not covered (the caller then
+ * takes the cuBLASLt path) */
+bool us_cuda_lora_fwd_fast(cuda_impl *c, void *y, float *u, const void *x, const float *A, const float *B, float s,
+                           int T, int in, int out, int r);
+bool us_cuda_lora_bwd_fast(cuda_impl *c, void *dx, float *dA, float *dB, const void *dy, const void *x, const float *u,
+                           const float *A, const float *B, float s, int T, int in, int out, int r, float *du);
+
 /* attention (cuda_attn.cu) */
 void us_cuda_attn_fwd(us_backend *be, void *o, float *lse, const void *q, const void *k, const void *v,
                       const int32_t *seg_start, const us_attn_shape *sh);
+/* bytes of the attention backward's own buffers for T tokens of shape sh */
+size_t us_cuda_attn_scratch_bytes(cuda_impl *c, int T, const us_attn_shape *sh);
 void us_cuda_attn_bwd(us_backend *be, void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
                       const void *v, const void *o, const float *lse, const int32_t *seg_start,
                       const us_attn_shape *sh);

@@ -1,0 +1,411 @@
+/* cuda_lora.cu — LoRA products as three memory-bound tensor-core kernels (mma.sync m16n8k16,
+ * bf16 operands, fp32 accumulation) that read the f32 masters A and B directly: each CTA stages
+ * its slice of A or B into shared memory as bf16, so no separate cast kernel runs and no bf16
+ * copy of the parameters is kept.
+ *
+ * Every LoRA product has one side of width r (the rank), so each is a pass over one wide operand
+ * (x, y, dy or dx) at memory speed:
+ *   down:    O[t, j]  = scale * sum_k P[t, k] W(j, k)       u = x A^T,  du = s dy B
+ *   expand:  Y[t, n] += scale * sum_j Q[t, j] W(n, j)       y += s u B^T,  dx += du A
+ *   colred:  O(m, j) += scale * sum_t P[t, m] Q[t, j]       dB += s dy^T u,  dA += du^T x
+ * P, Y are bf16 [T, width] rows; Q is f32 [T, r]; W(a, b) = W[a * sa + b * sb] is f32 (either
+ * layout of A [r, in] or B [out, r]); O is f32.
+ *
+ * Fragment layouts. The reduction index of a product may be permuted freely as long as both
+ * operands use the same permutation, so `down` loads 8 consecutive columns of P (16 bytes) per
+ * thread and feeds them to two k-steps, with W's slice read the same way; `expand` permutes the
+ * output columns so that each thread owns 8 consecutive columns of Y (16-byte read-modify-write);
+ * `colred` reduces over tokens and transposes its P tile with ldmatrix.trans from shared memory.
+ *
+ * Supported: r in {8, 16, 32}, widths a multiple of 8, P/Y 16-byte aligned, Q/O (u, du) 8-byte
+ * aligned; otherwise the caller falls back to cuBLASLt. */
+#include "cuda_internal.cuh"
+
+namespace {
+
+__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void mma16816(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                         uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3, uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr));
+}
+__device__ __forceinline__ void cp_async16(uint32_t saddr, const void *g, bool pred) {
+    int n = pred ? 16 : 0; /* 0: zero-fill, nothing read */
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(saddr), "l"(g), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&h);
+}
+__device__ __forceinline__ uint4 ldg16(const bf16 *p) { return __ldg(reinterpret_cast<const uint4 *>(p)); }
+
+__device__ __forceinline__ void atomic_add2(float *p, float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    atomicAdd(reinterpret_cast<float2 *>(p), make_float2(a, b));
+#else
+    atomicAdd(p, a);
+    atomicAdd(p + 1, b);
+#endif
+}
+
+constexpr int LT = 128; /* threads per CTA (4 warps) for all three kernels */
+
+/* ------------------------------------------------------------------------------------------ */
+/* down: O[T, R] (=, or += by atomics when the K range is split; the caller zeroes O first)    */
+
+constexpr int DSC = 128;            /* columns of W staged per round */
+constexpr int DPITCH = DSC + 32;    /* bf16 per staged row: 320 bytes, 64 mod 128 (no bank conflicts) */
+
+template <int R>
+__global__ void __launch_bounds__(LT) k_lora_down(float *O, const bf16 *P, int T, int K, const float *W, int wsj,
+                                                  int wsk, float scale, int kc, int atomic) {
+    constexpr int NT = R / 8;
+    __shared__ __align__(16) bf16 Ws[R][DPITCH];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+    const int rbase = blockIdx.x * 128 + warp * 32; /* a warp: two 16-row tiles */
+    const int kb = blockIdx.y * kc, ke = min(K, kb + kc);
+    float acc[2][NT][4];
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+#pragma unroll
+        for (int n = 0; n < NT; n++) acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.0f;
+
+    for (int k0 = kb; k0 < ke; k0 += DSC) {
+        /* this round's P fragments first, so their latency overlaps the staging of W */
+        uint4 xr[DSC / 32][4];
+#pragma unroll
+        for (int s = 0; s < DSC / 32; s++) {
+            const int col = k0 + s * 32 + tq * 8;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int row = rbase + (i >> 1) * 16 + g + (i & 1) * 8;
+                xr[s][i] = (row < T && col < ke) ? ldg16(P + (size_t)row * K + col) : make_uint4(0, 0, 0, 0);
+            }
+        }
+        __syncthreads(); /* the previous round's reads of Ws are done */
+        if (wsk == 1) {
+            for (int idx = tid; idx < R * DSC; idx += LT) {
+                const int j = idx / DSC, k = idx % DSC, kk = k0 + k;
+                Ws[j][k] = __float2bfloat16_rn(kk < ke ? W[(size_t)j * wsj + kk] : 0.0f);
+            }
+        } else {
+            for (int idx = tid; idx < R * DSC; idx += LT) {
+                const int j = idx % R, k = idx / R, kk = k0 + k;
+                Ws[j][k] = __float2bfloat16_rn(kk < ke ? W[(size_t)j * wsj + (size_t)kk * wsk] : 0.0f);
+            }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int s = 0; s < DSC / 32; s++) {
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+                const uint4 w = *reinterpret_cast<const uint4 *>(&Ws[n * 8 + g][s * 32 + tq * 8]);
+#pragma unroll
+                for (int m = 0; m < 2; m++) {
+                    const uint4 xa = xr[s][m * 2], xb = xr[s][m * 2 + 1];
+                    /* columns 8tq..8tq+3 as logical k {2tq,2tq+1} and {2tq+8,2tq+9}; then 8tq+4..8tq+7 */
+                    mma16816(acc[m][n], xa.x, xb.x, xa.y, xb.y, w.x, w.y);
+                    mma16816(acc[m][n], xa.z, xb.z, xa.w, xb.w, w.z, w.w);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+            const int col = n * 8 + tq * 2;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int row = rbase + m * 16 + g + h * 8;
+                if (row >= T) continue;
+                float *o = O + (size_t)row * R + col;
+                const float a = acc[m][n][2 * h] * scale, b = acc[m][n][2 * h + 1] * scale;
+                if (atomic) atomic_add2(o, a, b);
+                else *reinterpret_cast<float2 *>(o) = make_float2(a, b);
+            }
+        }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* expand: Y[T, N] += scale * Q[T, R] W^T, W(n, j) = W[n * wsn + j * wsj]                       */
+
+constexpr int ENC = 128; /* output columns per CTA */
+
+template <int R>
+__global__ void __launch_bounds__(LT) k_lora_expand(bf16 *Y, int T, int N, const float *Q, const float *W, int wsn,
+                                                    int wsj, float scale) {
+    constexpr int KS = (R + 15) / 16, RP = KS * 16, PITCH = RP + 2; /* odd word pitch: <= 2-way conflicts */
+    __shared__ __align__(16) bf16 Ws[ENC][PITCH];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+    const int n0 = blockIdx.y * ENC, rbase = blockIdx.x * 128 + warp * 32;
+    if (wsj == 1) {
+        for (int idx = tid; idx < ENC * RP; idx += LT) {
+            const int n = idx / RP, j = idx % RP;
+            Ws[n][j] = __float2bfloat16_rn(n0 + n < N && j < R ? W[(size_t)(n0 + n) * wsn + j] : 0.0f);
+        }
+    } else {
+        for (int idx = tid; idx < ENC * RP; idx += LT) {
+            const int n = idx % ENC, j = idx / ENC;
+            Ws[n][j] = __float2bfloat16_rn(n0 + n < N && j < R ? W[(size_t)(n0 + n) * wsn + (size_t)j * wsj] : 0.0f);
+        }
+    }
+    /* A fragments: Q rows (f32) scaled and rounded to bf16, zero past T and past R */
+    uint32_t af[2][KS][4];
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int row = rbase + m * 16 + g + (i & 1) * 8, col = ks * 16 + tq * 2 + (i >> 1) * 8;
+                float2 q = make_float2(0.0f, 0.0f);
+                if (row < T && col < R) q = *reinterpret_cast<const float2 *>(Q + (size_t)row * R + col);
+                af[m][ks][i] = pack_bf16(q.x * scale, q.y * scale);
+            }
+    __syncthreads();
+    for (int c32 = 0; c32 < ENC; c32 += 32) {
+        const int colg = n0 + c32;
+        if (colg >= N) break;
+        /* B fragments of the four 8-column tiles: tile j4's logical column n_l is physical column
+         * 8*(n_l/2) + 2*j4 + n_l%2, so a thread's outputs are columns 8tq..8tq+7 */
+        uint32_t bf[4][KS][2];
+#pragma unroll
+        for (int j4 = 0; j4 < 4; j4++) {
+            const int nl = c32 + 8 * (g >> 1) + 2 * j4 + (g & 1);
+#pragma unroll
+            for (int ks = 0; ks < KS; ks++) {
+                bf[j4][ks][0] = *reinterpret_cast<const uint32_t *>(&Ws[nl][ks * 16 + tq * 2]);
+                bf[j4][ks][1] = *reinterpret_cast<const uint32_t *>(&Ws[nl][ks * 16 + tq * 2 + 8]);
+            }
+        }
+        const int col = colg + tq * 8;
+        const bool cok = col < N;
+#pragma unroll
+        for (int m = 0; m < 2; m++) {
+            const int ra = rbase + m * 16 + g, rb = ra + 8;
+            uint4 ya = make_uint4(0, 0, 0, 0), yb = ya;
+            if (cok && ra < T) ya = *reinterpret_cast<const uint4 *>(Y + (size_t)ra * N + col);
+            if (cok && rb < T) yb = *reinterpret_cast<const uint4 *>(Y + (size_t)rb * N + col);
+            float c[4][4];
+#pragma unroll
+            for (int j4 = 0; j4 < 4; j4++) {
+                c[j4][0] = c[j4][1] = c[j4][2] = c[j4][3] = 0.0f;
+#pragma unroll
+                for (int ks = 0; ks < KS; ks++)
+                    mma16816(c[j4], af[m][ks][0], af[m][ks][1], af[m][ks][2], af[m][ks][3], bf[j4][ks][0], bf[j4][ks][1]);
+            }
+            __nv_bfloat162 *ha = reinterpret_cast<__nv_bfloat162 *>(&ya), *hb = reinterpret_cast<__nv_bfloat162 *>(&yb);
+#pragma unroll
+            for (int j4 = 0; j4 < 4; j4++) {
+                float2 fa = __bfloat1622float2(ha[j4]), fb = __bfloat1622float2(hb[j4]);
+                ha[j4] = __floats2bfloat162_rn(fa.x + c[j4][0], fa.y + c[j4][1]);
+                hb[j4] = __floats2bfloat162_rn(fb.x + c[j4][2], fb.y + c[j4][3]);
+            }
+            if (cok && ra < T) *reinterpret_cast<uint4 *>(Y + (size_t)ra * N + col) = ya;
+            if (cok && rb < T) *reinterpret_cast<uint4 *>(Y + (size_t)rb * N + col) = yb;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* colred: O(m, j) += scale * sum_t P[t, m] Q[t, j] over this CTA's token range (atomics)       */
+
+constexpr int CTC = 64, CMB = 128; /* tokens per stage, columns of P per CTA */
+
+template <int R>
+struct ColredSmem {
+    static constexpr int QP = CTC + 8; /* bf16 per Qs row: 36 words, 4 mod 32 (conflict-free b loads) */
+    bf16 P[2][CTC * CMB];
+    bf16 Q[2][R][QP];
+};
+
+__device__ __forceinline__ int swz128(int row, int col) { /* 16 chunks of 8 per row, XOR by row */
+    return row * CMB + ((((col >> 3) ^ (row & 7))) << 3) + (col & 7);
+}
+
+template <int R>
+__global__ void __launch_bounds__(LT) k_lora_colred(float *O, int osm, int osj, const bf16 *P, int T, int M,
+                                                    const float *Q, float scale, int tpc, int vec2) {
+    constexpr int NT = R / 8;
+    using S = ColredSmem<R>;
+    __shared__ __align__(128) S sm;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+    const int m0 = blockIdx.x * CMB, t0 = blockIdx.y * tpc, t1 = min(T, t0 + tpc);
+    const int nch = (t1 - t0 + CTC - 1) / CTC;
+
+    auto issue = [&](int ch, int st) {
+        const int tb = t0 + ch * CTC;
+#pragma unroll
+        for (int i = 0; i < CTC * (CMB / 8) / LT; i++) {
+            const int c = tid + i * LT, r = c / (CMB / 8), cc = (c % (CMB / 8)) * 8;
+            const bool ok = tb + r < t1 && m0 + cc < M;
+            cp_async16(smem_u32(&sm.P[st][swz128(r, cc)]), ok ? (const void *)(P + (size_t)(tb + r) * M + m0 + cc)
+                                                             : (const void *)P, ok);
+        }
+        cp_async_commit();
+        for (int idx = tid; idx < CTC * R; idx += LT) {
+            const int r = idx / R, j = idx % R;
+            sm.Q[st][j][r] = __float2bfloat16_rn(tb + r < t1 ? Q[(size_t)(tb + r) * R + j] : 0.0f);
+        }
+    };
+
+    float acc[2][NT][4];
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+#pragma unroll
+        for (int n = 0; n < NT; n++) acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.0f;
+
+    if (nch > 0) issue(0, 0);
+    for (int ch = 0; ch < nch; ch++) {
+        const int st = ch & 1;
+        if (ch + 1 < nch) {
+            issue(ch + 1, st ^ 1);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+#pragma unroll
+        for (int ks = 0; ks < CTC / 16; ks++) {
+            uint32_t a[2][4];
+#pragma unroll
+            for (int m = 0; m < 2; m++) {
+                /* matrices: (t 0-7, m 0-7), (t 0-7, m 8-15), (t 8-15, m 0-7), (t 8-15, m 8-15) */
+                const int r = ks * 16 + (lane & 7) + ((lane >> 4) & 1) * 8;
+                const int cc = warp * 32 + m * 16 + ((lane >> 3) & 1) * 8;
+                ldsm_x4_t(a[m][0], a[m][1], a[m][2], a[m][3], smem_u32(&sm.P[st][swz128(r, cc)]));
+            }
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+                const uint32_t b0 = *reinterpret_cast<const uint32_t *>(&sm.Q[st][n * 8 + g][ks * 16 + tq * 2]);
+                const uint32_t b1 = *reinterpret_cast<const uint32_t *>(&sm.Q[st][n * 8 + g][ks * 16 + tq * 2 + 8]);
+#pragma unroll
+                for (int m = 0; m < 2; m++) mma16816(acc[m][n], a[m][0], a[m][1], a[m][2], a[m][3], b0, b1);
+            }
+        }
+        __syncthreads(); /* this stage is free for the round after next */
+    }
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+            const int j = n * 8 + tq * 2;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int mm = m0 + warp * 32 + m * 16 + g + h * 8;
+                if (mm >= M) continue;
+                const float a = acc[m][n][2 * h] * scale, b = acc[m][n][2 * h + 1] * scale;
+                float *o = O + (size_t)mm * osm + (size_t)j * osj;
+                if (vec2) { /* osj == 1, O 8-byte aligned */
+                    atomic_add2(o, a, b);
+                } else {
+                    atomicAdd(o, a);
+                    atomicAdd(o + osj, b);
+                }
+            }
+        }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* launchers                                                                                    */
+
+int target_ctas(cuda_impl *c) { return 2 * c->sm_count; }
+
+template <int R>
+void down(cuda_impl *c, float *O, const void *P, int T, int K, const float *W, int wsj, int wsk, float scale) {
+    const int gx = (int)ceil_div_u(T, 128);
+    int gy = (int)ceil_div_u(target_ctas(c), gx);
+    const int kmax = (int)ceil_div_u(K, DSC);
+    if (gy > kmax) gy = kmax;
+    if (gy < 1) gy = 1;
+    int kc = (int)ceil_div_u(ceil_div_u(K, gy), DSC) * DSC;
+    gy = (int)ceil_div_u(K, kc);
+    if (gy > 1) CK(c, cudaMemsetAsync(O, 0, (size_t)T * R * 4, c->st));
+    k_lora_down<R><<<dim3(gx, gy), LT, 0, c->st>>>(O, (const bf16 *)P, T, K, W, wsj, wsk, scale, kc, gy > 1);
+    CK_LAUNCH(c);
+}
+
+template <int R>
+void expand(cuda_impl *c, void *Y, int T, int N, const float *Q, const float *W, int wsn, int wsj, float scale) {
+    dim3 grid(ceil_div_u(T, 128), ceil_div_u(N, ENC));
+    k_lora_expand<R><<<grid, LT, 0, c->st>>>((bf16 *)Y, T, N, Q, W, wsn, wsj, scale);
+    CK_LAUNCH(c);
+}
+
+template <int R>
+void colred(cuda_impl *c, float *O, int osm, int osj, const void *P, int T, int M, const float *Q, float scale) {
+    const int gx = (int)ceil_div_u(M, CMB);
+    int gy = (int)ceil_div_u(target_ctas(c), gx);
+    const int tmax = (int)ceil_div_u(T, CTC);
+    if (gy > tmax) gy = tmax;
+    if (gy < 1) gy = 1;
+    int tpc = (int)ceil_div_u(ceil_div_u(T, gy), CTC) * CTC;
+    gy = (int)ceil_div_u(T, tpc);
+    const int vec2 = osj == 1 && ((uintptr_t)O & 7u) == 0;
+    k_lora_colred<R><<<dim3(gx, gy), LT, 0, c->st>>>(O, osm, osj, (const bf16 *)P, T, M, Q, scale, tpc, vec2);
+    CK_LAUNCH(c);
+}
+
+template <int R>
+void fwd_r(cuda_impl *c, void *y, float *u, const void *x, const float *A, const float *B, float s, int T, int in,
+           int out) {
+    down<R>(c, u, x, T, in, A, in, 1, 1.0f);       /* u = x A^T        (A [R, in]) */
+    expand<R>(c, y, T, out, u, B, R, 1, s);         /* y += s u B^T     (B [out, R]) */
+}
+
+template <int R>
+void bwd_r(cuda_impl *c, void *dx, float *dA, float *dB, const void *dy, const void *x, const float *u, const float *A,
+           const float *B, float s, int T, int in, int out, float *du) {
+    colred<R>(c, dB, R, 1, dy, T, out, u, s);       /* dB(o, j) += s sum_t dy[t, o] u[t, j] */
+    down<R>(c, du, dy, T, out, B, 1, R, s);         /* du = s dy B      (W(j, o) = B[o, j]) */
+    colred<R>(c, dA, 1, in, x, T, in, du, 1.0f);    /* dA(i, j) += sum_t x[t, i] du[t, j] */
+    if (dx) expand<R>(c, dx, T, in, du, A, 1, in, 1.0f); /* dx += du A  (W(i, j) = A[j, i]) */
+}
+
+bool fast_ok(int r, int in, int out, const void *a16, const void *b16, const void *c8, const void *d8) {
+    if (r != 8 && r != 16 && r != 32) return false;
+    if (in % 8 || out % 8 || in <= 0 || out <= 0) return false;
+    if (!aligned16(a16) || (b16 && !aligned16(b16))) return false;
+    if (((uintptr_t)c8 & 7u) || (d8 && ((uintptr_t)d8 & 7u))) return false;
+    return true;
+}
+
+} /* namespace */
+
+bool us_cuda_lora_fwd_fast(cuda_impl *c, void *y, float *u, const void *x, const float *A, const float *B, float s,
+                           int T, int in, int out, int r) {
+    if (T <= 0) return true;
+    if (!fast_ok(r, in, out, x, y, u, NULL)) return false;
+    switch (r) {
+    case 8: fwd_r<8>(c, y, u, x, A, B, s, T, in, out); break;
+    case 16: fwd_r<16>(c, y, u, x, A, B, s, T, in, out); break;
+    default: fwd_r<32>(c, y, u, x, A, B, s, T, in, out); break;
+    }
+    return true;
+}
+
+bool us_cuda_lora_bwd_fast(cuda_impl *c, void *dx, float *dA, float *dB, const void *dy, const void *x, const float *u,
+                           const float *A, const float *B, float s, int T, int in, int out, int r, float *du) {
+    if (T <= 0) return true;
+    if (!fast_ok(r, in, out, x, dy, u, du) || (dx && !aligned16(dx))) return false;
+    switch (r) {
+    case 8: bwd_r<8>(c, dx, dA, dB, dy, x, u, A, B, s, T, in, out, du); break;
+    case 16: bwd_r<16>(c, dx, dA, dB, dy, x, u, A, B, s, T, in, out, du); break;
+    default: bwd_r<32>(c, dx, dA, dB, dy, x, u, A, B, s, T, in, out, du); break;
+    }
+    return true;
+}
