@@ -62,6 +62,8 @@ static const struct opt {
     {"eval-every", K_INT, F(eval_every), 1, 1L << 30}, {"no-shuffle", K_NOBOOL, F(shuffle), 0, 0},
     {"random-init", K_BOOL, F(random_init), 0, 0}, {"full", K_BOOL, F(full), 0, 0},
     {"quiet", K_BOOL, F(quiet), 0, 0},             {"init-std", K_FLOAT, F(init_std), 0, 0},
+    {"packing", K_BOOL, F(packing), 0, 0},         {"epochs", K_INT, F(epochs), 1, 1L << 20},
+    {"val-split", K_DOUBLE, F(val_split), 0, 0},
 #undef F
 };
 

@@ -32,14 +32,19 @@ static const char *usage =
     "  --lr X (2e-4)  --weight-decay X (0)  --beta1 X (0.9)  --beta2 X (0.999)  --eps X (1e-8)\n"
     "  --schedule constant|linear|cosine (cosine)   --warmup N (3%% of steps)\n"
     "  --grad-clip X          global-norm clipping (1.0; 0 turns it off)\n"
-    "  --grad-accum N (1)  --steps N (one epoch)  --batch N (4)  --seq-len N (longest row)\n"
+    "  --grad-accum N (1)  --steps N (--epochs)  --batch N (4)  --seq-len N (longest row)\n"
+    "  --epochs N             passes over the data when --steps is not given (1)\n"
+    "  --packing              pack examples into --seq-len rows (attention and positions restart per\n"
+    "                         example; no target crosses examples) instead of one padded example per row\n"
+    "  --val-split F          hold out a seeded fraction F of the examples as the eval set (like --eval-data)\n"
     "  --no-shuffle           rows in file order, wrapping around      --seed N (42)\n"
     "  --metrics FILE.jsonl   one object per optimizer step: step, loss, lr, grad_norm, tokens_per_s\n"
     "  --device cpu|cuda      --threads N      --quiet\n"
     "  --recompute mlp|layer  rebuild the MLP (or whole layers) in backward instead of keeping them\n"
     "  --offload              keep layer inputs in pinned host memory (implies --recompute layer)\n"
     "  --report FILE.html     a self-contained page: loss/lr/tokens-per-s curves, configuration, memory plan\n"
-    "  --eval-data FILE       held-out rows scored every --eval-every N steps (10%% of the run) and at the end\n"
+    "  --eval-data FILE       held-out rows scored every --eval-every N steps (10%% of the run) and at the end:\n"
+    "                         eval_loss and eval_perplexity in --metrics, the eval curve in --report\n"
     "  --random-init          random weights from config.json alone (benchmarks)\n"
     "  --full                 train every weight (small models); writes model.safetensors\n"
     "  --save-every N         checkpoint every N steps into --out/checkpoint-STEP (0: only on a signal)\n"
@@ -89,6 +94,9 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--chat-template")) { if (!VAL()) return 2; o.chat_template = v; }
         else if (!strcmp(a, "--train-on-prompt")) o.train_on_prompt = true;
         else if (!strcmp(a, "--refuse-long")) o.refuse_long = true;
+        else if (!strcmp(a, "--packing")) o.packing = true;
+        else if (!strcmp(a, "--epochs")) { if (!VAL() || !us_arg_int(a, v, 1, 1L << 20, &o.epochs)) return 2; }
+        else if (!strcmp(a, "--val-split")) { if (!VAL() || !us_arg_double(a, v, &o.val_split)) return 2; }
         else if (!strcmp(a, "--lr")) { if (!VAL() || !us_arg_double(a, v, &o.lr)) return 2; }
         else if (!strcmp(a, "--weight-decay")) { if (!VAL() || !us_arg_double(a, v, &o.weight_decay)) return 2; }
         else if (!strcmp(a, "--beta1")) { if (!VAL() || !us_arg_double(a, v, &o.beta1)) return 2; }

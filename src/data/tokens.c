@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
 #include "io/jsonutil.h"
@@ -42,13 +43,14 @@ us_status us_token_dataset_push(us_token_dataset *ds, const int32_t *ids, const 
 
 void us_token_dataset_free(us_token_dataset *ds) {
     if (!ds) return;
-    for (size_t i = 0; i < ds->n; i++) {
-        free(ds->ex[i].ids);
-        free(ds->ex[i].labels);
-    }
+    if (!ds->map && !ds->shared)
+        for (size_t i = 0; i < ds->n; i++) {
+            free(ds->ex[i].ids);
+            free(ds->ex[i].labels);
+        }
+    if (ds->map) munmap(ds->map, ds->map_len);
     free(ds->ex);
-    ds->ex = NULL;
-    ds->n = ds->cap = 0;
+    memset(ds, 0, sizeof *ds);
 }
 
 static bool blank(const char *s, size_t len) {

@@ -21,6 +21,11 @@ typedef struct us_token_dataset {
     us_example *ex;
     size_t n;
     size_t cap;
+    /* Token memory not owned per example: map (munmap'd on free) holds every example's ids and
+     * labels (a token cache, data/cache.h); shared: another dataset owns them (--val-split). */
+    void *map;
+    size_t map_len;
+    bool shared;
 } us_token_dataset;
 
 /* vocab > 0: ids must lie in [0, vocab), labels in [0, vocab) or -100. Empty file: error. */

@@ -165,6 +165,9 @@ void us_report_add_run(us_report *r, const char *run, const struct us_train_opts
                     c->layers, c->hidden, c->heads, c->kv_heads, c->vocab);
     us_report_param(r, run, "data", "%s", o->data_path);
     if (o->eval_data_path) us_report_param(r, run, "eval data", "%s (every %d steps)", o->eval_data_path, o->eval_every);
+    if (o->val_split > 0)
+        us_report_param(r, run, "eval data", "%.3g of --data held out by seed (every %d steps)", o->val_split, o->eval_every);
+    if (o->packing) us_report_param(r, run, "rows", "packed examples (attention restarts per example)");
     us_report_param(r, run, "output", "%s", o->out_dir);
     if (o->full) {
         us_report_param(r, run, "method", "full fine-tuning%s", o->random_init ? " from random weights" : "");

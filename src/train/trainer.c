@@ -3,8 +3,11 @@
  * Order matters for "lose nothing the user had": the model, adapter and data are all read and
  * checked, and the memory plan allocated, before anything is written; the adapter is written
  * only at the end, atomically. Batches take rows in order (--no-shuffle, wrapping around) or from
- * a per-epoch permutation drawn from the seed. Gradient accumulation divides by the tokens
- * counted over all micro-batches of the step, so k micro-batches equal one batch k times larger. */
+ * a per-epoch permutation drawn from the seed, one example per row or packed (train/batch.h);
+ * positions and segment starts are uploaded with every micro-batch. Gradient accumulation divides
+ * by the tokens counted over all micro-batches of the step, so k micro-batches equal one batch k
+ * times larger. --epochs N sets the steps to N passes (exact for packing too); --val-split holds
+ * out a seeded fraction of the examples as the eval set (eval loss and perplexity). */
 #include "train/trainer.h"
 
 #include <math.h>
@@ -18,6 +21,7 @@
 #include "data/tokens.h"
 #include "io/adapter.h"
 #include "model/model.h"
+#include "train/batch.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
 #include "train/preflight.h"
@@ -52,54 +56,34 @@ static double now_s(void) {
     return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
-/* Picks example indices for micro-batches: in order, or through per-epoch permutations. */
-typedef struct sampler {
-    size_t n, cursor, epoch;
-    size_t *perm;
-    bool shuffle;
-    uint64_t seed;
-} sampler;
-
-static void sampler_shuffle(sampler *s) {
-    for (size_t i = 0; i < s->n; i++) s->perm[i] = i;
-    for (size_t i = s->n; i > 1; i--) {
-        size_t j = (size_t)(us_rand_uniform(s->seed, 7777 + s->epoch, i) * (double)i);
-        if (j >= i) j = i - 1;
-        size_t t = s->perm[i - 1];
-        s->perm[i - 1] = s->perm[j];
-        s->perm[j] = t;
+/* --val-split: a seeded fraction of the examples moves to the eval set (at least one, and at
+ * least one stays). The eval set shares the training set's token memory (it is freed with it). */
+static us_status split_validation(us_token_dataset *ds, us_token_dataset *ev, double frac, uint64_t seed, us_err *e) {
+    size_t k = (size_t)(frac * (double)ds->n + 0.5);
+    if (k == 0) k = 1;
+    if (ds->n < 2 || k >= ds->n)
+        return us_fail(e, US_EINVAL, "--val-split %g: %zu examples cannot give both a training and an eval set", frac, ds->n);
+    size_t *perm = malloc(ds->n * sizeof *perm);
+    bool *held = calloc(ds->n, 1);
+    ev->ex = malloc(k * sizeof *ev->ex);
+    if (!perm || !held || !ev->ex) {
+        free(perm), free(held), free(ev->ex), ev->ex = NULL;
+        return us_fail(e, US_ENOMEM, "out of memory for --val-split");
     }
-}
-
-static size_t sampler_next(sampler *s) {
-    if (s->cursor == s->n) {
-        s->cursor = 0;
-        s->epoch++;
-        if (s->shuffle) sampler_shuffle(s);
+    us_sampler s = {.n = ds->n, .perm = perm, .shuffle = true, .seed = seed ^ 0x5eed5011177ull};
+    us_sampler_shuffle(&s);
+    for (size_t i = 0; i < k; i++) held[perm[i]] = true;
+    size_t w = 0;
+    for (size_t i = 0; i < ds->n; i++) { /* both sets keep file order */
+        if (held[i]) ev->ex[ev->n++] = ds->ex[i];
+        else ds->ex[w++] = ds->ex[i];
     }
-    size_t i = s->cursor++;
-    return s->shuffle ? s->perm[i] : i;
-}
-
-/* host side of a micro-batch */
-typedef struct host_batch {
-    int32_t *ids, *targets, *pos;
-    int counted;
-} host_batch;
-
-static void fill_batch(host_batch *hb, const us_token_dataset *ds, sampler *smp, int batch, int seq) {
-    hb->counted = 0;
-    for (int b = 0; b < batch; b++) {
-        const us_example *ex = &ds->ex[sampler_next(smp)];
-        int n = (int)US_MIN((int64_t)seq, ex->n);
-        for (int s = 0; s < seq; s++) {
-            size_t i = (size_t)b * seq + s;
-            hb->ids[i] = s < n ? ex->ids[s] : 0;
-            hb->pos[i] = s;
-            hb->targets[i] = (s + 1 < n) ? ex->labels[s + 1] : US_IGNORE_INDEX;
-            if (hb->targets[i] != US_IGNORE_INDEX) hb->counted++;
-        }
-    }
+    ds->n = w;
+    ev->cap = k;
+    ev->shared = true;
+    free(perm);
+    free(held);
+    return US_OK;
 }
 
 static us_status check_out_dir(const char *dir, us_err *e) {
@@ -114,8 +98,8 @@ typedef struct run_state {
     us_token_dataset ds;
     FILE *metrics;
     float *adam_m, *adam_v;
-    int32_t *d_ids, *d_targets, *d_pos;
-    host_batch hb;
+    int32_t *d_ids, *d_targets, *d_pos, *d_seg;
+    us_host_batch hb;
     size_t *perm;
     us_token_dataset eval_ds;
     double *hist; /* [5][steps]: step, loss, lr, tokens/s; eval step, eval loss interleaved */
@@ -130,6 +114,7 @@ static void run_free(run_state *r) {
         r->be->free(r->be, r->d_ids);
         r->be->free(r->be, r->d_targets);
         r->be->free(r->be, r->d_pos);
+        r->be->free(r->be, r->d_seg);
     }
     us_model_free(r->m);
     if (r->be) r->be->destroy(r->be);
@@ -137,6 +122,7 @@ static void run_free(run_state *r) {
     free(r->hb.ids);
     free(r->hb.targets);
     free(r->hb.pos);
+    free(r->hb.seg);
     free(r->perm);
     us_token_dataset_free(&r->eval_ds);
     free(r->hist);
@@ -175,6 +161,10 @@ static us_status validate_opts(const us_train_opts *o, us_err *e) {
     if (o->save_every < 0) return us_fail(e, US_EINVAL, "--save-every %d: must not be negative", o->save_every);
     if (o->keep < 1) return us_fail(e, US_EINVAL, "--keep %d: must be at least 1", o->keep);
     if (o->max_skips < 0) return us_fail(e, US_EINVAL, "--max-skips %d: must not be negative", o->max_skips);
+    if (o->epochs < 0) return us_fail(e, US_EINVAL, "--epochs %d: must not be negative", o->epochs);
+    if (!(o->val_split >= 0 && o->val_split < 1)) return us_fail(e, US_EINVAL, "--val-split %g: must lie in [0, 1)", o->val_split);
+    if (o->val_split > 0 && o->eval_data_path)
+        return us_fail(e, US_EINVAL, "--val-split and --eval-data both give an eval set; pass one");
     return US_OK;
 }
 
@@ -193,6 +183,7 @@ us_status us_train(const us_train_opts *o, us_err *e) {
                                   .train_on_prompt = o->train_on_prompt, .chat_template = o->chat_template}};
     if (!st) src.path = o->data_path, st = us_data_load(&src, &r.ds, e);
     if (!st && o->eval_data_path) src.path = o->eval_data_path, st = us_data_load(&src, &r.eval_ds, e);
+    if (!st && o->val_split > 0) st = split_validation(&r.ds, &r.eval_ds, o->val_split, o->seed, e);
     if (st) goto out;
 
     us_model *m = r.m;
@@ -210,7 +201,18 @@ us_status us_train(const us_train_opts *o, us_err *e) {
         goto out;
     }
     int B = o->batch, T = (int)US_MIN((int64_t)B * seq, (int64_t)INT32_MAX); /* preflight refuses huge T */
-    int steps = o->steps ? o->steps : (int)((r.ds.n + (size_t)B * o->grad_accum - 1) / ((size_t)B * o->grad_accum));
+    if (!(r.perm = malloc(r.ds.n * sizeof *r.perm))) {
+        st = us_fail(e, US_ENOMEM, "out of memory");
+        goto out;
+    }
+    us_sampler smp = {.n = r.ds.n, .perm = r.perm, .shuffle = o->shuffle, .seed = o->seed};
+    if (smp.shuffle) us_sampler_shuffle(&smp);
+    int steps = o->steps ? o->steps
+                         : us_steps_for_epochs(&r.ds, &smp, o->epochs ? o->epochs : 1, B, o->grad_accum, seq, o->packing);
+    if (steps < 1) {
+        st = us_fail(e, US_ENOMEM, "out of memory counting packed rows");
+        goto out;
+    }
     int warmup = o->warmup >= 0 ? o->warmup : (int)(0.03 * steps + 0.5);
     if ((st = us_model_set_memory_mode(m, o->recompute, o->offload, 0, e))) goto out;
     if ((st = us_preflight_memory(m, B, seq, o->grad_accum, e))) goto out;
@@ -219,8 +221,9 @@ us_status us_train(const us_train_opts *o, us_err *e) {
         fprintf(stderr, "unswag: %s, %d layers, hidden %d, vocab %d on %s; %s; %zu trainable parameters\n", m->cfg.arch,
                 m->cfg.layers, m->cfg.hidden, m->cfg.vocab, be->name, spec.full ? "full fine-tuning" : "LoRA",
                 m->n_params);
-        fprintf(stderr, "unswag: %zu examples, batch %d x %d tokens, grad-accum %d, %d steps\n", r.ds.n, B, seq,
-                o->grad_accum, steps);
+        fprintf(stderr, "unswag: %zu examples%s, batch %d x %d tokens (%s), grad-accum %d, %d steps%s\n", r.ds.n,
+                o->val_split > 0 ? " (the rest held out for eval)" : "", B, seq, o->packing ? "packed" : "padded",
+                o->grad_accum, steps, o->steps || !o->epochs ? "" : " (--epochs)");
         us_plan_print(m, stderr);
     }
     r.adam_m = be->alloc(be, m->n_params * 4);
@@ -228,11 +231,13 @@ us_status us_train(const us_train_opts *o, us_err *e) {
     r.d_ids = be->alloc(be, (size_t)T * 4);
     r.d_targets = be->alloc(be, (size_t)T * 4);
     r.d_pos = be->alloc(be, (size_t)T * 4);
+    r.d_seg = o->packing ? be->alloc(be, (size_t)T * 4) : NULL;
     r.hb.ids = malloc((size_t)T * 4 * (size_t)o->grad_accum);
     r.hb.targets = malloc((size_t)T * 4 * (size_t)o->grad_accum);
-    r.hb.pos = malloc((size_t)T * 4);
-    r.perm = malloc(r.ds.n * sizeof *r.perm);
-    if (!r.adam_m || !r.adam_v || !r.d_ids || !r.d_targets || !r.d_pos || !r.hb.ids || !r.hb.targets || !r.hb.pos || !r.perm) {
+    r.hb.pos = malloc((size_t)T * 4 * (size_t)o->grad_accum);
+    r.hb.seg = o->packing ? malloc((size_t)T * 4 * (size_t)o->grad_accum) : NULL;
+    if (!r.adam_m || !r.adam_v || !r.d_ids || !r.d_targets || !r.d_pos || !r.hb.ids || !r.hb.targets || !r.hb.pos ||
+        (o->packing && (!r.d_seg || !r.hb.seg))) {
         st = us_fail(e, US_ENOMEM, "out of memory for optimizer state and batches");
         goto out;
     }
@@ -253,10 +258,9 @@ us_status us_train(const us_train_opts *o, us_err *e) {
     if (st) goto out;
     ck.metrics = r.metrics;
     if (resumed && !o->quiet) fprintf(stderr, "unswag: resuming from %s (step %d of %d)\n", ck_dir, cs.step, steps);
-    sampler smp = {.n = r.ds.n, .perm = r.perm, .shuffle = o->shuffle, .seed = o->seed, .epoch = cs.epoch,
-                   .cursor = cs.cursor};
-    if (smp.shuffle) sampler_shuffle(&smp);
-    us_batch batch = {.batch = B, .seq = seq, .ids = r.d_ids, .targets = r.d_targets, .pos = r.d_pos};
+    smp.epoch = cs.epoch, smp.cursor = cs.cursor;
+    if (smp.shuffle) us_sampler_shuffle(&smp);
+    us_batch batch = {.batch = B, .seq = seq, .ids = r.d_ids, .targets = r.d_targets, .pos = r.d_pos, .seg_start = r.d_seg};
     int skipped = cs.skipped, consec = cs.consec_skipped;
     double t_start = now_s();
     us_progress prog;
@@ -273,17 +277,19 @@ us_status us_train(const us_train_opts *o, us_err *e) {
         /* draw the step's micro-batches first: the loss is normalised by all their tokens */
         long counted = 0;
         for (int k = 0; k < o->grad_accum; k++) {
-            host_batch hb = {r.hb.ids + (size_t)k * T, r.hb.targets + (size_t)k * T, r.hb.pos, 0};
-            fill_batch(&hb, &r.ds, &smp, B, seq);
+            size_t at = (size_t)k * T;
+            us_host_batch hb = {r.hb.ids + at, r.hb.targets + at, r.hb.pos + at, r.hb.seg ? r.hb.seg + at : NULL, 0, 0};
+            us_fill_batch(&hb, &r.ds, &smp, B, seq, o->packing);
             counted += hb.counted;
         }
         float scale = counted ? 1.0f / (float)counted : 0.0f;
         be->zero(be, m->grads, m->n_params * 4);
         double loss_sum = 0;
-        be->upload(be, r.d_pos, r.hb.pos, (size_t)T * 4);
         for (int k = 0; k < o->grad_accum; k++) {
             be->upload(be, r.d_ids, r.hb.ids + (size_t)k * T, (size_t)T * 4);
             be->upload(be, r.d_targets, r.hb.targets + (size_t)k * T, (size_t)T * 4);
+            be->upload(be, r.d_pos, r.hb.pos + (size_t)k * T, (size_t)T * 4);
+            if (r.d_seg) be->upload(be, r.d_seg, r.hb.seg + (size_t)k * T, (size_t)T * 4);
             double ls;
             if ((st = us_model_step(m, &batch, scale, &ls, e))) goto out;
             loss_sum += ls;
@@ -349,10 +355,14 @@ us_status us_train(const us_train_opts *o, us_err *e) {
             long cnt;
             if ((st = us_eval_dataset(m, &r.eval_ds, B, seq, NULL, &ls, &cnt, e))) goto out;
             h_ex[n_eval] = step + 1, h_ey[n_eval++] = cnt ? ls / cnt : 0;
-            if (r.metrics) fprintf(r.metrics, "{\"step\": %d, \"eval_loss\": %.9g, \"eval_tokens\": %ld}\n", step + 1, cnt ? ls / cnt : 0, cnt);
+            double el = cnt ? ls / cnt : 0;
+            if (r.metrics)
+                fprintf(r.metrics, "{\"step\": %d, \"eval_loss\": %.9g, \"eval_perplexity\": %.9g, \"eval_tokens\": %ld}\n",
+                        step + 1, el, exp(el), cnt);
             if (!o->quiet) {
-                char note[128];
-                snprintf(note, sizeof note, "eval at step %d: loss %.4f over %ld tokens", step + 1, cnt ? ls / cnt : 0, cnt);
+                char note[160];
+                snprintf(note, sizeof note, "eval at step %d: loss %.4f, perplexity %.3f over %ld tokens", step + 1, el,
+                         exp(el), cnt);
                 us_progress_note(&prog, note);
             }
         }

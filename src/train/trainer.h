@@ -20,7 +20,10 @@ typedef struct us_train_opts {
     double lr, weight_decay, beta1, beta2, eps, grad_clip;
     us_schedule schedule;
     int warmup;       /* -1: 3% of the steps */
-    int grad_accum, steps, batch, seq_len; /* steps/seq_len 0: one epoch / longest row */
+    int grad_accum, steps, batch, seq_len; /* steps/seq_len 0: --epochs passes / longest row */
+    int epochs;       /* 0: one (used when steps is 0) */
+    bool packing;     /* pack examples into rows (train/batch.h) instead of one per row */
+    double val_split; /* > 0: hold out this seeded fraction of the examples as the eval set */
     bool shuffle, random_init, full, quiet;
     uint64_t seed;
     int threads;
