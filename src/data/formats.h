@@ -26,6 +26,7 @@ typedef struct us_data_options {
     bool no_eos;                /* do not append EOS */
     const char *chat_template;  /* force a chat template (name or file), NULL: the tokenizer's */
     size_t n_truncated;         /* out: rows truncated */
+    struct us_token_spill *spill; /* internal (data/load.c): stream examples into a token cache */
 } us_data_options;
 
 us_status us_dataset_load(const char *path, us_tokenizer *tok, us_data_options *opt, us_token_dataset *out,

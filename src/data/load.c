@@ -1,7 +1,12 @@
 /* load.c — picks the reader for a run's data file. The first non-blank line decides: an object
  * with "input_ids" means pre-tokenized JSONL (checked against the model's vocabulary); anything
- * else needs a tokenizer, and the ids it produces are checked against the model too. */
+ * else needs a tokenizer, and the ids it produces are checked against the model too. Text data
+ * goes through DATA.unswag-cache (data/cache.h): a valid cache is mapped without loading the
+ * tokenizer; otherwise the examples stream into a new cache while they are tokenized, and that
+ * is mapped. A directory where no cache can be written falls back to tokenizing in memory. */
 #include "data/load.h"
+
+#include "data/cache.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,12 +46,56 @@ us_status us_data_load(us_data_source *src, us_token_dataset *ds, us_err *e) {
         return us_fail(e, US_EINVAL,
                        "%s: text data needs a tokenizer, and %s has no tokenizer.json (pass --tokenizer PATH, or "
                        "pre-tokenized {\"input_ids\": [...]} lines)", src->path, src->model_dir);
-    us_tokenizer *tok;
-    us_status st = us_tokenizer_load(tp, &tok, e);
-    if (st) return st;
-    st = us_dataset_load(src->path, tok, &src->opt, ds, e);
-    us_tokenizer_free(tok);
-    if (st) return st;
+    char cpath[4200] = "";
+    uint64_t key[2];
+    us_token_spill *sp = NULL;
+    us_status st = US_OK;
+    src->cache = 0;
+    if (!src->no_cache && snprintf(cpath, sizeof cpath, "%s.unswag-cache", src->path) < (int)sizeof cpath &&
+        !us_cache_key(src->path, tp, &src->opt, key, e)) {
+        const char *why;
+        if (us_cache_open(cpath, key, ds, &src->opt.n_truncated, &why)) {
+            src->cache = 2;
+            if (!src->quiet) fprintf(stderr, "unswag: %s: reusing the token cache %s (%zu examples)\n", src->path, cpath, ds->n);
+        } else {
+            if (!src->quiet && strcmp(why, "absent"))
+                fprintf(stderr, "unswag: %s: token cache %s is %s; rebuilding it\n", src->path, cpath, why);
+            us_err ce;
+            if (us_cache_begin(cpath, key, &sp, &ce) && !src->quiet)
+                fprintf(stderr, "unswag: %s: no token cache (%s); tokenizing in memory\n", src->path, ce.msg);
+        }
+    }
+    if (src->cache != 2) {
+        us_tokenizer *tok;
+        st = us_tokenizer_load(tp, &tok, e);
+        if (st) {
+            us_cache_abort(sp);
+            return st;
+        }
+        src->opt.spill = sp;
+        st = us_dataset_load(src->path, tok, &src->opt, ds, e);
+        src->opt.spill = NULL;
+        us_tokenizer_free(tok);
+        if (st || (sp && ds->ex)) { /* failed, or read in memory after all (pre-tokenized rows) */
+            us_cache_abort(sp);
+            sp = NULL;
+        }
+        if (st) return st;
+        if (sp) {
+            size_t n = ds->n;
+            memset(ds, 0, sizeof *ds);
+            if ((st = us_cache_commit(sp, src->opt.n_truncated, e))) return st;
+            const char *why;
+            if (!us_cache_open(cpath, key, ds, NULL, &why))
+                return us_fail(e, US_EIO, "%s: the token cache just written does not read back (%s)", cpath, why);
+            if (ds->n != n) {
+                us_token_dataset_free(ds);
+                return us_fail(e, US_EIO, "%s: the token cache holds %zu examples, not %zu", cpath, ds->n, n);
+            }
+            src->cache = 1;
+            if (!src->quiet) fprintf(stderr, "unswag: %s: wrote the token cache %s (%zu examples)\n", src->path, cpath, n);
+        }
+    }
     for (size_t i = 0; i < ds->n; i++)
         for (int64_t j = 0; j < ds->ex[i].n; j++)
             if (ds->ex[i].ids[j] < 0 || ds->ex[i].ids[j] >= src->vocab) {
@@ -55,7 +104,7 @@ us_status us_data_load(us_data_source *src, us_token_dataset *ds, us_err *e) {
                 return us_fail(e, US_EFORMAT, "%s: example %zu: the tokenizer produced id %d, outside the model's vocabulary of %d",
                                src->path, i + 1, bad, src->vocab);
             }
-    if (src->opt.n_truncated)
+    if (src->opt.n_truncated && !src->quiet)
         fprintf(stderr, "unswag: %s: %zu examples truncated to --seq-len %d\n", src->path, src->opt.n_truncated,
                 src->opt.seq_len);
     return US_OK;

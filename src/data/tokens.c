@@ -7,6 +7,8 @@
  * on failure, so callers never see a half-loaded dataset. */
 #include "data/tokens.h"
 
+#include "data/cache.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +21,11 @@
 us_status us_token_dataset_push(us_token_dataset *ds, const int32_t *ids, const int32_t *labels, int64_t n,
                                 us_err *e) {
     if (!ds || !ids || n <= 0) return us_fail(e, US_EINVAL, "token dataset: empty or missing example");
+    if (ds->spill) {
+        us_status st = us_cache_spill_push(ds->spill, ids, labels, n, e);
+        if (!st) ds->n++;
+        return st;
+    }
     if ((uint64_t)n > SIZE_MAX / 2 / sizeof(int32_t))
         return us_fail(e, US_EINVAL, "token dataset: example of %lld tokens is too long", (long long)n);
     if (ds->n == ds->cap) {
@@ -50,7 +57,9 @@ void us_token_dataset_free(us_token_dataset *ds) {
         }
     if (ds->map) munmap(ds->map, ds->map_len);
     free(ds->ex);
+    struct us_token_spill *sp = ds->spill; /* owned by whoever set it (us_dataset_load) */
     memset(ds, 0, sizeof *ds);
+    ds->spill = sp;
 }
 
 static bool blank(const char *s, size_t len) {

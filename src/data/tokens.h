@@ -26,6 +26,9 @@ typedef struct us_token_dataset {
     void *map;
     size_t map_len;
     bool shared;
+    /* When set, us_token_dataset_push streams examples into a token cache being built
+     * (data/cache.h) and only counts them in n; ex stays empty. */
+    struct us_token_spill *spill;
 } us_token_dataset;
 
 /* vocab > 0: ids must lie in [0, vocab), labels in [0, vocab) or -100. Empty file: error. */

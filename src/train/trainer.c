@@ -57,7 +57,8 @@ static double now_s(void) {
 }
 
 /* --val-split: a seeded fraction of the examples moves to the eval set (at least one, and at
- * least one stays). The eval set shares the training set's token memory (it is freed with it). */
+ * least one stays). Examples in a token-cache mapping stay owned by the training set (the eval
+ * set is marked shared); examples in their own memory move with their ownership. */
 static us_status split_validation(us_token_dataset *ds, us_token_dataset *ev, double frac, uint64_t seed, us_err *e) {
     size_t k = (size_t)(frac * (double)ds->n + 0.5);
     if (k == 0) k = 1;
@@ -80,7 +81,7 @@ static us_status split_validation(us_token_dataset *ds, us_token_dataset *ev, do
     }
     ds->n = w;
     ev->cap = k;
-    ev->shared = true;
+    ev->shared = ds->map || ds->shared; /* tokens in the training set's mapping; else each set owns its own */
     free(perm);
     free(held);
     return US_OK;
@@ -179,7 +180,7 @@ us_status us_train(const us_train_opts *o, us_err *e) {
     if (!st) st = us_model_setup_training(r.m, &spec, o->seed, e);
     if (!st && o->adapter_init) st = us_model_load_adapter(r.m, o->adapter_init, e);
     us_data_source src = {.model_dir = o->model_dir, .tokenizer = o->tokenizer_path, .vocab = st ? 0 : r.m->cfg.vocab,
-                          .opt = {.seq_len = o->seq_len, .refuse_long = o->refuse_long,
+                          .quiet = o->quiet, .opt = {.seq_len = o->seq_len, .refuse_long = o->refuse_long,
                                   .train_on_prompt = o->train_on_prompt, .chat_template = o->chat_template}};
     if (!st) src.path = o->data_path, st = us_data_load(&src, &r.ds, e);
     if (!st && o->eval_data_path) src.path = o->eval_data_path, st = us_data_load(&src, &r.eval_ds, e);
