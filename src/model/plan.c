@@ -180,6 +180,8 @@ static us_status measure(us_model *m, int max_tokens, size_t *bytes, us_err *e) 
     for (int k = 0; k < US_SAVE_KINDS; k++) m->plan.total_per_token += per_tok[k];
     m->plan.store_all_per_token = store_all_per_token(m);
     *bytes = meas.off;
+    us_attn_shape sh = {1, max_tokens, c->heads, c->kv_heads, c->head_dim, 1.0f};
+    m->backend_scratch = be->scratch_bytes ? be->scratch_bytes(be, max_tokens, &sh) : 0;
     return US_OK;
 }
 
@@ -254,6 +256,11 @@ void us_plan_print(const us_model *m, FILE *f) {
     if (m->offload)
         fprintf(f, "  %-22s %10.0f   (pinned host memory)\n", "offloaded to host",
                 (double)m->cfg.layers * m->cfg.hidden * m->be->act_bytes);
-    fprintf(f, "  step arena %.1f MiB for %d tokens (saved %.1f MiB + scratch); weights %.1f MiB\n",
-            m->arena_bytes / 1048576.0, m->max_tokens, m->saved_bytes / 1048576.0, m->weight_bytes / 1048576.0);
+    double params = (double)m->n_params * 4 * 4; /* values, gradients, AdamW m and v */
+    fprintf(f, "  step arena %.1f MiB for %d tokens (saved %.1f MiB + scratch)\n", m->arena_bytes / 1048576.0,
+            m->max_tokens, m->saved_bytes / 1048576.0);
+    fprintf(f, "  planned %s memory: weights %.1f + parameters, gradients, AdamW %.1f + arena %.1f + backend %.1f = %.1f MiB\n",
+            m->be->name, m->weight_bytes / 1048576.0, params / 1048576.0, m->arena_bytes / 1048576.0,
+            m->backend_scratch / 1048576.0,
+            (m->weight_bytes + params + m->arena_bytes + m->backend_scratch) / 1048576.0);
 }

@@ -35,7 +35,7 @@ us_status us_preflight_memory(us_model *m, int batch, int seq, int grad_accum, u
     size_t step_bytes;
     us_status st = us_model_step_bytes(m, (int)tokens, &step_bytes, e);
     if (st) return st;
-    double arena = (double)step_bytes + 64 * MIB;
+    double arena = (double)step_bytes + (double)m->backend_scratch + 64 * MIB;
     double optim = 2.0 * (double)m->n_params * 4;
     double batches = 3.0 * (double)tokens * 4 * grad_accum + 2.0 * (double)tokens * 4;
     double need = (double)loaded + arena + optim + batches;
