@@ -705,3 +705,13 @@ done:
     free(chunks);
     return st;
 }
+
+us_status us_copy_file_atomic(const char *src, const char *dst, us_err *e) {
+    char *data;
+    size_t len;
+    us_status st = us_read_file(src, &data, &len, e);
+    if (st) return st;
+    st = us_write_file_atomic(dst, data, len, e);
+    free(data);
+    return st;
+}

@@ -63,6 +63,9 @@ typedef struct us_st_write_tensor {
 us_status us_st_write(const char *path, const us_st_write_tensor *t, size_t n, const char *const *meta_kv,
                       size_t n_meta, us_err *e);
 
+/* Copies file src to dst atomically (read whole, then us_write_file_atomic). */
+us_status us_copy_file_atomic(const char *src, const char *dst, us_err *e);
+
 /* Writes `len` bytes to `path` atomically (tmp in the same dir, fsync, rename, fsync dir). */
 us_status us_write_file_atomic(const char *path, const void *data, size_t len, us_err *e);
 

@@ -37,16 +37,6 @@ static bool parse_proj(const char *name, int *layer, int *target) {
     return false;
 }
 
-static us_status copy_file(const char *src, const char *dst, us_err *e) {
-    char *data;
-    size_t len;
-    us_status st = us_read_file(src, &data, &len, e);
-    if (st) return st;
-    st = us_write_file_atomic(dst, data, len, e);
-    free(data);
-    return st;
-}
-
 static void rm_tree(const char *dir) {
     DIR *d = opendir(dir);
     if (!d) return;
@@ -219,7 +209,7 @@ us_status us_merge_adapter(const char *model_dir, const char *adapter_dir, const
         char src[4200], dst[4200];
         snprintf(src, sizeof src, "%s/%s", model_dir, COPIED[i]);
         snprintf(dst, sizeof dst, "%s/%s", tmp, COPIED[i]);
-        if (stat(src, &sb) == 0) st = copy_file(src, dst, e);
+        if (stat(src, &sb) == 0) st = us_copy_file_atomic(src, dst, e);
     }
     if (!st) {
         chmod(tmp, 0755);

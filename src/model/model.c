@@ -429,16 +429,6 @@ us_status us_model_save_adapter(us_model *m, const char *dir, const char *base_m
     return st;
 }
 
-static us_status copy_file(const char *src, const char *dst, us_err *e) {
-    char *data;
-    size_t len;
-    us_status st = us_read_file(src, &data, &len, e);
-    if (st) return st;
-    st = us_write_file_atomic(dst, data, len, e);
-    free(data);
-    return st;
-}
-
 us_status us_model_save_full(us_model *m, const char *dir, const char *src_dir, us_err *e) {
     if (mkdir(dir, 0777) != 0) {
         struct stat sb;
@@ -467,7 +457,7 @@ us_status us_model_save_full(us_model *m, const char *dir, const char *src_dir, 
     st = us_st_write(path, ts, m->n_plist, meta, 1, e);
     char src[4096];
     if (!st && src_dir && us_path_join(src, sizeof src, src_dir, "config.json") && us_path_join(path, sizeof path, dir, "config.json"))
-        st = copy_file(src, path, e);
+        st = us_copy_file_atomic(src, path, e);
 done:
     free(h);
     free(ts);
