@@ -4,6 +4,10 @@
 #
 #   bench/gpu_bench.sh OUTDIR [shape:batch ...]      (default: smollm2-135m:8 llama-3.2-1b:4 llama-3.1-8b:1)
 #
+# Environment: UNSWAG_ARGS adds options to every unswag run (e.g. "--recompute mlp"), TAG names
+# its files (unswag_SHAPE$TAG.log, m_SHAPE$TAG.jsonl) and PEFT=0 skips the PEFT runs (the table
+# then uses the PEFT figures an earlier run left in OUTDIR: same call, same GPU).
+#
 # Needs build/unswag and build/unswag_gpu_bench (make gpu-build), python3 with torch,
 # transformers and peft, the oracle at $REF and its configs at $CFG. For each shape it writes
 # random token rows (seq 2048), runs 12 steps of both systems (LoRA r=16, alpha=32, all seven
@@ -23,6 +27,8 @@ REF=${REF:-.shared/peft_reference.py}
 CFG=${CFG:-.shared/configs}
 SEQ=${SEQ:-2048}
 STEPS=${STEPS:-12}
+TAG=${TAG:-}
+PEFT=${PEFT:-1}
 mkdir -p "$OUTD"
 date -u +"%Y-%m-%d %H:%M UTC" | tee "$OUTD/date.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUTD/gpu.txt"
@@ -32,7 +38,7 @@ fi
 for sb in $SHAPES; do
     shape=${sb%%:*}
     b=${sb##*:}
-    python3 - "$CFG/$shape/config.json" "$OUTD/$shape.jsonl" "$b" "$STEPS" "$SEQ" <<'EOF'
+    [ -f "$OUTD/$shape.jsonl" ] || python3 - "$CFG/$shape/config.json" "$OUTD/$shape.jsonl" "$b" "$STEPS" "$SEQ" <<'EOF'
 import json, random, sys
 cfg = json.load(open(sys.argv[1])); b, steps, seq = map(int, sys.argv[3:6])
 random.seed(0)
@@ -40,21 +46,25 @@ with open(sys.argv[2], "w") as f:
     for _ in range(b * steps):
         f.write(json.dumps({"input_ids": [random.randrange(cfg["vocab_size"]) for _ in range(seq)]}) + "\n")
 EOF
-    echo "== unswag $shape batch $b"
+    echo "== unswag $shape batch $b $UNSWAG_ARGS"
+    # shellcheck disable=SC2086
     timeout 300 "$BIN/unswag" train --device cuda --random-init --model "$CFG/$shape" --data "$OUTD/$shape.jsonl" \
         --out "$OUTD/ad_$shape" --seq-len "$SEQ" --batch "$b" --steps "$STEPS" --lora-r 16 --lora-alpha 32 \
-        --no-shuffle --metrics "$OUTD/m_$shape.jsonl" 2>&1 | grep -v '^step ' | tee "$OUTD/unswag_$shape.log"
-    echo "== peft $shape batch $b"
-    PYTHONUNBUFFERED=1 timeout 300 python3 "$REF" bench --config "$CFG/$shape" --batch "$b" --seq "$SEQ" 2>&1 \
-        | tail -1 | tee "$OUTD/peft_$shape.json"
+        --no-shuffle --metrics "$OUTD/m_$shape$TAG.jsonl" $UNSWAG_ARGS 2>&1 | grep -v '^step ' | tee "$OUTD/unswag_$shape$TAG.log"
+    if [ "$PEFT" != 0 ]; then
+        echo "== peft $shape batch $b"
+        PYTHONUNBUFFERED=1 timeout 300 python3 "$REF" bench --config "$CFG/$shape" --batch "$b" --seq "$SEQ" 2>&1 \
+            | tail -1 | tee "$OUTD/peft_$shape.json"
+    fi
 done
-python3 - "$OUTD" $SHAPES <<'EOF'
+TAG="$TAG" UNSWAG_ARGS="$UNSWAG_ARGS" python3 - "$OUTD" $SHAPES <<'EOF'
 import json, os, re, statistics, sys
 outd, shapes = sys.argv[1], sys.argv[2:]
+tag, mode = os.environ.get("TAG", ""), os.environ.get("UNSWAG_ARGS", "") or "default"
 gemm = float(re.search(r"([\d.]+) TFLOP/s", open(f"{outd}/gemm.txt").read()).group(1)) * 1e12
 print(f"\nbf16 GEMM rate measured: {gemm/1e12:.1f} TFLOP/s")
-print("| shape | batch x seq | unswag tok/s | PEFT tok/s | ratio | unswag peak GiB | PEFT peak GiB | plan B/token | MFU unswag | MFU PEFT |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| shape | batch x seq | unswag mode | unswag tok/s | PEFT tok/s | ratio | unswag peak GiB | planned GiB | PEFT peak GiB | plan B/token | MFU unswag | MFU PEFT |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for sb in shapes:
     shape, b = sb.split(":"); b = int(b)
     cfgp = os.environ.get("CFG", ".shared/configs")
@@ -66,20 +76,22 @@ for sb in shapes:
     N = L * (D * H * hd + 2 * D * KV * hd + H * hd * D + 3 * D * F) + V * D
     fpt = 4 * N + 7 * seq * L * H * hd
     try:
-        rows = [json.loads(l) for l in open(f"{outd}/m_{shape}.jsonl")]
+        rows = [json.loads(l) for l in open(f"{outd}/m_{shape}{tag}.jsonl")]
         ours = statistics.median(r["tokens_per_s"] for r in rows[4:]) if len(rows) > 4 else float("nan")
     except Exception:
         ours = float("nan")
-    log = open(f"{outd}/unswag_{shape}.log").read()
+    log = open(f"{outd}/unswag_{shape}{tag}.log").read()
     m = re.search(r"peak cuda memory ([\d.]+) MiB", log)
     ours_peak = float(m.group(1)) / 1024 if m else float("nan")
     m = re.search(r"total\s+(\d+)", log)
     plan = m.group(1) if m else "?"
+    m = re.search(r"planned \w+ memory: .*= ([\d.]+) MiB", log)
+    planned = float(m.group(1)) / 1024 if m else float("nan")
     try:
         p = json.loads(open(f"{outd}/peft_{shape}.json").read())
         pt, pp = p["tokens_per_s"], p["peak_gib"]
     except Exception:
         pt = pp = float("nan")
-    print(f"| {shape} | {b} x {seq} | {ours:,.0f} | {pt:,.0f} | {ours/pt:.2f}x | {ours_peak:.2f} | {pp:.2f} | {plan} | "
+    print(f"| {shape} | {b} x {seq} | {mode} | {ours:,.0f} | {pt:,.0f} | {ours/pt:.2f}x | {ours_peak:.2f} | {planned:.2f} | {pp:.2f} | {plan} | "
           f"{100*ours*fpt/gemm:.1f}% | {100*pt*fpt/gemm:.1f}% |")
 EOF

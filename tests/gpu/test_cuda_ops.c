@@ -163,29 +163,38 @@ TEST(cuda_linear_fwd_bwd) {
 
 /* ranks 8, 16, 32 take the tensor-core kernels of cuda_lora.cu (12: the cuBLASLt fallback; with
  * US_CUDA_LORA_GEMM=1 every rank does). Odd token counts test the bounds; T = 34000 gives the
- * down-projection kernel one K range per CTA (plain stores), the others split K (atomics). */
-static int lora_case(gpair *pp, us_test_ctx *t, int T, int in, int out, int r);
+ * down-projection kernel one K range per CTA (plain stores), the others split K (atomics). off = 1
+ * places A, B, dA, dB one float past 16-byte alignment (scalar staging, scalar atomics). */
+static int lora_case(gpair *pp, us_test_ctx *t, int T, int in, int out, int r, int off);
 
 TEST(cuda_lora_fwd_bwd) {
     OPEN_PAIR(p);
-    int cases[][4] = {{300, 576, 192, 16}, {77, 104, 40, 8},    {130, 64, 96, 12},  {2048, 2048, 512, 16},
-                      {513, 1536, 576, 32}, {34000, 64, 136, 16}, {1000, 4096, 1024, 16}, {77, 100, 36, 8}};
+    int cases[][5] = {{300, 576, 192, 16, 0},  {77, 104, 40, 8, 0},    {130, 64, 96, 12, 0},   {2048, 2048, 512, 16, 0},
+                      {513, 1536, 576, 32, 0}, {34000, 64, 136, 16, 0}, {1000, 4096, 1024, 16, 0}, {77, 100, 36, 8, 0},
+                      {300, 576, 192, 16, 1},  {129, 256, 64, 32, 1}};
     for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++)
-        if (!lora_case(&p, t, cases[i][0], cases[i][1], cases[i][2], cases[i][3])) {
+        if (!lora_case(&p, t, cases[i][0], cases[i][1], cases[i][2], cases[i][3], cases[i][4])) {
             gpair_close(&p);
             return;
         }
     gpair_close(&p);
 }
 
-static int lora_case(gpair *pp, us_test_ctx *t, int T, int in, int out, int r) {
+/* a device copy of n floats placed `off` floats into its allocation (off = 1: not 16-byte aligned) */
+static float *g_f32_at(gpair *p, const float *h, size_t n, int off) {
+    float *d = p->g->alloc(p->g, (n + 4) * 4);
+    p->g->upload(p->g, d + off, h, n * 4);
+    return d + off;
+}
+
+static int lora_case(gpair *pp, us_test_ctx *t, int T, int in, int out, int r, int off) {
     gpair p = *pp;
     float s = 2.0f;
     float *x = rnd((size_t)T * in, 1.0f, 1), *A = rnd((size_t)r * in, 0.05f, 2), *B = rnd((size_t)out * r, 0.05f, 3);
     float *y0 = rnd((size_t)T * out, 1.0f, 4), *dy = rnd((size_t)T * out, 1.0f, 5), *dx0 = rnd((size_t)T * in, 1.0f, 6);
     float *dA0 = rnd((size_t)r * in, 0.1f, 7), *dB0 = rnd((size_t)out * r, 0.1f, 8);
     void *gx = g_act(&p, x, (size_t)T * in), *gy = g_act(&p, y0, (size_t)T * out);
-    float *gA = g_bytes(&p, A, (size_t)r * in * 4), *gB = g_bytes(&p, B, (size_t)out * r * 4);
+    float *gA = g_f32_at(&p, A, (size_t)r * in, off), *gB = g_f32_at(&p, B, (size_t)out * r, off);
     float *gu = g_poison(&p, (size_t)T * r * 4);
     void *cx = c_f32(&p, x, (size_t)T * in), *cy = c_f32(&p, y0, (size_t)T * out);
     float *cA = c_f32(&p, A, (size_t)r * in), *cB = c_f32(&p, B, (size_t)out * r), *cu = p.c->alloc(p.c, (size_t)T * r * 4);
@@ -202,8 +211,8 @@ static int lora_case(gpair *pp, us_test_ctx *t, int T, int in, int out, int r) {
     float *gu2 = g_bytes(&p, cu, (size_t)T * r * 4);
     void *gdy = g_act(&p, dy, (size_t)T * out), *cdy = c_f32(&p, dy, (size_t)T * out);
     void *gdx = g_act(&p, dx0, (size_t)T * in), *cdx = c_f32(&p, dx0, (size_t)T * in);
-    float *gdA = g_bytes(&p, dA0, (size_t)r * in * 4), *cdA = c_f32(&p, dA0, (size_t)r * in);
-    float *gdB = g_bytes(&p, dB0, (size_t)out * r * 4), *cdB = c_f32(&p, dB0, (size_t)out * r);
+    float *gdA = g_f32_at(&p, dA0, (size_t)r * in, off), *cdA = c_f32(&p, dA0, (size_t)r * in);
+    float *gdB = g_f32_at(&p, dB0, (size_t)out * r, off), *cdB = c_f32(&p, dB0, (size_t)out * r);
     float *gsc = g_poison(&p, (size_t)T * r * 4), *csc = p.c->alloc(p.c, (size_t)T * r * 4);
     p.g->lora_bwd(p.g, gdx, gdA, gdB, gdy, gx, gu2, gA, gB, s, T, in, out, r, gsc);
     p.c->lora_bwd(p.c, cdx, cdA, cdB, cdy, cx, cu, cA, cB, s, T, in, out, r, csc);

@@ -90,8 +90,10 @@ __global__ void __launch_bounds__(FNT) k_attn_fwd(bf16 *o, float *lse, const bf1
     bf16 *sV = sK + 2 * FBN * HD;
     __shared__ int s_segmin, s_segmax;
 
-    const int qb = gridDim.x - 1 - blockIdx.x; /* the longest causal rows first */
-    const int h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KVH);
+    /* grid: x = (batch row, head), y = query block from the last: every head's longest causal
+     * rows are dispatched before any shorter ones (less tail) */
+    const int qb = gridDim.y - 1 - blockIdx.y;
+    const int h = blockIdx.x % H, b = blockIdx.x / H, kvh = h / (H / KVH);
     const int q0 = qb * FBM;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const size_t qs = (size_t)H * HD, ks = (size_t)KVH * HD;
@@ -245,7 +247,6 @@ __global__ void __launch_bounds__(FNT) k_attn_fwd(bf16 *o, float *lse, const bf1
 /* ------------------------------------------------------------------------------------------ */
 /* backward                                                                                    */
 
-constexpr int BBN = 64, BNT = 128;
 
 /* D[t, h] = sum_d dO * O; one warp per (t, h). */
 __global__ void k_attn_bwd_pre(float *D, const bf16 *dout, const bf16 *o, size_t TH, int hd) {
@@ -268,24 +269,25 @@ __global__ void k_seg_blockmin(int *out, const int32_t *seg, int seq, int nqb, i
     out[i] = m;
 }
 
-template <int HD, int BQ>
+template <int HD, int BQ, int BN>
 struct BwdSmem {
-    static constexpr int K = 0, V = K + BBN * HD, Q = V + BBN * HD, DO = Q + 2 * BQ * HD, DS = DO + 2 * BQ * HD,
-                         END = DS + BBN * BQ; /* in bf16 elements */
+    static constexpr int K = 0, V = K + BN * HD, Q = V + BN * HD, DO = Q + 2 * BQ * HD, DS = DO + 2 * BQ * HD,
+                         END = DS + BN * BQ; /* in bf16 elements */
     static constexpr size_t bytes = (size_t)END * 2 + 2 * BQ * 4 * 3; /* + lse2, D, seg per stage */
 };
 
-/* One CTA per (key block, query head h0 + blockIdx.y) of a chunk of query heads; dQ goes to the
+/* One CTA per (key block, query head of the chunk h0..h0+nh-1); dQ goes to the
  * chunk's f32 accumulator dq_acc [T, acc_qs]. split (GQA): dK/dV are summed over the group by f32
  * atomics into dkv_acc ([2][T, acc_ks], kv heads from h0 / GH on); otherwise (one query head per
  * kv head) dK/dV are written directly. */
-template <int HD, int BQ>
-__global__ void __launch_bounds__(BNT) k_attn_bwd(float *dq_acc, bf16 *dk, bf16 *dv, float *dkv_acc, const bf16 *dout,
+template <int HD, int BQ, int BN>
+__global__ void __launch_bounds__(BN * 2) k_attn_bwd(float *dq_acc, bf16 *dk, bf16 *dv, float *dkv_acc, const bf16 *dout,
                                                   const bf16 *q, const bf16 *k, const bf16 *v, const float *lse,
                                                   const float *Dg, const int32_t *seg, const int *segmin_blk, int seq,
                                                   int H, int KVH, float scale, float scale_log2, int h0, int acc_qs,
                                                   int acc_ks) {
-    using L = BwdSmem<HD, BQ>;
+    using L = BwdSmem<HD, BQ, BN>;
+    constexpr int BNT = BN * 2, NW = BN / 16; /* a warp per 16 keys */
     extern __shared__ __align__(128) unsigned char smraw[];
     bf16 *sb = reinterpret_cast<bf16 *>(smraw);
     bf16 *sK = sb + L::K, *sV = sb + L::V, *sQ = sb + L::Q, *sdO = sb + L::DO, *sdS = sb + L::DS;
@@ -294,13 +296,15 @@ __global__ void __launch_bounds__(BNT) k_attn_bwd(float *dq_acc, bf16 *dk, bf16 
     int *sS = reinterpret_cast<int *>(sD + 2 * BQ);     /* [2][BQ] seg start */
 
     const bool split = dkv_acc != NULL;
-    const int kblk = blockIdx.x, b = blockIdx.z, GH = H / KVH;
-    const int hq0 = h0 + blockIdx.y, kvh = hq0 / GH, kv0 = h0 / GH, G = 1;
-    const int k0 = kblk * BBN;
+    /* grid: x = (batch row, head of the chunk), y = key block: the first key blocks (the most query
+     * blocks to visit) of every head are dispatched first */
+    const int nhc = acc_qs / HD, kblk = blockIdx.y, b = blockIdx.x / nhc, GH = H / KVH;
+    const int hq0 = h0 + blockIdx.x % nhc, kvh = hq0 / GH, kv0 = h0 / GH, G = 1;
+    const int k0 = kblk * BN;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const size_t qs = (size_t)H * HD, ks = (size_t)KVH * HD;
     const int nqb = (seq + BQ - 1) / BQ;
-    const int klast = min(k0 + BBN, seq) - 1;
+    const int klast = min(k0 + BN, seq) - 1;
     const bf16 *kg = k + (size_t)b * seq * ks + (size_t)kvh * HD;
     const bf16 *vg = v + (size_t)b * seq * ks + (size_t)kvh * HD;
 
@@ -335,8 +339,8 @@ __global__ void __launch_bounds__(BNT) k_attn_bwd(float *dq_acc, bf16 *dk, bf16 
         }
     };
 
-    load_tile<BBN, HD, BNT>(sK, kg + (size_t)k0 * ks, ks, seq - k0, tid);
-    load_tile<BBN, HD, BNT>(sV, vg + (size_t)k0 * ks, ks, seq - k0, tid);
+    load_tile<BN, HD, BNT>(sK, kg + (size_t)k0 * ks, ks, seq - k0, tid);
+    load_tile<BN, HD, BNT>(sV, vg + (size_t)k0 * ks, ks, seq - k0, tid);
     int it = next_item(qb_first - 1);
     if (it >= 0) issue(it, 0); /* commits K, V and the first Q/dO together */
     else cp_async_commit();
@@ -399,7 +403,7 @@ __global__ void __launch_bounds__(BNT) k_attn_bwd(float *dq_acc, bf16 *dk, bf16 
             }
         }
         /* P^T = exp2(S^T * scale*log2e - lse2), masked; dS^T = P^T (dP^T - D) */
-        const bool need_mask = k0 + BBN - 1 > q0 || seg != NULL || q0 + BQ > seq;
+        const bool need_mask = k0 + BN - 1 > q0 || seg != NULL || q0 + BQ > seq;
 #pragma unroll
         for (int nt = 0; nt < BQ / 8; nt++) {
             const int qc = nt * 8 + (lane & 3) * 2;
@@ -446,13 +450,13 @@ __global__ void __launch_bounds__(BNT) k_attn_bwd(float *dq_acc, bf16 *dk, bf16 
         __syncthreads();
         /* dQ (BQ x HD) += dS (BQ x 64 keys) K: warps split into query tiles x head-dim parts */
         {
-            constexpr int QT = BQ / 16, SPLIT = 4 / QT, DW = HD / SPLIT;
+            constexpr int QT = BQ / 16, SPLIT = NW / QT, DW = HD / SPLIT;
             const int qt = warp % QT, part = warp / QT;
             float dqa[DW / 8][4];
 #pragma unroll
             for (int i = 0; i < DW / 8; i++) dqa[i][0] = dqa[i][1] = dqa[i][2] = dqa[i][3] = 0.0f;
 #pragma unroll
-            for (int kk = 0; kk < BBN / 16; kk++) {
+            for (int kk = 0; kk < BN / 16; kk++) {
                 uint32_t a[4];
                 int mi = lane >> 3;
                 int r = kk * 16 + (lane & 7) + (mi >> 1) * 8, cc = qt * 16 + (mi & 1) * 8;
@@ -497,7 +501,7 @@ __global__ void __launch_bounds__(BNT) k_attn_bwd(float *dq_acc, bf16 *dk, bf16 
     }
 
     if (split) {
-        const size_t aks = (size_t)acc_ks, half = (size_t)gridDim.z * seq * aks;
+        const size_t aks = (size_t)acc_ks, half = (size_t)(gridDim.x / nhc) * seq * aks;
         float *dkg = dkv_acc + (size_t)b * seq * aks + (size_t)(kvh - kv0) * HD, *dvg = dkg + half;
 #pragma unroll
         for (int dt = 0; dt < HD / 8; dt++) {
@@ -538,7 +542,7 @@ void launch_fwd(cuda_impl *c, void *o, float *lse, const void *q, const void *k,
         CK(c, cudaFuncSetAttribute(k_attn_fwd<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         attr_set = true;
     }
-    dim3 grid((sh->seq + FBM - 1) / FBM, sh->heads, sh->batch);
+    dim3 grid(sh->heads * sh->batch, (sh->seq + FBM - 1) / FBM);
     float scale_log2 = sh->scale * LOG2E;
     k_attn_fwd<HD><<<grid, FNT, smem, c->st>>>((bf16 *)o, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seg,
                                                sh->seq, sh->heads, sh->kv_heads, scale_log2);
@@ -587,11 +591,11 @@ int attn_chunk_heads(size_t budget, size_t T, int H, int KV, int hd) {
     return 1;
 }
 
-template <int HD>
+template <int HD, int BN>
 void launch_bwd(cuda_impl *c, void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
                 const void *v, const void *o, const float *lse, const int32_t *seg, const us_attn_shape *sh) {
     constexpr int BQ = HD >= 128 ? 32 : 64;
-    using L = BwdSmem<HD, BQ>;
+    using L = BwdSmem<HD, BQ, BN>;
     const int T = sh->batch * sh->seq, H = sh->heads, KV = sh->kv_heads, GH = H / KV;
     const int nh = attn_chunk_heads(c->attn_budget, (size_t)T, H, KV, HD), nkv = nh >= GH ? nh / GH : 1;
     const bool split = GH > 1; /* GQA: a CTA per query head balances the causal work */
@@ -614,7 +618,7 @@ void launch_bwd(cuda_impl *c, void *dq, void *dk, void *dv, const void *dout, co
     }
     static bool attr_set = false;
     if (!attr_set) {
-        CK(c, cudaFuncSetAttribute(k_attn_bwd<HD, BQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)L::bytes));
+        CK(c, cudaFuncSetAttribute(k_attn_bwd<HD, BQ, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)L::bytes));
         attr_set = true;
     }
     for (int h0 = 0; h0 < H; h0 += nh) {
@@ -622,8 +626,8 @@ void launch_bwd(cuda_impl *c, void *dq, void *dk, void *dv, const void *dout, co
         const int kv0 = h0 / GH;
         CK(c, cudaMemsetAsync(dq_acc, 0, nqc * 4, c->st));
         if (split && group_start) CK(c, cudaMemsetAsync(dkv, 0, 2 * nkc * 4, c->st));
-        dim3 grid((sh->seq + BBN - 1) / BBN, nh, sh->batch);
-        k_attn_bwd<HD, BQ><<<grid, BNT, L::bytes, c->st>>>(dq_acc, (bf16 *)dk, (bf16 *)dv, dkv, (const bf16 *)dout,
+        dim3 grid(nh * sh->batch, (sh->seq + BN - 1) / BN);
+        k_attn_bwd<HD, BQ, BN><<<grid, BN * 2, L::bytes, c->st>>>(dq_acc, (bf16 *)dk, (bf16 *)dv, dkv, (const bf16 *)dout,
                                                            (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, lse, D,
                                                            seg, segmin, sh->seq, H, KV, sh->scale, sh->scale * LOG2E,
                                                            h0, nh * HD, nkv * HD);
@@ -685,9 +689,15 @@ void us_cuda_attn_bwd(us_backend *be, void *dq, void *dk, void *dv, const void *
     if (!shape_ok(c, sh)) return;
     PROF(c, P_ATTN_B);
     switch (sh->head_dim) {
-    case 16: launch_bwd<16>(c, dq, dk, dv, dout, q, k, v, o, lse, seg_start, sh); break;
-    case 32: launch_bwd<32>(c, dq, dk, dv, dout, q, k, v, o, lse, seg_start, sh); break;
-    case 64: launch_bwd<64>(c, dq, dk, dv, dout, q, k, v, o, lse, seg_start, sh); break;
-    default: launch_bwd<128>(c, dq, dk, dv, dout, q, k, v, o, lse, seg_start, sh); break;
+    case 16: launch_bwd<16, 64>(c, dq, dk, dv, dout, q, k, v, o, lse, seg_start, sh); break;
+    case 32: launch_bwd<32, 64>(c, dq, dk, dv, dout, q, k, v, o, lse, seg_start, sh); break;
+    case 64:
+        if (c->attn_bn == 64) launch_bwd<64, 64>(c, dq, dk, dv, dout, q, k, v, o, lse, seg_start, sh);
+        else launch_bwd<64, 128>(c, dq, dk, dv, dout, q, k, v, o, lse, seg_start, sh);
+        break;
+    default:
+        if (c->attn_bn == 64) launch_bwd<128, 64>(c, dq, dk, dv, dout, q, k, v, o, lse, seg_start, sh);
+        else launch_bwd<128, 128>(c, dq, dk, dv, dout, q, k, v, o, lse, seg_start, sh);
+        break;
     }
 }

@@ -1257,6 +1257,8 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
     {
         const char *ab = getenv("US_CUDA_ATTN_ACC_BYTES");
         if (ab && *ab) c->attn_budget = (size_t)strtoull(ab, NULL, 10);
+        const char *bn = getenv("US_CUDA_ATTN_BN");
+        c->attn_bn = bn && atoi(bn) == 64 ? 64 : 128;
     }
     c->ws = dev_alloc(c, WS_BYTES);
     if (!c->ws) {

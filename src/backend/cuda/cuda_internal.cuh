@@ -68,6 +68,7 @@ typedef struct cuda_impl {
     cudaEvent_t ev_compute, ev_copy; /* last record on each stream (for the other to wait on) */
     int copies_pending;              /* a copy was issued since the last copies_wait */
     size_t attn_budget;              /* bytes for the attention backward's f32 accumulators */
+    int attn_bn;                     /* keys per CTA of the attention backward, head_dim 64/128 */
 } cuda_impl;
 
 static inline cuda_impl *CI(us_backend *be) { return (cuda_impl *)be->impl; }

@@ -71,7 +71,7 @@ constexpr int DPITCH = DSC + 32;    /* bf16 per staged row: 320 bytes, 64 mod 12
 
 template <int R>
 __global__ void __launch_bounds__(LT) k_lora_down(float *O, const bf16 *P, int T, int K, const float *W, int wsj,
-                                                  int wsk, float scale, int kc, int atomic) {
+                                                  int wsk, float scale, int kc, int atomic, int vecw) {
     constexpr int NT = R / 8;
     __shared__ __align__(16) bf16 Ws[R][DPITCH];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
@@ -96,7 +96,25 @@ __global__ void __launch_bounds__(LT) k_lora_down(float *O, const bf16 *P, int T
             }
         }
         __syncthreads(); /* the previous round's reads of Ws are done */
-        if (wsk == 1) {
+        if (vecw && wsk == 1) { /* rows of A: 16-byte loads along k */
+            for (int idx = tid; idx < R * DSC / 4; idx += LT) {
+                const int j = idx / (DSC / 4), k = (idx % (DSC / 4)) * 4, kk = k0 + k;
+                const float4 v = kk < ke ? *reinterpret_cast<const float4 *>(W + (size_t)j * wsj + kk) : make_float4(0, 0, 0, 0);
+                uint2 u2;
+                u2.x = pack_bf16(v.x, v.y);
+                u2.y = pack_bf16(v.z, v.w);
+                *reinterpret_cast<uint2 *>(&Ws[j][k]) = u2;
+            }
+        } else if (vecw && wsj == 1) { /* W(j, k) = B[k, j]: 16-byte loads along a row of B */
+            for (int idx = tid; idx < R * DSC / 4; idx += LT) {
+                const int k = idx / (R / 4), j = (idx % (R / 4)) * 4, kk = k0 + k;
+                const float4 v = kk < ke ? *reinterpret_cast<const float4 *>(W + (size_t)kk * wsk + j) : make_float4(0, 0, 0, 0);
+                Ws[j][k] = __float2bfloat16_rn(v.x);
+                Ws[j + 1][k] = __float2bfloat16_rn(v.y);
+                Ws[j + 2][k] = __float2bfloat16_rn(v.z);
+                Ws[j + 3][k] = __float2bfloat16_rn(v.w);
+            }
+        } else if (wsk == 1) {
             for (int idx = tid; idx < R * DSC; idx += LT) {
                 const int j = idx / DSC, k = idx % DSC, kk = k0 + k;
                 Ws[j][k] = __float2bfloat16_rn(kk < ke ? W[(size_t)j * wsj + kk] : 0.0f);
@@ -147,12 +165,31 @@ constexpr int ENC = 128; /* output columns per CTA */
 
 template <int R>
 __global__ void __launch_bounds__(LT) k_lora_expand(bf16 *Y, int T, int N, const float *Q, const float *W, int wsn,
-                                                    int wsj, float scale) {
+                                                    int wsj, float scale, int vecw) {
     constexpr int KS = (R + 15) / 16, RP = KS * 16, PITCH = RP + 2; /* odd word pitch: <= 2-way conflicts */
     __shared__ __align__(16) bf16 Ws[ENC][PITCH];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
     const int n0 = blockIdx.y * ENC, rbase = blockIdx.x * 128 + warp * 32;
-    if (wsj == 1) {
+    constexpr int PAD = RP > R ? RP - R : 1; /* zero columns R..RP-1 (r = 8) */
+    if (RP > R)
+        for (int idx = tid; idx < ENC * PAD; idx += LT) Ws[idx / PAD][R + idx % PAD] = __float2bfloat16_rn(0.0f);
+    if (vecw && wsj == 1) { /* rows of B: 16-byte loads along j */
+        for (int idx = tid; idx < ENC * R / 4; idx += LT) {
+            const int n = idx / (R / 4), j = (idx % (R / 4)) * 4;
+            const float4 v = n0 + n < N ? *reinterpret_cast<const float4 *>(W + (size_t)(n0 + n) * wsn + j) : make_float4(0, 0, 0, 0);
+            *reinterpret_cast<uint32_t *>(&Ws[n][j]) = pack_bf16(v.x, v.y);
+            *reinterpret_cast<uint32_t *>(&Ws[n][j + 2]) = pack_bf16(v.z, v.w);
+        }
+    } else if (vecw && wsn == 1) { /* W(n, j) = A[j, n]: 16-byte loads along a row of A */
+        for (int idx = tid; idx < ENC / 4 * R; idx += LT) {
+            const int j = idx / (ENC / 4), n = (idx % (ENC / 4)) * 4;
+            const float4 v = n0 + n < N ? *reinterpret_cast<const float4 *>(W + (size_t)j * wsj + n0 + n) : make_float4(0, 0, 0, 0);
+            Ws[n][j] = __float2bfloat16_rn(v.x);
+            Ws[n + 1][j] = __float2bfloat16_rn(v.y);
+            Ws[n + 2][j] = __float2bfloat16_rn(v.z);
+            Ws[n + 3][j] = __float2bfloat16_rn(v.w);
+        }
+    } else if (wsj == 1) {
         for (int idx = tid; idx < ENC * RP; idx += LT) {
             const int n = idx / RP, j = idx % RP;
             Ws[n][j] = __float2bfloat16_rn(n0 + n < N && j < R ? W[(size_t)(n0 + n) * wsn + j] : 0.0f);
@@ -239,7 +276,7 @@ __device__ __forceinline__ int swz128(int row, int col) { /* 16 chunks of 8 per 
 
 template <int R>
 __global__ void __launch_bounds__(LT) k_lora_colred(float *O, int osm, int osj, const bf16 *P, int T, int M,
-                                                    const float *Q, float scale, int tpc, int vec2) {
+                                                    const float *Q, float scale, int tpc, int vec2, int vecq) {
     constexpr int NT = R / 8;
     using S = ColredSmem<R>;
     __shared__ __align__(128) S sm;
@@ -257,9 +294,20 @@ __global__ void __launch_bounds__(LT) k_lora_colred(float *O, int osm, int osj, 
                                                              : (const void *)P, ok);
         }
         cp_async_commit();
-        for (int idx = tid; idx < CTC * R; idx += LT) {
-            const int r = idx / R, j = idx % R;
-            sm.Q[st][j][r] = __float2bfloat16_rn(tb + r < t1 ? Q[(size_t)(tb + r) * R + j] : 0.0f);
+        if (vecq) {
+            for (int idx = tid; idx < CTC * R / 4; idx += LT) {
+                const int r = idx / (R / 4), j = (idx % (R / 4)) * 4;
+                const float4 v = tb + r < t1 ? *reinterpret_cast<const float4 *>(Q + (size_t)(tb + r) * R + j) : make_float4(0, 0, 0, 0);
+                sm.Q[st][j][r] = __float2bfloat16_rn(v.x);
+                sm.Q[st][j + 1][r] = __float2bfloat16_rn(v.y);
+                sm.Q[st][j + 2][r] = __float2bfloat16_rn(v.z);
+                sm.Q[st][j + 3][r] = __float2bfloat16_rn(v.w);
+            }
+        } else {
+            for (int idx = tid; idx < CTC * R; idx += LT) {
+                const int r = idx / R, j = idx % R;
+                sm.Q[st][j][r] = __float2bfloat16_rn(tb + r < t1 ? Q[(size_t)(tb + r) * R + j] : 0.0f);
+            }
         }
     };
 
@@ -335,14 +383,16 @@ void down(cuda_impl *c, float *O, const void *P, int T, int K, const float *W, i
     int kc = (int)ceil_div_u(ceil_div_u(K, gy), DSC) * DSC;
     gy = (int)ceil_div_u(K, kc);
     if (gy > 1) CK(c, cudaMemsetAsync(O, 0, (size_t)T * R * 4, c->st));
-    k_lora_down<R><<<dim3(gx, gy), LT, 0, c->st>>>(O, (const bf16 *)P, T, K, W, wsj, wsk, scale, kc, gy > 1);
+    k_lora_down<R><<<dim3(gx, gy), LT, 0, c->st>>>(O, (const bf16 *)P, T, K, W, wsj, wsk, scale, kc, gy > 1,
+                                                    aligned16(W) && (wsk == 1 ? wsj % 4 == 0 : wsk % 4 == 0));
     CK_LAUNCH(c);
 }
 
 template <int R>
 void expand(cuda_impl *c, void *Y, int T, int N, const float *Q, const float *W, int wsn, int wsj, float scale) {
     dim3 grid(ceil_div_u(T, 128), ceil_div_u(N, ENC));
-    k_lora_expand<R><<<grid, LT, 0, c->st>>>((bf16 *)Y, T, N, Q, W, wsn, wsj, scale);
+    k_lora_expand<R><<<grid, LT, 0, c->st>>>((bf16 *)Y, T, N, Q, W, wsn, wsj, scale,
+                                              aligned16(W) && (wsj == 1 ? wsn % 4 == 0 : wsj % 4 == 0));
     CK_LAUNCH(c);
 }
 
@@ -356,7 +406,8 @@ void colred(cuda_impl *c, float *O, int osm, int osj, const void *P, int T, int 
     int tpc = (int)ceil_div_u(ceil_div_u(T, gy), CTC) * CTC;
     gy = (int)ceil_div_u(T, tpc);
     const int vec2 = osj == 1 && ((uintptr_t)O & 7u) == 0;
-    k_lora_colred<R><<<dim3(gx, gy), LT, 0, c->st>>>(O, osm, osj, (const bf16 *)P, T, M, Q, scale, tpc, vec2);
+    k_lora_colred<R><<<dim3(gx, gy), LT, 0, c->st>>>(O, osm, osj, (const bf16 *)P, T, M, Q, scale, tpc, vec2,
+                                                      aligned16(Q));
     CK_LAUNCH(c);
 }
 
