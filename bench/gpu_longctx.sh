@@ -5,15 +5,15 @@
 #
 #   bench/gpu_longctx.sh OUTDIR "UNSWAG_LENGTHS" "PEFT_LENGTHS" [shape]     (shape: llama-3.1-8b)
 #
-# Each list is tried in increasing order and stops at the first length that fails (out of memory,
+# Each list (an empty one skips that system) is tried in increasing order and stops at the first length that fails (out of memory,
 # error, or the per-run time limit LIMIT seconds, default 280). unswag: random weights, one data row
 # of N random token ids per step, LoRA r=16 alpha=32 on all seven projections, AdamW, 2 steps.
 # PEFT: ../shared/reference/peft_reference.py bench --grad-ckpt --batch 1 --seq N --steps 2
 # --warmup 1. Prints one line per run (tokens/s of the second step, peak GiB) and the longest of each.
 set -o pipefail
 OUTD=${1:-/tmp/longctx}
-OURS=${2:-"32768 65536 131072"}
-THEIRS=${3:-"8192 16384 32768 65536"}
+OURS=${2-"32768 65536 131072"}
+THEIRS=${3-"8192 16384 32768 65536"}
 SHAPE=${4:-llama-3.1-8b}
 BIN=${BIN:-build}
 REF=${REF:-.shared/peft_reference.py}

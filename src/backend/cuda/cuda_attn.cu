@@ -6,11 +6,15 @@
  * running max / sum / output in registers (online softmax in base 2), and writes O (bf16) and the
  * natural-log LSE (f32). No score matrix is stored.
  *
- * Backward: D = rowsum(dO * O) first; then one CTA per (64-key block, kv head, batch row), each
- * warp owning 16 keys, walks every query block of every query head of its group, recomputing P
- * from Q, K and LSE. dK and dV accumulate in registers (so the GQA sum needs no atomics); dS goes
- * through shared memory to form dQ += dS K, which is added to an f32 accumulator with vector
- * atomics and cast to bf16 at the end.
+ * Backward: D = rowsum(dO * O) first; then one CTA per (key block of BN = 64 or 128 keys, query
+ * head, batch row), each warp owning 16 keys, walks the query blocks that can see its keys,
+ * recomputing P from Q, K and LSE. dK and dV accumulate in registers (under GQA summed over the
+ * group by f32 atomics); dS goes through shared memory to form dQ += dS K, which is added to an
+ * f32 accumulator with vector atomics and cast to bf16 at the end. The heads are processed in
+ * chunks so that the f32 accumulators stay within a budget (launch_bwd).
+ *
+ * Both grids are x = (batch row, head), y = block, the longest causal blocks first, so the long
+ * CTAs of every head are dispatched before the short ones.
  *
  * Shared-memory tiles are rows of head_dim bf16 with their 16-byte chunks XOR-swizzled by the row
  * index, so ldmatrix reads of 8 rows hit 8 different bank groups. */

@@ -4,6 +4,8 @@
  *
  * All work is queued on one stream, so ops are asynchronous with respect to the host and ordered
  * among themselves; only download, sumsq and nonfinite (which return host values) and sync wait.
+ * The host offload copies run on a second stream, ordered against the first by events. LoRA's
+ * kernels are in cuda_lora.cu, attention's in cuda_attn.cu.
  * Every device allocation, internal scratch included, goes through one tracker so mem_info's peak
  * is the true high-water mark of what this backend asked cudaMalloc for. */
 #include <math.h>
