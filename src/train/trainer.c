@@ -214,7 +214,7 @@ us_status us_train(const us_train_opts *o, us_err *e) {
         st = us_fail(e, US_ENOMEM, "out of memory counting packed rows");
         goto out;
     }
-    int warmup = o->warmup >= 0 ? o->warmup : (int)(0.03 * steps + 0.5);
+    int warmup = o->warmup >= 0 ? o->warmup : (int)ceil(0.03 * steps); /* transformers' warmup_ratio rounds up */
     if ((st = us_model_set_memory_mode(m, o->recompute, o->offload, 0, e))) goto out;
     if ((st = us_preflight_memory(m, B, seq, o->grad_accum, e))) goto out;
     if ((st = us_model_prepare(m, T, e))) goto out;
