@@ -298,3 +298,15 @@ TEST(config_malformed) {
     CHECK(us_config_load(path, &c, &e) != US_OK && tio_has(e.msg, path), "%s", e.msg);
     CHECK(us_config_load(NULL, &c, &e) == US_EINVAL, "null path");
 }
+
+/* transformers builds Mistral's projections without biases, whatever the config says; Llama
+ * honours attention_bias and mlp_bias */
+TEST(config_mistral_ignores_bias_keys) {
+    us_config c;
+    us_err e = {{0}};
+    CHECK(parse(mk("\"architectures\": [\"MistralForCausalLM\"], \"attention_bias\": true, \"mlp_bias\": true", NULL), &c,
+                &e) == US_OK, "%s", e.msg);
+    CHECK(!c.qkv_bias && !c.o_bias && !c.mlp_bias, "Mistral with biases");
+    CHECK(parse(mk("\"attention_bias\": true, \"mlp_bias\": true", NULL), &c, &e) == US_OK, "%s", e.msg);
+    CHECK(c.qkv_bias && c.o_bias && c.mlp_bias, "Llama without its biases");
+}

@@ -317,14 +317,15 @@ static us_status parse_root(cctx *c, const cJSON *root, us_config *cfg) {
         cfg->o_bias = false;
         cfg->mlp_bias = false;
         TRY(parse_qwen2_window(c, root, cfg));
+    } else if (fam == FAM_MISTRAL) { /* transformers builds Mistral's projections without biases */
+        cfg->qkv_bias = cfg->o_bias = cfg->mlp_bias = false;
+        TRY(get_int(c, root, "", "sliding_window", false, 0, 0, INT32_MAX, &cfg->sliding_window));
     } else {
         bool ab;
         TRY(get_bool(c, root, "attention_bias", false, &ab));
         cfg->qkv_bias = cfg->o_bias = ab;
         TRY(get_bool(c, root, "mlp_bias", false, &cfg->mlp_bias));
         cfg->sliding_window = 0;
-        if (fam == FAM_MISTRAL)
-            TRY(get_int(c, root, "", "sliding_window", false, 0, 0, INT32_MAX, &cfg->sliding_window));
     }
     TRY(get_token_id(c, root, "bos_token_id", &cfg->bos_id));
     TRY(get_token_id(c, root, "eos_token_id", &cfg->eos_id));
