@@ -52,7 +52,11 @@ $(BUILD)/sgemm_peak: bench/sgemm_peak.c
 bench: all $(BUILD)/sgemm_peak
 	bench/cpu_train_bench.sh
 
-test: all
+# `make test` and `make demo` work on a fresh machine: they install what is missing first, then
+# build in a sub-make (which reads the pkg-config flags of the libraries just installed).
+test:
+	bash scripts/deps.sh
+	$(MAKE) all
 	cd $(CURDIR) && OMP_NUM_THREADS=2 $(BUILD)/unswag_tests
 
 asan:

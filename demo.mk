@@ -7,7 +7,9 @@
 
 DEMO_FLAGS ?=
 
-demo: $(BUILD)/unswag
+demo:
+	bash scripts/deps.sh --core
+	$(MAKE) $(BUILD)/unswag
 	$(BUILD)/unswag demo --out $(BUILD)/demo $(DEMO_FLAGS)
 
 # --config FILE.yaml (src/cli/config_file.c) parses YAML with libyaml (Debian libyaml-dev, listed
