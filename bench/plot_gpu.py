@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Draws docs/img/gpu_vs_peft.svg: tokens/s and peak GPU memory of unswag (default plan and
+--recompute mlp) beside transformers + PEFT for the three benchmark shapes, from the figures in
+docs/BENCHMARKS.md (H100, same call). Plain SVG, no plotting library needed.
+  python3 bench/plot_gpu.py [OUT.svg]"""
+import sys
+
+shapes = ["smollm2-135m 8×2048", "llama-3.2-1b 4×2048", "llama-3.1-8b 1×2048"]
+tok = {"PEFT": [68082, 39511, 8913], "unswag": [203345, 64936, 13697], "unswag --recompute mlp": [171728, 56861, 11625]}
+gib = {"PEFT": [21.80, 28.55, 31.78], "unswag": [6.37, 9.79, 21.90], "unswag --recompute mlp": [3.42, 5.53, 18.40]}
+colors = {"PEFT": "#9ca3af", "unswag": "#2563eb", "unswag --recompute mlp": "#60a5fa"}
+W, H, pad = 980, 410, 50
+out = []
+def text(x, y, s, size=12, anchor="middle", weight="normal", fill="#111827"):
+    out.append(f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" font-weight="{weight}" fill="{fill}">{s}</text>')
+
+def panel(x0, title, data, fmt, rel):
+    pw, ph = 440, 250
+    text(x0 + pw / 2, 30, title, 14, weight="bold")
+    y0 = 50 + ph
+    out.append(f'<line x1="{x0}" y1="{y0}" x2="{x0 + pw}" y2="{y0}" stroke="#374151"/>')
+    gw = pw / len(shapes)
+    for i, s in enumerate(shapes):
+        top = max(v[i] for v in data.values())
+        bw = gw / (len(data) + 1)
+        for j, (name, vals) in enumerate(data.items()):
+            h = ph * vals[i] / top * 0.85
+            x = x0 + i * gw + bw * (j + 0.5)
+            out.append(f'<rect x="{x:.1f}" y="{y0 - h:.1f}" width="{bw * 0.9:.1f}" height="{h:.1f}" fill="{colors[name]}"/>')
+            r = rel(vals[i], data["PEFT"][i]) if name != "PEFT" else ""
+            text(x + bw * 0.45, y0 - h - (17 if r else 5), fmt(vals[i]), 10)
+            if r:
+                text(x + bw * 0.45, y0 - h - 5, r, 10, weight="bold")
+        text(x0 + i * gw + gw / 2, y0 + 18, s, 11)
+
+out.append(f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif">')
+out.append(f'<rect width="{W}" height="{H}" fill="white"/>')
+panel(pad - 20, "training tokens/s (higher is better)", tok, lambda v: f"{v / 1000:.0f}k", lambda v, p: f"{v / p:.2f}×")
+panel(pad + 470, "peak GPU memory, GiB (lower is better)", gib, lambda v: f"{v:.1f}", lambda v, p: "")
+lx = pad
+for name, c in colors.items():
+    out.append(f'<rect x="{lx}" y="{H - 58}" width="14" height="14" fill="{c}"/>')
+    text(lx + 20, H - 46, name, 12, anchor="start")
+    lx += 220
+text(pad - 20, H - 16, "H100 80GB, LoRA r 16 all projections, bf16; same call as transformers + PEFT (ratios: × PEFT tokens/s)", 11, anchor="start", fill="#6b7280")
+out.append("</svg>")
+open(sys.argv[1] if len(sys.argv) > 1 else "docs/img/gpu_vs_peft.svg", "w").write("\n".join(out))
