@@ -44,17 +44,57 @@ TEST(tok_chat_gemma3) { chat_vs_ref(t, "gemma3"); }
 TEST(tok_chat_errors) {
     us_err e = {{0}};
     us_chat_template *ct = NULL;
-    CHECK(us_chat_template_compile("{{ messages }}", "<s>", "</s>", &ct, &e) == US_EUNSUPPORTED, "unknown template");
-    CHECK(strstr(e.msg, "--chat-template"), "message: %s", e.msg);
-    CHECK(us_chat_template_compile("<start_of_turn>", "<bos>", "<eos>", &ct, &e) == US_OK, "%s", e.msg);
+    /* outside the interpreter's subset and not a built-in family: an error pointing at --chat-template */
+    CHECK(us_chat_template_compile("{{ messages | frobnicate }}", "<s>", "</s>", &ct, &e) == US_EUNSUPPORTED, "unknown template");
+    CHECK(strstr(e.msg, "--chat-template") && strstr(e.msg, "frobnicate"), "message: %s", e.msg);
+    /* an error the template raises is reported as such, not replaced by a fallback */
+    CHECK(us_chat_template_compile("{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation roles must "
+                                   "alternate user/assistant/user/assistant/...') }}{% endif %}<start_of_turn>",
+                                   "<bos>", "<eos>", &ct, &e) == US_OK, "%s", e.msg);
     cJSON *m = cJSON_Parse("[{\"role\":\"assistant\",\"content\":\"x\"}]");
     char *out = NULL;
     CHECK(us_chat_render(ct, m, false, &out, NULL, &e) == US_EINVAL, "must alternate");
-    CHECK(strstr(e.msg, "alternate"), "%s", e.msg);
+    CHECK(strstr(e.msg, "alternate") && strstr(e.msg, "chat_template:1:"), "%s", e.msg);
     cJSON_Delete(m);
     m = cJSON_Parse("[{\"role\":\"user\"}]");
     CHECK(us_chat_render(ct, m, false, &out, NULL, &e) == US_EFORMAT, "missing content");
     cJSON_Delete(m);
+    us_chat_template_free(ct);
+}
+
+/* A recognised template that uses something the interpreter lacks falls back to the built-in
+ * renderer of its family, and says so; --chat-template NAME forces a built-in one. */
+TEST(tok_chat_jinja_fallback) {
+    us_err e = {{0}};
+    us_chat_template *ct = NULL;
+    cJSON *m = cJSON_Parse("[{\"role\":\"user\",\"content\":\"hi\"}]");
+    char *out = NULL;
+    CHECK(us_chat_template_compile("{{ 'x'.zfill(3) }}<|im_start|>", NULL, NULL, &ct, &e) == US_OK, "%s", e.msg);
+    CHECK(!strcmp(us_chat_template_engine(ct), "jinja"), "%s", us_chat_template_engine(ct));
+    us_status st = us_chat_render(ct, m, true, &out, NULL, &e);
+    bool same = !st && !strcmp(out, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+    free(out);
+    CHECK(same, "fallback rendering: %s", st ? e.msg : "differs");
+    CHECK(strstr(us_chat_template_engine(ct), "built-in chatml (template not interpreted:") &&
+              strstr(us_chat_template_engine(ct), "zfill"), "%s", us_chat_template_engine(ct));
+    us_chat_template_free(ct);
+    CHECK(us_chat_template_compile("{% macro f() %}{% endmacro %}<start_of_turn>", "<bos>", NULL, &ct, &e) == US_OK, "%s", e.msg);
+    CHECK(strstr(us_chat_template_engine(ct), "built-in gemma (template not interpreted:") &&
+              strstr(us_chat_template_engine(ct), "macro"), "%s", us_chat_template_engine(ct));
+    us_chat_template_free(ct);
+    CHECK(us_chat_template_compile("{{ bos_token }}{% for m in messages %}[{{ m.role }}:{{ m.content | upper }}]{% endfor %}",
+                                   "<s>", NULL, &ct, &e) == US_OK, "%s", e.msg);
+    st = us_chat_render(ct, m, false, &out, NULL, &e);
+    same = !st && !strcmp(out, "<s>[user:HI]");
+    free(out);
+    us_chat_template_free(ct);
+    cJSON_Delete(m);
+    CHECK(same, "a template of no known family renders through the interpreter: %s", st ? e.msg : "differs");
+    us_tokenizer *tok;
+    CHECK(us_tokenizer_load(TOKDIR "/tokenizer-qwen3/models", &tok, &e) == US_OK, "%s", e.msg);
+    st = us_chat_template_for(tok, "chatml", &ct, &e);
+    us_tokenizer_free(tok);
+    CHECK(st == US_OK && !strcmp(us_chat_template_engine(ct), "built-in chatml"), "%s", st ? e.msg : us_chat_template_engine(ct));
     us_chat_template_free(ct);
 }
 
@@ -70,6 +110,7 @@ TEST(tok_chat_qwen3_vs_transformers) {
     us_status st = us_chat_template_for(tok, NULL, &ct, &e);
     us_tokenizer_free(tok);
     CHECK(st == US_OK, "%s", e.msg);
+    CHECK(!strcmp(us_chat_template_engine(ct), "jinja"), "%s", us_chat_template_engine(ct));
     char *convs, *refs;
     CHECK(us_read_file("tests/tok/chats_qwen3.jsonl", &convs, NULL, &e) == US_OK, "%s", e.msg);
     if (us_read_file("tests/tok/qwen3_hf_chat.jsonl", &refs, NULL, &e)) {
@@ -105,9 +146,12 @@ TEST(tok_chat_qwen3_vs_transformers) {
     for (int i = 0; i < n_conv; i++) cJSON_Delete(conv[i]);
     free(convs);
     free(refs);
+    char engine[400];
+    snprintf(engine, sizeof engine, "%s", us_chat_template_engine(ct));
     us_chat_template_free(ct);
     CHECK(bad == 0, "%d renderings differ from transformers; first: %s", bad, first_bad);
     CHECK(compared == 2 * n_conv && n_conv >= 20, "compared %d renderings of %d conversations", compared, n_conv);
+    CHECK(!strcmp(engine, "jinja"), "rendered by %s", engine);
     fprintf(stderr, "  chat qwen3: %d renderings identical to transformers apply_chat_template\n", compared);
 }
 

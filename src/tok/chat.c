@@ -1,6 +1,15 @@
-/* chat.c — chat templates as faithful built-in renderers.
+/* chat.c — chat templates: the model's own Jinja template, with faithful built-in renderers as
+ * the fallback.
  *
- * Design: rather than interpret Jinja, each supported family's template is re-expressed in C and
+ * Design: a template is first compiled by the Jinja-subset interpreter (tok/jinja.c) and rendered
+ * with the context transformers' apply_chat_template gives it (messages, bos_token, eos_token,
+ * add_generation_prompt, tools=None); tests compare that with transformers (Qwen3) and
+ * transformers.js (Llama-3, Gemma-3) byte for byte. When the template uses a construct outside
+ * the interpreter's subset (at compile or render time), the built-in renderer of the family it is
+ * recognised as renders instead, and us_chat_template_engine() says so. An error the template
+ * raises itself (raise_exception) is reported, not papered over.
+ *
+ * The built-in renderers: each supported family's template is re-expressed in C and
  * chosen by recognising the tokenizer's chat_template (its marker tokens: <|start_header_id|>,
  * <|im_start|> with or without <think>, <start_of_turn>, <<SYS>>, [INST]); `--chat-template NAME`
  * forces one. The renderers follow the shipped templates for plain conversations
@@ -13,14 +22,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tok/jinja.h"
 #include "tok/tok_internal.h"
 
-typedef enum { CT_LLAMA3, CT_CHATML, CT_QWEN3, CT_GEMMA, CT_LLAMA2, CT_MISTRAL } ct_kind;
+typedef enum { CT_NONE = -1, CT_LLAMA3, CT_CHATML, CT_QWEN3, CT_GEMMA, CT_LLAMA2, CT_MISTRAL } ct_kind;
+
+typedef struct ct_state {
+    char engine[320]; /* what rendered last: "jinja", "built-in qwen3", or a fallback with its reason */
+} ct_state;
 
 struct us_chat_template {
-    ct_kind kind;
+    ct_kind kind;    /* the built-in renderer (CT_NONE: none recognised) */
     bool always_gen; /* the template appends the assistant header unconditionally */
     char *bos, *eos;
+    us_jinja *jinja; /* the model's own template, when the interpreter compiled it */
+    ct_state *state; /* mutable through a const template: which engine rendered */
 };
 
 const char *const us_chat_builtin_names[] = {"llama3", "chatml", "qwen3", "gemma", "llama2", "mistral", NULL};
@@ -43,7 +59,9 @@ static us_status make(ct_kind k, bool always_gen, const char *bos, const char *e
     c->always_gen = always_gen;
     c->bos = dup_or_empty(bos);
     c->eos = dup_or_empty(eos);
-    if (!c->bos || !c->eos) {
+    c->state = calloc(1, sizeof *c->state);
+    if (c->state && k != CT_NONE) snprintf(c->state->engine, sizeof c->state->engine, "built-in %s", us_chat_builtin_names[k]);
+    if (!c->bos || !c->eos || !c->state) {
         us_chat_template_free(c);
         return us_fail(e, US_ENOMEM, "chat template: out of memory");
     }
@@ -66,22 +84,43 @@ static bool by_name(const char *name, ct_kind *k) {
     return false;
 }
 
-us_status us_chat_template_compile(const char *src, const char *bos, const char *eos, us_chat_template **out,
-                                   us_err *e) {
+static us_status compile_named(const char *src, const char *name, const char *bos, const char *eos,
+                               us_chat_template **out, us_err *e) {
     *out = NULL;
     if (!src) return us_fail(e, US_EINVAL, "chat template: none given");
-    ct_kind k;
+    ct_kind k = CT_NONE;
     if (strstr(src, "<|start_header_id|>")) k = CT_LLAMA3;
     else if (strstr(src, "<|im_start|>")) k = strstr(src, "</think>") ? CT_QWEN3 : CT_CHATML;
     else if (strstr(src, "<start_of_turn>")) k = CT_GEMMA;
     else if (strstr(src, "<<SYS>>")) k = CT_LLAMA2;
     else if (strstr(src, "[INST]")) k = CT_MISTRAL;
+    us_jinja *j = NULL;
+    us_err je = {{0}};
+    us_status js = us_jinja_compile(src, name, &j, &je);
+    if (js && k == CT_NONE)
+        return us_fail(e, js == US_ENOMEM ? js : US_EUNSUPPORTED,
+                       "%s; the template is not one of the built-in families either (llama3, chatml, qwen3, gemma, "
+                       "llama2, mistral): pass --chat-template NAME",
+                       je.msg);
+    us_status st = make(k, k == CT_LLAMA3 && !strstr(src, "add_generation_prompt"), bos, eos, out, e);
+    if (st) {
+        us_jinja_free(j);
+        return st;
+    }
+    (*out)->jinja = j;
+    if (j) snprintf((*out)->state->engine, sizeof (*out)->state->engine, "jinja");
     else
-        return us_fail(e, US_EUNSUPPORTED,
-                       "chat template not recognised (known families: llama3, chatml, qwen3, gemma, llama2, "
-                       "mistral); pass --chat-template NAME");
-    return make(k, k == CT_LLAMA3 && !strstr(src, "add_generation_prompt"), bos, eos, out, e);
+        snprintf((*out)->state->engine, sizeof (*out)->state->engine, "built-in %s (template not interpreted: %.240s)",
+                 us_chat_builtin_names[k], je.msg);
+    return US_OK;
 }
+
+us_status us_chat_template_compile(const char *src, const char *bos, const char *eos, us_chat_template **out,
+                                   us_err *e) {
+    return compile_named(src, "chat_template", bos, eos, out, e);
+}
+
+const char *us_chat_template_engine(const us_chat_template *ct) { return ct->state->engine; }
 
 us_status us_chat_template_for(const us_tokenizer *tok, const char *force, us_chat_template **out, us_err *e) {
     *out = NULL;
@@ -95,7 +134,7 @@ us_status us_chat_template_for(const us_tokenizer *tok, const char *force, us_ch
         if (us_read_file(force, &src, &n, &fe))
             return us_fail(e, US_EINVAL, "--chat-template %s: neither a built-in name (llama3, chatml, qwen3, gemma, "
                                          "llama2, mistral) nor a readable file", force);
-        us_status st = us_chat_template_compile(src, bos, eos, out, e);
+        us_status st = compile_named(src, force, bos, eos, out, e);
         free(src);
         return st;
     }
@@ -103,15 +142,17 @@ us_status us_chat_template_for(const us_tokenizer *tok, const char *force, us_ch
     if (!src)
         return us_fail(e, US_EINVAL, "%s: no chat_template in tokenizer_config.json; pass --chat-template NAME",
                        us_tokenizer_path(tok));
-    us_status st = us_chat_template_compile(src, bos, eos, out, e);
-    if (st) us_fail(e, st, "%s: chat template not recognised; pass --chat-template NAME", us_tokenizer_path(tok));
-    return st;
+    char name[600];
+    snprintf(name, sizeof name, "%s: chat_template", us_tokenizer_path(tok));
+    return compile_named(src, name, bos, eos, out, e);
 }
 
 void us_chat_template_free(us_chat_template *c) {
     if (!c) return;
     free(c->bos);
     free(c->eos);
+    us_jinja_free(c->jinja);
+    free(c->state);
     free(c);
 }
 
@@ -352,7 +393,32 @@ us_status us_chat_render(const us_chat_template *c, const cJSON *messages, bool 
     us_status st = get_messages(messages, &m, &n, e);
     if (st) return st;
     us_tbuf o = {0};
+    if (c->jinja) {
+        cJSON *ctx = cJSON_CreateObject();
+        bool ok = ctx && cJSON_AddItemToObject(ctx, "messages", cJSON_Duplicate(messages, 1)) &&
+                  cJSON_AddStringToObject(ctx, "bos_token", c->bos) && cJSON_AddStringToObject(ctx, "eos_token", c->eos) &&
+                  cJSON_AddBoolToObject(ctx, "add_generation_prompt", gen) && cJSON_AddNullToObject(ctx, "tools") &&
+                  cJSON_AddNullToObject(ctx, "documents");
+        char *text = NULL;
+        size_t tn = 0;
+        us_err je = {{0}};
+        st = ok ? us_jinja_render(c->jinja, ctx, &text, &tn, &je) : us_fail(&je, US_ENOMEM, "out of memory");
+        cJSON_Delete(ctx);
+        if (!st || st != US_EUNSUPPORTED || c->kind == CT_NONE) {
+            for (size_t i = 0; i < n; i++) free(m[i].owned);
+            free(m);
+            if (st) return us_fail(e, st, "%s", je.msg);
+            snprintf(c->state->engine, sizeof c->state->engine, "jinja");
+            *out = text;
+            if (len) *len = tn;
+            return US_OK;
+        }
+        snprintf(c->state->engine, sizeof c->state->engine, "built-in %s (template not interpreted: %.240s)",
+                 us_chat_builtin_names[c->kind], je.msg);
+        st = US_OK;
+    }
     switch (c->kind) {
+    case CT_NONE: break;
     case CT_LLAMA3: st = r_llama3(c, m, n, gen, &o, e); break;
     case CT_CHATML: st = r_chatml(c, m, n, gen, &o, e); break;
     case CT_QWEN3: st = r_qwen3(c, m, n, gen, &o, e); break;

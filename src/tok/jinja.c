@@ -1081,6 +1081,8 @@ typedef struct rt {
     long iters;
     us_tbuf *out;
     int brk; /* 1 break, 2 continue */
+    arena ar;
+    us_tbuf ob;      /* the output */
     us_tbuf tmp[64]; /* temporary strings being built; the error path frees them */
     bool tmp_used[64];
 } rt;
@@ -2472,16 +2474,12 @@ static jv from_json(rt *R, const cJSON *j, int depth) {
 us_status us_jinja_render(const us_jinja *t, const cJSON *ctx, char **out, size_t *len, us_err *e) {
     *out = NULL;
     if (len) *len = 0;
-    arena ar = {0};
-    us_tbuf ob = {0};
+    /* everything the error path needs lives in *R (heap), not in locals changed after setjmp */
     rt *R = calloc(1, sizeof *R);
     if (!R) return us_fail(e, US_ENOMEM, "out of memory");
-    R->c = (jctx){.src = t->src, .name = t->name, .ar = &ar, .e = e};
-    R->out = &ob;
-    us_status st = US_OK;
-    if (setjmp(R->c.jb)) {
-        st = R->c.st;
-    } else {
+    R->c = (jctx){.src = t->src, .name = t->name, .ar = &R->ar, .e = e};
+    R->out = &R->ob;
+    if (!setjmp(R->c.jb)) {
         R->nsc = 1;
         if (ctx) {
             const cJSON *it;
@@ -2490,16 +2488,16 @@ us_status us_jinja_render(const us_jinja *t, const cJSON *ctx, char **out, size_
         }
         push_scope(R, 0); /* template-level set */
         exec(R, t->root);
-        tb_add(R, &ob, "", 0, 0);
+        tb_add(R, &R->ob, "", 0, 0);
     }
+    us_status st = R->c.st;
     for (int i = 0; i < 64; i++) free(R->tmp[i].p);
-    free(R);
-    arena_free(&ar);
-    if (st) {
-        us_tbuf_free(&ob);
-        return st;
+    arena_free(&R->ar);
+    if (st) us_tbuf_free(&R->ob);
+    else {
+        *out = R->ob.p;
+        if (len) *len = R->ob.n;
     }
-    *out = ob.p;
-    if (len) *len = ob.n;
-    return US_OK;
+    free(R);
+    return st;
 }
