@@ -13,6 +13,7 @@
 #include "io/adapter.h"
 #include "model/model.h"
 #include "test.h"
+#include "test_fixture.h"
 
 typedef struct result {
     double loss;
@@ -43,34 +44,18 @@ static int run_mode(us_test_ctx *t, const char *fx, bool full, int recompute, bo
     snprintf(p, sizeof p, FIXTURES "/%s/data.jsonl", fx);
     if (!st) st = us_jsonl_tokens_load(p, m->cfg.vocab, &ds, &e);
     if (!st) st = us_model_set_memory_mode(m, recompute, offload, 5, &e);
-    int B = (int)ds.n, S = st ? 0 : (int)ds.ex[0].n, T = B * S, counted = 0;
+    int T = st ? 0 : (int)(ds.n * ds.ex[0].n);
     if (!st) st = us_model_prepare(m, T, &e);
     if (st) return snprintf(t->msg, sizeof t->msg, "%s", e.msg), t->failed = 1;
-    int32_t *ids = malloc(T * 4), *tg = malloc(T * 4), *pos = malloc(T * 4);
-    for (int r = 0; r < B; r++)
-        for (int s = 0; s < S; s++) {
-            ids[r * S + s] = ds.ex[r].ids[s];
-            pos[r * S + s] = s;
-            tg[r * S + s] = s + 1 < S ? ds.ex[r].labels[s + 1] : -100;
-            counted += tg[r * S + s] != -100;
-        }
-    us_batch b = {.batch = B, .seq = S, .ids = be->alloc(be, T * 4), .targets = be->alloc(be, T * 4),
-                  .pos = be->alloc(be, T * 4)};
-    be->upload(be, b.ids, ids, T * 4);
-    be->upload(be, b.targets, tg, T * 4);
-    be->upload(be, b.pos, pos, T * 4);
+    us_batch b;
+    int counted = us_test_fixture_batch(be, &ds, &b);
     be->zero(be, m->grads, m->n_params * 4);
     st = us_model_step(m, &b, 1.0f / counted, &out->loss, &e);
     out->n = m->n_params;
     out->grads = malloc(m->n_params * 4);
     be->download(be, out->grads, m->grads, m->n_params * 4);
     out->per_token = m->plan.total_per_token;
-    free(ids);
-    free(tg);
-    free(pos);
-    be->free(be, b.ids);
-    be->free(be, b.targets);
-    be->free(be, b.pos);
+    us_test_batch_free(be, &b);
     us_token_dataset_free(&ds);
     us_model_free(m);
     be->destroy(be);

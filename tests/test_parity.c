@@ -15,6 +15,7 @@
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "test.h"
+#include "test_fixture.h"
 #include "train/trainer.h"
 
 typedef struct fixture {
@@ -43,28 +44,6 @@ static void path(char *buf, const fixture *f, const char *rel) {
     snprintf(buf, 512, FIXTURES "/%s/%s", f->name, rel);
 }
 
-/* Batch of all rows with labels shifted left as transformers does (logits[:, :-1] vs labels[:, 1:]). */
-static int make_batch(us_backend *be, const us_token_dataset *ds, us_batch *b) {
-    int B = (int)ds->n, S = (int)ds->ex[0].n, T = B * S, counted = 0;
-    int32_t *ids = malloc(T * 4), *tg = malloc(T * 4), *pos = malloc(T * 4);
-    for (int r = 0; r < B; r++)
-        for (int s = 0; s < S; s++) {
-            ids[r * S + s] = ds->ex[r].ids[s];
-            pos[r * S + s] = s;
-            tg[r * S + s] = s + 1 < S ? ds->ex[r].labels[s + 1] : -100;
-            counted += tg[r * S + s] != -100;
-        }
-    *b = (us_batch){.batch = B, .seq = S, .ids = be->alloc(be, T * 4), .targets = be->alloc(be, T * 4),
-                    .pos = be->alloc(be, T * 4)};
-    be->upload(be, b->ids, ids, T * 4);
-    be->upload(be, b->targets, tg, T * 4);
-    be->upload(be, b->pos, pos, T * 4);
-    free(ids);
-    free(tg);
-    free(pos);
-    return counted;
-}
-
 static void step0(us_test_ctx *t, const fixture *f) {
     char p[512], q[512];
     us_err e = {{0}};
@@ -84,7 +63,7 @@ static void step0(us_test_ctx *t, const fixture *f) {
     path(p, f, "data.jsonl");
     CHECK(!us_jsonl_tokens_load(p, m->cfg.vocab, &ds, &e), "%s", e.msg);
     us_batch b;
-    int counted = make_batch(be, &ds, &b);
+    int counted = us_test_fixture_batch(be, &ds, &b);
     int T = b.batch * b.seq, V = m->cfg.vocab;
     CHECK(!us_model_prepare(m, T, &e), "%s", e.msg);
 
@@ -121,9 +100,7 @@ static void step0(us_test_ctx *t, const fixture *f) {
     us_st_close(ref);
     free(g);
     free(logits);
-    be->free(be, b.ids);
-    be->free(be, b.targets);
-    be->free(be, b.pos);
+    us_test_batch_free(be, &b);
     us_token_dataset_free(&ds);
     us_model_free(m);
     be->destroy(be);
