@@ -8,7 +8,8 @@
  * the passes a separate LoRA must make: forward x read + y read/write, backward dy read twice,
  * x read, dx read/write), and the host offload copies (pinned, GB/s each way, and a GEMM queue
  * timed alone and beside a concurrent offload + prefetch).
- * Usage: unswag_gpu_bench [reps] [all|gemm|attn|mem|lora|offload] */
+ * The frozen products of every projection of the three shapes (forward and input gradient).
+ * Usage: unswag_gpu_bench [reps] [all|gemm|attn|mem|lora|proj|offload] */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -143,6 +144,25 @@ int main(int argc, char **argv) {
                    in, out, tf * 1e6, bf / tf / 1e9, tb * 1e6, bb / tb / 1e9);
             be->free(be, x), be->free(be, y), be->free(be, dy), be->free(be, dx), be->free(be, A), be->free(be, B);
             be->free(be, dA), be->free(be, dB), be->free(be, u), be->free(be, sc), be->free(be, tmp);
+        }
+    }
+    if (PART("proj")) { /* the frozen products of each benchmark shape: forward (x W^T) and input gradient (dy W) */
+        struct { const char *name; int T, in, out; } ps[] = {
+            {"smollm2 q/o", 16384, 576, 576},  {"smollm2 k/v", 16384, 576, 192},  {"smollm2 gate/up", 16384, 576, 1536},
+            {"smollm2 down", 16384, 1536, 576}, {"smollm2 head", 682, 576, 49152}, {"1b q/o", 8192, 2048, 2048},
+            {"1b k/v", 8192, 2048, 512},       {"1b gate/up", 8192, 2048, 8192},  {"1b down", 8192, 8192, 2048},
+            {"1b head", 261, 2048, 128256},    {"8b q/o", 2048, 4096, 4096},      {"8b k/v", 2048, 4096, 1024},
+            {"8b gate/up", 2048, 4096, 14336}, {"8b down", 2048, 14336, 4096},    {"8b head", 261, 4096, 128256},
+        };
+        for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) {
+            int T = ps[i].T, in = ps[i].in, out = ps[i].out;
+            void *x = rand_act((size_t)T * in, 1, 50), *w = rand_act((size_t)out * in, 0.02f, 51), *y = rand_act((size_t)T * out, 1, 52);
+            double tf, tb, fl = 2.0 * T * in * out;
+            TIME(reps, be->linear_fwd(be, y, false, x, w, NULL, T, in, out), tf);
+            TIME(reps, be->linear_bwd_x(be, x, false, y, w, T, in, out), tb);
+            printf("proj %-16s T=%-6d %5d -> %-6d fwd %8.1f us %5.0f TFLOP/s  bwd_x %8.1f us %5.0f TFLOP/s\n", ps[i].name, T,
+                   in, out, tf * 1e6, fl / tf / 1e12, tb * 1e6, fl / tb / 1e12);
+            be->free(be, x), be->free(be, w), be->free(be, y);
         }
     }
     if (PART("offload") && be->host_alloc) { /* pinned host copies on the copy stream */

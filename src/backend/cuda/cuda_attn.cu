@@ -47,6 +47,10 @@ __device__ __forceinline__ void cp_async16(uint32_t saddr, const void *g, bool p
     int n = pred ? 16 : 0; /* 0: zero-fill, nothing read */
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(saddr), "l"(g), "r"(n));
 }
+__device__ __forceinline__ void cp_async4(uint32_t saddr, const void *g, bool pred) {
+    int n = pred ? 4 : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(saddr), "l"(g), "r"(n));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
@@ -295,7 +299,7 @@ __global__ void __launch_bounds__(BN * 2) k_attn_bwd(float *dq_acc, bf16 *dk, bf
     extern __shared__ __align__(128) unsigned char smraw[];
     bf16 *sb = reinterpret_cast<bf16 *>(smraw);
     bf16 *sK = sb + L::K, *sV = sb + L::V, *sQ = sb + L::Q, *sdO = sb + L::DO, *sdS = sb + L::DS;
-    float *sL = reinterpret_cast<float *>(sb + L::END); /* [2][BQ] lse * log2e */
+    float *sL = reinterpret_cast<float *>(sb + L::END); /* [2][BQ] lse (natural log) */
     float *sD = sL + 2 * BQ;                            /* [2][BQ] */
     int *sS = reinterpret_cast<int *>(sD + 2 * BQ);     /* [2][BQ] seg start */
 
@@ -332,15 +336,17 @@ __global__ void __launch_bounds__(BN * 2) k_attn_bwd(float *dq_acc, bf16 *dk, bf
         const bf16 *dg = dout + ((size_t)b * seq + q0) * qs + (size_t)h * HD;
         load_tile<BQ, HD, BNT>(sQ + stage * BQ * HD, qg, qs, seq - q0, tid);
         load_tile<BQ, HD, BNT>(sdO + stage * BQ * HD, dg, qs, seq - q0, tid);
-        cp_async_commit();
+        /* the rows' lse, D and segment start travel with the tiles (asynchronously: a plain load
+         * here would stall every thread for a global round trip each iteration); rows past the
+         * end arrive as zeros and are masked by index */
         for (int i = tid; i < BQ; i += BNT) {
-            int r = q0 + i;
-            bool ok = r < seq;
-            size_t t = (size_t)b * seq + r;
-            sL[stage * BQ + i] = ok ? lse[t * H + h] * LOG2E : INFINITY;
-            sD[stage * BQ + i] = ok ? Dg[t * H + h] : 0.0f;
-            sS[stage * BQ + i] = ok ? (seg ? (int)seg[t] : 0) : seq + 1; /* past-the-end rows: fully masked */
+            const bool ok = q0 + i < seq;
+            const size_t t = (size_t)b * seq + (ok ? q0 + i : 0);
+            cp_async4(smem_u32(sL + stage * BQ + i), lse + t * H + h, ok);
+            cp_async4(smem_u32(sD + stage * BQ + i), Dg + t * H + h, ok);
+            if (seg) cp_async4(smem_u32(sS + stage * BQ + i), seg + t, ok);
         }
+        cp_async_commit();
     };
 
     load_tile<BN, HD, BNT>(sK, kg + (size_t)k0 * ks, ks, seq - k0, tid);
@@ -411,13 +417,14 @@ __global__ void __launch_bounds__(BN * 2) k_attn_bwd(float *dq_acc, bf16 *dk, bf
 #pragma unroll
         for (int nt = 0; nt < BQ / 8; nt++) {
             const int qc = nt * 8 + (lane & 3) * 2;
-            const float2 L2 = *reinterpret_cast<const float2 *>(cL + qc), D2 = *reinterpret_cast<const float2 *>(cD + qc);
+            const float2 Ln = *reinterpret_cast<const float2 *>(cL + qc), D2 = *reinterpret_cast<const float2 *>(cD + qc);
+            const float2 L2 = make_float2(Ln.x * LOG2E, Ln.y * LOG2E);
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 float p = exp2f(fmaf(st[nt][e], scale_log2, -((e & 1) ? L2.y : L2.x)));
                 if (need_mask) {
                     int qi = q0 + qc + (e & 1), kr = e < 2 ? kra : krb;
-                    if (kr > qi || kr < cS[qc + (e & 1)]) p = 0.0f;
+                    if (kr > qi || qi >= seq || (seg && kr < cS[qc + (e & 1)])) p = 0.0f;
                 }
                 st[nt][e] = p;
                 dp[nt][e] = p * (dp[nt][e] - ((e & 1) ? D2.y : D2.x));
