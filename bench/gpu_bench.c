@@ -4,9 +4,9 @@
  * 8192^3 (the ceiling MFU is quoted against), flash attention forward/backward TFLOP/s (causal
  * FLOPs: forward 2 products of b*s*s/2*H*hd each, x2 for multiply-add; backward 2.5x forward), and
  * the memory-bound kernels' GB/s (bytes read + written once). Inputs are random (never zeros).
- * Then LoRA forward/backward at the adapters of the three benchmark shapes (r = 16; GB/s counts
- * the passes a separate LoRA must make: forward x read + y read/write, backward dy read twice,
- * x read, dx read/write), and the host offload copies (pinned, GB/s each way, and a GEMM queue
+ * Then LoRA forward/backward at the adapters of the three benchmark shapes, alone and as the
+ * q+k+v / gate+up groups step.c forms (r = 16; GB/s counts the passes: forward x read + y
+ * written, backward dy read twice, x read, dx written), and the host offload copies (pinned, GB/s each way, and a GEMM queue
  * timed alone and beside a concurrent offload + prefetch).
  * The frozen products of every projection of the three shapes (forward and input gradient).
  * Usage: unswag_gpu_bench [reps] [all|gemm|attn|mem|lora|proj|offload] */
@@ -49,6 +49,18 @@ static void *rand_act(size_t n, float sd, uint64_t stream) {
 static void *g_x, *g_w, *g_y;
 static void gemm4(int N) {
     for (int k = 0; k < 4; k++) be->linear_fwd(be, g_y, false, g_x, g_w, NULL, N, N, N);
+}
+
+/* a group of n projections reading x, as step.c runs it (same B for each member here) */
+static void lora_group_fwd(void *y, float *u, const void *x, const float *A, const float *B, int T, int in, int out,
+                           int r, int n) {
+    be->lora_down(be, u, n * r, x, A, T, in, n * r);
+    for (int j = 0; j < n; j++) be->lora_up(be, y, NULL, u + j * r, n * r, B, 2.0f, T, out, r);
+}
+static void lora_group_bwd(void *dx, float *dA, float *dB, float *du, const void *dy, const void *x, const float *u,
+                           const float *A, const float *B, int T, int in, int out, int r, int n) {
+    for (int j = 0; j < n; j++) be->lora_bwd_dy(be, du + j * r, n * r, dB, dy, u + j * r, n * r, B, 2.0f, T, out, r);
+    be->lora_bwd_x(be, dx, NULL, dA, du, n * r, x, A, T, in, n * r);
 }
 
 int main(int argc, char **argv) {
@@ -117,33 +129,35 @@ int main(int argc, char **argv) {
         TIME(reps, be->xent_fwd_bwd(be, L, lab, ls, 1e-4f, rows, V), sec);
         printf("xent %dx%d: %.3f ms  %.0f GB/s\n", rows, V, sec * 1e3, 6.0 * rows * V / sec / 1e9);
     }
-    if (PART("lora")) { /* LoRA r = 16 at each benchmark shape's adapters */
-        struct { const char *name; int T, in, out; } ls[] = {
-            {"smollm2 q/o", 16384, 576, 576},  {"smollm2 k/v", 16384, 576, 192},  {"smollm2 gate/up", 16384, 576, 1536},
-            {"smollm2 down", 16384, 1536, 576}, {"1b q/o", 8192, 2048, 2048},       {"1b k/v", 8192, 2048, 512},
-            {"1b gate/up", 8192, 2048, 8192},   {"1b down", 8192, 8192, 2048},      {"8b q/o", 2048, 4096, 4096},
-            {"8b k/v", 2048, 4096, 1024},       {"8b gate/up", 2048, 4096, 14336}, {"8b down", 2048, 14336, 4096},
+    if (PART("lora")) { /* LoRA r = 16 at each benchmark shape's adapters; n > 1: a group sharing x */
+        struct { const char *name; int T, in, out, n; } ls[] = {
+            {"smollm2 q/o", 16384, 576, 576, 1},  {"smollm2 k/v", 16384, 576, 192, 1},  {"smollm2 gate/up", 16384, 576, 1536, 1},
+            {"smollm2 down", 16384, 1536, 576, 1}, {"smollm2 q+k+v", 16384, 576, 576, 3}, {"1b q/o", 8192, 2048, 2048, 1},
+            {"1b k/v", 8192, 2048, 512, 1},       {"1b gate/up", 8192, 2048, 8192, 1},  {"1b down", 8192, 8192, 2048, 1},
+            {"1b gate+up", 8192, 2048, 8192, 2},  {"8b q/o", 2048, 4096, 4096, 1},      {"8b k/v", 2048, 4096, 1024, 1},
+            {"8b gate/up", 2048, 4096, 14336, 1}, {"8b down", 2048, 14336, 4096, 1},    {"8b gate+up", 2048, 4096, 14336, 2},
         };
         int r = 16;
         for (size_t i = 0; i < sizeof ls / sizeof ls[0]; i++) {
-            int T = ls[i].T, in = ls[i].in, out = ls[i].out;
+            int T = ls[i].T, in = ls[i].in, out = ls[i].out, n = ls[i].n, R = n * r;
             void *x = rand_act((size_t)T * in, 1, 30), *y = rand_act((size_t)T * out, 1, 31);
             void *dy = rand_act((size_t)T * out, 1, 32), *dx = rand_act((size_t)T * in, 1, 33);
-            float *A = be->alloc(be, (size_t)r * in * 4), *B = be->alloc(be, (size_t)out * r * 4);
-            float *dA = be->alloc(be, (size_t)r * in * 4), *dB = be->alloc(be, (size_t)out * r * 4);
-            float *u = be->alloc(be, (size_t)T * r * 4), *sc = be->alloc(be, (size_t)T * r * 4);
-            void *tmp = rand_act((size_t)(r * in > out * r ? r * in : out * r), 0.02f, 34);
-            be->act_to_f32(be, A, tmp, (size_t)r * in);
+            float *A = be->alloc(be, (size_t)R * in * 4), *B = be->alloc(be, (size_t)out * r * 4);
+            float *dA = be->alloc(be, (size_t)R * in * 4), *dB = be->alloc(be, (size_t)out * r * 4);
+            float *u = be->alloc(be, (size_t)T * R * 4), *du = be->alloc(be, (size_t)T * R * 4);
+            void *tmp = rand_act((size_t)(R * in > out * r ? R * in : out * r), 0.02f, 34);
+            be->act_to_f32(be, A, tmp, (size_t)R * in);
             be->act_to_f32(be, B, tmp, (size_t)out * r);
-            be->zero(be, dA, (size_t)r * in * 4), be->zero(be, dB, (size_t)out * r * 4);
-            double tf, tb;
-            TIME(reps, be->lora_fwd(be, y, u, x, A, B, 2.0f, T, in, out, r), tf);
-            TIME(reps, be->lora_bwd(be, dx, dA, dB, dy, x, u, A, B, 2.0f, T, in, out, r, sc), tb);
-            double bf = 2.0 * T * in + 4.0 * T * out, bb = 4.0 * T * out + 2.0 * T * in + 4.0 * T * in;
-            printf("lora r=%d %-16s T=%-6d %5d -> %-5d fwd %7.1f us %5.0f GB/s  bwd %7.1f us %5.0f GB/s\n", r, ls[i].name, T,
-                   in, out, tf * 1e6, bf / tf / 1e9, tb * 1e6, bb / tb / 1e9);
+            be->zero(be, dA, (size_t)R * in * 4), be->zero(be, dB, (size_t)out * r * 4);
+            double tf, tb; /* as step.c runs them: y and dx written (the frozen product adds on top) */
+            TIME(reps, lora_group_fwd(y, u, x, A, B, T, in, out, r, n), tf);
+            TIME(reps, lora_group_bwd(dx, dA, dB, du, dy, x, u, A, B, T, in, out, r, n), tb);
+            /* bytes: forward x read + n y written; backward n dy read twice, x read, dx written */
+            double bf = 2.0 * T * in + 2.0 * n * T * out, bb = 4.0 * n * T * out + 4.0 * T * in;
+            printf("lora r=%d %-16s T=%-6d %5d -> %-5d x%d fwd %7.1f us %5.0f GB/s  bwd %7.1f us %5.0f GB/s\n", r, ls[i].name,
+                   T, in, out, n, tf * 1e6, bf / tf / 1e9, tb * 1e6, bb / tb / 1e9);
             be->free(be, x), be->free(be, y), be->free(be, dy), be->free(be, dx), be->free(be, A), be->free(be, B);
-            be->free(be, dA), be->free(be, dB), be->free(be, u), be->free(be, sc), be->free(be, tmp);
+            be->free(be, dA), be->free(be, dB), be->free(be, u), be->free(be, du), be->free(be, tmp);
         }
     }
     if (PART("proj")) { /* the frozen products of each benchmark shape: forward (x W^T) and input gradient (dy W) */

@@ -272,74 +272,101 @@ TEST(ops_linear) {
 
 /* ==== LoRA ==== */
 
+/* A group of two adapted projections reading the same x (as q and v do): A1, A2 one [2r, in]
+ * block, u1, u2 column blocks of one [T, 2r] tensor. y_k = s (x A_k^T) B_k^T. */
 typedef struct lora_ctx {
-    double *x, *A, *B, *w, *y, *y0;
+    double *x, *A, *B1, *B2, *w1, *w2, *y1, *y2;
     double s;
-    int T, in, out, r;
+    int T, in, out1, out2, r;
 } lora_ctx;
-static void lora_ref(lora_ctx *c, double *u) {
+static void lora_ref(lora_ctx *c, double *u) { /* u [T, 2r] */
     double uu[64];
     for (int t = 0; t < c->T; t++) {
-        for (int k = 0; k < c->r; k++) {
+        for (int k = 0; k < 2 * c->r; k++) {
             double v = 0;
             for (int i = 0; i < c->in; i++) v += c->x[t * c->in + i] * c->A[k * c->in + i];
             uu[k] = v;
-            if (u) u[t * c->r + k] = v;
+            if (u) u[t * 2 * c->r + k] = v;
         }
-        for (int o = 0; o < c->out; o++) {
+        for (int o = 0; o < c->out1 + c->out2; o++) {
+            bool first = o < c->out1;
+            int oo = first ? o : o - c->out1;
             double v = 0;
-            for (int k = 0; k < c->r; k++) v += uu[k] * c->B[o * c->r + k];
-            c->y[t * c->out + o] = c->y0[t * c->out + o] + c->s * v;
+            for (int k = 0; k < c->r; k++) v += uu[(first ? 0 : c->r) + k] * (first ? c->B1 : c->B2)[oo * c->r + k];
+            (first ? c->y1 : c->y2)[t * (first ? c->out1 : c->out2) + oo] = c->s * v;
         }
     }
 }
 static double lora_loss(void *p) {
     lora_ctx *c = p;
     lora_ref(c, NULL);
-    return wdot(c->w, c->y, (size_t)c->T * c->out);
+    return wdot(c->w1, c->y1, (size_t)c->T * c->out1) + wdot(c->w2, c->y2, (size_t)c->T * c->out2);
 }
 
 TEST(ops_lora) {
     us_backend *be = cpu();
     CHECK(be, "no cpu backend");
     rng rg = {14};
-    enum { T = 7, IN = 17, OUT = 13, R = 4 };
+    enum { T = 7, IN = 17, O1 = 13, O2 = 6, R = 4, LD = 2 * R };
     const float s = 2.5f;
-    float x[T * IN], A[R * IN], B[OUT * R], w[T * OUT], y[T * OUT], u[T * R], dx[T * IN], dA[R * IN], dB[OUT * R],
-        scratch[T * R], dA2[R * IN], dB2[OUT * R];
-    double xd[T * IN], Ad[R * IN], Bd[OUT * R], wd[T * OUT], yd[T * OUT], y0[T * OUT], ud[T * R], fd[T * IN],
-        dx0[T * IN], dA0[R * IN], dB0[OUT * R];
+    float x[T * IN], A[LD * IN], B1[O1 * R], B2[O2 * R], w1[T * O1], w2[T * O2], u[T * LD], du[T * LD];
+    float y1[T * O1], y2[T * O2], res[T * O2], dx[T * IN], dA[LD * IN], dB1[O1 * R], dB2[O2 * R];
+    double xd[T * IN], Ad[LD * IN], B1d[O1 * R], B2d[O2 * R], w1d[T * O1], w2d[T * O2], y1d[T * O1], y2d[T * O2];
+    double ud[T * LD], resd[T * O2], want[T * IN > LD * IN ? T * IN : LD * IN], fd[LD * IN > T * IN ? LD * IN : T * IN];
+    double dx0[T * IN], dA0[LD * IN], dB10[O1 * R], dB20[O2 * R];
     fill(&rg, x, xd, T * IN, 1);
-    fill(&rg, A, Ad, R * IN, 0.3);
-    fill(&rg, B, Bd, OUT * R, 0.3);
-    fill(&rg, w, wd, T * OUT, 1);
-    fill(&rg, y, y0, T * OUT, 1); /* y += ... */
-    be->lora_fwd(be, y, u, x, A, B, s, T, IN, OUT, R);
-    lora_ctx c = {xd, Ad, Bd, wd, yd, y0, s, T, IN, OUT, R};
+    fill(&rg, A, Ad, LD * IN, 0.3);
+    fill(&rg, B1, B1d, O1 * R, 0.3);
+    fill(&rg, B2, B2d, O2 * R, 0.3);
+    fill(&rg, w1, w1d, T * O1, 1);
+    fill(&rg, w2, w2d, T * O2, 1);
+    lora_ctx c = {xd, Ad, B1d, B2d, w1d, w2d, y1d, y2d, s, T, IN, O1, O2, R};
     lora_ref(&c, ud);
-    EXPECT_CLOSE("lora_fwd u = x A^T", u, ud, T * R, TOL);
-    EXPECT_CLOSE("lora_fwd y += s u B^T", y, yd, T * OUT, TOL);
-    fill(&rg, dx, dx0, T * IN, 1);
-    fill(&rg, dA, dA0, R * IN, 1);
-    fill(&rg, dB, dB0, OUT * R, 1);
-    memcpy(dA2, dA, sizeof dA);
-    memcpy(dB2, dB, sizeof dB);
-    be->lora_bwd(be, dx, dA, dB, w, x, u, A, B, s, T, IN, OUT, R, scratch);
+    /* one lora_down for the group, two lora_up: res NULL (write), res == y (add), res elsewhere */
+    be->lora_down(be, u, LD, x, A, T, IN, LD);
+    EXPECT_CLOSE("lora_down u = x [A1; A2]^T", u, ud, T * LD, TOL);
+    fill(&rg, y1, NULL, T * O1, 1); /* garbage that must be overwritten */
+    be->lora_up(be, y1, NULL, u, LD, B1, s, T, O1, R);
+    EXPECT_CLOSE("lora_up y1 = s u1 B1^T", y1, y1d, T * O1, TOL);
+    fill(&rg, y2, resd, T * O2, 1);
+    be->lora_up(be, y2, y2, u + R, LD, B2, s, T, O2, R);
+    for (int i = 0; i < T * O2; i++) want[i] = resd[i] + y2d[i];
+    EXPECT_CLOSE("lora_up y2 += s u2 B2^T (res == y)", y2, want, T * O2, TOL);
+    fill(&rg, res, resd, T * O2, 1);
+    fill(&rg, y2, NULL, T * O2, 1);
+    be->lora_up(be, y2, res, u + R, LD, B2, s, T, O2, R);
+    for (int i = 0; i < T * O2; i++) want[i] = resd[i] + y2d[i];
+    EXPECT_CLOSE("lora_up y2 = res + s u2 B2^T", y2, want, T * O2, TOL);
+
+    /* backward: du and dB per member, then one lora_bwd_x for the group */
+    fill(&rg, dB1, dB10, O1 * R, 1);
+    fill(&rg, dB2, dB20, O2 * R, 1);
+    fill(&rg, dA, dA0, LD * IN, 1);
+    be->lora_bwd_dy(be, du, LD, dB1, w1, u, LD, B1, s, T, O1, R);
+    be->lora_bwd_dy(be, du + R, LD, dB2, w2, u + R, LD, B2, s, T, O2, R);
+    fd_grad(lora_loss, &c, B1d, O1 * R, FD_H, fd);
+    for (int i = 0; i < O1 * R; i++) want[i] = fd[i] + dB10[i];
+    EXPECT_CLOSE("lora_bwd_dy dB1 (adds)", dB1, want, O1 * R, TOL);
+    fd_grad(lora_loss, &c, B2d, O2 * R, FD_H, fd);
+    for (int i = 0; i < O2 * R; i++) want[i] = fd[i] + dB20[i];
+    EXPECT_CLOSE("lora_bwd_dy dB2 (adds)", dB2, want, O2 * R, TOL);
+    fill(&rg, dx, NULL, T * IN, 1); /* overwritten: res NULL */
+    be->lora_bwd_x(be, dx, NULL, dA, du, LD, x, A, T, IN, LD);
     fd_grad(lora_loss, &c, xd, T * IN, FD_H, fd);
-    for (int i = 0; i < T * IN; i++) fd[i] += dx0[i];
-    EXPECT_CLOSE("lora_bwd dx (adds)", dx, fd, T * IN, TOL);
-    double fdA[R * IN], fdB[OUT * R];
-    fd_grad(lora_loss, &c, Ad, R * IN, FD_H, fdA);
-    fd_grad(lora_loss, &c, Bd, OUT * R, FD_H, fdB);
-    double wantA[R * IN], wantB[OUT * R];
-    for (int i = 0; i < R * IN; i++) wantA[i] = fdA[i] + dA0[i];
-    for (int i = 0; i < OUT * R; i++) wantB[i] = fdB[i] + dB0[i];
-    EXPECT_CLOSE("lora_bwd dA (adds)", dA, wantA, R * IN, TOL);
-    EXPECT_CLOSE("lora_bwd dB (adds)", dB, wantB, OUT * R, TOL);
-    /* dx NULL: nothing written there, dA and dB the same */
-    be->lora_bwd(be, NULL, dA2, dB2, w, x, u, A, B, s, T, IN, OUT, R, scratch);
-    EXPECT_CLOSE("lora_bwd dx=NULL dA", dA2, wantA, R * IN, TOL);
-    EXPECT_CLOSE("lora_bwd dx=NULL dB", dB2, wantB, OUT * R, TOL);
+    EXPECT_CLOSE("lora_bwd_x dx = du [A1; A2]", dx, fd, T * IN, TOL);
+    double fdA[LD * IN];
+    fd_grad(lora_loss, &c, Ad, LD * IN, FD_H, fdA);
+    for (int i = 0; i < LD * IN; i++) want[i] = fdA[i] + dA0[i];
+    EXPECT_CLOSE("lora_bwd_x dA (adds)", dA, want, LD * IN, TOL);
+    fill(&rg, dx, dx0, T * IN, 1); /* res == dx: adds */
+    be->lora_bwd_x(be, dx, dx, dA, du, LD, x, A, T, IN, LD);
+    for (int i = 0; i < T * IN; i++) want[i] = dx0[i] + fd[i];
+    EXPECT_CLOSE("lora_bwd_x dx += du A", dx, want, T * IN, TOL);
+    for (int i = 0; i < LD * IN; i++) want[i] = 2 * fdA[i] + dA0[i];
+    EXPECT_CLOSE("lora_bwd_x dA adds again", dA, want, LD * IN, TOL);
+    be->lora_bwd_x(be, NULL, NULL, dA, du, LD, x, A, T, IN, LD); /* dx NULL: only dA */
+    for (int i = 0; i < LD * IN; i++) want[i] = 3 * fdA[i] + dA0[i];
+    EXPECT_CLOSE("lora_bwd_x dx=NULL dA", dA, want, LD * IN, TOL);
     be->destroy(be);
 }
 

@@ -88,14 +88,23 @@ struct us_backend {
     void (*linear_bwd_w)(us_backend *be, float *dW, float *dbias, const void *dy, const void *x, int T, int in,
                          int out);
 
-    /* LoRA beside a frozen linear: u[T,r] = x A^T (f32, kept for backward), y += s * u B^T.
-     * A [r,in], B [out,r] f32. */
-    void (*lora_fwd)(us_backend *be, void *y, float *u, const void *x, const float *A, const float *B, float s,
-                     int T, int in, int out, int r);
-    /* dB += s * dy^T u;  du = s * dy B;  dA += du^T x;  dx += du A (dx may be NULL: not needed).
-     * scratch: at least T*r floats. */
-    void (*lora_bwd)(us_backend *be, void *dx, float *dA, float *dB, const void *dy, const void *x, const float *u,
-                     const float *A, const float *B, float s, int T, int in, int out, int r, float *scratch);
+    /* LoRA beside a frozen linear y = x W^T, in four products. Each is one pass over a wide
+     * operand (x, y, dy or dx) against a side of width R; the model runs them *before* the frozen
+     * product, which then accumulates on top (acc), so no pass reads y or dx back just to add.
+     * Projections that share an input (q/k/v; gate/up) share one lora_down and one lora_bwd_x:
+     * their A matrices lie contiguously as one [R = n*r, in] block and their u / du as column
+     * blocks of one [T, R] f32 tensor (row pitch ldu); see step.c. A [R,in], B [out,r] f32.
+     *   lora_down:   u = x A^T
+     *   lora_up:     y = res + s * u B^T            (res NULL: y = s u B^T; res may equal y)
+     *   lora_bwd_dy: du = s * dy B;  dB += s * dy^T u
+     *   lora_bwd_x:  dA += du^T x;  dx = res + du A   (dx NULL: only dA; res as lora_up) */
+    void (*lora_down)(us_backend *be, float *u, int ldu, const void *x, const float *A, int T, int in, int R);
+    void (*lora_up)(us_backend *be, void *y, const void *res, const float *u, int ldu, const float *B, float s, int T,
+                    int out, int r);
+    void (*lora_bwd_dy)(us_backend *be, float *du, int lddu, float *dB, const void *dy, const float *u, int ldu,
+                        const float *B, float s, int T, int out, int r);
+    void (*lora_bwd_x)(us_backend *be, void *dx, const void *res, float *dA, const float *du, int lddu, const void *x,
+                       const float *A, int T, int in, int R);
 
     /* In-place rotary embedding of x [T, nh, hd] (rotate-half layout, as Hugging Face): for pair
      * (i, i+hd/2) at position p = pos[t], angle p*inv_freq[i]. inverse rotates by -angle (the

@@ -117,8 +117,9 @@ static void project(us_decoder *d, int l, int t, void *y, bool acc, const void *
     m->be->linear_fwd(m->be, y, acc, x, m->L[l].w[t], m->L[l].b[t], T, in, out);
     if (!m->spec.full && m->slot && m->slot[l][t].on) {
         const us_lora_slot *s = &m->slot[l][t];
-        m->be->lora_fwd(m->be, y, d->u, x, m->params + s->off_A, m->params + s->off_B, m->lora_scale, T, in, out,
-                        m->spec.lora.r);
+        int r = m->spec.lora.r;
+        m->be->lora_down(m->be, d->u, r, x, m->params + s->off_A, T, in, r);
+        m->be->lora_up(m->be, y, y, d->u, r, m->params + s->off_B, m->lora_scale, T, out, r);
     }
 }
 

@@ -228,16 +228,27 @@ void us_model_free(us_model *m) {
 
 /* ---- trainable parameters ---- */
 
-static us_param *add_param(us_model *m, const char *name, int64_t rows, int64_t cols, size_t *off) {
+/* Appends a tensor at *off; packed: directly after the previous one (a LoRA group's A block),
+ * else 64-byte aligned. */
+static us_param *add_param_at(us_model *m, const char *name, int64_t rows, int64_t cols, size_t *off, bool packed) {
     us_param *p = &m->plist[m->n_plist++];
     snprintf(p->name, sizeof p->name, "%s", name);
     p->ndim = cols ? 2 : 1;
     p->shape[0] = rows;
     p->shape[1] = cols;
     p->numel = (size_t)rows * (size_t)(cols ? cols : 1);
-    p->off = *off;
-    *off += (p->numel + 15) / 16 * 16; /* 64-byte aligned tensors */
+    p->off = packed ? *off : (*off + 15) / 16 * 16;
+    *off = p->off + p->numel;
     return p;
+}
+
+static us_param *add_param(us_model *m, const char *name, int64_t rows, int64_t cols, size_t *off) {
+    return add_param_at(m, name, rows, cols, off, false);
+}
+
+int us_target_group(int t) {
+    static const int g[US_T_COUNT] = {0, 0, 0, 1, 2, 2, 3};
+    return t >= 0 && t < US_T_COUNT ? g[t] : -1;
 }
 
 static us_status setup_lora(us_model *m, uint64_t seed, us_err *e) {
@@ -249,19 +260,39 @@ static us_status setup_lora(us_model *m, uint64_t seed, us_err *e) {
     m->slot = calloc((size_t)c->layers, sizeof *m->slot);
     m->plist = calloc((size_t)c->layers * US_T_COUNT * 2, sizeof *m->plist);
     if (!m->slot || !m->plist) return us_fail(e, US_ENOMEM, "out of memory");
+    /* groups: lead, column and width of every adapted target (targets are the same in every layer) */
+    for (int t = 0; t < US_T_COUNT; t++) m->lora_lead[t] = -1, m->lora_col[t] = m->lora_ld[t] = 0;
+    for (int t = 0; t < US_T_COUNT; t++) { /* every target of a group with an adapted member gets the lead */
+        int n = 0, lead = -1;
+        for (int u = 0; u < US_T_COUNT; u++)
+            if (us_target_group(u) == us_target_group(t) && (lc->targets & (1u << u))) {
+                if (lead < 0) lead = u;
+                if (u < t) m->lora_col[t] += lc->r;
+                n++;
+            }
+        m->lora_lead[t] = lead;
+        m->lora_ld[t] = n * lc->r;
+    }
     size_t off = 0;
     char name[200];
-    for (int l = 0; l < c->layers; l++)
+    for (int l = 0; l < c->layers; l++) {
+        /* each group's A matrices back to back (one [n*r, in] block), then the B matrices */
         for (int t = 0; t < US_T_COUNT; t++) {
             if (!(lc->targets & (1u << t))) continue;
             us_lora_slot *s = &m->slot[l][t];
             s->on = true;
             us_target_dims(c, t, &s->in, &s->out);
             us_adapter_tensor_name(name, sizeof name, l, t, 0);
-            s->off_A = add_param(m, name, lc->r, s->in, &off)->off;
+            s->off_A = add_param_at(m, name, lc->r, s->in, &off, m->lora_lead[t] != t)->off;
+        }
+        for (int t = 0; t < US_T_COUNT; t++) {
+            if (!(lc->targets & (1u << t))) continue;
+            us_lora_slot *s = &m->slot[l][t];
             us_adapter_tensor_name(name, sizeof name, l, t, 1);
             s->off_B = add_param(m, name, s->out, lc->r, &off)->off;
         }
+    }
+    off = (off + 15) / 16 * 16;
     m->n_params = off;
     float *h = calloc(off ? off : 1, sizeof(float));
     if (!h) return us_fail(e, US_ENOMEM, "out of memory");

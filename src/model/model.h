@@ -94,6 +94,12 @@ typedef struct us_model {
     us_layer_weights *L;
     float *inv_freq;       /* [head_dim/2] on the device */
     us_lora_slot (*slot)[US_T_COUNT];
+    /* LoRA groups: projections reading the same input (q/k/v, o, gate/up, down) share one
+     * lora_down and one lora_bwd_x. Per target (the same in every layer): the first adapted
+     * target of its group (-1: none in the group), its first column in the group's u / du block
+     * (adapted targets) and that block's width (row pitch) n*r. The A matrices of a group lie contiguously in
+     * the parameter buffer, so the lead's A is the group's [n*r, in] block. */
+    int lora_lead[US_T_COUNT], lora_col[US_T_COUNT], lora_ld[US_T_COUNT];
     /* flat trainable state on the device */
     size_t n_params;
     float *params, *grads;
@@ -121,6 +127,9 @@ typedef struct us_model {
     } s;
     size_t backend_scratch; /* the backend's own buffers for a step (scratch_bytes op), if known */
 } us_model;
+
+/* The LoRA group of projection t: 0 q/k/v, 1 o, 2 gate/up, 3 down. */
+int us_target_group(int t);
 
 /* in/out features of projection t (US_T_*) */
 void us_target_dims(const us_config *c, int t, int *in, int *out);

@@ -82,9 +82,13 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
     void *satt = take(b, tt * H * hd * A), *sg = take(b, mr * F * A), *su = take(b, mr * F * A);
     float *srstd1 = take(b, tt * 4), *srstd2 = take(b, tt * 4), *slse = take(b, tt * H * 4);
     uint32_t *sbits = take(b, mr * words * 4);
-    float *su_lora[US_T_COUNT] = {0};
+    float *su_lora[US_T_COUNT] = {0}; /* per LoRA group (at its lead target): u of all its members */
+    size_t ldmax = 1;
     for (int t = 0; t < US_T_COUNT; t++)
-        if (r && m->slot && m->slot[0][t].on) su_lora[t] = take(b, tt * r * 4);
+        if (r && m->slot && m->slot[0][t].on && m->lora_lead[t] == t) {
+            su_lora[t] = take(b, tt * (size_t)m->lora_ld[t] * 4);
+            ldmax = US_MAX(ldmax, (size_t)m->lora_ld[t]);
+        }
     s->h = take(b, tt * D * A);
     s->rstd = take(b, tt * 4);
     s->a = take(b, mr * F * A);
@@ -96,7 +100,7 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
         s->dv = take(b, tt * KV * hd * A);
         s->datt = take(b, tt * H * hd * A);
         s->da = take(b, mr * F * A);
-        s->lora = take(b, tt * (r ? r : 1) * 4);
+        s->lora = take(b, tt * ldmax * 4); /* du of one LoRA group */
     }
     s->logits = take(b, (size_t)m->head_chunk * (size_t)c->vocab * A);
     s->loss = take(b, 64);
@@ -128,11 +132,15 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
         a->up = SLOT(keep_mlp, US_SAVE_MLP, F * A, su);
         a->bits = SLOT(keep_mlp && c->act == US_ACT_RELU, US_SAVE_MLP_MASK, words * 4, sbits);
         a->a = SLOT(train && p->save_a && mode == US_RECOMPUTE_NONE, US_SAVE_MLP_DOWN_IN, F * A, s->a);
-        for (int t = 0; t < US_T_COUNT; t++)
+        for (int t = 0; t < US_T_COUNT; t++) /* a group's block at its lead; members are column blocks of it */
             /* down_proj's x·A stays kept even when recomputing layers: the rebuilt MLP stops
              * before the down projection, which backward does not need to redo */
-            a->u[t] = slot_on(m, l, t) ? SLOT(keep_small || (train && t == US_T_DOWN), US_SAVE_LORA_U, r * 4, su_lora[t])
-                                       : NULL;
+            a->u[t] = slot_on(m, l, t) && m->lora_lead[t] == t
+                          ? SLOT(keep_small || (train && t == US_T_DOWN), US_SAVE_LORA_U, (size_t)m->lora_ld[t] * 4, su_lora[t])
+                          : NULL;
+        for (int t = 0; t < US_T_COUNT; t++)
+            if (slot_on(m, l, t) && m->lora_lead[t] != t && a->u[m->lora_lead[t]])
+                a->u[t] = a->u[m->lora_lead[t]] + m->lora_col[t];
 #undef SLOT
     }
     s->xfin = (c->layers % 2) ? res1 : res0;

@@ -24,34 +24,66 @@ static bool lora_on(const us_model *m, int l, int t) { return !m->spec.full && m
 static void *rows_at(const us_model *m, const void *base, size_t r0, size_t width) {
     return (char *)base + r0 * width * m->be->act_bytes;
 }
-static float *u_at(const us_model *m, float *u, size_t r0) { return u ? u + r0 * (size_t)m->spec.lora.r : NULL; }
-
-/* y = x W^T + b (+ LoRA); acc adds into y (the residual) */
-static void project(us_model *m, int l, int t, void *y, bool acc, const void *x, int T, float *u) {
-    int in, out;
-    us_target_dims(&m->cfg, t, &in, &out);
-    m->be->linear_fwd(m->be, y, acc, x, m->L[l].w[t], m->L[l].b[t], T, in, out);
-    if (lora_on(m, l, t)) {
-        const us_lora_slot *s = &m->slot[l][t];
-        m->be->lora_fwd(m->be, y, u, x, m->params + s->off_A, m->params + s->off_B, m->lora_scale, T, in, out,
-                        m->spec.lora.r);
-    }
+/* row r0 of target t's x·A (a column block of its group's [T, n*r] tensor) */
+static float *u_at(const us_model *m, int l, int t, size_t r0) {
+    float *u = m->acts[l].u[t];
+    return u ? u + r0 * (size_t)m->lora_ld[t] : NULL;
 }
 
-/* backward of one projection: dx (+)= dy W (when dx), LoRA grads, full-weight grads */
-static void project_bwd(us_model *m, int l, int t, void *dx, bool acc, const void *dy, const void *x, int T,
-                        const float *u) {
+/* One pass over x forms x·A for every adapted projection of target t's group (rows r0..r0+T). */
+static void lora_down(us_model *m, int l, int t, const void *x, int T, size_t r0) {
+    int lead = m->lora_lead[t];
+    if (lead < 0 || !lora_on(m, l, lead)) return;
+    const us_lora_slot *s = &m->slot[l][lead];
+    m->be->lora_down(m->be, u_at(m, l, lead, r0), m->lora_ld[lead], x, m->params + s->off_A, T, s->in, m->lora_ld[lead]);
+}
+
+/* y = res + x W^T + b (+ s u B^T, u from lora_down). res NULL: none; res == y: accumulate.
+ * The LoRA term (or res) is written first and the frozen product adds on top. */
+static void project(us_model *m, int l, int t, void *y, const void *res, const void *x, int T, size_t r0) {
     us_backend *be = m->be;
-    const us_layer_weights *L = &m->L[l];
     int in, out;
     us_target_dims(&m->cfg, t, &in, &out);
-    if (dx) be->linear_bwd_x(be, dx, acc, dy, L->w[t], T, in, out);
+    bool acc = res != NULL;
     if (lora_on(m, l, t)) {
-        const us_lora_slot *s = &m->slot[l][t];
-        be->lora_bwd(be, dx, m->grads + s->off_A, m->grads + s->off_B, dy, x, u, m->params + s->off_A,
-                     m->params + s->off_B, m->lora_scale, T, in, out, m->spec.lora.r, m->s.lora);
+        be->lora_up(be, y, res, u_at(m, l, t, r0), m->lora_ld[t], m->params + m->slot[l][t].off_B, m->lora_scale, T,
+                    out, m->spec.lora.r);
+        acc = true;
+    } else if (res && res != y) {
+        be->copy(be, y, res, (size_t)T * out * be->act_bytes);
     }
-    if (L->gw[t]) be->linear_bwd_w(be, L->gw[t], L->gb[t], dy, x, T, in, out);
+    be->linear_fwd(be, y, acc, x, m->L[l].w[t], m->L[l].b[t], T, in, out);
+}
+
+/* Backward of the n projections ts[] of one group, which all read x: dx (+)= sum dy_t W_t and
+ * the LoRA terms (dx NULL: not needed), LoRA and full-weight gradients. The group's du is formed
+ * once, its LoRA input gradient written into dx first; the frozen products add on top. */
+static void group_bwd(us_model *m, int l, const int *ts, int n, void *const *dys, void *dx, bool acc, const void *x,
+                      int T, size_t r0) {
+    us_backend *be = m->be;
+    const us_layer_weights *L = &m->L[l];
+    int lead = m->lora_lead[ts[0]], in, out;
+    if (lead >= 0 && lora_on(m, l, lead)) {
+        for (int i = 0; i < n; i++) {
+            int t = ts[i];
+            if (!lora_on(m, l, t)) continue;
+            const us_lora_slot *s = &m->slot[l][t];
+            us_target_dims(&m->cfg, t, &in, &out);
+            be->lora_bwd_dy(be, m->s.lora + m->lora_col[t], m->lora_ld[t], m->grads + s->off_B, dys[i], u_at(m, l, t, r0),
+                            m->lora_ld[t], m->params + s->off_B, m->lora_scale, T, out, m->spec.lora.r);
+        }
+        const us_lora_slot *s = &m->slot[l][lead];
+        be->lora_bwd_x(be, dx, acc ? dx : NULL, m->grads + s->off_A, m->s.lora, m->lora_ld[lead], x,
+                       m->params + s->off_A, T, s->in, m->lora_ld[lead]);
+        acc = true;
+    }
+    for (int i = 0; i < n; i++) {
+        int t = ts[i];
+        us_target_dims(&m->cfg, t, &in, &out);
+        if (dx) be->linear_bwd_x(be, dx, acc, dys[i], L->w[t], T, in, out);
+        acc = true;
+        if (L->gw[t]) be->linear_bwd_w(be, L->gw[t], L->gb[t], dys[i], x, T, in, out);
+    }
 }
 
 static us_attn_shape attn_shape(const us_model *m, const us_batch *b) {
@@ -69,14 +101,15 @@ static void forward_attn(us_model *m, int l, const us_batch *b) {
     int T = b->batch * b->seq, D = c->hidden;
     us_attn_shape sh = attn_shape(m, b);
     be->rmsnorm_fwd(be, m->s.h, a->rstd1, a->xin, m->L[l].ln1, T, D, (float)c->rms_eps);
-    project(m, l, US_T_Q, a->q, false, m->s.h, T, a->u[US_T_Q]);
-    project(m, l, US_T_K, a->k, false, m->s.h, T, a->u[US_T_K]);
-    project(m, l, US_T_V, a->v, false, m->s.h, T, a->u[US_T_V]);
+    lora_down(m, l, US_T_Q, m->s.h, T, 0);
+    project(m, l, US_T_Q, a->q, NULL, m->s.h, T, 0);
+    project(m, l, US_T_K, a->k, NULL, m->s.h, T, 0);
+    project(m, l, US_T_V, a->v, NULL, m->s.h, T, 0);
     be->rope(be, a->q, b->pos, m->inv_freq, T, c->heads, c->head_dim, false);
     be->rope(be, a->k, b->pos, m->inv_freq, T, c->kv_heads, c->head_dim, false);
     be->attn_fwd(be, a->att, a->lse, a->q, a->k, a->v, b->seg_start, &sh);
-    be->copy(be, a->xmid, a->xin, (size_t)T * D * be->act_bytes);
-    project(m, l, US_T_O, a->xmid, true, a->att, T, a->u[US_T_O]);
+    lora_down(m, l, US_T_O, a->att, T, 0);
+    project(m, l, US_T_O, a->xmid, a->xin, a->att, T, 0);
 }
 
 /* MLP rows [r0, r0+n): h2 = rmsnorm(xmid) into m->s.h, gate and up (+LoRA) into the chunk
@@ -89,8 +122,9 @@ static void mlp_front(us_model *m, int l, size_t r0, int n, void *prod) {
     size_t D = (size_t)c->hidden;
     void *h = rows_at(m, m->s.h, r0, D);
     be->rmsnorm_fwd(be, h, a->rstd2 + r0, rows_at(m, a->xmid, r0, D), m->L[l].ln2, n, c->hidden, (float)c->rms_eps);
-    project(m, l, US_T_GATE, a->g, false, h, n, u_at(m, a->u[US_T_GATE], r0));
-    project(m, l, US_T_UP, a->up, false, h, n, u_at(m, a->u[US_T_UP], r0));
+    lora_down(m, l, US_T_GATE, h, n, r0);
+    project(m, l, US_T_GATE, a->g, NULL, h, n, r0);
+    project(m, l, US_T_UP, a->up, NULL, h, n, r0);
     be->glu_fwd(be, glu_act(m), prod, a->g, a->up, a->bits, n, c->inter);
 }
 
@@ -98,11 +132,11 @@ static void mlp_front(us_model *m, int l, size_t r0, int n, void *prod) {
 static void mlp_forward(us_model *m, int l, int T, void *out) {
     us_layer_acts *a = &m->acts[l];
     size_t D = (size_t)m->cfg.hidden;
-    m->be->copy(m->be, out, a->xmid, (size_t)T * D * m->be->act_bytes);
     for (int r0 = 0; r0 < T; r0 += m->mlp_rows) {
         int n = US_MIN(m->mlp_rows, T - r0);
         mlp_front(m, l, (size_t)r0, n, a->a);
-        project(m, l, US_T_DOWN, rows_at(m, out, (size_t)r0, D), true, a->a, n, u_at(m, a->u[US_T_DOWN], (size_t)r0));
+        lora_down(m, l, US_T_DOWN, a->a, n, (size_t)r0);
+        project(m, l, US_T_DOWN, rows_at(m, out, (size_t)r0, D), rows_at(m, a->xmid, (size_t)r0, D), a->a, n, (size_t)r0);
     }
 }
 
@@ -132,15 +166,17 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
         prod = m->s.a;
         be->glu_fwd(be, act, prod, a->g, a->up, NULL, n, c->inter);
     }
-    if (p->glu_bwd || down_trains)
-        project_bwd(m, l, US_T_DOWN, p->glu_bwd ? m->s.da : NULL, false, dres, prod, n, u_at(m, a->u[US_T_DOWN], r0));
+    if (p->glu_bwd || down_trains) {
+        static const int down[] = {US_T_DOWN};
+        group_bwd(m, l, down, 1, &dres, p->glu_bwd ? m->s.da : NULL, false, prod, n, r0);
+    }
     if (!p->glu_bwd) return;
     be->glu_bwd(be, act, a->g, a->up, m->s.da, a->g, a->up, a->bits, n, c->inter); /* dg, du in place */
     if (kept && gu_trains)
         be->rmsnorm_fwd(be, h, m->s.rstd, rows_at(m, a->xmid, r0, D), L->ln2, n, c->hidden, (float)c->rms_eps);
-    void *dx = p->prior_mlp ? dh : NULL;
-    project_bwd(m, l, US_T_GATE, dx, false, a->g, h, n, u_at(m, a->u[US_T_GATE], r0));
-    project_bwd(m, l, US_T_UP, dx, true, a->up, h, n, u_at(m, a->u[US_T_UP], r0));
+    static const int gate_up[] = {US_T_GATE, US_T_UP};
+    void *dgu[] = {a->g, a->up};
+    group_bwd(m, l, gate_up, 2, dgu, p->prior_mlp ? dh : NULL, false, h, n, r0);
     if (p->prior_mlp)
         be->rmsnorm_bwd(be, dres, true, L->gln2, dh, rows_at(m, a->xmid, r0, D), a->rstd2 + r0, L->ln2, n, c->hidden);
 }
@@ -160,18 +196,16 @@ static bool backward_layer(us_model *m, int l, const us_batch *b) {
 
     /* attention block */
     us_attn_shape sh = attn_shape(m, b);
-    if (p->save_att)
-        project_bwd(m, l, US_T_O, p->attn_bwd ? m->s.datt : NULL, false, m->s.dres, a->att, T, a->u[US_T_O]);
+    static const int o_proj[] = {US_T_O}, qkv[] = {US_T_Q, US_T_K, US_T_V};
+    if (p->save_att) group_bwd(m, l, o_proj, 1, &m->s.dres, p->attn_bwd ? m->s.datt : NULL, false, a->att, T, 0);
     if (p->attn_bwd) {
         be->attn_bwd(be, m->s.dq, m->s.dk, m->s.dv, m->s.datt, a->q, a->k, a->v, a->att, a->lse, b->seg_start, &sh);
         be->rope(be, m->s.dq, b->pos, m->inv_freq, T, c->heads, c->head_dim, true);
         be->rope(be, m->s.dk, b->pos, m->inv_freq, T, c->kv_heads, c->head_dim, true);
         bool need_h1 = lora_on(m, l, US_T_Q) || lora_on(m, l, US_T_K) || lora_on(m, l, US_T_V) || L->gw[US_T_Q];
         if (need_h1) be->rmsnorm_fwd(be, m->s.h, m->s.rstd, a->xin, L->ln1, T, D, (float)c->rms_eps);
-        void *dx = p->prior_attn ? m->s.dh : NULL;
-        project_bwd(m, l, US_T_Q, dx, false, m->s.dq, m->s.h, T, a->u[US_T_Q]);
-        project_bwd(m, l, US_T_K, dx, true, m->s.dk, m->s.h, T, a->u[US_T_K]);
-        project_bwd(m, l, US_T_V, dx, true, m->s.dv, m->s.h, T, a->u[US_T_V]);
+        void *dqkv[] = {m->s.dq, m->s.dk, m->s.dv};
+        group_bwd(m, l, qkv, 3, dqkv, p->prior_attn ? m->s.dh : NULL, false, m->s.h, T, 0);
         if (p->prior_attn) be->rmsnorm_bwd(be, m->s.dres, true, L->gln1, m->s.dh, a->xin, a->rstd1, L->ln1, T, D);
     }
     return p->prior_attn;

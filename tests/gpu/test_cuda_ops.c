@@ -165,15 +165,18 @@ TEST(cuda_linear_fwd_bwd) {
  * US_CUDA_LORA_GEMM=1 every rank does). Odd token counts test the bounds; T = 34000 gives the
  * down-projection kernel one K range per CTA (plain stores), the others split K (atomics). off = 1
  * places A, B, dA, dB one float past 16-byte alignment (scalar staging, scalar atomics). */
-static int lora_case(gpair *pp, us_test_ctx *t, int T, int in, int out, int r, int off);
+static int lora_case(gpair *pp, us_test_ctx *t, int T, int in, int out, int r, int off, int n);
 
 TEST(cuda_lora_fwd_bwd) {
     OPEN_PAIR(p);
-    int cases[][5] = {{300, 576, 192, 16, 0},  {77, 104, 40, 8, 0},    {130, 64, 96, 12, 0},   {2048, 2048, 512, 16, 0},
-                      {513, 1536, 576, 32, 0}, {34000, 64, 136, 16, 0}, {1000, 4096, 1024, 16, 0}, {77, 100, 36, 8, 0},
-                      {300, 576, 192, 16, 1},  {129, 256, 64, 32, 1}};
+    /* T, in, out, r, off (masters off 16-byte alignment), n (projections in the group: R = n r);
+     * R in {8..96} takes the tensor-core kernels, r = 12 (R 12, 36) and odd widths cuBLASLt */
+    int cases[][6] = {{300, 576, 192, 16, 0, 3}, {77, 104, 40, 8, 0, 1},   {130, 64, 96, 12, 0, 1},  {2048, 2048, 512, 16, 0, 1},
+                      {513, 1536, 576, 32, 0, 1}, {34000, 64, 136, 16, 0, 2}, {1000, 4096, 1024, 16, 0, 3}, {77, 100, 36, 8, 0, 3},
+                      {300, 576, 192, 16, 1, 2},  {129, 256, 64, 32, 1, 3},   {200, 128, 72, 32, 0, 2},  {90, 96, 40, 12, 0, 3},
+                      {257, 2048, 8192, 16, 0, 2}};
     for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++)
-        if (!lora_case(&p, t, cases[i][0], cases[i][1], cases[i][2], cases[i][3], cases[i][4])) {
+        if (!lora_case(&p, t, cases[i][0], cases[i][1], cases[i][2], cases[i][3], cases[i][4], cases[i][5])) {
             gpair_close(&p);
             return;
         }
@@ -187,47 +190,79 @@ static float *g_f32_at(gpair *p, const float *h, size_t n, int off) {
     return d + off;
 }
 
-static int lora_case(gpair *pp, us_test_ctx *t, int T, int in, int out, int r, int off) {
+/* GPU against CPU for one group of n projections sharing x: one lora_down, n lora_up (res
+ * NULL, res == y, res elsewhere in turn), n lora_bwd_dy into column blocks of du, one
+ * lora_bwd_x (res == dx, then NULL, then dx NULL). Increments are compared, not the residuals. */
+static int lora_case(gpair *pp, us_test_ctx *t, int T, int in, int out, int r, int off, int n) {
     gpair p = *pp;
     float s = 2.0f;
-    float *x = rnd((size_t)T * in, 1.0f, 1), *A = rnd((size_t)r * in, 0.05f, 2), *B = rnd((size_t)out * r, 0.05f, 3);
-    float *y0 = rnd((size_t)T * out, 1.0f, 4), *dy = rnd((size_t)T * out, 1.0f, 5), *dx0 = rnd((size_t)T * in, 1.0f, 6);
-    float *dA0 = rnd((size_t)r * in, 0.1f, 7), *dB0 = rnd((size_t)out * r, 0.1f, 8);
-    void *gx = g_act(&p, x, (size_t)T * in), *gy = g_act(&p, y0, (size_t)T * out);
-    float *gA = g_f32_at(&p, A, (size_t)r * in, off), *gB = g_f32_at(&p, B, (size_t)out * r, off);
-    float *gu = g_poison(&p, (size_t)T * r * 4);
-    void *cx = c_f32(&p, x, (size_t)T * in), *cy = c_f32(&p, y0, (size_t)T * out);
-    float *cA = c_f32(&p, A, (size_t)r * in), *cB = c_f32(&p, B, (size_t)out * r), *cu = p.c->alloc(p.c, (size_t)T * r * 4);
-    p.g->lora_fwd(p.g, gy, gu, gx, gA, gB, s, T, in, out, r);
-    p.c->lora_fwd(p.c, cy, cu, cx, cA, cB, s, T, in, out, r);
-    double eu = err_f32(&p, gu, cu, (size_t)T * r);
-    float *hy = get_act(&p, gy, (size_t)T * out);
-    /* compare the LoRA increment y - y0, not y: y0 dominates */
-    float *inc_g = malloc((size_t)T * out * 4), *inc_c = malloc((size_t)T * out * 4);
-    for (size_t i = 0; i < (size_t)T * out; i++) inc_g[i] = hy[i] - y0[i], inc_c[i] = ((float *)cy)[i] - y0[i];
-    double ey = rel_l2(inc_g, inc_c, (size_t)T * out);
-    if (!(eu < 5e-3 && ey < 3e-2)) { snprintf(t->msg, sizeof t->msg, "lora_fwd T=%d in=%d out=%d r=%d: u %g, y increment %g", T, in, out, r, eu, ey); t->failed = 1; return 0; }
-    /* backward, with the CPU's u for both */
-    float *gu2 = g_bytes(&p, cu, (size_t)T * r * 4);
-    void *gdy = g_act(&p, dy, (size_t)T * out), *cdy = c_f32(&p, dy, (size_t)T * out);
-    void *gdx = g_act(&p, dx0, (size_t)T * in), *cdx = c_f32(&p, dx0, (size_t)T * in);
-    float *gdA = g_f32_at(&p, dA0, (size_t)r * in, off), *cdA = c_f32(&p, dA0, (size_t)r * in);
-    float *gdB = g_f32_at(&p, dB0, (size_t)out * r, off), *cdB = c_f32(&p, dB0, (size_t)out * r);
-    float *gsc = g_poison(&p, (size_t)T * r * 4), *csc = p.c->alloc(p.c, (size_t)T * r * 4);
-    p.g->lora_bwd(p.g, gdx, gdA, gdB, gdy, gx, gu2, gA, gB, s, T, in, out, r, gsc);
-    p.c->lora_bwd(p.c, cdx, cdA, cdB, cdy, cx, cu, cA, cB, s, T, in, out, r, csc);
-    double eA = err_f32(&p, gdA, cdA, (size_t)r * in), eB = err_f32(&p, gdB, cdB, (size_t)out * r);
-    float *hdx = get_act(&p, gdx, (size_t)T * in);
-    float *ig = malloc((size_t)T * in * 4), *ic = malloc((size_t)T * in * 4);
-    for (size_t i = 0; i < (size_t)T * in; i++) ig[i] = hdx[i] - dx0[i], ic[i] = ((float *)cdx)[i] - dx0[i];
-    double ex = rel_l2(ig, ic, (size_t)T * in);
-    if (!(eA < TOL_MM && eB < TOL_MM && ex < 3e-2)) { snprintf(t->msg, sizeof t->msg, "lora_bwd T=%d in=%d out=%d r=%d: dA %g dB %g dx increment %g", T, in, out, r, eA, eB, ex); t->failed = 1; return 0; }
+    int R = n * r;
+    size_t TR = (size_t)T * R, TO = (size_t)T * out, TI = (size_t)T * in;
+    float *x = rnd(TI, 1.0f, 1), *A = rnd((size_t)R * in, 0.05f, 2), *B = rnd((size_t)n * out * r, 0.05f, 3);
+    float *y0 = rnd(TO, 1.0f, 4), *dy = rnd((size_t)n * TO, 1.0f, 5), *dx0 = rnd(TI, 1.0f, 6);
+    float *dA0 = rnd((size_t)R * in, 0.1f, 7), *dB0 = rnd((size_t)n * out * r, 0.1f, 8);
+    void *gx = g_act(&p, x, TI), *cx = c_f32(&p, x, TI);
+    float *gA = g_f32_at(&p, A, (size_t)R * in, off), *cA = c_f32(&p, A, (size_t)R * in);
+    float *gB = g_f32_at(&p, B, (size_t)n * out * r, off), *cB = c_f32(&p, B, (size_t)n * out * r);
+    float *gu = g_poison(&p, TR * 4), *cu = p.c->alloc(p.c, TR * 4);
+    char what[160];
+    snprintf(what, sizeof what, "T=%d in=%d out=%d r=%d n=%d off=%d", T, in, out, r, n, off);
+    p.g->lora_down(p.g, gu, R, gx, gA, T, in, R);
+    p.c->lora_down(p.c, cu, R, cx, cA, T, in, R);
+    double eu = err_f32(&p, gu, cu, TR);
+    if (!(eu < 5e-3)) { snprintf(t->msg, sizeof t->msg, "lora_down %s: u %g", what, eu); t->failed = 1; return 0; }
+    float *inc_g = malloc(US_MAX(TO, TI) * 4), *inc_c = malloc(US_MAX(TO, TI) * 4);
+    for (int j = 0; j < n; j++) { /* the CPU's u for both from here on */
+        int mode = j % 3; /* 0: res NULL, 1: res == y, 2: res another buffer */
+        void *gres = g_act(&p, y0, TO), *gy = mode == 1 ? gres : g_poison(&p, TO * 2);
+        float *cy = p.c->alloc(p.c, TO * 4);
+        const float *gu_j = (const float *)g_bytes(&p, cu, TR * 4) + (size_t)j * r;
+        p.g->lora_up(p.g, gy, mode == 0 ? NULL : gres, gu_j, R, gB + (size_t)j * out * r, s, T, out, r);
+        p.c->lora_up(p.c, cy, NULL, cu + (size_t)j * r, R, cB + (size_t)j * out * r, s, T, out, r);
+        float *hy = get_act(&p, gy, TO);
+        for (size_t i = 0; i < TO; i++) inc_g[i] = hy[i] - (mode ? y0[i] : 0.0f), inc_c[i] = ((float *)cy)[i];
+        double ey = rel_l2(inc_g, inc_c, TO);
+        free(hy);
+        if (!(ey < 3e-2)) { snprintf(t->msg, sizeof t->msg, "lora_up %s member %d (res mode %d): %g", what, j, mode, ey); t->failed = 1; return 0; }
+    }
+    /* backward: du and dB per member */
+    float *gu2 = g_bytes(&p, cu, TR * 4);
+    float *gdu = g_poison(&p, TR * 4), *cdu = p.c->alloc(p.c, TR * 4);
+    float *gdB = g_f32_at(&p, dB0, (size_t)n * out * r, off), *cdB = c_f32(&p, dB0, (size_t)n * out * r);
+    for (int j = 0; j < n; j++) {
+        void *gdy = g_act(&p, dy + (size_t)j * TO, TO), *cdy = c_f32(&p, dy + (size_t)j * TO, TO);
+        p.g->lora_bwd_dy(p.g, gdu + (size_t)j * r, R, gdB + (size_t)j * out * r, gdy, gu2 + (size_t)j * r, R,
+                         gB + (size_t)j * out * r, s, T, out, r);
+        p.c->lora_bwd_dy(p.c, cdu + (size_t)j * r, R, cdB + (size_t)j * out * r, cdy, cu + (size_t)j * r, R,
+                         cB + (size_t)j * out * r, s, T, out, r);
+    }
+    double edu = err_f32(&p, gdu, cdu, TR), eB = err_f32(&p, gdB, cdB, (size_t)n * out * r);
+    if (!(edu < 5e-3 && eB < TOL_MM)) { snprintf(t->msg, sizeof t->msg, "lora_bwd_dy %s: du %g dB %g", what, edu, eB); t->failed = 1; return 0; }
+    /* one lora_bwd_x for the group, with the CPU's du for both: dx += du A (res == dx) */
+    float *gdu2 = g_bytes(&p, cdu, TR * 4);
+    void *gdx = g_act(&p, dx0, TI), *cdx = c_f32(&p, dx0, TI);
+    float *gdA = g_f32_at(&p, dA0, (size_t)R * in, off), *cdA = c_f32(&p, dA0, (size_t)R * in);
+    p.g->lora_bwd_x(p.g, gdx, gdx, gdA, gdu2, R, gx, gA, T, in, R);
+    p.c->lora_bwd_x(p.c, cdx, cdx, cdA, cdu, R, cx, cA, T, in, R);
+    double eA = err_f32(&p, gdA, cdA, (size_t)R * in);
+    float *hdx = get_act(&p, gdx, TI);
+    for (size_t i = 0; i < TI; i++) inc_g[i] = hdx[i] - dx0[i], inc_c[i] = ((float *)cdx)[i] - dx0[i];
+    double ex = rel_l2(inc_g, inc_c, TI);
+    free(hdx);
+    if (!(eA < TOL_MM && ex < 3e-2)) { snprintf(t->msg, sizeof t->msg, "lora_bwd_x %s: dA %g dx increment %g", what, eA, ex); t->failed = 1; return 0; }
+    /* res NULL: dx written from nothing (poisoned first) */
+    void *gdx2 = g_poison(&p, TI * 2);
+    p.g->lora_bwd_x(p.g, gdx2, NULL, gdA, gdu2, R, gx, gA, T, in, R);
+    hdx = get_act(&p, gdx2, TI);
+    for (size_t i = 0; i < TI; i++) inc_g[i] = hdx[i];
+    ex = rel_l2(inc_g, inc_c, TI);
+    free(hdx);
+    if (!(ex < 3e-2)) { snprintf(t->msg, sizeof t->msg, "lora_bwd_x %s res NULL: dx %g", what, ex); t->failed = 1; return 0; }
     /* dx may be NULL */
-    p.g->lora_bwd(p.g, NULL, gdA, gdB, gdy, gx, gu2, gA, gB, s, T, in, out, r, gsc);
+    p.g->lora_bwd_x(p.g, NULL, NULL, gdA, gdu2, R, gx, gA, T, in, R);
     p.g->sync(p.g);
-    if (p.g->nonfinite(p.g, gdA, (size_t)r * in)) { snprintf(t->msg, sizeof t->msg, "lora_bwd with dx NULL: non-finite dA"); t->failed = 1; return 0; }
-    free(x), free(A), free(B), free(y0), free(dy), free(dx0), free(dA0), free(dB0), free(hy), free(inc_g), free(inc_c);
-    free(hdx), free(ig), free(ic);
+    if (p.g->nonfinite(p.g, gdA, (size_t)R * in)) { snprintf(t->msg, sizeof t->msg, "lora_bwd_x with dx NULL: non-finite dA"); t->failed = 1; return 0; }
+    free(x), free(A), free(B), free(y0), free(dy), free(dx0), free(dA0), free(dB0), free(inc_g), free(inc_c);
     return 1;
 }
 

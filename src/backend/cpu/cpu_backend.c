@@ -187,21 +187,39 @@ static void cpu_linear_bwd_w(us_backend *be, float *dW, float *dbias, const void
     }
 }
 
-static void cpu_lora_fwd(us_backend *be, void *y, float *u, const void *x, const float *A, const float *B, float s,
-                         int T, int in, int out, int r) {
-    (void)be;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, r, in, 1.0f, x, in, A, in, 0.0f, u, r);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, r, s, u, r, B, r, 1.0f, y, out);
+/* y = res + ...: start y from res (or zero) so the product can accumulate with beta = 1 */
+static void cpu_start_from(float *y, const void *res, size_t rows, size_t cols) {
+    if (res == y) return;
+    if (res) memcpy(y, res, rows * cols * sizeof(float));
+    else memset(y, 0, rows * cols * sizeof(float));
 }
 
-static void cpu_lora_bwd(us_backend *be, void *dx, float *dA, float *dB, const void *dy, const void *x, const float *u,
-                         const float *A, const float *B, float s, int T, int in, int out, int r, float *scratch) {
+static void cpu_lora_down(us_backend *be, float *u, int ldu, const void *x, const float *A, int T, int in, int R) {
     (void)be;
-    float *du = scratch;
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, T, s, dy, out, u, r, 1.0f, dB, r);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, r, out, s, dy, out, B, r, 0.0f, du, r);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, T, 1.0f, du, r, x, in, 1.0f, dA, in);
-    if (dx) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, r, 1.0f, du, r, A, in, 1.0f, dx, in);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, R, in, 1.0f, x, in, A, in, 0.0f, u, ldu);
+}
+
+static void cpu_lora_up(us_backend *be, void *y, const void *res, const float *u, int ldu, const float *B, float s,
+                        int T, int out, int r) {
+    (void)be;
+    cpu_start_from(y, res, (size_t)T, (size_t)out);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, r, s, u, ldu, B, r, 1.0f, y, out);
+}
+
+static void cpu_lora_bwd_dy(us_backend *be, float *du, int lddu, float *dB, const void *dy, const float *u, int ldu,
+                            const float *B, float s, int T, int out, int r) {
+    (void)be;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, T, s, dy, out, u, ldu, 1.0f, dB, r);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, r, out, s, dy, out, B, r, 0.0f, du, lddu);
+}
+
+static void cpu_lora_bwd_x(us_backend *be, void *dx, const void *res, float *dA, const float *du, int lddu,
+                           const void *x, const float *A, int T, int in, int R) {
+    (void)be;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, in, T, 1.0f, du, lddu, x, in, 1.0f, dA, in);
+    if (!dx) return;
+    cpu_start_from(dx, res, (size_t)T, (size_t)in);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, R, 1.0f, du, lddu, A, in, 1.0f, dx, in);
 }
 
 static void cpu_rope(us_backend *be, void *x, const int32_t *pos, const float *inv_freq, int T, int nh, int hd,
@@ -515,7 +533,8 @@ us_status us_backend_cpu_create(int threads, us_backend **out, us_err *e) {
         .embed_fwd = cpu_embed_fwd, .embed_bwd = cpu_embed_bwd,
         .rmsnorm_fwd = cpu_rmsnorm_fwd, .rmsnorm_bwd = cpu_rmsnorm_bwd,
         .linear_fwd = cpu_linear_fwd, .linear_bwd_x = cpu_linear_bwd_x, .linear_bwd_w = cpu_linear_bwd_w,
-        .lora_fwd = cpu_lora_fwd, .lora_bwd = cpu_lora_bwd, .rope = cpu_rope,
+        .lora_down = cpu_lora_down, .lora_up = cpu_lora_up,
+        .lora_bwd_dy = cpu_lora_bwd_dy, .lora_bwd_x = cpu_lora_bwd_x, .rope = cpu_rope,
         .attn_fwd = cpu_attn_fwd, .attn_bwd = cpu_attn_bwd, .glu_fwd = cpu_glu_fwd, .glu_bwd = cpu_glu_bwd,
         .add = cpu_add, .xent_fwd_bwd = cpu_xent_fwd_bwd, .adamw = cpu_adamw, .sumsq = cpu_sumsq,
         .scale = cpu_scale, .nonfinite = cpu_nonfinite, .destroy = cpu_destroy,

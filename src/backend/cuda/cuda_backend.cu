@@ -736,52 +736,79 @@ static bool lora_gemm_forced(void) {
     return v;
 }
 
-/* LoRA through cuBLASLt (fallback): the f32 masters are cast to bf16 copies (r x in and out x r:
- * tiny) for tensor-core products with fp32 accumulation; u stays f32 for backward and is cast for
- * the second product. */
-static void cu_lora_fwd(us_backend *be, void *y, float *u, const void *x, const float *A, const float *B, float s,
-                        int T, int in, int out, int r) {
+/* LoRA through cuBLASLt (fallback): the f32 masters are cast to bf16 copies (tiny) and u / du
+ * gathered from their column block into a contiguous bf16 copy, for tensor-core products with
+ * fp32 accumulation. */
+static bf16 *lora_bf16_rows(cuda_impl *c, int slot, const float *src, int ld, int T, int w) {
+    float *tmp = (float *)us_cuda_scratch(c, SCR_LORA_TMP, (size_t)T * w * 4);
+    bf16 *d = (bf16 *)us_cuda_scratch(c, slot, (size_t)T * w * 2);
+    if (!tmp || !d) return NULL;
+    CK(c, cudaMemcpy2DAsync(tmp, (size_t)w * 4, src, (size_t)ld * 4, (size_t)w * 4, (size_t)T, cudaMemcpyDeviceToDevice, c->st));
+    f32_to_bf16(c, d, tmp, (size_t)T * w);
+    return d;
+}
+
+/* y = res + ...: start y from res (or zero) so the product can accumulate with beta = 1 */
+static void start_from(cuda_impl *c, void *y, const void *res, size_t n) {
+    if (res == y) return;
+    if (res) CK(c, cudaMemcpyAsync(y, res, n * 2, cudaMemcpyDeviceToDevice, c->st));
+    else CK(c, cudaMemsetAsync(y, 0, n * 2, c->st));
+}
+
+static void cu_lora_down(us_backend *be, float *u, int ldu, const void *x, const float *A, int T, int in, int R) {
     cuda_impl *c = CI(be);
     PROF(c, P_LORA_F);
-    if (!lora_gemm_forced() && us_cuda_lora_fwd_fast(c, y, u, x, A, B, s, T, in, out, r)) return;
-    bf16 *Ab = (bf16 *)us_cuda_scratch(c, SCR_LORA_A, (size_t)r * in * 2);
-    bf16 *Bb = (bf16 *)us_cuda_scratch(c, SCR_LORA_B, (size_t)out * r * 2);
-    bf16 *ub = (bf16 *)us_cuda_scratch(c, SCR_LORA_U, (size_t)T * r * 2);
-    if (!Ab || !Bb || !ub) return;
-    f32_to_bf16(c, Ab, A, (size_t)r * in);
+    if (!lora_gemm_forced() && us_cuda_lora_down_fast(c, u, ldu, x, A, T, in, R)) return;
+    bf16 *Ab = (bf16 *)us_cuda_scratch(c, SCR_LORA_A, (size_t)R * in * 2);
+    if (!Ab) return;
+    f32_to_bf16(c, Ab, A, (size_t)R * in);
+    /* u^T (R x T) = A (R x in) x^T */
+    gemm(c, true, false, R, T, in, 1.0f, Ab, BF, in, x, BF, in, 0.0f, u, F32, ldu);
+}
+
+static void cu_lora_up(us_backend *be, void *y, const void *res, const float *u, int ldu, const float *B, float s,
+                       int T, int out, int r) {
+    cuda_impl *c = CI(be);
+    PROF(c, P_LORA_F);
+    if (!lora_gemm_forced() && us_cuda_lora_up_fast(c, y, res, u, ldu, B, s, T, out, r)) return;
+    bf16 *Bb = (bf16 *)us_cuda_scratch(c, SCR_LORA_B, (size_t)out * r * 2), *ub = lora_bf16_rows(c, SCR_LORA_U, u, ldu, T, r);
+    if (!Bb || !ub) return;
     f32_to_bf16(c, Bb, B, (size_t)out * r);
-    /* u^T (r x T) = A (r x in) x^T */
-    gemm(c, true, false, r, T, in, 1.0f, Ab, BF, in, x, BF, in, 0.0f, u, F32, r);
-    f32_to_bf16(c, ub, u, (size_t)T * r);
+    start_from(c, y, res, (size_t)T * out);
     /* y^T (out x T) += s B (out x r) u^T */
     gemm(c, true, false, out, T, r, s, Bb, BF, r, ub, BF, r, 1.0f, y, BF, out);
 }
 
-static void cu_lora_bwd(us_backend *be, void *dx, float *dA, float *dB, const void *dy, const void *x, const float *u,
-                        const float *A, const float *B, float s, int T, int in, int out, int r, float *scratch) {
+static void cu_lora_bwd_dy(us_backend *be, float *du, int lddu, float *dB, const void *dy, const float *u, int ldu,
+                           const float *B, float s, int T, int out, int r) {
     cuda_impl *c = CI(be);
     PROF(c, P_LORA_B);
-    if (!lora_gemm_forced() && us_cuda_lora_bwd_fast(c, dx, dA, dB, dy, x, u, A, B, s, T, in, out, r, scratch))
-        return;
-    bf16 *Ab = (bf16 *)us_cuda_scratch(c, SCR_LORA_A, (size_t)r * in * 2);
-    bf16 *Bb = (bf16 *)us_cuda_scratch(c, SCR_LORA_B, (size_t)out * r * 2);
-    bf16 *ub = (bf16 *)us_cuda_scratch(c, SCR_LORA_U, (size_t)T * r * 2);
-    if (!Ab || !Bb || !ub) return;
-    float *du = scratch;
+    if (!lora_gemm_forced() && us_cuda_lora_bwd_dy_fast(c, du, lddu, dB, dy, u, ldu, B, s, T, out, r)) return;
+    bf16 *Bb = (bf16 *)us_cuda_scratch(c, SCR_LORA_B, (size_t)out * r * 2), *ub = lora_bf16_rows(c, SCR_LORA_U, u, ldu, T, r);
+    if (!Bb || !ub) return;
     f32_to_bf16(c, Bb, B, (size_t)out * r);
-    f32_to_bf16(c, ub, u, (size_t)T * r);
     /* dB^T (r x out) += s u^T (r x T) dy (T x out) */
     gemm(c, false, true, r, out, T, s, ub, BF, r, dy, BF, out, 1.0f, dB, F32, r);
     /* du^T (r x T) = s B^T (r x out) dy^T */
-    gemm(c, false, false, r, T, out, s, Bb, BF, r, dy, BF, out, 0.0f, du, F32, r);
-    f32_to_bf16(c, ub, du, (size_t)T * r);
-    /* dA^T (in x r) += x^T (in x T) du (T x r) */
-    gemm(c, false, true, in, r, T, 1.0f, x, BF, in, ub, BF, r, 1.0f, dA, F32, in);
-    if (dx) {
-        f32_to_bf16(c, Ab, A, (size_t)r * in);
-        /* dx^T (in x T) += A^T (in x r) du^T */
-        gemm(c, false, false, in, T, r, 1.0f, Ab, BF, in, ub, BF, r, 1.0f, dx, BF, in);
-    }
+    gemm(c, false, false, r, T, out, s, Bb, BF, r, dy, BF, out, 0.0f, du, F32, lddu);
+}
+
+static void cu_lora_bwd_x(us_backend *be, void *dx, const void *res, float *dA, const float *du, int lddu,
+                          const void *x, const float *A, int T, int in, int R) {
+    cuda_impl *c = CI(be);
+    PROF(c, P_LORA_B);
+    if (!lora_gemm_forced() && us_cuda_lora_bwd_x_fast(c, dx, res, dA, du, lddu, x, A, T, in, R)) return;
+    bf16 *dub = lora_bf16_rows(c, SCR_LORA_U, du, lddu, T, R);
+    if (!dub) return;
+    /* dA^T (in x R) += x^T (in x T) du (T x R) */
+    gemm(c, false, true, in, R, T, 1.0f, x, BF, in, dub, BF, R, 1.0f, dA, F32, in);
+    if (!dx) return;
+    bf16 *Ab = (bf16 *)us_cuda_scratch(c, SCR_LORA_A, (size_t)R * in * 2);
+    if (!Ab) return;
+    f32_to_bf16(c, Ab, A, (size_t)R * in);
+    start_from(c, dx, res, (size_t)T * in);
+    /* dx^T (in x T) += A^T (in x R) du^T */
+    gemm(c, false, false, in, T, R, 1.0f, Ab, BF, in, dub, BF, R, 1.0f, dx, BF, in);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1291,8 +1318,10 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
     be->linear_fwd = cu_linear_fwd;
     be->linear_bwd_x = cu_linear_bwd_x;
     be->linear_bwd_w = cu_linear_bwd_w;
-    be->lora_fwd = cu_lora_fwd;
-    be->lora_bwd = cu_lora_bwd;
+    be->lora_down = cu_lora_down;
+    be->lora_up = cu_lora_up;
+    be->lora_bwd_dy = cu_lora_bwd_dy;
+    be->lora_bwd_x = cu_lora_bwd_x;
     be->rope = cu_rope;
     be->attn_fwd = us_cuda_attn_fwd;
     be->attn_bwd = us_cuda_attn_bwd;

@@ -22,6 +22,7 @@ enum {
     SCR_LORA_A,     /* bf16 copy of LoRA A */
     SCR_LORA_B,     /* bf16 copy of LoRA B */
     SCR_LORA_U,     /* bf16 copy of u / du */
+    SCR_LORA_TMP,   /* u / du gathered from their column block (f32) */
     SCR_ATTN_DQ,    /* attention backward: f32 dq accumulator */
     SCR_ATTN_D,     /* attention backward: rowsum(dO * O) */
     SCR_ATTN_SEG,   /* attention backward: per query block min seg_start */
@@ -136,10 +137,13 @@ static inline bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; 
 
 /* LoRA (cuda_lora.cu): false when the shape, rank or alignment is not covered (the caller then
  * takes the cuBLASLt path) */
-bool us_cuda_lora_fwd_fast(cuda_impl *c, void *y, float *u, const void *x, const float *A, const float *B, float s,
-                           int T, int in, int out, int r);
-bool us_cuda_lora_bwd_fast(cuda_impl *c, void *dx, float *dA, float *dB, const void *dy, const void *x, const float *u,
-                           const float *A, const float *B, float s, int T, int in, int out, int r, float *du);
+bool us_cuda_lora_down_fast(cuda_impl *c, float *u, int ldu, const void *x, const float *A, int T, int in, int R);
+bool us_cuda_lora_up_fast(cuda_impl *c, void *y, const void *res, const float *u, int ldu, const float *B, float s,
+                          int T, int out, int r);
+bool us_cuda_lora_bwd_dy_fast(cuda_impl *c, float *du, int lddu, float *dB, const void *dy, const float *u, int ldu,
+                              const float *B, float s, int T, int out, int r);
+bool us_cuda_lora_bwd_x_fast(cuda_impl *c, void *dx, const void *res, float *dA, const float *du, int lddu,
+                             const void *x, const float *A, int T, int in, int R);
 
 /* attention (cuda_attn.cu) */
 void us_cuda_attn_fwd(us_backend *be, void *o, float *lse, const void *q, const void *k, const void *v,

@@ -6,7 +6,7 @@
  * Every LoRA product has one side of width r (the rank), so each is a pass over one wide operand
  * (x, y, dy or dx) at memory speed:
  *   down:    O[t, j]  = scale * sum_k P[t, k] W(j, k)       u = x A^T,  du = s dy B
- *   expand:  Y[t, n] += scale * sum_j Q[t, j] W(n, j)       y += s u B^T,  dx += du A
+ *   expand:  Y[t, n] = Res[t, n] + scale * sum_j Q[t, j] W(n, j)   y = res + s u B^T,  dx = res + du A
  *   colred:  O(m, j) += scale * sum_t P[t, m] Q[t, j]       dB += s dy^T u,  dA += du^T x
  * P, Y are bf16 [T, width] rows; Q is f32 [T, r]; W(a, b) = W[a * sa + b * sb] is f32 (either
  * layout of A [r, in] or B [out, r]); O is f32.
@@ -17,8 +17,14 @@
  * output columns so that each thread owns 8 consecutive columns of Y (16-byte read-modify-write);
  * `colred` reduces over tokens and transposes its P tile with ldmatrix.trans from shared memory.
  *
- * Supported: r in {8, 16, 32}, widths a multiple of 8, P/Y 16-byte aligned, Q/O (u, du) 8-byte
- * aligned; otherwise the caller falls back to cuBLASLt. */
+ * The narrow side has width R = n * r: one projection (R = r), or a group of n projections
+ * that read the same input (q/k/v, gate/up), whose A matrices form one [R, in] block and whose
+ * u / du are column blocks of one [T, R] tensor (row pitch ld). expand starts from a residual
+ * (Y = Res + ..., Res NULL: from zero, Res == Y: in place), so the frozen product runs after it
+ * and accumulates, and no pass reads Y only to add to it.
+ *
+ * Supported: R in {8, 16, 24, 32, 48, 64, 96}, widths a multiple of 8, P/Y/Res 16-byte aligned,
+ * Q/O (u, du) 8-byte aligned with an even pitch; otherwise the caller falls back to cuBLASLt. */
 #include "cuda_internal.cuh"
 
 namespace {
@@ -64,14 +70,15 @@ __device__ __forceinline__ void atomic_add2(float *p, float a, float b) {
 constexpr int LT = 128; /* threads per CTA (4 warps) for all three kernels */
 
 /* ------------------------------------------------------------------------------------------ */
-/* down: O[T, R] (=, or += by atomics when the K range is split; the caller zeroes O first)    */
+/* down: O[T, R] (row pitch ldo; =, or += by atomics when the K range is split: the caller zeroes
+ * O's R columns first)                                                                         */
 
 constexpr int DSC = 128;            /* columns of W staged per round */
 constexpr int DPITCH = DSC + 32;    /* bf16 per staged row: 320 bytes, 64 mod 128 (no bank conflicts) */
 
 template <int R>
-__global__ void __launch_bounds__(LT) k_lora_down(float *O, const bf16 *P, int T, int K, const float *W, int wsj,
-                                                  int wsk, float scale, int kc, int atomic, int vecw) {
+__global__ void __launch_bounds__(LT) k_lora_down(float *O, int ldo, const bf16 *P, int T, int K, const float *W,
+                                                  int wsj, int wsk, float scale, int kc, int atomic, int vecw) {
     constexpr int NT = R / 8;
     __shared__ __align__(16) bf16 Ws[R][DPITCH];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
@@ -150,7 +157,7 @@ __global__ void __launch_bounds__(LT) k_lora_down(float *O, const bf16 *P, int T
             for (int h = 0; h < 2; h++) {
                 const int row = rbase + m * 16 + g + h * 8;
                 if (row >= T) continue;
-                float *o = O + (size_t)row * R + col;
+                float *o = O + (size_t)row * ldo + col;
                 const float a = acc[m][n][2 * h] * scale, b = acc[m][n][2 * h + 1] * scale;
                 if (atomic) atomic_add2(o, a, b);
                 else *reinterpret_cast<float2 *>(o) = make_float2(a, b);
@@ -159,13 +166,13 @@ __global__ void __launch_bounds__(LT) k_lora_down(float *O, const bf16 *P, int T
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* expand: Y[T, N] += scale * Q[T, R] W^T, W(n, j) = W[n * wsn + j * wsj]                       */
+/* expand: Y[T, N] = Res + scale * Q[T, R] W^T, W(n, j) = W[n * wsn + j * wsj], Q row pitch ldq  */
 
 constexpr int ENC = 128; /* output columns per CTA */
 
 template <int R>
-__global__ void __launch_bounds__(LT) k_lora_expand(bf16 *Y, int T, int N, const float *Q, const float *W, int wsn,
-                                                    int wsj, float scale, int vecw) {
+__global__ void __launch_bounds__(LT) k_lora_expand(bf16 *Y, const bf16 *Res, int T, int N, const float *Q, int ldq,
+                                                    const float *W, int wsn, int wsj, float scale, int vecw) {
     constexpr int KS = (R + 15) / 16, RP = KS * 16, PITCH = RP + 2; /* odd word pitch: <= 2-way conflicts */
     __shared__ __align__(16) bf16 Ws[ENC][PITCH];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
@@ -210,7 +217,7 @@ __global__ void __launch_bounds__(LT) k_lora_expand(bf16 *Y, int T, int N, const
             for (int i = 0; i < 4; i++) {
                 const int row = rbase + m * 16 + g + (i & 1) * 8, col = ks * 16 + tq * 2 + (i >> 1) * 8;
                 float2 q = make_float2(0.0f, 0.0f);
-                if (row < T && col < R) q = *reinterpret_cast<const float2 *>(Q + (size_t)row * R + col);
+                if (row < T && col < R) q = *reinterpret_cast<const float2 *>(Q + (size_t)row * ldq + col);
                 af[m][ks][i] = pack_bf16(q.x * scale, q.y * scale);
             }
     __syncthreads();
@@ -235,8 +242,8 @@ __global__ void __launch_bounds__(LT) k_lora_expand(bf16 *Y, int T, int N, const
         for (int m = 0; m < 2; m++) {
             const int ra = rbase + m * 16 + g, rb = ra + 8;
             uint4 ya = make_uint4(0, 0, 0, 0), yb = ya;
-            if (cok && ra < T) ya = *reinterpret_cast<const uint4 *>(Y + (size_t)ra * N + col);
-            if (cok && rb < T) yb = *reinterpret_cast<const uint4 *>(Y + (size_t)rb * N + col);
+            if (Res && cok && ra < T) ya = *reinterpret_cast<const uint4 *>(Res + (size_t)ra * N + col);
+            if (Res && cok && rb < T) yb = *reinterpret_cast<const uint4 *>(Res + (size_t)rb * N + col);
             float c[4][4];
 #pragma unroll
             for (int j4 = 0; j4 < 4; j4++) {
@@ -276,10 +283,11 @@ __device__ __forceinline__ int swz128(int row, int col) { /* 16 chunks of 8 per 
 
 template <int R>
 __global__ void __launch_bounds__(LT) k_lora_colred(float *O, int osm, int osj, const bf16 *P, int T, int M,
-                                                    const float *Q, float scale, int tpc, int vec2, int vecq) {
+                                                    const float *Q, int ldq, float scale, int tpc, int vec2, int vecq) {
     constexpr int NT = R / 8;
     using S = ColredSmem<R>;
-    __shared__ __align__(128) S sm;
+    extern __shared__ __align__(128) unsigned char colred_smem[]; /* dynamic: over 48 KB from R = 64 */
+    S &sm = *reinterpret_cast<S *>(colred_smem);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
     const int m0 = blockIdx.x * CMB, t0 = blockIdx.y * tpc, t1 = min(T, t0 + tpc);
     const int nch = (t1 - t0 + CTC - 1) / CTC;
@@ -297,7 +305,7 @@ __global__ void __launch_bounds__(LT) k_lora_colred(float *O, int osm, int osj, 
         if (vecq) {
             for (int idx = tid; idx < CTC * R / 4; idx += LT) {
                 const int r = idx / (R / 4), j = (idx % (R / 4)) * 4;
-                const float4 v = tb + r < t1 ? *reinterpret_cast<const float4 *>(Q + (size_t)(tb + r) * R + j) : make_float4(0, 0, 0, 0);
+                const float4 v = tb + r < t1 ? *reinterpret_cast<const float4 *>(Q + (size_t)(tb + r) * ldq + j) : make_float4(0, 0, 0, 0);
                 sm.Q[st][j][r] = __float2bfloat16_rn(v.x);
                 sm.Q[st][j + 1][r] = __float2bfloat16_rn(v.y);
                 sm.Q[st][j + 2][r] = __float2bfloat16_rn(v.z);
@@ -306,7 +314,7 @@ __global__ void __launch_bounds__(LT) k_lora_colred(float *O, int osm, int osj, 
         } else {
             for (int idx = tid; idx < CTC * R; idx += LT) {
                 const int r = idx / R, j = idx % R;
-                sm.Q[st][j][r] = __float2bfloat16_rn(tb + r < t1 ? Q[(size_t)(tb + r) * R + j] : 0.0f);
+                sm.Q[st][j][r] = __float2bfloat16_rn(tb + r < t1 ? Q[(size_t)(tb + r) * ldq + j] : 0.0f);
             }
         }
     };
@@ -374,7 +382,7 @@ __global__ void __launch_bounds__(LT) k_lora_colred(float *O, int osm, int osj, 
 int target_ctas(cuda_impl *c) { return 2 * c->sm_count; }
 
 template <int R>
-void down(cuda_impl *c, float *O, const void *P, int T, int K, const float *W, int wsj, int wsk, float scale) {
+void down(cuda_impl *c, float *O, int ldo, const void *P, int T, int K, const float *W, int wsj, int wsk, float scale) {
     const int gx = (int)ceil_div_u(T, 128);
     int gy = (int)ceil_div_u(target_ctas(c), gx);
     const int kmax = (int)ceil_div_u(K, DSC);
@@ -382,22 +390,28 @@ void down(cuda_impl *c, float *O, const void *P, int T, int K, const float *W, i
     if (gy < 1) gy = 1;
     int kc = (int)ceil_div_u(ceil_div_u(K, gy), DSC) * DSC;
     gy = (int)ceil_div_u(K, kc);
-    if (gy > 1) CK(c, cudaMemsetAsync(O, 0, (size_t)T * R * 4, c->st));
-    k_lora_down<R><<<dim3(gx, gy), LT, 0, c->st>>>(O, (const bf16 *)P, T, K, W, wsj, wsk, scale, kc, gy > 1,
+    if (gy > 1) CK(c, cudaMemset2DAsync(O, (size_t)ldo * 4, 0, (size_t)R * 4, (size_t)T, c->st));
+    k_lora_down<R><<<dim3(gx, gy), LT, 0, c->st>>>(O, ldo, (const bf16 *)P, T, K, W, wsj, wsk, scale, kc, gy > 1,
                                                     aligned16(W) && (wsk == 1 ? wsj % 4 == 0 : wsk % 4 == 0));
     CK_LAUNCH(c);
 }
 
 template <int R>
-void expand(cuda_impl *c, void *Y, int T, int N, const float *Q, const float *W, int wsn, int wsj, float scale) {
+void expand(cuda_impl *c, void *Y, const void *Res, int T, int N, const float *Q, int ldq, const float *W, int wsn,
+            int wsj, float scale) {
     dim3 grid(ceil_div_u(T, 128), ceil_div_u(N, ENC));
-    k_lora_expand<R><<<grid, LT, 0, c->st>>>((bf16 *)Y, T, N, Q, W, wsn, wsj, scale,
+    k_lora_expand<R><<<grid, LT, 0, c->st>>>((bf16 *)Y, (const bf16 *)Res, T, N, Q, ldq, W, wsn, wsj, scale,
                                               aligned16(W) && (wsj == 1 ? wsn % 4 == 0 : wsj % 4 == 0));
     CK_LAUNCH(c);
 }
 
 template <int R>
-void colred(cuda_impl *c, float *O, int osm, int osj, const void *P, int T, int M, const float *Q, float scale) {
+void colred(cuda_impl *c, float *O, int osm, int osj, const void *P, int T, int M, const float *Q, int ldq, float scale) {
+    static bool attr_set = false; /* per instance; one device per process */
+    if (!attr_set) {
+        CK(c, cudaFuncSetAttribute(k_lora_colred<R>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sizeof(ColredSmem<R>)));
+        attr_set = true;
+    }
     const int gx = (int)ceil_div_u(M, CMB);
     int gy = (int)ceil_div_u(target_ctas(c), gx);
     const int tmax = (int)ceil_div_u(T, CTC);
@@ -406,57 +420,82 @@ void colred(cuda_impl *c, float *O, int osm, int osj, const void *P, int T, int 
     int tpc = (int)ceil_div_u(ceil_div_u(T, gy), CTC) * CTC;
     gy = (int)ceil_div_u(T, tpc);
     const int vec2 = osj == 1 && ((uintptr_t)O & 7u) == 0;
-    k_lora_colred<R><<<dim3(gx, gy), LT, 0, c->st>>>(O, osm, osj, (const bf16 *)P, T, M, Q, scale, tpc, vec2,
-                                                      aligned16(Q));
+    k_lora_colred<R><<<dim3(gx, gy), LT, sizeof(ColredSmem<R>), c->st>>>(O, osm, osj, (const bf16 *)P, T, M, Q, ldq,
+                                                                         scale, tpc, vec2, aligned16(Q) && ldq % 4 == 0);
     CK_LAUNCH(c);
 }
 
+/* The products at a width R known at compile time: R = n * r for a group of n projections. */
 template <int R>
-void fwd_r(cuda_impl *c, void *y, float *u, const void *x, const float *A, const float *B, float s, int T, int in,
-           int out) {
-    down<R>(c, u, x, T, in, A, in, 1, 1.0f);       /* u = x A^T        (A [R, in]) */
-    expand<R>(c, y, T, out, u, B, R, 1, s);         /* y += s u B^T     (B [out, R]) */
-}
+struct lora_at {
+    static void down_x(cuda_impl *c, float *u, int ldu, const void *x, const float *A, int T, int in) {
+        down<R>(c, u, ldu, x, T, in, A, in, 1, 1.0f); /* u = x A^T   (A [R, in]) */
+    }
+    static void up(cuda_impl *c, void *y, const void *res, const float *u, int ldu, const float *B, float s, int T,
+                   int out) {
+        expand<R>(c, y, res, T, out, u, ldu, B, R, 1, s); /* y = res + s u B^T   (B [out, R]) */
+    }
+    static void bwd_dy(cuda_impl *c, float *du, int lddu, float *dB, const void *dy, const float *u, int ldu,
+                       const float *B, float s, int T, int out) {
+        colred<R>(c, dB, R, 1, dy, T, out, u, ldu, s);     /* dB(o, j) += s sum_t dy[t, o] u[t, j] */
+        down<R>(c, du, lddu, dy, T, out, B, 1, R, s);      /* du = s dy B   (W(j, o) = B[o, j]) */
+    }
+    static void bwd_x(cuda_impl *c, void *dx, const void *res, float *dA, const float *du, int lddu, const void *x,
+                      const float *A, int T, int in) {
+        colred<R>(c, dA, 1, in, x, T, in, du, lddu, 1.0f); /* dA(i, j) += sum_t x[t, i] du[t, j] */
+        if (dx) expand<R>(c, dx, res, T, in, du, lddu, A, 1, in, 1.0f); /* dx = res + du A   (W(i, j) = A[j, i]) */
+    }
+};
 
-template <int R>
-void bwd_r(cuda_impl *c, void *dx, float *dA, float *dB, const void *dy, const void *x, const float *u, const float *A,
-           const float *B, float s, int T, int in, int out, float *du) {
-    colred<R>(c, dB, R, 1, dy, T, out, u, s);       /* dB(o, j) += s sum_t dy[t, o] u[t, j] */
-    down<R>(c, du, dy, T, out, B, 1, R, s);         /* du = s dy B      (W(j, o) = B[o, j]) */
-    colred<R>(c, dA, 1, in, x, T, in, du, 1.0f);    /* dA(i, j) += sum_t x[t, i] du[t, j] */
-    if (dx) expand<R>(c, dx, T, in, du, A, 1, in, 1.0f); /* dx += du A  (W(i, j) = A[j, i]) */
-}
+/* Calls F<R>::fn(args...) for the supported widths; false for the others (the caller falls back). */
+#define LORA_DISPATCH(R, call)                       \
+    switch (R) {                                     \
+    case 8: lora_at<8>::call; break;                 \
+    case 16: lora_at<16>::call; break;               \
+    case 24: lora_at<24>::call; break;               \
+    case 32: lora_at<32>::call; break;               \
+    case 48: lora_at<48>::call; break;               \
+    case 64: lora_at<64>::call; break;               \
+    case 96: lora_at<96>::call; break;               \
+    default: return false;                           \
+    }
 
-bool fast_ok(int r, int in, int out, const void *a16, const void *b16, const void *c8, const void *d8) {
-    if (r != 8 && r != 16 && r != 32) return false;
-    if (in % 8 || out % 8 || in <= 0 || out <= 0) return false;
-    if (!aligned16(a16) || (b16 && !aligned16(b16))) return false;
-    if (((uintptr_t)c8 & 7u) || (d8 && ((uintptr_t)d8 & 7u))) return false;
-    return true;
-}
+bool width_ok(int R) { return R == 8 || R == 16 || R == 24 || R == 32 || R == 48 || R == 64 || R == 96; }
+bool a8(const void *p) { return ((uintptr_t)p & 7u) == 0; }
 
 } /* namespace */
 
-bool us_cuda_lora_fwd_fast(cuda_impl *c, void *y, float *u, const void *x, const float *A, const float *B, float s,
-                           int T, int in, int out, int r) {
+/* Tensor-core paths; false when a width, size or alignment is outside what the kernels take
+ * (widths multiple of 8; the wide operands 16-byte aligned; u/du 8-byte aligned, even pitch). */
+bool us_cuda_lora_down_fast(cuda_impl *c, float *u, int ldu, const void *x, const float *A, int T, int in, int R) {
     if (T <= 0) return true;
-    if (!fast_ok(r, in, out, x, y, u, NULL)) return false;
-    switch (r) {
-    case 8: fwd_r<8>(c, y, u, x, A, B, s, T, in, out); break;
-    case 16: fwd_r<16>(c, y, u, x, A, B, s, T, in, out); break;
-    default: fwd_r<32>(c, y, u, x, A, B, s, T, in, out); break;
-    }
+    if (!width_ok(R) || in % 8 || !aligned16(x) || !a8(u) || ldu % 2) return false;
+    LORA_DISPATCH(R, down_x(c, u, ldu, x, A, T, in));
     return true;
 }
 
-bool us_cuda_lora_bwd_fast(cuda_impl *c, void *dx, float *dA, float *dB, const void *dy, const void *x, const float *u,
-                           const float *A, const float *B, float s, int T, int in, int out, int r, float *du) {
+bool us_cuda_lora_up_fast(cuda_impl *c, void *y, const void *res, const float *u, int ldu, const float *B, float s,
+                          int T, int out, int r) {
     if (T <= 0) return true;
-    if (!fast_ok(r, in, out, x, dy, u, du) || (dx && !aligned16(dx))) return false;
-    switch (r) {
-    case 8: bwd_r<8>(c, dx, dA, dB, dy, x, u, A, B, s, T, in, out, du); break;
-    case 16: bwd_r<16>(c, dx, dA, dB, dy, x, u, A, B, s, T, in, out, du); break;
-    default: bwd_r<32>(c, dx, dA, dB, dy, x, u, A, B, s, T, in, out, du); break;
-    }
+    if (!width_ok(r) || out % 8 || !aligned16(y) || (res && !aligned16(res)) || !a8(u) || ldu % 2) return false;
+    LORA_DISPATCH(r, up(c, y, res, u, ldu, B, s, T, out));
+    return true;
+}
+
+bool us_cuda_lora_bwd_dy_fast(cuda_impl *c, float *du, int lddu, float *dB, const void *dy, const float *u, int ldu,
+                              const float *B, float s, int T, int out, int r) {
+    if (T <= 0) return true;
+    if (!width_ok(r) || out % 8 || !aligned16(dy) || !a8(u) || !a8(du) || ldu % 2 || lddu % 2) return false;
+    LORA_DISPATCH(r, bwd_dy(c, du, lddu, dB, dy, u, ldu, B, s, T, out));
+    return true;
+}
+
+bool us_cuda_lora_bwd_x_fast(cuda_impl *c, void *dx, const void *res, float *dA, const float *du, int lddu,
+                             const void *x, const float *A, int T, int in, int R) {
+    if (T <= 0) return true;
+    if (!width_ok(R) || in % 8 || !aligned16(x) || (dx && !aligned16(dx)) || (res && !aligned16(res)) || !a8(du) ||
+        lddu % 2)
+        return false;
+    LORA_DISPATCH(R, bwd_x(c, dx, res, dA, du, lddu, x, A, T, in));
     return true;
 }
