@@ -372,6 +372,12 @@ TEST(cli_errors_bad_flag_values) {
     EXPECT_FAIL(&v, v.model, v.data, "--device tpu", "tpu");
     EXPECT_FAIL(&v, v.model, v.data, "--frobnicate", "unknown option --frobnicate");
     EXPECT_FAIL(&v, v.model, v.data, "--seed", "--seed needs a value");
+    EXPECT_FAIL(&v, v.model, v.data, "--max-memory 0", "--max-memory 0", "above 0");
+    EXPECT_FAIL(&v, v.model, v.data, "--max-memory lots", "--max-memory lots", "expected a number");
+    EXPECT_FAIL(&v, v.model, v.data, "--recompute mlp:0", "--recompute mlp:0", "mlp:LAYERS");
+    EXPECT_FAIL(&v, v.model, v.data, "--recompute layer:3", "--recompute layer:3", "mlp:LAYERS");
+    /* a budget no plan fits: names the smallest plan's need */
+    EXPECT_FAIL(&v, v.model, v.data, "--max-memory 0.0001", "--max-memory 0.0001", "no plan fits", "MiB");
 }
 
 TEST(cli_errors_out_is_a_file) {

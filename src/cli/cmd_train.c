@@ -40,8 +40,11 @@ static const char *usage =
     "  --no-shuffle           rows in file order, wrapping around      --seed N (42)\n"
     "  --metrics FILE.jsonl   one object per optimizer step: step, loss, lr, grad_norm, tokens_per_s\n"
     "  --device cpu|cuda      --threads N      --quiet\n"
-    "  --recompute mlp|layer  rebuild the MLP (or whole layers) in backward instead of keeping them\n"
+    "  --recompute mlp|layer  rebuild the MLP (or whole layers) in backward instead of keeping them;\n"
+    "                         mlp:K rebuilds it in the first K layers only\n"
     "  --offload              keep layer inputs in pinned host memory (implies --recompute layer)\n"
+    "  --max-memory GIB       pick the fastest plan whose planned device memory fits: smaller micro-batches\n"
+    "                         (the rest as --grad-accum: the same update), then rebuilt MLPs, layers, offload\n"
     "  --report FILE.html     a self-contained page: loss/lr/tokens-per-s curves, configuration, memory plan\n"
     "  --eval-data FILE       held-out rows scored every --eval-every N steps (10%% of the run) and at the end:\n"
     "                         eval_loss and eval_perplexity in --metrics, the eval curve in --report\n"
@@ -85,9 +88,20 @@ int cmd_train(int argc, char **argv) {
             if (us_targets_parse(v, &o.targets, &e)) { fprintf(stderr, "unswag: --lora-targets: %s\n", e.msg); return 2; }
         }
         else if (!strcmp(a, "--rslora")) o.rslora = true;
+        else if (!strcmp(a, "--max-memory")) {
+            if (!VAL() || !us_arg_double(a, v, &o.max_memory)) return 2;
+            if (!(o.max_memory > 0)) { fprintf(stderr, "unswag: --max-memory %s: expected a size in GiB above 0\n", v); return 2; }
+        }
         else if (!strcmp(a, "--recompute")) {
             if (!VAL()) return 2;
-            if (!us_recompute_parse(v, &o.recompute)) { fprintf(stderr, "unswag: --recompute %s: expected none, mlp or layer\n", v); return 2; }
+            char name[16];
+            const char *colon = strchr(v, ':');
+            snprintf(name, sizeof name, "%.*s", colon ? (int)(colon - v) : (int)strlen(v), v);
+            if (!us_recompute_parse(name, &o.recompute) || (colon && o.recompute != US_RECOMPUTE_MLP) ||
+                (colon && !us_arg_int(a, colon + 1, 1, 1 << 20, &o.recompute_layers))) {
+                fprintf(stderr, "unswag: --recompute %s: expected none, mlp, mlp:LAYERS or layer\n", v);
+                return 2;
+            }
         }
         else if (!strcmp(a, "--offload")) o.offload = true;
         else if (!strcmp(a, "--tokenizer")) { if (!VAL()) return 2; o.tokenizer_path = v; }

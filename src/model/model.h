@@ -110,6 +110,7 @@ typedef struct us_model {
     /* memory mode (us_model_set_memory_mode): 0 keep the plan's set, US_RECOMPUTE_MLP rebuild the
      * MLP in backward, US_RECOMPUTE_LAYER keep only layer inputs; offload moves those to host */
     int recompute;
+    int recompute_layers;  /* US_RECOMPUTE_MLP: the first this many layers rebuild their MLP (0: all) */
     bool offload;
     int mlp_rows;          /* MLP rows processed at once (T unless recomputing) */
     int mlp_chunk_rows;    /* requested chunk when recomputing (0: 4096) */
@@ -160,9 +161,15 @@ us_status us_model_save_full(us_model *m, const char *dir, const char *src_dir, 
 enum { US_RECOMPUTE_NONE = 0, US_RECOMPUTE_MLP = 1, US_RECOMPUTE_LAYER = 2 };
 /* Chooses what backward recomputes instead of keeping (before us_model_prepare). offload implies
  * US_RECOMPUTE_LAYER: each layer's input goes to pinned host memory during the forward and comes
- * back, one layer ahead, during backward, overlapped with compute. mlp_chunk_rows: tokens of the
- * MLP processed at once when recomputing (0: 4096). */
-us_status us_model_set_memory_mode(us_model *m, int recompute, bool offload, int mlp_chunk_rows, us_err *e);
+ * back, one layer ahead, during backward, overlapped with compute. mlp_layers: with
+ * US_RECOMPUTE_MLP, only the first mlp_layers layers rebuild their MLP (0: all). mlp_chunk_rows:
+ * tokens of the MLP processed at once in those layers (0: 4096). */
+us_status us_model_set_memory_mode(us_model *m, int recompute, int mlp_layers, bool offload, int mlp_chunk_rows,
+                                   us_err *e);
+/* The memory mode of layer l (US_RECOMPUTE_*), as the plan applies it. */
+int us_layer_mode(const us_model *m, int l);
+/* The memory mode in words, e.g. "recompute mlp in the first 12 of 30 layers". */
+void us_memory_mode_describe(const us_model *m, char *buf, size_t n);
 /* "none" | "mlp" | "layer" */
 bool us_recompute_parse(const char *name, int *out);
 

@@ -63,35 +63,80 @@ static void *take(bump *b, size_t bytes) {
     return b->base ? b->base + at : NULL;
 }
 
+/* Where one layer keeps its tensors (true: a per-layer slot, else shared scratch). */
+typedef struct keep_flags {
+    bool attn, mlp, xmid, small, xin, att, a;
+} keep_flags;
+
+/* The memory mode of layer l: US_RECOMPUTE_MLP rebuilds the MLP of the first recompute_layers
+ * layers only (all when 0); the other modes apply to every layer. */
+int us_layer_mode(const us_model *m, int l) {
+    if (m->recompute == US_RECOMPUTE_MLP && m->recompute_layers > 0 && l >= m->recompute_layers) return US_RECOMPUTE_NONE;
+    return m->recompute;
+}
+
+static keep_flags layer_keeps(const us_model *m, int l, bool train) {
+    const us_layer_plan *p = &m->plan.layer[l];
+    int mode = train ? us_layer_mode(m, l) : US_RECOMPUTE_NONE;
+    bool layer_bwd = train && l >= m->plan.first_layer_bwd;
+    keep_flags k;
+    k.attn = train && p->attn_bwd && mode != US_RECOMPUTE_LAYER;
+    k.mlp = train && p->glu_bwd && mode == US_RECOMPUTE_NONE;
+    k.xmid = k.mlp || (train && (p->glu_bwd || p->save_a) && mode == US_RECOMPUTE_MLP);
+    k.small = train && mode != US_RECOMPUTE_LAYER; /* LoRA x·A */
+    k.xin = k.attn || (layer_bwd && mode == US_RECOMPUTE_LAYER && !m->offload);
+    k.att = train && p->save_att && mode != US_RECOMPUTE_LAYER;
+    k.a = train && p->save_a && mode == US_RECOMPUTE_NONE;
+    return k;
+}
+
 /* Lays out saved slots (counted into per-token bytes) and scratch for T tokens.
  * Memory modes move tensors from slots to scratch: US_RECOMPUTE_MLP keeps the mid-layer
  * residual and rebuilds gate/up (in chunks of mlp_rows) in backward; US_RECOMPUTE_LAYER keeps
  * only each layer's input and re-runs the layer's forward (attention whole, MLP in chunks) just
- * before its backward; with offload even the layer inputs live in pinned host memory. */
+ * before its backward; with offload even the layer inputs live in pinned host memory. A scratch
+ * buffer exists only when some layer does not keep that tensor. */
 static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SAVE_KINDS]) {
     const us_config *c = &m->cfg;
     size_t A = m->be->act_bytes, D = (size_t)c->hidden, F = (size_t)c->inter, hd = (size_t)c->head_dim;
     size_t H = (size_t)c->heads, KV = (size_t)c->kv_heads, r = m->spec.full ? 0 : (size_t)m->spec.lora.r;
     size_t words = ((size_t)F + 31) / 32;
     size_t tt = (size_t)T, mr = (size_t)m->mlp_rows;
-    int mode = train ? m->recompute : US_RECOMPUTE_NONE;
     struct us_scratch *s = &m->s;
-    /* scratch shared by all layers */
-    void *res0 = take(b, tt * D * A), *res1 = take(b, tt * D * A), *mid = take(b, tt * D * A);
-    void *sq = take(b, tt * H * hd * A), *sk = take(b, tt * KV * hd * A), *sv = take(b, tt * KV * hd * A);
-    void *satt = take(b, tt * H * hd * A), *sg = take(b, mr * F * A), *su = take(b, mr * F * A);
-    float *srstd1 = take(b, tt * 4), *srstd2 = take(b, tt * 4), *slse = take(b, tt * H * 4);
-    uint32_t *sbits = take(b, mr * words * 4);
+    /* which scratch some layer needs: the final output's buffer always, the rest when not kept */
+    bool need_res[2] = {false, false}, need_mid = false, need_attn = false, need_att = false, need_mlp = false;
+    bool need_u[US_T_COUNT] = {false};
+    need_res[c->layers % 2] = true;
+    size_t arows = mr; /* rows of the MLP product buffers: a layer that keeps its MLP runs it whole */
+    for (int l = 0; l < c->layers; l++) {
+        keep_flags k = layer_keeps(m, l, train);
+        if (!train || us_layer_mode(m, l) == US_RECOMPUTE_NONE) arows = tt;
+        need_res[l % 2] |= !k.xin;
+        need_mid |= !k.xmid;
+        need_attn |= !k.attn;
+        need_att |= !k.att;
+        need_mlp |= !k.mlp;
+        for (int t = 0; t < US_T_COUNT; t++) need_u[t] |= !k.small && !(train && t == US_T_DOWN);
+    }
+#define SCRATCH(need, bytes) ((need) ? take(b, (bytes)) : NULL)
+    void *res[2] = {SCRATCH(need_res[0], tt * D * A), SCRATCH(need_res[1], tt * D * A)};
+    void *mid = SCRATCH(need_mid, tt * D * A);
+    void *sq = SCRATCH(need_attn, tt * H * hd * A), *sk = SCRATCH(need_attn, tt * KV * hd * A);
+    void *sv = SCRATCH(need_attn, tt * KV * hd * A), *satt = SCRATCH(need_att, tt * H * hd * A);
+    void *sg = SCRATCH(need_mlp, mr * F * A), *su = SCRATCH(need_mlp, mr * F * A);
+    float *srstd1 = SCRATCH(need_attn, tt * 4), *srstd2 = SCRATCH(need_mlp, tt * 4), *slse = SCRATCH(need_attn, tt * H * 4);
+    uint32_t *sbits = SCRATCH(need_mlp && c->act == US_ACT_RELU, mr * words * 4);
     float *su_lora[US_T_COUNT] = {0}; /* per LoRA group (at its lead target): u of all its members */
     size_t ldmax = 1;
     for (int t = 0; t < US_T_COUNT; t++)
         if (r && m->slot && m->slot[0][t].on && m->lora_lead[t] == t) {
-            su_lora[t] = take(b, tt * (size_t)m->lora_ld[t] * 4);
+            su_lora[t] = SCRATCH(need_u[t], tt * (size_t)m->lora_ld[t] * 4);
             ldmax = US_MAX(ldmax, (size_t)m->lora_ld[t]);
         }
+#undef SCRATCH
     s->h = take(b, tt * D * A);
     s->rstd = take(b, tt * 4);
-    s->a = take(b, mr * F * A);
+    s->a = take(b, arows * F * A);
     if (train) {
         s->dres = take(b, tt * D * A);
         s->dh = take(b, tt * D * A);
@@ -99,51 +144,44 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
         s->dk = take(b, tt * KV * hd * A);
         s->dv = take(b, tt * KV * hd * A);
         s->datt = take(b, tt * H * hd * A);
-        s->da = take(b, mr * F * A);
+        s->da = take(b, arows * F * A);
         s->lora = take(b, tt * ldmax * 4); /* du of one LoRA group */
     }
     s->logits = take(b, (size_t)m->head_chunk * (size_t)c->vocab * A);
     s->loss = take(b, 64);
     /* per-layer slots */
     for (int l = 0; l < c->layers; l++) {
-        us_layer_plan *p = &m->plan.layer[l];
         us_layer_acts *a = &m->acts[l];
-        bool layer_bwd = train && l >= m->plan.first_layer_bwd;
-        bool keep_attn = train && p->attn_bwd && mode != US_RECOMPUTE_LAYER;
-        bool keep_mlp = train && p->glu_bwd && mode == US_RECOMPUTE_NONE;
-        bool keep_xmid = keep_mlp || (train && (p->glu_bwd || p->save_a) && mode == US_RECOMPUTE_MLP);
-        bool keep_small = train && mode != US_RECOMPUTE_LAYER; /* LoRA x·A */
-        bool keep_xin = keep_attn || (layer_bwd && mode == US_RECOMPUTE_LAYER && !m->offload);
-        void *parity = (l % 2) ? res1 : res0;
+        keep_flags k = layer_keeps(m, l, train);
 #define SLOT(keep, kind, bytes_per_tok, scratch) \
     ((keep) ? (per_tok[kind] += (double)(bytes_per_tok), take(b, tt * (bytes_per_tok))) : (void *)(scratch))
         /* the layer input is where the previous layer (or the embedding) writes its output: a
          * saved slot, or one of two scratch buffers alternating by layer parity */
-        a->xin = SLOT(keep_xin, US_SAVE_RESIDUAL, D * A, parity);
-        a->rstd1 = SLOT(keep_attn, US_SAVE_NORM_STATS, 4, srstd1);
-        a->q = SLOT(keep_attn, US_SAVE_QKV, H * hd * A, sq);
-        a->k = SLOT(keep_attn, US_SAVE_QKV, KV * hd * A, sk);
-        a->v = SLOT(keep_attn, US_SAVE_QKV, KV * hd * A, sv);
-        a->lse = SLOT(keep_attn, US_SAVE_ATTN_LSE, H * 4, slse);
-        a->att = SLOT(train && p->save_att && mode != US_RECOMPUTE_LAYER, US_SAVE_ATTN_OUT, H * hd * A, satt);
-        a->xmid = SLOT(keep_xmid, US_SAVE_RESIDUAL, D * A, mid);
-        a->rstd2 = SLOT(keep_mlp, US_SAVE_NORM_STATS, 4, srstd2);
-        a->g = SLOT(keep_mlp, US_SAVE_MLP, F * A, sg);
-        a->up = SLOT(keep_mlp, US_SAVE_MLP, F * A, su);
-        a->bits = SLOT(keep_mlp && c->act == US_ACT_RELU, US_SAVE_MLP_MASK, words * 4, sbits);
-        a->a = SLOT(train && p->save_a && mode == US_RECOMPUTE_NONE, US_SAVE_MLP_DOWN_IN, F * A, s->a);
+        a->xin = SLOT(k.xin, US_SAVE_RESIDUAL, D * A, res[l % 2]);
+        a->rstd1 = SLOT(k.attn, US_SAVE_NORM_STATS, 4, srstd1);
+        a->q = SLOT(k.attn, US_SAVE_QKV, H * hd * A, sq);
+        a->k = SLOT(k.attn, US_SAVE_QKV, KV * hd * A, sk);
+        a->v = SLOT(k.attn, US_SAVE_QKV, KV * hd * A, sv);
+        a->lse = SLOT(k.attn, US_SAVE_ATTN_LSE, H * 4, slse);
+        a->att = SLOT(k.att, US_SAVE_ATTN_OUT, H * hd * A, satt);
+        a->xmid = SLOT(k.xmid, US_SAVE_RESIDUAL, D * A, mid);
+        a->rstd2 = SLOT(k.mlp, US_SAVE_NORM_STATS, 4, srstd2);
+        a->g = SLOT(k.mlp, US_SAVE_MLP, F * A, sg);
+        a->up = SLOT(k.mlp, US_SAVE_MLP, F * A, su);
+        a->bits = SLOT(k.mlp && c->act == US_ACT_RELU, US_SAVE_MLP_MASK, words * 4, sbits);
+        a->a = SLOT(k.a, US_SAVE_MLP_DOWN_IN, F * A, s->a);
         for (int t = 0; t < US_T_COUNT; t++) /* a group's block at its lead; members are column blocks of it */
             /* down_proj's x·A stays kept even when recomputing layers: the rebuilt MLP stops
              * before the down projection, which backward does not need to redo */
             a->u[t] = slot_on(m, l, t) && m->lora_lead[t] == t
-                          ? SLOT(keep_small || (train && t == US_T_DOWN), US_SAVE_LORA_U, (size_t)m->lora_ld[t] * 4, su_lora[t])
+                          ? SLOT(k.small || (train && t == US_T_DOWN), US_SAVE_LORA_U, (size_t)m->lora_ld[t] * 4, su_lora[t])
                           : NULL;
         for (int t = 0; t < US_T_COUNT; t++)
             if (slot_on(m, l, t) && m->lora_lead[t] != t && a->u[m->lora_lead[t]])
                 a->u[t] = a->u[m->lora_lead[t]] + m->lora_col[t];
 #undef SLOT
     }
-    s->xfin = (c->layers % 2) ? res1 : res0;
+    s->xfin = res[c->layers % 2];
 }
 
 /* every tensor the forward produces, once each (attention probabilities excluded, as a fused
@@ -180,6 +218,7 @@ static us_status measure(us_model *m, int max_tokens, size_t *bytes, us_err *e) 
     m->head_chunk = (int)US_MAX((size_t)1, US_MIN((size_t)max_tokens, budget / ((size_t)c->vocab * be->act_bytes)));
     bool train = m->params != NULL;
     m->mlp_rows = (train && m->recompute) ? US_MIN(max_tokens, m->mlp_chunk_rows ? m->mlp_chunk_rows : 4096) : max_tokens;
+    if (m->recompute_layers >= c->layers) m->recompute_layers = 0; /* every layer */
     double per_tok[US_SAVE_KINDS] = {0};
     bump meas = {0};
     layout(m, max_tokens, train, &meas, per_tok);
@@ -233,9 +272,12 @@ us_status us_model_prepare(us_model *m, int max_tokens, us_err *e) {
     return US_OK;
 }
 
-us_status us_model_set_memory_mode(us_model *m, int recompute, bool offload, int mlp_chunk_rows, us_err *e) {
+us_status us_model_set_memory_mode(us_model *m, int recompute, int mlp_layers, bool offload, int mlp_chunk_rows,
+                                   us_err *e) {
     if (mlp_chunk_rows < 0) return us_fail(e, US_EINVAL, "MLP chunk of %d rows", mlp_chunk_rows);
+    if (mlp_layers < 0) return us_fail(e, US_EINVAL, "MLP recompute in %d layers", mlp_layers);
     m->mlp_chunk_rows = mlp_chunk_rows;
+    m->recompute_layers = recompute == US_RECOMPUTE_MLP && !offload ? mlp_layers : 0;
     if (recompute < 0 || recompute > US_RECOMPUTE_LAYER) return us_fail(e, US_EINVAL, "unknown recompute mode %d", recompute);
     m->recompute = offload ? US_RECOMPUTE_LAYER : recompute;
     m->offload = offload;
@@ -252,11 +294,21 @@ bool us_recompute_parse(const char *name, int *out) {
     return false;
 }
 
+void us_memory_mode_describe(const us_model *m, char *buf, size_t n) {
+    if (m->offload) snprintf(buf, n, "recompute layer, layer inputs offloaded to host");
+    else if (m->recompute == US_RECOMPUTE_LAYER) snprintf(buf, n, "recompute layer");
+    else if (m->recompute == US_RECOMPUTE_MLP && m->recompute_layers > 0)
+        snprintf(buf, n, "recompute mlp in the first %d of %d layers", m->recompute_layers, m->cfg.layers);
+    else if (m->recompute == US_RECOMPUTE_MLP) snprintf(buf, n, "recompute mlp");
+    else snprintf(buf, n, "keep the plan's set");
+}
+
 void us_plan_print(const us_model *m, FILE *f) {
     const us_plan *p = &m->plan;
-    static const char *modes[] = {"keep the plan's set", "recompute mlp", "recompute layer"};
-    fprintf(f, "activation plan (%s, %zu-byte activations, %s%s): saved bytes per token\n", m->be->name,
-            m->be->act_bytes, modes[m->recompute], m->offload ? ", layer inputs offloaded to host" : "");
+    char mode[96];
+    us_memory_mode_describe(m, mode, sizeof mode);
+    fprintf(f, "activation plan (%s, %zu-byte activations, %s): saved bytes per token\n", m->be->name,
+            m->be->act_bytes, mode);
     for (int k = 0; k < US_SAVE_KINDS; k++)
         if (p->bytes_per_token[k] > 0) fprintf(f, "  %-22s %10.0f\n", us_save_kind_name(k), p->bytes_per_token[k]);
     fprintf(f, "  %-22s %10.0f   (store-everything: %.0f, %.1f%% of it)\n", "total", p->total_per_token,

@@ -9,9 +9,9 @@
  *
  * Memory modes (plan.c) only change where tensors live and what backward re-runs: with
  * US_RECOMPUTE_MLP the MLP is rebuilt from the kept mid-layer residual, with US_RECOMPUTE_LAYER
- * the whole layer from its kept (or offloaded) input. The MLP always runs in chunks of
- * m->mlp_rows tokens (one chunk unless recomputing), so its [tokens x intermediate] tensors exist
- * only a chunk at a time when they are not kept. */
+ * the whole layer from its kept (or offloaded) input; US_RECOMPUTE_MLP may cover only the first
+ * layers (us_layer_mode). A layer that rebuilds its MLP runs it in chunks of m->mlp_rows tokens,
+ * so its [tokens x intermediate] tensors exist only a chunk at a time. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,12 +128,19 @@ static void mlp_front(us_model *m, int l, size_t r0, int n, void *prod) {
     be->glu_fwd(be, glu_act(m), prod, a->g, a->up, a->bits, n, c->inter);
 }
 
+/* Rows of layer l's MLP processed at once: all of them where the layer keeps its MLP tensors,
+ * m->mlp_rows where they are rebuilt (chunk buffers). */
+static int mlp_chunk(const us_model *m, int l, int T) {
+    return us_layer_mode(m, l) == US_RECOMPUTE_NONE ? T : m->mlp_rows;
+}
+
 /* MLP block, forward: out = xmid + down(act(gate(h2)) * up(h2)), chunk by chunk */
 static void mlp_forward(us_model *m, int l, int T, void *out) {
     us_layer_acts *a = &m->acts[l];
     size_t D = (size_t)m->cfg.hidden;
-    for (int r0 = 0; r0 < T; r0 += m->mlp_rows) {
-        int n = US_MIN(m->mlp_rows, T - r0);
+    int rows = mlp_chunk(m, l, T);
+    for (int r0 = 0; r0 < T; r0 += rows) {
+        int n = US_MIN(rows, T - r0);
         mlp_front(m, l, (size_t)r0, n, a->a);
         lora_down(m, l, US_T_DOWN, a->a, n, (size_t)r0);
         project(m, l, US_T_DOWN, rows_at(m, out, (size_t)r0, D), rows_at(m, a->xmid, (size_t)r0, D), a->a, n, (size_t)r0);
@@ -156,7 +163,7 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
     int act = glu_act(m);
     bool down_trains = lora_on(m, l, US_T_DOWN) || L->gw[US_T_DOWN];
     bool gu_trains = lora_on(m, l, US_T_GATE) || lora_on(m, l, US_T_UP) || L->gw[US_T_GATE];
-    bool kept = m->recompute == US_RECOMPUTE_NONE; /* gate/up (or the product) were kept */
+    bool kept = us_layer_mode(m, l) == US_RECOMPUTE_NONE; /* gate/up (or the product) were kept */
     void *dres = rows_at(m, m->s.dres, r0, D), *dh = rows_at(m, m->s.dh, r0, D), *h = rows_at(m, m->s.h, r0, D);
     void *prod = a->a;
     if (!kept) { /* rebuild this chunk: h2, gate, up, bits and (when down trains) the product */
@@ -191,7 +198,8 @@ static bool backward_layer(us_model *m, int l, const us_batch *b) {
     int T = b->batch * b->seq, D = c->hidden;
 
     if (m->recompute == US_RECOMPUTE_LAYER) forward_attn(m, l, b); /* rebuild attention and xmid */
-    for (int r0 = 0; r0 < T; r0 += m->mlp_rows) mlp_backward(m, l, (size_t)r0, US_MIN(m->mlp_rows, T - r0));
+    int rows = mlp_chunk(m, l, T);
+    for (int r0 = 0; r0 < T; r0 += rows) mlp_backward(m, l, (size_t)r0, US_MIN(rows, T - r0));
     if (!p->prior_mlp) return false;
 
     /* attention block */

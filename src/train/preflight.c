@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +54,52 @@ us_status us_preflight_memory(us_model *m, int batch, int seq, int grad_accum, u
                        "the effective batch), train fewer --lora-targets or a lower --lora-r, or drop --full.",
                        be->name, need / MIB, have / MIB, loaded / MIB, optim / MIB, (long long)tokens,
                        m->plan.total_per_token / 1024.0, arena / MIB, batches / MIB);
+    return US_OK;
+}
+
+/* The device bytes a step of `tokens` tokens plans for under the model's current memory mode. */
+static us_status planned_bytes(us_model *m, int tokens, double *out, us_err *e) {
+    size_t step;
+    us_status st = us_model_step_bytes(m, tokens, &step, e);
+    if (st) return st;
+    *out = (double)m->weight_bytes + (double)m->n_params * 16 + (double)step + (double)m->backend_scratch;
+    return US_OK;
+}
+
+us_status us_fit_memory(us_model *m, int seq, double budget, int *batch, int *grad_accum, double *planned, us_err *e) {
+    const int L = m->cfg.layers;
+    double best_cost = 1e30, smallest = 1e300;
+    int best_split = 0, best_mode = 0, best_k = 0;
+    for (int split = 1; split <= *batch; split++) {
+        if (*batch % split) continue;
+        int tokens = *batch / split * seq;
+        /* modes in order of cost; within MLP recompute, the fewest layers that fit */
+        double split_cost = 0.01 * log2((double)split);
+        for (int mode = 0; mode < 4; mode++) {
+            int k0 = mode == 1 ? 1 : 0, k1 = mode == 1 ? L : 0;
+            for (int k = k0; k <= k1; k++) {
+                us_status st = us_model_set_memory_mode(m, mode == 3 ? US_RECOMPUTE_LAYER : mode, k, mode == 3, 0, e);
+                double need = 0;
+                if (!st) st = planned_bytes(m, tokens, &need, e);
+                if (st) return st;
+                if (need < smallest) smallest = need;
+                if (need > budget) continue;
+                static const double mode_cost[4] = {0, 0, 0.35, 0.45};
+                double cost = split_cost + (mode == 1 ? 0.12 * k / L : mode_cost[mode]);
+                if (cost < best_cost) best_cost = cost, best_split = split, best_mode = mode, best_k = k, *planned = need;
+                break; /* more rebuilt layers only cost more */
+            }
+        }
+    }
+    if (!best_split)
+        return us_fail(e, US_ENOMEM,
+                       "--max-memory %.4g GiB: no plan fits; the smallest (one row per micro-step, the least kept) "
+                       "needs %.4g GiB (%.1f MiB). Lower --seq-len, --lora-r or the --lora-targets, or raise --max-memory.",
+                       budget / (MIB * 1024), smallest / (MIB * 1024), smallest / MIB);
+    us_status st = us_model_set_memory_mode(m, best_mode == 3 ? US_RECOMPUTE_LAYER : best_mode, best_k, best_mode == 3, 0, e);
+    if (st) return st;
+    *grad_accum *= best_split;
+    *batch /= best_split;
     return US_OK;
 }
 

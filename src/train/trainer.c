@@ -201,7 +201,14 @@ us_status us_train(const us_train_opts *o, us_err *e) {
                      seq, m->cfg.sliding_window);
         goto out;
     }
-    int B = o->batch, T = (int)US_MIN((int64_t)B * seq, (int64_t)INT32_MAX); /* preflight refuses huge T */
+    int B = o->batch, accum = o->grad_accum;
+    double planned = 0;
+    if (o->max_memory > 0) { /* the cheapest plan that fits: maybe smaller micro-batches, rebuilt MLPs */
+        if ((st = us_fit_memory(m, seq, o->max_memory * 1073741824.0, &B, &accum, &planned, e))) goto out;
+    } else if ((st = us_model_set_memory_mode(m, o->recompute, o->recompute_layers, o->offload, 0, e))) {
+        goto out;
+    }
+    int T = (int)US_MIN((int64_t)B * seq, (int64_t)INT32_MAX); /* preflight refuses huge T */
     if (!(r.perm = malloc(r.ds.n * sizeof *r.perm))) {
         st = us_fail(e, US_ENOMEM, "out of memory");
         goto out;
@@ -209,14 +216,13 @@ us_status us_train(const us_train_opts *o, us_err *e) {
     us_sampler smp = {.n = r.ds.n, .perm = r.perm, .shuffle = o->shuffle, .seed = o->seed};
     if (smp.shuffle) us_sampler_shuffle(&smp);
     int steps = o->steps ? o->steps
-                         : us_steps_for_epochs(&r.ds, &smp, o->epochs ? o->epochs : 1, B, o->grad_accum, seq, o->packing);
+                         : us_steps_for_epochs(&r.ds, &smp, o->epochs ? o->epochs : 1, B, accum, seq, o->packing);
     if (steps < 1) {
         st = us_fail(e, US_ENOMEM, "out of memory counting packed rows");
         goto out;
     }
     int warmup = o->warmup >= 0 ? o->warmup : (int)ceil(0.03 * steps); /* transformers' warmup_ratio rounds up */
-    if ((st = us_model_set_memory_mode(m, o->recompute, o->offload, 0, e))) goto out;
-    if ((st = us_preflight_memory(m, B, seq, o->grad_accum, e))) goto out;
+    if ((st = us_preflight_memory(m, B, seq, accum, e))) goto out;
     if ((st = us_model_prepare(m, T, e))) goto out;
     if (!o->quiet) {
         fprintf(stderr, "unswag: %s, %d layers, hidden %d, vocab %d on %s; %s; %zu trainable parameters\n", m->cfg.arch,
@@ -224,7 +230,13 @@ us_status us_train(const us_train_opts *o, us_err *e) {
                 m->n_params);
         fprintf(stderr, "unswag: %zu examples%s, batch %d x %d tokens (%s), grad-accum %d, %d steps%s\n", r.ds.n,
                 o->val_split > 0 ? " (the rest held out for eval)" : "", B, seq, o->packing ? "packed" : "padded",
-                o->grad_accum, steps, o->steps || !o->epochs ? "" : " (--epochs)");
+                accum, steps, o->steps || !o->epochs ? "" : " (--epochs)");
+        if (o->max_memory > 0) {
+            char mode[96];
+            us_memory_mode_describe(m, mode, sizeof mode);
+            fprintf(stderr, "unswag: --max-memory %.4g GiB: micro-batch %d x grad-accum %d, %s (planned %.4g GiB)\n",
+                    o->max_memory, B, accum, mode, planned / 1073741824.0);
+        }
         us_plan_print(m, stderr);
     }
     r.adam_m = be->alloc(be, m->n_params * 4);
@@ -233,10 +245,10 @@ us_status us_train(const us_train_opts *o, us_err *e) {
     r.d_targets = be->alloc(be, (size_t)T * 4);
     r.d_pos = be->alloc(be, (size_t)T * 4);
     r.d_seg = o->packing ? be->alloc(be, (size_t)T * 4) : NULL;
-    r.hb.ids = malloc((size_t)T * 4 * (size_t)o->grad_accum);
-    r.hb.targets = malloc((size_t)T * 4 * (size_t)o->grad_accum);
-    r.hb.pos = malloc((size_t)T * 4 * (size_t)o->grad_accum);
-    r.hb.seg = o->packing ? malloc((size_t)T * 4 * (size_t)o->grad_accum) : NULL;
+    r.hb.ids = malloc((size_t)T * 4 * (size_t)accum);
+    r.hb.targets = malloc((size_t)T * 4 * (size_t)accum);
+    r.hb.pos = malloc((size_t)T * 4 * (size_t)accum);
+    r.hb.seg = o->packing ? malloc((size_t)T * 4 * (size_t)accum) : NULL;
     if (!r.adam_m || !r.adam_v || !r.d_ids || !r.d_targets || !r.d_pos || !r.hb.ids || !r.hb.targets || !r.hb.pos ||
         (o->packing && (!r.d_seg || !r.hb.seg))) {
         st = us_fail(e, US_ENOMEM, "out of memory for optimizer state and batches");
@@ -277,7 +289,7 @@ us_status us_train(const us_train_opts *o, us_err *e) {
         double t0 = now_s();
         /* draw the step's micro-batches first: the loss is normalised by all their tokens */
         long counted = 0;
-        for (int k = 0; k < o->grad_accum; k++) {
+        for (int k = 0; k < accum; k++) {
             size_t at = (size_t)k * T;
             us_host_batch hb = {r.hb.ids + at, r.hb.targets + at, r.hb.pos + at, r.hb.seg ? r.hb.seg + at : NULL, 0, 0};
             us_fill_batch(&hb, &r.ds, &smp, B, seq, o->packing);
@@ -286,7 +298,7 @@ us_status us_train(const us_train_opts *o, us_err *e) {
         float scale = counted ? 1.0f / (float)counted : 0.0f;
         be->zero(be, m->grads, m->n_params * 4);
         double loss_sum = 0;
-        for (int k = 0; k < o->grad_accum; k++) {
+        for (int k = 0; k < accum; k++) {
             be->upload(be, r.d_ids, r.hb.ids + (size_t)k * T, (size_t)T * 4);
             be->upload(be, r.d_targets, r.hb.targets + (size_t)k * T, (size_t)T * 4);
             be->upload(be, r.d_pos, r.hb.pos + (size_t)k * T, (size_t)T * 4);
@@ -315,7 +327,7 @@ us_status us_train(const us_train_opts *o, us_err *e) {
             if (spec.full) us_model_sync_weights(m);
         }
         be->sync(be);
-        double dt = now_s() - t0, tps = (double)T * o->grad_accum / dt;
+        double dt = now_s() - t0, tps = (double)T * accum / dt;
         if (r.metrics) {
             fprintf(r.metrics, "{\"step\": %d, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"tokens_per_s\": %.1f, \"tokens\": %ld, \"time_s\": %.4f}\n",
                     step + 1, loss, lr, norm, tps, counted, now_s() - t_start);
