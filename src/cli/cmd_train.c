@@ -40,8 +40,9 @@ static const char *usage =
     "  --no-shuffle           rows in file order, wrapping around      --seed N (42)\n"
     "  --metrics FILE.jsonl   one object per optimizer step: step, loss, lr, grad_norm, tokens_per_s\n"
     "  --device cpu|cuda      --threads N      --quiet\n"
-    "  --recompute mlp|layer  rebuild the MLP (or whole layers) in backward instead of keeping them;\n"
-    "                         mlp:K rebuilds it in the first K layers only\n"
+    "  --recompute up|mlp|layer  rebuild in backward instead of keeping: the up projection (half the\n"
+    "                         MLP's bytes for one product), the MLP, or whole layers; up:K / mlp:K in the\n"
+    "                         first K layers only\n"
     "  --offload              keep layer inputs in pinned host memory (implies --recompute layer)\n"
     "  --max-memory GIB       pick the fastest plan whose planned device memory fits: smaller micro-batches\n"
     "                         (the rest as --grad-accum: the same update), then rebuilt MLPs, layers, offload\n"
@@ -97,9 +98,10 @@ int cmd_train(int argc, char **argv) {
             char name[16];
             const char *colon = strchr(v, ':');
             snprintf(name, sizeof name, "%.*s", colon ? (int)(colon - v) : (int)strlen(v), v);
-            if (!us_recompute_parse(name, &o.recompute) || (colon && o.recompute != US_RECOMPUTE_MLP) ||
+            if (!us_recompute_parse(name, &o.recompute) ||
+                (colon && o.recompute != US_RECOMPUTE_MLP && o.recompute != US_RECOMPUTE_UP) ||
                 (colon && !us_arg_int(a, colon + 1, 1, 1 << 20, &o.recompute_layers))) {
-                fprintf(stderr, "unswag: --recompute %s: expected none, mlp, mlp:LAYERS or layer\n", v);
+                fprintf(stderr, "unswag: --recompute %s: expected none, up, up:LAYERS, mlp, mlp:LAYERS or layer\n", v);
                 return 2;
             }
         }

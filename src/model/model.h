@@ -111,6 +111,7 @@ typedef struct us_model {
      * MLP in backward, US_RECOMPUTE_LAYER keep only layer inputs; offload moves those to host */
     int recompute;
     int recompute_layers;  /* US_RECOMPUTE_MLP: the first this many layers rebuild their MLP (0: all) */
+    int up_layers;         /* the next this many rebuild only their up projection */
     bool offload;
     int mlp_rows;          /* MLP rows processed at once (T unless recomputing) */
     int mlp_chunk_rows;    /* requested chunk when recomputing (0: 4096) */
@@ -158,19 +159,22 @@ us_status us_model_save_adapter(us_model *m, const char *dir, const char *base_m
 /* Writes every weight (full fine-tuning result) as a Hugging Face checkpoint into dir. */
 us_status us_model_save_full(us_model *m, const char *dir, const char *src_dir, us_err *e);
 
-enum { US_RECOMPUTE_NONE = 0, US_RECOMPUTE_MLP = 1, US_RECOMPUTE_LAYER = 2 };
+enum { US_RECOMPUTE_NONE = 0, US_RECOMPUTE_MLP = 1, US_RECOMPUTE_LAYER = 2,
+       US_RECOMPUTE_UP = 3 /* per layer only (us_layer_mode): keep the gate, rebuild the up projection */ };
 /* Chooses what backward recomputes instead of keeping (before us_model_prepare). offload implies
  * US_RECOMPUTE_LAYER: each layer's input goes to pinned host memory during the forward and comes
  * back, one layer ahead, during backward, overlapped with compute. mlp_layers: with
- * US_RECOMPUTE_MLP, only the first mlp_layers layers rebuild their MLP (0: all). mlp_chunk_rows:
- * tokens of the MLP processed at once in those layers (0: 4096). */
-us_status us_model_set_memory_mode(us_model *m, int recompute, int mlp_layers, bool offload, int mlp_chunk_rows,
-                                   us_err *e);
+ * US_RECOMPUTE_MLP, only the first mlp_layers layers rebuild their MLP (0: all). up_layers: the
+ * next up_layers layers (with US_RECOMPUTE_NONE or MLP) keep the gate but rebuild the up
+ * projection (one product instead of the MLP's two, half the MLP's bytes). mlp_chunk_rows:
+ * tokens of the MLP processed at once in MLP-rebuilding layers (0: 4096). */
+us_status us_model_set_memory_mode(us_model *m, int recompute, int mlp_layers, int up_layers, bool offload,
+                                   int mlp_chunk_rows, us_err *e);
 /* The memory mode of layer l (US_RECOMPUTE_*), as the plan applies it. */
 int us_layer_mode(const us_model *m, int l);
 /* The memory mode in words, e.g. "recompute mlp in the first 12 of 30 layers". */
 void us_memory_mode_describe(const us_model *m, char *buf, size_t n);
-/* "none" | "mlp" | "layer" */
+/* "none" | "mlp" | "layer" | "up" (US_RECOMPUTE_UP: give it to us_model_set_memory_mode as up_layers) */
 bool us_recompute_parse(const char *name, int *out);
 
 /* Computes the plan for the current training spec and sizes the arena for max_tokens. */

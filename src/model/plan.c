@@ -65,14 +65,18 @@ static void *take(bump *b, size_t bytes) {
 
 /* Where one layer keeps its tensors (true: a per-layer slot, else shared scratch). */
 typedef struct keep_flags {
-    bool attn, mlp, xmid, small, xin, att, a;
+    bool attn, mlp, up, xmid, small, xin, att, a;
 } keep_flags;
 
 /* The memory mode of layer l: US_RECOMPUTE_MLP rebuilds the MLP of the first recompute_layers
  * layers only (all when 0); the other modes apply to every layer. */
 int us_layer_mode(const us_model *m, int l) {
-    if (m->recompute == US_RECOMPUTE_MLP && m->recompute_layers > 0 && l >= m->recompute_layers) return US_RECOMPUTE_NONE;
-    return m->recompute;
+    if (m->recompute == US_RECOMPUTE_LAYER) return US_RECOMPUTE_LAYER;
+    int kmlp = m->recompute != US_RECOMPUTE_MLP ? 0 : m->recompute_layers > 0 ? m->recompute_layers : m->cfg.layers;
+    if (l < kmlp) return US_RECOMPUTE_MLP;
+    /* rebuilding up only matters where the gate/up backward runs */
+    if (l < kmlp + m->up_layers && m->plan.layer && m->plan.layer[l].glu_bwd) return US_RECOMPUTE_UP;
+    return US_RECOMPUTE_NONE;
 }
 
 static keep_flags layer_keeps(const us_model *m, int l, bool train) {
@@ -81,7 +85,8 @@ static keep_flags layer_keeps(const us_model *m, int l, bool train) {
     bool layer_bwd = train && l >= m->plan.first_layer_bwd;
     keep_flags k;
     k.attn = train && p->attn_bwd && mode != US_RECOMPUTE_LAYER;
-    k.mlp = train && p->glu_bwd && mode == US_RECOMPUTE_NONE;
+    k.mlp = train && p->glu_bwd && (mode == US_RECOMPUTE_NONE || mode == US_RECOMPUTE_UP); /* gate, bits, 1/rms */
+    k.up = k.mlp && mode == US_RECOMPUTE_NONE;
     k.xmid = k.mlp || (train && (p->glu_bwd || p->save_a) && mode == US_RECOMPUTE_MLP);
     k.small = train && mode != US_RECOMPUTE_LAYER; /* LoRA x·A */
     k.xin = k.attn || (layer_bwd && mode == US_RECOMPUTE_LAYER && !m->offload);
@@ -105,12 +110,15 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
     struct us_scratch *s = &m->s;
     /* which scratch some layer needs: the final output's buffer always, the rest when not kept */
     bool need_res[2] = {false, false}, need_mid = false, need_attn = false, need_att = false, need_mlp = false;
+    bool need_up = false; /* a layer rebuilding only up: a whole [T, inter] buffer */
     bool need_u[US_T_COUNT] = {false};
     need_res[c->layers % 2] = true;
     size_t arows = mr; /* rows of the MLP product buffers: a layer that keeps its MLP runs it whole */
     for (int l = 0; l < c->layers; l++) {
         keep_flags k = layer_keeps(m, l, train);
-        if (!train || us_layer_mode(m, l) == US_RECOMPUTE_NONE) arows = tt;
+        int mode = us_layer_mode(m, l);
+        if (!train || mode == US_RECOMPUTE_NONE || mode == US_RECOMPUTE_UP) arows = tt;
+        need_up |= train && mode == US_RECOMPUTE_UP;
         need_res[l % 2] |= !k.xin;
         need_mid |= !k.xmid;
         need_attn |= !k.attn;
@@ -123,7 +131,7 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
     void *mid = SCRATCH(need_mid, tt * D * A);
     void *sq = SCRATCH(need_attn, tt * H * hd * A), *sk = SCRATCH(need_attn, tt * KV * hd * A);
     void *sv = SCRATCH(need_attn, tt * KV * hd * A), *satt = SCRATCH(need_att, tt * H * hd * A);
-    void *sg = SCRATCH(need_mlp, mr * F * A), *su = SCRATCH(need_mlp, mr * F * A);
+    void *sg = SCRATCH(need_mlp, mr * F * A), *su = SCRATCH(need_mlp || need_up, (need_up ? tt : mr) * F * A);
     float *srstd1 = SCRATCH(need_attn, tt * 4), *srstd2 = SCRATCH(need_mlp, tt * 4), *slse = SCRATCH(need_attn, tt * H * 4);
     uint32_t *sbits = SCRATCH(need_mlp && c->act == US_ACT_RELU, mr * words * 4);
     float *su_lora[US_T_COUNT] = {0}; /* per LoRA group (at its lead target): u of all its members */
@@ -167,7 +175,7 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
         a->xmid = SLOT(k.xmid, US_SAVE_RESIDUAL, D * A, mid);
         a->rstd2 = SLOT(k.mlp, US_SAVE_NORM_STATS, 4, srstd2);
         a->g = SLOT(k.mlp, US_SAVE_MLP, F * A, sg);
-        a->up = SLOT(k.mlp, US_SAVE_MLP, F * A, su);
+        a->up = SLOT(k.up, US_SAVE_MLP, F * A, su);
         a->bits = SLOT(k.mlp && c->act == US_ACT_RELU, US_SAVE_MLP_MASK, words * 4, sbits);
         a->a = SLOT(k.a, US_SAVE_MLP_DOWN_IN, F * A, s->a);
         for (int t = 0; t < US_T_COUNT; t++) /* a group's block at its lead; members are column blocks of it */
@@ -272,12 +280,13 @@ us_status us_model_prepare(us_model *m, int max_tokens, us_err *e) {
     return US_OK;
 }
 
-us_status us_model_set_memory_mode(us_model *m, int recompute, int mlp_layers, bool offload, int mlp_chunk_rows,
-                                   us_err *e) {
+us_status us_model_set_memory_mode(us_model *m, int recompute, int mlp_layers, int up_layers, bool offload,
+                                   int mlp_chunk_rows, us_err *e) {
     if (mlp_chunk_rows < 0) return us_fail(e, US_EINVAL, "MLP chunk of %d rows", mlp_chunk_rows);
-    if (mlp_layers < 0) return us_fail(e, US_EINVAL, "MLP recompute in %d layers", mlp_layers);
+    if (mlp_layers < 0 || up_layers < 0) return us_fail(e, US_EINVAL, "MLP recompute in %d / %d layers", mlp_layers, up_layers);
     m->mlp_chunk_rows = mlp_chunk_rows;
     m->recompute_layers = recompute == US_RECOMPUTE_MLP && !offload ? mlp_layers : 0;
+    m->up_layers = recompute != US_RECOMPUTE_LAYER && !offload ? up_layers : 0;
     if (recompute < 0 || recompute > US_RECOMPUTE_LAYER) return us_fail(e, US_EINVAL, "unknown recompute mode %d", recompute);
     m->recompute = offload ? US_RECOMPUTE_LAYER : recompute;
     m->offload = offload;
@@ -285,8 +294,8 @@ us_status us_model_set_memory_mode(us_model *m, int recompute, int mlp_layers, b
 }
 
 bool us_recompute_parse(const char *name, int *out) {
-    static const char *names[] = {"none", "mlp", "layer"};
-    for (int i = 0; i < 3; i++)
+    static const char *names[] = {"none", "mlp", "layer", "up"};
+    for (int i = 0; i < 4; i++)
         if (!strcmp(name, names[i])) {
             *out = i;
             return true;
@@ -295,12 +304,15 @@ bool us_recompute_parse(const char *name, int *out) {
 }
 
 void us_memory_mode_describe(const us_model *m, char *buf, size_t n) {
+    int L = m->cfg.layers;
+    int kmlp = m->recompute != US_RECOMPUTE_MLP ? 0 : m->recompute_layers > 0 ? m->recompute_layers : L;
+    int kup = US_MIN(m->up_layers, L - kmlp);
     if (m->offload) snprintf(buf, n, "recompute layer, layer inputs offloaded to host");
     else if (m->recompute == US_RECOMPUTE_LAYER) snprintf(buf, n, "recompute layer");
-    else if (m->recompute == US_RECOMPUTE_MLP && m->recompute_layers > 0)
-        snprintf(buf, n, "recompute mlp in the first %d of %d layers", m->recompute_layers, m->cfg.layers);
-    else if (m->recompute == US_RECOMPUTE_MLP) snprintf(buf, n, "recompute mlp");
-    else snprintf(buf, n, "keep the plan's set");
+    else if (kmlp == 0 && kup == 0) snprintf(buf, n, "keep the plan's set");
+    else if (kup == 0) snprintf(buf, n, kmlp == L ? "recompute mlp" : "recompute mlp in the first %d of %d layers", kmlp, L);
+    else if (kmlp == 0) snprintf(buf, n, kup == L ? "recompute up" : "recompute up in the first %d of %d layers", kup, L);
+    else snprintf(buf, n, "recompute mlp in the first %d and up in the next %d of %d layers", kmlp, kup, L);
 }
 
 void us_plan_print(const us_model *m, FILE *f) {
