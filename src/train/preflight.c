@@ -66,34 +66,57 @@ static us_status planned_bytes(us_model *m, int tokens, double *out, us_err *e) 
     return US_OK;
 }
 
+/* Relative extra time of a plan, from a coarse model of a step on a GPU: matrix products at an
+ * effective 400 TFLOP/s (fpt FLOPs per token: 4N + attention, as bench/gpu_bench.sh counts) and
+ * about 50 kernel launches of 4 us per layer and micro-step. Splitting the batch repeats the
+ * launches; rebuilding up repeats one [D -> F] product per token, the MLP two (at 0.65 of the
+ * product rate: what the H100 measurements of --recompute up / mlp came to). Only the order of
+ * the candidates matters. */
+typedef struct cost_model {
+    double base, launch, up_layer, mlp_layer;
+} cost_model;
+
+static cost_model cost_model_for(const us_model *m, int tokens) {
+    const us_config *c = &m->cfg;
+    double D = c->hidden, F = c->inter, L = c->layers, H = c->heads, KV = c->kv_heads, hd = c->head_dim, V = c->vocab;
+    double N = L * (D * H * hd + 2 * D * KV * hd + H * hd * D + 3 * D * F) + V * D;
+    double fpt = 4 * N + 7.0 * tokens * L * H * hd, rate = 4e14;
+    cost_model k;
+    k.launch = 50 * L * 4e-6;
+    k.base = fpt * tokens / rate + k.launch;
+    k.up_layer = 0.65 * 2 * D * F * tokens / rate;
+    k.mlp_layer = 2 * k.up_layer;
+    return k;
+}
+
 us_status us_fit_memory(us_model *m, int seq, double budget, int *batch, int *grad_accum, double *planned, us_err *e) {
     const int L = m->cfg.layers;
+    cost_model k = cost_model_for(m, *batch * seq);
     double best_cost = 1e30, smallest = 1e300;
     int best_split = 0, best_mode = 0, best_k = 0;
     for (int split = 1; split <= *batch; split++) {
         if (*batch % split) continue;
         int tokens = *batch / split * seq;
-        /* modes in order of cost; within MLP recompute, the fewest layers that fit */
-        double split_cost = 0.05 * log2((double)split);
-        /* mode 0: up rebuilt in the first k layers (k = 0: keep everything); 1: the MLP in the first
-         * k layers and up in the rest; 2: whole layers; 3: offload. Estimated extra time, as a
-         * fraction of a step (measured on an H100: up in every layer about 5%, the MLP 15%) */
+        double split_cost = (split - 1) * k.launch;
+        /* mode 0: up rebuilt in the first n layers (n = 0: keep everything); 1: the MLP in the
+         * first n layers and up in the rest; 2: whole layers; 3: offload (about a forward more) */
         for (int mode = 0; mode < 4; mode++) {
-            int k0 = mode == 1 ? 1 : 0, k1 = mode < 2 ? L : 0;
-            for (int k = k0; k <= k1; k++) {
-                us_status st = mode == 0 ? us_model_set_memory_mode(m, US_RECOMPUTE_NONE, 0, k, false, 0, e)
-                             : mode == 1 ? us_model_set_memory_mode(m, US_RECOMPUTE_MLP, k, L - k, false, 0, e)
+            int n0 = mode == 1 ? 1 : 0, n1 = mode < 2 ? L : 0;
+            for (int n = n0; n <= n1; n++) {
+                us_status st = mode == 0 ? us_model_set_memory_mode(m, US_RECOMPUTE_NONE, 0, n, false, 0, e)
+                             : mode == 1 ? us_model_set_memory_mode(m, US_RECOMPUTE_MLP, n, L - n, false, 0, e)
                                          : us_model_set_memory_mode(m, US_RECOMPUTE_LAYER, 0, 0, mode == 3, 0, e);
                 double need = 0;
                 if (!st) st = planned_bytes(m, tokens, &need, e);
                 if (st) return st;
                 if (need < smallest) smallest = need;
                 if (need > budget) continue;
-                static const double mode_cost[4] = {0, 0, 0.35, 0.45};
-                double cost = split_cost + (mode == 0   ? 0.05 * k / L
-                                            : mode == 1 ? 0.05 + 0.10 * k / L
-                                                        : mode_cost[mode]);
-                if (cost < best_cost) best_cost = cost, best_split = split, best_mode = mode, best_k = k, *planned = need;
+                double extra = mode == 0   ? n * k.up_layer
+                             : mode == 1 ? n * k.mlp_layer + (L - n) * k.up_layer
+                             : mode == 2 ? 0.33 * k.base
+                                         : 0.40 * k.base;
+                double cost = split_cost + extra;
+                if (cost < best_cost) best_cost = cost, best_split = split, best_mode = mode, best_k = n, *planned = need;
                 break; /* more rebuilt layers only cost more */
             }
         }

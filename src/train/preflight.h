@@ -18,11 +18,12 @@ us_status us_preflight_memory(us_model *m, int batch, int seq, int grad_accum, u
 /* --max-memory: chooses the cheapest memory plan whose planned device bytes (weights, trainable
  * parameters with gradients and AdamW moments, step arena, the backend's buffers: the trainer's
  * "planned" line) fit in budget. Candidates: a micro-batch that divides *batch (the rest becomes
- * gradient accumulation: the same update), the MLP rebuilt in the first k layers (k = 0..all),
- * whole layers rebuilt, offload; ordered by an estimate of their extra time (splitting a batch
- * costs least, then each rebuilt MLP, then whole layers, then offload). Sets the model's memory
- * mode and *batch / *grad_accum, and the chosen plan's bytes in *planned. When nothing fits,
- * fails naming the smallest plan's need. */
+ * gradient accumulation: the same update) with, for each, the up projection rebuilt in the first
+ * k layers, or the MLP in the first k and up in the rest, or whole layers rebuilt, or offload;
+ * the one with the least estimated extra time wins (a coarse model: repeated kernel launches for
+ * a split, repeated products for a rebuild). Sets the model's memory mode and *batch /
+ * *grad_accum, and the chosen plan's bytes in *planned. When nothing fits, fails naming the
+ * smallest plan's need. */
 us_status us_fit_memory(us_model *m, int seq, double budget, int *batch, int *grad_accum, double *planned, us_err *e);
 
 /* need_bytes: what the run will write into dir at most; why: what those bytes are, for the message. */
