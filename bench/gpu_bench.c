@@ -120,6 +120,25 @@ int main(int argc, char **argv) {
         TIME(reps, be->glu_bwd(be, US_GLU_SILU, g, u, a, g, u, NULL, T, F), sec);
         printf("glu_bwd silu %dx%d: %.3f ms  %.0f GB/s\n", T, F, sec * 1e3, 10.0 * T * F / sec / 1e9);
         be->free(be, g), be->free(be, u), be->free(be, a), be->free(be, x), be->free(be, y);
+        { /* RoPE on q at the smollm2 (T 16384, 9 heads of 64) and 8B (T 2048, 32 heads of 128) shapes */
+            int rs[2][3] = {{16384, 9, 64}, {2048, 32, 128}};
+            for (int k = 0; k < 2; k++) {
+                int RT = rs[k][0], nh = rs[k][1], hd = rs[k][2];
+                void *q = rand_act((size_t)RT * nh * hd, 1, 27);
+                int32_t *hp = malloc((size_t)RT * 4);
+                float hf[64];
+                for (int t = 0; t < RT; t++) hp[t] = t;
+                for (int i = 0; i < hd / 2; i++) hf[i] = powf(10000.0f, -2.0f * i / hd);
+                int32_t *pos = be->alloc(be, (size_t)RT * 4);
+                float *inv = be->alloc(be, (size_t)hd / 2 * 4);
+                be->upload(be, pos, hp, (size_t)RT * 4);
+                be->upload(be, inv, hf, (size_t)hd / 2 * 4);
+                TIME(reps, be->rope(be, q, pos, inv, RT, nh, hd, false), sec);
+                printf("rope %dx%dx%d: %.3f ms  %.0f GB/s\n", RT, nh, hd, sec * 1e3, 4.0 * RT * nh * hd / sec / 1e9);
+                be->free(be, q), be->free(be, pos), be->free(be, inv);
+                free(hp);
+            }
+        }
         int rows = 1024, V = 128256;
         void *L = rand_act((size_t)rows * V, 2, 26);
         int32_t *lab = be->alloc(be, rows * 4);

@@ -114,7 +114,7 @@ typedef struct us_model {
     int up_layers;         /* the next this many rebuild only their up projection */
     bool offload;
     int mlp_rows;          /* MLP rows processed at once (T unless recomputing) */
-    int mlp_chunk_rows;    /* requested chunk when recomputing (0: 4096) */
+    int mlp_chunk_rows;    /* requested chunk when recomputing (0: chunk buffers within 256 MiB) */
     void **host_xin;       /* offload: pinned host copies of each layer's input */
     size_t weight_bytes;   /* frozen weights on the backend */
     /* per-step buffers, sized for max_tokens */
@@ -167,7 +167,8 @@ enum { US_RECOMPUTE_NONE = 0, US_RECOMPUTE_MLP = 1, US_RECOMPUTE_LAYER = 2,
  * US_RECOMPUTE_MLP, only the first mlp_layers layers rebuild their MLP (0: all). up_layers: the
  * next up_layers layers (with US_RECOMPUTE_NONE or MLP) keep the gate but rebuild the up
  * projection (one product instead of the MLP's two, half the MLP's bytes). mlp_chunk_rows:
- * tokens of the MLP processed at once in MLP-rebuilding layers (0: 4096). */
+ * tokens of the MLP processed at once in MLP-rebuilding layers (0: as many as keep its four
+ * chunk buffers within 256 MiB). */
 us_status us_model_set_memory_mode(us_model *m, int recompute, int mlp_layers, int up_layers, bool offload,
                                    int mlp_chunk_rows, us_err *e);
 /* The memory mode of layer l (US_RECOMPUTE_*), as the plan applies it. */

@@ -225,7 +225,11 @@ static us_status measure(us_model *m, int max_tokens, size_t *bytes, us_err *e) 
     size_t budget = (size_t)64 << 20; /* bytes of logits formed at once */
     m->head_chunk = (int)US_MAX((size_t)1, US_MIN((size_t)max_tokens, budget / ((size_t)c->vocab * be->act_bytes)));
     bool train = m->params != NULL;
-    m->mlp_rows = (train && m->recompute) ? US_MIN(max_tokens, m->mlp_chunk_rows ? m->mlp_chunk_rows : 4096) : max_tokens;
+    /* MLP chunk when rebuilding: its four [rows, inter] buffers (gate, up, product, its gradient)
+     * within 256 MiB unless asked otherwise */
+    size_t chunk = m->mlp_chunk_rows ? (size_t)m->mlp_chunk_rows
+                                     : US_MAX((size_t)256, ((size_t)256 << 20) / (4 * (size_t)c->inter * be->act_bytes));
+    m->mlp_rows = (train && m->recompute) ? (int)US_MIN((size_t)max_tokens, chunk) : max_tokens;
     if (m->recompute_layers >= c->layers) m->recompute_layers = 0; /* every layer */
     double per_tok[US_SAVE_KINDS] = {0};
     bump meas = {0};

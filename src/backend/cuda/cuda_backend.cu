@@ -814,19 +814,22 @@ static void cu_lora_bwd_x(us_backend *be, void *dx, const void *res, float *dA, 
 /* ------------------------------------------------------------------------------------------ */
 /* RoPE                                                                                        */
 
+/* One thread per (token, rotation pair i): the angle's sine and cosine are computed once and
+ * applied to that pair in every head (consecutive threads take consecutive i: coalesced rows). */
 __global__ void k_rope(bf16 *x, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, float sgn) {
-    int half = hd / 2;
-    GRID_STRIDE(idx, (size_t)T * nh * half) {
-        size_t th = idx / half;
-        int i = (int)(idx % half);
-        int t = (int)(th / nh);
-        float ang = (float)pos[t] * inv_freq[i], sn, cs;
-        sincosf(ang, &sn, &cs);
+    const int half = hd / 2;
+    const long long n = (long long)T * half;
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n; idx += (long long)gridDim.x * blockDim.x) {
+        const int t = (int)(idx / half), i = (int)(idx - (long long)t * half);
+        float sn, cs;
+        sincosf((float)pos[t] * inv_freq[i], &sn, &cs);
         sn *= sgn;
-        bf16 *r = x + th * hd;
-        float a = __bfloat162float(r[i]), b = __bfloat162float(r[i + half]);
-        r[i] = __float2bfloat16_rn(a * cs - b * sn);
-        r[i + half] = __float2bfloat16_rn(b * cs + a * sn);
+        bf16 *r = x + (size_t)t * nh * hd + i;
+        for (int h = 0; h < nh; h++, r += hd) {
+            const float a = __bfloat162float(r[0]), b = __bfloat162float(r[half]);
+            r[0] = __float2bfloat16_rn(a * cs - b * sn);
+            r[half] = __float2bfloat16_rn(b * cs + a * sn);
+        }
     }
 }
 
@@ -834,8 +837,8 @@ static void cu_rope(us_backend *be, void *x, const int32_t *pos, const float *in
                     bool inverse) {
     cuda_impl *c = CI(be);
     PROF(c, P_ROPE);
-    size_t n = (size_t)T * nh * (hd / 2);
-    if (!n) return;
+    size_t n = (size_t)T * (hd / 2);
+    if (!n || !nh) return;
     k_rope<<<grid_for(c, n, 256), 256, 0, c->st>>>((bf16 *)x, pos, inv_freq, T, nh, hd, inverse ? -1.0f : 1.0f);
     CK_LAUNCH(c);
 }
