@@ -6,7 +6,7 @@
  * the memory-bound kernels' GB/s (bytes read + written once). Inputs are random (never zeros).
  * Then LoRA forward/backward at the adapters of the three benchmark shapes, alone and as the
  * q+k+v / gate+up groups step.c forms (r = 16; GB/s counts the passes: forward x read + y
- * written, backward dy read twice, x read, dx written), and the host offload copies (pinned, GB/s each way, and a GEMM queue
+ * written, backward dy read, x read, dx written), and the host offload copies (pinned, GB/s each way, and a GEMM queue
  * timed alone and beside a concurrent offload + prefetch).
  * The frozen products of every projection of the three shapes (forward and input gradient).
  * Usage: unswag_gpu_bench [reps] [all|gemm|attn|mem|lora|proj|offload] */
@@ -171,8 +171,8 @@ int main(int argc, char **argv) {
             double tf, tb; /* as step.c runs them: y and dx written (the frozen product adds on top) */
             TIME(reps, lora_group_fwd(y, u, x, A, B, T, in, out, r, n), tf);
             TIME(reps, lora_group_bwd(dx, dA, dB, du, dy, x, u, A, B, T, in, out, r, n), tb);
-            /* bytes: forward x read + n y written; backward n dy read twice, x read, dx written */
-            double bf = 2.0 * T * in + 2.0 * n * T * out, bb = 4.0 * n * T * out + 4.0 * T * in;
+            /* bytes: forward x read + n y written; backward n dy read, x read, dx written */
+            double bf = 2.0 * T * in + 2.0 * n * T * out, bb = 2.0 * n * T * out + 4.0 * T * in;
             printf("lora r=%d %-16s T=%-6d %5d -> %-5d x%d fwd %7.1f us %5.0f GB/s  bwd %7.1f us %5.0f GB/s\n", r, ls[i].name,
                    T, in, out, n, tf * 1e6, bf / tf / 1e9, tb * 1e6, bb / tb / 1e9);
             be->free(be, x), be->free(be, y), be->free(be, dy), be->free(be, dx), be->free(be, A), be->free(be, B);

@@ -5,8 +5,10 @@
 #   bench/gpu_bench.sh OUTDIR [shape:batch ...]      (default: smollm2-135m:8 llama-3.2-1b:4 llama-3.1-8b:1)
 #
 # Environment: UNSWAG_ARGS adds options to every unswag run (e.g. "--recompute mlp"), TAG names
-# its files (unswag_SHAPE$TAG.log, m_SHAPE$TAG.jsonl) and PEFT=0 skips the PEFT runs (the table
-# then uses the PEFT figures an earlier run left in OUTDIR: same call, same GPU).
+# its files (unswag_SHAPE$TAG.log, m_SHAPE$TAG.rN.jsonl) and PEFT=0 skips the PEFT runs (the table
+# then uses the PEFT figures an earlier run left in OUTDIR: same call, same GPU). REPEAT=N runs
+# both systems N times, alternating, and reports the medians (PEFT's small-model figure moves by
+# ±15% between runs); the spread is printed as an HTML comment above the table row.
 #
 # Needs build/unswag and build/unswag_gpu_bench (make gpu-build), python3 with torch,
 # transformers and peft, the oracle at $REF and its configs at $CFG. For each shape it writes
@@ -29,6 +31,7 @@ SEQ=${SEQ:-2048}
 STEPS=${STEPS:-12}
 TAG=${TAG:-}
 PEFT=${PEFT:-1}
+REPEAT=${REPEAT:-1}
 mkdir -p "$OUTD"
 date -u +"%Y-%m-%d %H:%M UTC" | tee "$OUTD/date.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUTD/gpu.txt"
@@ -46,19 +49,21 @@ with open(sys.argv[2], "w") as f:
     for _ in range(b * steps):
         f.write(json.dumps({"input_ids": [random.randrange(cfg["vocab_size"]) for _ in range(seq)]}) + "\n")
 EOF
-    echo "== unswag $shape batch $b $UNSWAG_ARGS"
-    # shellcheck disable=SC2086
-    timeout 300 "$BIN/unswag" train --device cuda --random-init --model "$CFG/$shape" --data "$OUTD/$shape.jsonl" \
-        --out "$OUTD/ad_$shape" --seq-len "$SEQ" --batch "$b" --steps "$STEPS" --lora-r 16 --lora-alpha 32 \
-        --no-shuffle --metrics "$OUTD/m_$shape$TAG.jsonl" $UNSWAG_ARGS 2>&1 | grep -v '^step ' | tee "$OUTD/unswag_$shape$TAG.log"
-    if [ "$PEFT" != 0 ]; then
-        echo "== peft $shape batch $b"
-        PYTHONUNBUFFERED=1 timeout 300 python3 "$REF" bench --config "$CFG/$shape" --batch "$b" --seq "$SEQ" 2>&1 \
-            | tail -1 | tee "$OUTD/peft_$shape.json"
-    fi
+    for i in $(seq "$REPEAT"); do
+        echo "== unswag $shape batch $b $UNSWAG_ARGS (run $i)"
+        # shellcheck disable=SC2086
+        timeout 300 "$BIN/unswag" train --device cuda --random-init --model "$CFG/$shape" --data "$OUTD/$shape.jsonl" \
+            --out "$OUTD/ad_$shape" --seq-len "$SEQ" --batch "$b" --steps "$STEPS" --lora-r 16 --lora-alpha 32 \
+            --no-shuffle --metrics "$OUTD/m_$shape$TAG.r$i.jsonl" $UNSWAG_ARGS 2>&1 | grep -v '^step ' | tee "$OUTD/unswag_$shape$TAG.log"
+        if [ "$PEFT" != 0 ]; then
+            echo "== peft $shape batch $b (run $i)"
+            PYTHONUNBUFFERED=1 timeout 300 python3 "$REF" bench --config "$CFG/$shape" --batch "$b" --seq "$SEQ" 2>&1 \
+                | tail -1 | tee "$OUTD/peft_$shape.r$i.json"
+        fi
+    done
 done
 TAG="$TAG" UNSWAG_ARGS="$UNSWAG_ARGS" python3 - "$OUTD" $SHAPES <<'EOF'
-import json, os, re, statistics, sys
+import glob, json, os, re, statistics, sys
 outd, shapes = sys.argv[1], sys.argv[2:]
 tag, mode = os.environ.get("TAG", ""), os.environ.get("UNSWAG_ARGS", "") or "default"
 gemm = float(re.search(r"([\d.]+) TFLOP/s", open(f"{outd}/gemm.txt").read()).group(1)) * 1e12
@@ -75,11 +80,12 @@ for sb in shapes:
     seq = int(os.environ.get("SEQ", "2048"))
     N = L * (D * H * hd + 2 * D * KV * hd + H * hd * D + 3 * D * F) + V * D
     fpt = 4 * N + 7 * seq * L * H * hd
-    try:
-        rows = [json.loads(l) for l in open(f"{outd}/m_{shape}{tag}.jsonl")]
-        ours = statistics.median(r["tokens_per_s"] for r in rows[4:]) if len(rows) > 4 else float("nan")
-    except Exception:
-        ours = float("nan")
+    def run_median(path):
+        rows = [json.loads(l) for l in open(path)]
+        return statistics.median(r["tokens_per_s"] for r in rows[4:]) if len(rows) > 4 else float("nan")
+    runs = sorted(glob.glob(f"{outd}/m_{shape}{tag}.r*.jsonl"))
+    ours_runs = [run_median(r) for r in runs]
+    ours = statistics.median(ours_runs) if ours_runs else float("nan")
     log = open(f"{outd}/unswag_{shape}{tag}.log").read()
     m = re.search(r"peak cuda memory ([\d.]+) MiB", log)
     ours_peak = float(m.group(1)) / 1024 if m else float("nan")
@@ -87,11 +93,16 @@ for sb in shapes:
     plan = m.group(1) if m else "?"
     m = re.search(r"planned \w+ memory: .*= ([\d.]+) MiB", log)
     planned = float(m.group(1)) / 1024 if m else float("nan")
-    try:
-        p = json.loads(open(f"{outd}/peft_{shape}.json").read())
-        pt, pp = p["tokens_per_s"], p["peak_gib"]
-    except Exception:
-        pt = pp = float("nan")
+    peft_runs = []
+    for f in sorted(glob.glob(f"{outd}/peft_{shape}.r*.json")):
+        try:
+            peft_runs.append(json.loads(open(f).read()))
+        except Exception:
+            pass
+    pt = statistics.median(p["tokens_per_s"] for p in peft_runs) if peft_runs else float("nan")
+    pp = max(p["peak_gib"] for p in peft_runs) if peft_runs else float("nan")
+    spread = lambda v: "/".join(f"{x/1000:.1f}k" for x in v)
+    print(f"<!-- {shape} {mode}: unswag runs {spread(ours_runs)}; PEFT runs {spread([p['tokens_per_s'] for p in peft_runs])} -->")
     print(f"| {shape} | {b} x {seq} | {mode} | {ours:,.0f} | {pt:,.0f} | {ours/pt:.2f}x | {ours_peak:.2f} | {planned:.2f} | {pp:.2f} | {plan} | "
           f"{100*ours*fpt/gemm:.1f}% | {100*pt*fpt/gemm:.1f}% |")
 EOF

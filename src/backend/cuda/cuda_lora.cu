@@ -8,6 +8,7 @@
  *   down:    O[t, j]  = scale * sum_k P[t, k] W(j, k)       u = x A^T,  du = s dy B
  *   expand:  Y[t, n] = Res[t, n] + scale * sum_j Q[t, j] W(n, j)   y = res + s u B^T,  dx = res + du A
  *   colred:  O(m, j) += scale * sum_t P[t, m] Q[t, j]       dB += s dy^T u,  dA += du^T x
+ *            (for dB fused with down's du = s dy B: one pass over dy)
  * P, Y are bf16 [T, width] rows; Q is f32 [T, r]; W(a, b) = W[a * sa + b * sb] is f32 (either
  * layout of A [r, in] or B [out, r]); O is f32.
  *
@@ -37,6 +38,11 @@ __device__ __forceinline__ void mma16816(float c[4], uint32_t a0, uint32_t a1, u
                  "{%0,%1,%2,%3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3, uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr));
 }
 __device__ __forceinline__ void ldsm_x4_t(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3, uint32_t addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -273,7 +279,9 @@ constexpr int CTC = 64, CMB = 128; /* tokens per stage, columns of P per CTA */
 template <int R>
 struct ColredSmem {
     static constexpr int QP = CTC + 8; /* bf16 per Qs row: 36 words, 4 mod 32 (conflict-free b loads) */
+    static constexpr int BP = CMB + 8; /* bf16 per Bs row (fused down) */
     bf16 P[2][CTC * CMB];
+    bf16 Bs[R][BP]; /* fused down: W rows m0..m0+127 as [j][m] */
     bf16 Q[2][R][QP];
 };
 
@@ -281,9 +289,13 @@ __device__ __forceinline__ int swz128(int row, int col) { /* 16 chunks of 8 per 
     return row * CMB + ((((col >> 3) ^ (row & 7))) << 3) + (col & 7);
 }
 
+/* Fused down (lora_bwd_dy: du and dB from one pass over dy): with Du set, each staged P tile
+ * also feeds Du[t, j] += dscale * sum_{m in this CTA's columns} P[t, m] W[m, j] (W f32 [M, R],
+ * added by atomics into a Du zeroed first), a warp per 16 tokens of the tile. */
 template <int R>
 __global__ void __launch_bounds__(LT) k_lora_colred(float *O, int osm, int osj, const bf16 *P, int T, int M,
-                                                    const float *Q, int ldq, float scale, int tpc, int vec2, int vecq) {
+                                                    const float *Q, int ldq, float scale, int tpc, int vec2, int vecq,
+                                                    float *Du, int lddu, const float *Wd, float dscale) {
     constexpr int NT = R / 8;
     using S = ColredSmem<R>;
     extern __shared__ __align__(128) unsigned char colred_smem[]; /* dynamic: over 48 KB from R = 64 */
@@ -291,6 +303,11 @@ __global__ void __launch_bounds__(LT) k_lora_colred(float *O, int osm, int osj, 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
     const int m0 = blockIdx.x * CMB, t0 = blockIdx.y * tpc, t1 = min(T, t0 + tpc);
     const int nch = (t1 - t0 + CTC - 1) / CTC;
+    if (Du) /* this CTA's rows of W, as bf16 [j][m]; zero past M */
+        for (int idx = tid; idx < CMB * R; idx += LT) {
+            const int mm = idx / R, j = idx % R;
+            sm.Bs[j][mm] = __float2bfloat16_rn(m0 + mm < M ? Wd[(size_t)(m0 + mm) * R + j] : 0.0f);
+        }
 
     auto issue = [&](int ch, int st) {
         const int tb = t0 + ch * CTC;
@@ -353,6 +370,31 @@ __global__ void __launch_bounds__(LT) k_lora_colred(float *O, int osm, int osj, 
                 for (int m = 0; m < 2; m++) mma16816(acc[m][n], a[m][0], a[m][1], a[m][2], a[m][3], b0, b1);
             }
         }
+        if (Du) { /* du rows of this tile: warp w owns tokens 16w..16w+15, reduced over the 128 columns */
+            float dacc[NT][4];
+#pragma unroll
+            for (int n = 0; n < NT; n++) dacc[n][0] = dacc[n][1] = dacc[n][2] = dacc[n][3] = 0.0f;
+#pragma unroll
+            for (int ks = 0; ks < CMB / 16; ks++) {
+                uint32_t a0, a1, a2, a3; /* (t 0-7, m 0-7), (t 8-15, m 0-7), (t 0-7, m 8-15), (t 8-15, m 8-15) */
+                const int r = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, cc = ks * 16 + (lane >> 4) * 8;
+                ldsm_x4(a0, a1, a2, a3, smem_u32(&sm.P[st][swz128(r, cc)]));
+#pragma unroll
+                for (int n = 0; n < NT; n++) {
+                    const uint32_t b0 = *reinterpret_cast<const uint32_t *>(&sm.Bs[n * 8 + g][ks * 16 + tq * 2]);
+                    const uint32_t b1 = *reinterpret_cast<const uint32_t *>(&sm.Bs[n * 8 + g][ks * 16 + tq * 2 + 8]);
+                    mma16816(dacc[n], a0, a1, a2, a3, b0, b1);
+                }
+            }
+            const int tb = t0 + ch * CTC + warp * 16 + g;
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const int t = tb + h * 8;
+                    if (t < t1) atomic_add2(Du + (size_t)t * lddu + n * 8 + tq * 2, dacc[n][2 * h] * dscale, dacc[n][2 * h + 1] * dscale);
+                }
+        }
         __syncthreads(); /* this stage is free for the round after next */
     }
 #pragma unroll
@@ -406,7 +448,8 @@ void expand(cuda_impl *c, void *Y, const void *Res, int T, int N, const float *Q
 }
 
 template <int R>
-void colred(cuda_impl *c, float *O, int osm, int osj, const void *P, int T, int M, const float *Q, int ldq, float scale) {
+void colred(cuda_impl *c, float *O, int osm, int osj, const void *P, int T, int M, const float *Q, int ldq, float scale,
+            float *Du = NULL, int lddu = 0, const float *Wd = NULL, float dscale = 0.0f) {
     static bool attr_set = false; /* per instance; one device per process */
     if (!attr_set) {
         CK(c, cudaFuncSetAttribute(k_lora_colred<R>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sizeof(ColredSmem<R>)));
@@ -420,8 +463,10 @@ void colred(cuda_impl *c, float *O, int osm, int osj, const void *P, int T, int 
     int tpc = (int)ceil_div_u(ceil_div_u(T, gy), CTC) * CTC;
     gy = (int)ceil_div_u(T, tpc);
     const int vec2 = osj == 1 && ((uintptr_t)O & 7u) == 0;
+    if (Du) CK(c, cudaMemset2DAsync(Du, (size_t)lddu * 4, 0, (size_t)R * 4, (size_t)T, c->st));
     k_lora_colred<R><<<dim3(gx, gy), LT, sizeof(ColredSmem<R>), c->st>>>(O, osm, osj, (const bf16 *)P, T, M, Q, ldq,
-                                                                         scale, tpc, vec2, aligned16(Q) && ldq % 4 == 0);
+                                                                         scale, tpc, vec2, aligned16(Q) && ldq % 4 == 0,
+                                                                         Du, lddu, Wd, dscale);
     CK_LAUNCH(c);
 }
 
@@ -437,8 +482,8 @@ struct lora_at {
     }
     static void bwd_dy(cuda_impl *c, float *du, int lddu, float *dB, const void *dy, const float *u, int ldu,
                        const float *B, float s, int T, int out) {
-        colred<R>(c, dB, R, 1, dy, T, out, u, ldu, s);     /* dB(o, j) += s sum_t dy[t, o] u[t, j] */
-        down<R>(c, du, lddu, dy, T, out, B, 1, R, s);      /* du = s dy B   (W(j, o) = B[o, j]) */
+        /* one pass over dy: dB(o, j) += s sum_t dy[t, o] u[t, j] and du = s dy B */
+        colred<R>(c, dB, R, 1, dy, T, out, u, ldu, s, du, lddu, B, s);
     }
     static void bwd_x(cuda_impl *c, void *dx, const void *res, float *dA, const float *du, int lddu, const void *x,
                       const float *A, int T, int in) {
