@@ -36,7 +36,8 @@ mkdir -p "$OUTD"
 date -u +"%Y-%m-%d %H:%M UTC" | tee "$OUTD/date.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUTD/gpu.txt"
 if [ ! -f "$OUTD/gemm.txt" ]; then
-    "$BIN/unswag_gpu_bench" 10 2>&1 | tee "$OUTD/microbench.txt" | head -1 | tee "$OUTD/gemm.txt"
+    "$BIN/unswag_gpu_bench" 10 > "$OUTD/microbench.txt" 2>&1 # whole: a pipe into head would stop it early
+    head -1 "$OUTD/microbench.txt" | tee "$OUTD/gemm.txt"
 fi
 for sb in $SHAPES; do
     shape=${sb%%:*}

@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""Draws docs/img/gpu_vs_peft.svg: tokens/s and peak GPU memory of unswag (default plan and
---recompute mlp) beside transformers + PEFT for the three benchmark shapes, from the figures in
-docs/BENCHMARKS.md (H100, same call). Plain SVG, no plotting library needed.
+"""Draws docs/img/gpu_vs_peft.svg: tokens/s and peak GPU memory of unswag (default plan, and
+--max-memory at each shape's memory target: 5, 8, 19 GiB) beside transformers + PEFT for the
+three benchmark shapes, from the figures in docs/BENCHMARKS.md (H100, same call; medians of 3
+runs for the default and PEFT). Plain SVG, no plotting library needed.
   python3 bench/plot_gpu.py [OUT.svg]"""
 import sys
 
 shapes = ["smollm2-135m 8×2048", "llama-3.2-1b 4×2048", "llama-3.1-8b 1×2048"]
-tok = {"PEFT": [68082, 39511, 8913], "unswag": [203345, 64936, 13697], "unswag --recompute mlp": [171728, 56861, 11625]}
-gib = {"PEFT": [21.80, 28.55, 31.78], "unswag": [6.37, 9.79, 21.90], "unswag --recompute mlp": [3.42, 5.53, 18.40]}
-colors = {"PEFT": "#9ca3af", "unswag": "#2563eb", "unswag --recompute mlp": "#60a5fa"}
+tok = {"PEFT": [61640, 39564, 7748], "unswag": [223274, 69815, 14410], "unswag --max-memory 5/8/19": [215184, 68462, 12568]}
+gib = {"PEFT": [21.80, 28.55, 31.78], "unswag": [6.19, 9.39, 21.72], "unswag --max-memory 5/8/19": [4.97, 6.00, 18.99]}
+colors = {"PEFT": "#9ca3af", "unswag": "#2563eb", "unswag --max-memory 5/8/19": "#60a5fa"}
 W, H, pad = 980, 410, 50
 out = []
 def text(x, y, s, size=12, anchor="middle", weight="normal", fill="#111827"):
@@ -42,6 +43,6 @@ for name, c in colors.items():
     out.append(f'<rect x="{lx}" y="{H - 58}" width="14" height="14" fill="{c}"/>')
     text(lx + 20, H - 46, name, 12, anchor="start")
     lx += 220
-text(pad - 20, H - 16, "H100 80GB, LoRA r 16 all projections, bf16; same call as transformers + PEFT (ratios: × PEFT tokens/s)", 11, anchor="start", fill="#6b7280")
+text(pad - 20, H - 16, "H100 80GB, LoRA r 16 all projections, bf16; same call as transformers + PEFT, medians of 3 runs (ratios: × PEFT tokens/s)", 11, anchor="start", fill="#6b7280")
 out.append("</svg>")
 open(sys.argv[1] if len(sys.argv) > 1 else "docs/img/gpu_vs_peft.svg", "w").write("\n".join(out))
