@@ -104,6 +104,41 @@ TEST(cuda_train_matches_cpu_on_fixtures) {
     }
 }
 
+/* The memory modes change where tensors live and what backward rebuilds, not the training: on the
+ * GPU too, each mode's losses equal the default plan's (bf16: within 1e-3 relative; a rebuilt
+ * x·A may sum in another order), and one mixed plan runs clean under memcheck (below). */
+TEST(cuda_train_memory_modes_match_default) {
+    static char out[1 << 16];
+    static const char *modes[] = {"--recompute up", "--recompute up:1", "--recompute mlp", "--recompute mlp:1",
+                                  "--recompute layer", "--offload"};
+    for (int i = 0; i < 2; i++) { /* a ReLU fixture (bit-packed mask) and a GQA + tied one */
+        const char *fx = fixtures[i];
+        char path[512], cmd[4096], tag[64], prefix[8] = "";
+        snprintf(path, sizeof path, "%s/%s/data.jsonl", FIXTURES, fx);
+        int batch = count_lines(path), steps = 4;
+        double ref[8], got[8];
+        snprintf(tag, sizeof tag, "modes%d_ref", i);
+        train_cmd(cmd, sizeof cmd, prefix, "cuda", fx, 1e-3, 0.0, steps, batch, tag);
+        int rc = us_test_run(cmd, out, sizeof out);
+        CHECK(rc == 0, "%s default: exit %d\n%.1000s", fx, rc, tail_of(out, 1000));
+        snprintf(path, sizeof path, "%s/m_%s.jsonl", us_test_tmpdir(), tag);
+        CHECK(read_losses(path, ref, 8) == steps, "%s default: losses missing", fx);
+        for (size_t k = 0; k < sizeof modes / sizeof modes[0]; k++) {
+            snprintf(tag, sizeof tag, "modes%d_%zu", i, k);
+            train_cmd(cmd, sizeof cmd, prefix, "cuda", fx, 1e-3, 0.0, steps, batch, tag);
+            strncat(cmd, " ", sizeof cmd - strlen(cmd) - 1);
+            strncat(cmd, modes[k], sizeof cmd - strlen(cmd) - 1);
+            rc = us_test_run(cmd, out, sizeof out);
+            CHECK(rc == 0, "%s %s: exit %d\n%.1000s", fx, modes[k], rc, tail_of(out, 1000));
+            snprintf(path, sizeof path, "%s/m_%s.jsonl", us_test_tmpdir(), tag);
+            CHECK(read_losses(path, got, 8) == steps, "%s %s: losses missing", fx, modes[k]);
+            for (int s2 = 0; s2 < steps; s2++)
+                CHECK(us_close(got[s2], ref[s2], 1e-3, 0), "%s %s step %d: loss %.6f, default plan %.6f", fx, modes[k],
+                      s2 + 1, got[s2], ref[s2]);
+        }
+    }
+}
+
 static const char *find_sanitizer(void) {
     static char p[512];
     const char *home = getenv("CUDA_HOME");
@@ -128,6 +163,7 @@ TEST(cuda_train_memcheck_clean) {
         snprintf(prefix, sizeof prefix, "%s --tool memcheck --error-exitcode 99 --leak-check no", san);
         snprintf(tag, sizeof tag, "san%d", i);
         train_cmd(cmd, sizeof cmd, prefix, "cuda", fx, 1e-3, 0.0, 2, batch, tag);
+        if (i == 1) strncat(cmd, " --recompute mlp:1", sizeof cmd - strlen(cmd) - 1); /* a mixed plan */
         int rc = us_test_run(cmd, out, sizeof out);
         CHECK(rc == 0 && strstr(out, "ERROR SUMMARY: 0 errors"), "%s under memcheck: exit %d\n%.1000s", fx, rc, tail_of(out, 1000));
     }
