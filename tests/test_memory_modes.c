@@ -1,8 +1,8 @@
 /* test_memory_modes.c — recomputing and offloading change where tensors live, never the result.
  *
- * For every parity fixture, one step's loss and gradients under --recompute up (in the first
- * layer, then in both), the MLP rebuilt in the first layer and up in the second, --recompute mlp,
- * --recompute layer and --offload (CPU: synchronous copies) must equal those of the default plan, with the
+ * For every parity fixture, one step's loss and gradients with up rebuilt in the first layer,
+ * the top layer's MLP tensors offloaded to host memory (alone, then beside that), the MLP rebuilt
+ * in the first layer and up in the second, --recompute mlp, --recompute layer and --offload (CPU: synchronous copies) must equal those of the default plan, with the
  * MLP processed in chunks of 5 tokens (so chunk boundaries fall inside rows). The same holds for
  * full fine-tuning. And the saved bytes per token must shrink in that order. The default plan
  * itself is pinned to PEFT by test_parity.c, so these are PEFT-exact too. */
@@ -23,8 +23,7 @@ typedef struct result {
     double per_token;
 } result;
 
-static int run_mode(us_test_ctx *t, const char *fx, bool full, int recompute, int layers, int up, bool offload,
-                    result *out) {
+static int run_mode(us_test_ctx *t, const char *fx, bool full, const us_memory_mode *mm, result *out) {
     char p[512];
     us_err e = {{0}};
     us_backend *be;
@@ -45,7 +44,7 @@ static int run_mode(us_test_ctx *t, const char *fx, bool full, int recompute, in
     us_token_dataset ds = {0};
     snprintf(p, sizeof p, FIXTURES "/%s/data.jsonl", fx);
     if (!st) st = us_jsonl_tokens_load(p, m->cfg.vocab, &ds, &e);
-    if (!st) st = us_model_set_memory_mode(m, recompute, layers, up, offload, 5, &e);
+    if (!st) st = us_model_set_memory_mode(m, mm, &e);
     int T = st ? 0 : (int)(ds.n * ds.ex[0].n);
     if (!st) st = us_model_prepare(m, T, &e);
     if (st) return snprintf(t->msg, sizeof t->msg, "%s", e.msg), t->failed = 1;
@@ -67,17 +66,21 @@ static int run_mode(us_test_ctx *t, const char *fx, bool full, int recompute, in
 
 static void compare_modes(us_test_ctx *t, const char *fx, bool full) {
     result ref, r;
-    if (run_mode(t, fx, full, US_RECOMPUTE_NONE, 0, 0, false, &ref)) return;
+    static const us_memory_mode none = {.mlp_chunk_rows = 5};
+    if (run_mode(t, fx, full, &none, &ref)) return;
     double prev = ref.per_token;
-    static const struct { int recompute, layers, up; bool offload; const char *name; } modes[] = {
-        {US_RECOMPUTE_NONE, 0, 1, false, "recompute up in layer 0"},
-        {US_RECOMPUTE_NONE, 0, 2, false, "recompute up"},
-        {US_RECOMPUTE_MLP, 1, 1, false, "recompute mlp in layer 0, up in layer 1"},
-        {US_RECOMPUTE_MLP, 0, 0, false, "recompute mlp"},
-        {US_RECOMPUTE_LAYER, 0, 0, false, "recompute layer"},
-        {US_RECOMPUTE_LAYER, 0, 0, true, "offload"}};
-    for (int k = 0; k < 6; k++) {
-        if (run_mode(t, fx, full, modes[k].recompute, modes[k].layers, modes[k].up, modes[k].offload, &r)) return;
+    /* each keeps fewer bytes per token on the device than the one before */
+    static const struct { us_memory_mode mm; const char *name; } modes[] = {
+        {{.up_layers = 1, .mlp_chunk_rows = 5}, "recompute up in layer 0"},
+        {{.offload_mlp = 1, .mlp_chunk_rows = 5}, "mlp offloaded in layer 1"},
+        {{.up_layers = 1, .offload_mlp = 1, .mlp_chunk_rows = 5}, "recompute up in layer 0, mlp offloaded in layer 1"},
+        {{.recompute = US_RECOMPUTE_MLP, .mlp_layers = 1, .up_layers = 1, .mlp_chunk_rows = 5},
+         "recompute mlp in layer 0, up in layer 1"},
+        {{.recompute = US_RECOMPUTE_MLP, .mlp_chunk_rows = 5}, "recompute mlp"},
+        {{.recompute = US_RECOMPUTE_LAYER, .mlp_chunk_rows = 5}, "recompute layer"},
+        {{.recompute = US_RECOMPUTE_LAYER, .offload = true, .mlp_chunk_rows = 5}, "offload"}};
+    for (size_t k = 0; k < sizeof modes / sizeof modes[0]; k++) {
+        if (run_mode(t, fx, full, &modes[k].mm, &r)) return;
         double maxg = 0, diff = 0;
         for (size_t i = 0; i < ref.n; i++) {
             maxg = fmax(maxg, fabs(ref.grads[i]));

@@ -44,6 +44,8 @@ static const char *usage =
     "                         MLP's bytes for one product), the MLP, or whole layers; up:K / mlp:K in the\n"
     "                         first K layers only\n"
     "  --offload              keep layer inputs in pinned host memory (implies --recompute layer)\n"
+    "  --offload-mlp K        keep the MLP gate and up of K layers (every other one from the top) in pinned\n"
+    "                         host memory, copied out and back by the copy engine beside the compute\n"
     "  --max-memory GIB       pick the fastest plan whose planned device memory fits: smaller micro-batches\n"
     "                         (the rest as --grad-accum: the same update), then rebuilt MLPs, layers, offload\n"
     "  --report FILE.html     a self-contained page: loss/lr/tokens-per-s curves, configuration, memory plan\n"
@@ -106,6 +108,7 @@ int cmd_train(int argc, char **argv) {
             }
         }
         else if (!strcmp(a, "--offload")) o.offload = true;
+        else if (!strcmp(a, "--offload-mlp")) { if (!VAL() || !us_arg_int(a, v, 1, 1 << 20, &o.offload_mlp)) return 2; }
         else if (!strcmp(a, "--tokenizer")) { if (!VAL()) return 2; o.tokenizer_path = v; }
         else if (!strcmp(a, "--chat-template")) { if (!VAL()) return 2; o.chat_template = v; }
         else if (!strcmp(a, "--train-on-prompt")) o.train_on_prompt = true;

@@ -219,6 +219,9 @@ void us_model_free(us_model *m) {
     if (m->host_xin)
         for (int l = 0; l < m->cfg.layers; l++) be->host_free(be, m->host_xin[l]);
     free(m->host_xin);
+    if (m->host_mlp)
+        for (int l = 0; l < m->cfg.layers; l++) be->host_free(be, m->host_mlp[l]);
+    free(m->host_mlp);
     free(m->plist);
     free(m->slot);
     free(m->acts);

@@ -45,6 +45,7 @@ typedef struct us_plan {
     double bytes_per_token[US_SAVE_KINDS]; /* summed over layers */
     double total_per_token;
     double store_all_per_token; /* what keeping every forward intermediate would need */
+    double host_per_token;      /* bytes per token kept in pinned host memory (offload) */
     int first_layer_bwd;        /* backward stops after this layer */
 } us_plan;
 
@@ -112,6 +113,8 @@ typedef struct us_model {
     int recompute;
     int recompute_layers;  /* US_RECOMPUTE_MLP: the first this many layers rebuild their MLP (0: all) */
     int up_layers;         /* the next this many rebuild only their up projection */
+    int offload_mlp;       /* this many others (every other layer from the top) keep gate/up on the host */
+    void **host_mlp;       /* per layer: pinned host gate and up (NULL where not offloaded) */
     bool offload;
     int mlp_rows;          /* MLP rows processed at once (T unless recomputing) */
     int mlp_chunk_rows;    /* requested chunk when recomputing (0: chunk buffers within 256 MiB) */
@@ -160,17 +163,27 @@ us_status us_model_save_adapter(us_model *m, const char *dir, const char *base_m
 us_status us_model_save_full(us_model *m, const char *dir, const char *src_dir, us_err *e);
 
 enum { US_RECOMPUTE_NONE = 0, US_RECOMPUTE_MLP = 1, US_RECOMPUTE_LAYER = 2,
-       US_RECOMPUTE_UP = 3 /* per layer only (us_layer_mode): keep the gate, rebuild the up projection */ };
-/* Chooses what backward recomputes instead of keeping (before us_model_prepare). offload implies
- * US_RECOMPUTE_LAYER: each layer's input goes to pinned host memory during the forward and comes
- * back, one layer ahead, during backward, overlapped with compute. mlp_layers: with
- * US_RECOMPUTE_MLP, only the first mlp_layers layers rebuild their MLP (0: all). up_layers: the
- * next up_layers layers (with US_RECOMPUTE_NONE or MLP) keep the gate but rebuild the up
- * projection (one product instead of the MLP's two, half the MLP's bytes). mlp_chunk_rows:
- * tokens of the MLP processed at once in MLP-rebuilding layers (0: as many as keep its four
- * chunk buffers within 256 MiB). */
-us_status us_model_set_memory_mode(us_model *m, int recompute, int mlp_layers, int up_layers, bool offload,
-                                   int mlp_chunk_rows, us_err *e);
+       US_RECOMPUTE_UP = 3,     /* per layer only (us_layer_mode): keep the gate, rebuild the up projection */
+       US_OFFLOAD_MLP = 4 };    /* per layer only: gate and up kept in pinned host memory */
+/* What backward recomputes or fetches instead of keeping (us_model_set_memory_mode, before
+ * us_model_prepare).
+ *   recompute: US_RECOMPUTE_NONE, _MLP or _LAYER for the whole model;
+ *   mlp_layers: with US_RECOMPUTE_MLP, only the first mlp_layers layers rebuild their MLP (0: all);
+ *   up_layers: the next up_layers layers keep the gate but rebuild the up projection (one product
+ *     instead of the MLP's two, half the MLP's bytes);
+ *   offload_mlp: that many of the remaining layers, every other one from the top, keep gate and
+ *     up in pinned host memory: copied out after the layer's forward and back one layer ahead of
+ *     its backward, overlapped with compute (one device staging pair serves them all);
+ *   offload: implies US_RECOMPUTE_LAYER; each layer's input goes to pinned host memory during the
+ *     forward and comes back, one layer ahead, during backward;
+ *   mlp_chunk_rows: tokens of the MLP processed at once in MLP-rebuilding layers (0: as many as
+ *     keep its four chunk buffers within 256 MiB). */
+typedef struct us_memory_mode {
+    int recompute, mlp_layers, up_layers, offload_mlp;
+    bool offload;
+    int mlp_chunk_rows;
+} us_memory_mode;
+us_status us_model_set_memory_mode(us_model *m, const us_memory_mode *mm, us_err *e);
 /* The memory mode of layer l (US_RECOMPUTE_*), as the plan applies it. */
 int us_layer_mode(const us_model *m, int l);
 /* The memory mode in words, e.g. "recompute mlp in the first 12 of 30 layers". */

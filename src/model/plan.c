@@ -65,17 +65,21 @@ static void *take(bump *b, size_t bytes) {
 
 /* Where one layer keeps its tensors (true: a per-layer slot, else shared scratch). */
 typedef struct keep_flags {
-    bool attn, mlp, up, xmid, small, xin, att, a;
+    bool attn, mlp, gu, xmid, small, xin, att, a;
 } keep_flags;
 
 /* The memory mode of layer l: US_RECOMPUTE_MLP rebuilds the MLP of the first recompute_layers
  * layers only (all when 0); the other modes apply to every layer. */
 int us_layer_mode(const us_model *m, int l) {
     if (m->recompute == US_RECOMPUTE_LAYER) return US_RECOMPUTE_LAYER;
-    int kmlp = m->recompute != US_RECOMPUTE_MLP ? 0 : m->recompute_layers > 0 ? m->recompute_layers : m->cfg.layers;
+    int L = m->cfg.layers;
+    int kmlp = m->recompute != US_RECOMPUTE_MLP ? 0 : m->recompute_layers > 0 ? m->recompute_layers : L;
     if (l < kmlp) return US_RECOMPUTE_MLP;
-    /* rebuilding up only matters where the gate/up backward runs */
-    if (l < kmlp + m->up_layers && m->plan.layer && m->plan.layer[l].glu_bwd) return US_RECOMPUTE_UP;
+    /* rebuilding or offloading gate/up only matters where the gate/up backward runs */
+    bool gu = m->plan.layer && m->plan.layer[l].glu_bwd;
+    if (l < kmlp + m->up_layers) return gu ? US_RECOMPUTE_UP : US_RECOMPUTE_NONE;
+    /* offloaded: L-1, L-3, ... down to the rebuilt layers (never two in a row: one staging pair) */
+    if (gu && (L - 1 - l) % 2 == 0 && (L - 1 - l) / 2 < m->offload_mlp) return US_OFFLOAD_MLP;
     return US_RECOMPUTE_NONE;
 }
 
@@ -85,8 +89,9 @@ static keep_flags layer_keeps(const us_model *m, int l, bool train) {
     bool layer_bwd = train && l >= m->plan.first_layer_bwd;
     keep_flags k;
     k.attn = train && p->attn_bwd && mode != US_RECOMPUTE_LAYER;
-    k.mlp = train && p->glu_bwd && (mode == US_RECOMPUTE_NONE || mode == US_RECOMPUTE_UP); /* gate, bits, 1/rms */
-    k.up = k.mlp && mode == US_RECOMPUTE_NONE;
+    /* gate, bits, 1/rms on the device; gate and up in this layer's slots (not the host's) */
+    k.mlp = train && p->glu_bwd && (mode == US_RECOMPUTE_NONE || mode == US_RECOMPUTE_UP || mode == US_OFFLOAD_MLP);
+    k.gu = k.mlp && mode != US_OFFLOAD_MLP;
     k.xmid = k.mlp || (train && (p->glu_bwd || p->save_a) && mode == US_RECOMPUTE_MLP);
     k.small = train && mode != US_RECOMPUTE_LAYER; /* LoRA x·A */
     k.xin = k.attn || (layer_bwd && mode == US_RECOMPUTE_LAYER && !m->offload);
@@ -110,7 +115,9 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
     struct us_scratch *s = &m->s;
     /* which scratch some layer needs: the final output's buffer always, the rest when not kept */
     bool need_res[2] = {false, false}, need_mid = false, need_attn = false, need_att = false, need_mlp = false;
-    bool need_up = false; /* a layer rebuilding only up: a whole [T, inter] buffer */
+    bool need_up = false;  /* a layer rebuilding only up: a whole [T, inter] buffer */
+    bool need_off = false; /* offloaded gate/up: one [T, inter] staging pair */
+    double host = 0;       /* bytes per token in pinned host memory */
     bool need_u[US_T_COUNT] = {false};
     need_res[c->layers % 2] = true;
     size_t arows = mr; /* rows of the MLP product buffers: a layer that keeps its MLP runs it whole */
@@ -119,6 +126,8 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
         int mode = us_layer_mode(m, l);
         if (!train || mode == US_RECOMPUTE_NONE || mode == US_RECOMPUTE_UP) arows = tt;
         need_up |= train && mode == US_RECOMPUTE_UP;
+        if (train && mode == US_OFFLOAD_MLP) need_off = true, host += 2.0 * (double)(F * A);
+        if (train && m->offload) host += (double)(D * A);
         need_res[l % 2] |= !k.xin;
         need_mid |= !k.xmid;
         need_attn |= !k.attn;
@@ -134,6 +143,8 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
     void *sg = SCRATCH(need_mlp, mr * F * A), *su = SCRATCH(need_mlp || need_up, (need_up ? tt : mr) * F * A);
     float *srstd1 = SCRATCH(need_attn, tt * 4), *srstd2 = SCRATCH(need_mlp, tt * 4), *slse = SCRATCH(need_attn, tt * H * 4);
     uint32_t *sbits = SCRATCH(need_mlp && c->act == US_ACT_RELU, mr * words * 4);
+    void *off_g = SCRATCH(need_off, tt * F * A), *off_u = SCRATCH(need_off, tt * F * A);
+    m->plan.host_per_token = host;
     float *su_lora[US_T_COUNT] = {0}; /* per LoRA group (at its lead target): u of all its members */
     size_t ldmax = 1;
     for (int t = 0; t < US_T_COUNT; t++)
@@ -174,8 +185,9 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
         a->att = SLOT(k.att, US_SAVE_ATTN_OUT, H * hd * A, satt);
         a->xmid = SLOT(k.xmid, US_SAVE_RESIDUAL, D * A, mid);
         a->rstd2 = SLOT(k.mlp, US_SAVE_NORM_STATS, 4, srstd2);
-        a->g = SLOT(k.mlp, US_SAVE_MLP, F * A, sg);
-        a->up = SLOT(k.up, US_SAVE_MLP, F * A, su);
+        bool off = train && us_layer_mode(m, l) == US_OFFLOAD_MLP;
+        a->g = SLOT(k.gu, US_SAVE_MLP, F * A, off ? off_g : sg);
+        a->up = SLOT(k.gu && us_layer_mode(m, l) != US_RECOMPUTE_UP, US_SAVE_MLP, F * A, off ? off_u : su);
         a->bits = SLOT(k.mlp && c->act == US_ACT_RELU, US_SAVE_MLP_MASK, words * 4, sbits);
         a->a = SLOT(k.a, US_SAVE_MLP_DOWN_IN, F * A, s->a);
         for (int t = 0; t < US_T_COUNT; t++) /* a group's block at its lead; members are column blocks of it */
@@ -276,6 +288,21 @@ us_status us_model_prepare(us_model *m, int max_tokens, us_err *e) {
                                (double)c->layers * max_tokens * c->hidden * be->act_bytes / (1 << 30));
         }
     }
+    /* offloaded gate/up: pinned host buffers for the layers that have them */
+    bool any_off = false;
+    for (int l = 0; l < c->layers; l++) any_off |= train && us_layer_mode(m, l) == US_OFFLOAD_MLP;
+    if (m->host_mlp)
+        for (int l = 0; l < c->layers; l++) be->host_free(be, m->host_mlp[l]), m->host_mlp[l] = NULL;
+    if (any_off) {
+        if (!be->host_alloc) return us_fail(e, US_EUNSUPPORTED, "MLP offload: the %s backend cannot offload", be->name);
+        if (!m->host_mlp && !(m->host_mlp = calloc((size_t)c->layers, sizeof *m->host_mlp)))
+            return us_fail(e, US_ENOMEM, "out of memory");
+        size_t bytes = 2 * (size_t)max_tokens * c->inter * be->act_bytes;
+        for (int l = 0; l < c->layers; l++)
+            if (us_layer_mode(m, l) == US_OFFLOAD_MLP && !(m->host_mlp[l] = be->host_alloc(be, bytes)))
+                return us_fail(e, US_ENOMEM, "MLP offload: cannot pin %.1f GiB of host memory",
+                               (double)m->offload_mlp * bytes / (1 << 30));
+    }
     m->saved_bytes = (size_t)(m->plan.total_per_token * max_tokens);
     m->max_tokens = max_tokens;
     double dummy[US_SAVE_KINDS] = {0};
@@ -284,16 +311,20 @@ us_status us_model_prepare(us_model *m, int max_tokens, us_err *e) {
     return US_OK;
 }
 
-us_status us_model_set_memory_mode(us_model *m, int recompute, int mlp_layers, int up_layers, bool offload,
-                                   int mlp_chunk_rows, us_err *e) {
-    if (mlp_chunk_rows < 0) return us_fail(e, US_EINVAL, "MLP chunk of %d rows", mlp_chunk_rows);
-    if (mlp_layers < 0 || up_layers < 0) return us_fail(e, US_EINVAL, "MLP recompute in %d / %d layers", mlp_layers, up_layers);
-    m->mlp_chunk_rows = mlp_chunk_rows;
-    m->recompute_layers = recompute == US_RECOMPUTE_MLP && !offload ? mlp_layers : 0;
-    m->up_layers = recompute != US_RECOMPUTE_LAYER && !offload ? up_layers : 0;
-    if (recompute < 0 || recompute > US_RECOMPUTE_LAYER) return us_fail(e, US_EINVAL, "unknown recompute mode %d", recompute);
-    m->recompute = offload ? US_RECOMPUTE_LAYER : recompute;
-    m->offload = offload;
+us_status us_model_set_memory_mode(us_model *m, const us_memory_mode *mm, us_err *e) {
+    if (mm->mlp_chunk_rows < 0) return us_fail(e, US_EINVAL, "MLP chunk of %d rows", mm->mlp_chunk_rows);
+    if (mm->mlp_layers < 0 || mm->up_layers < 0 || mm->offload_mlp < 0)
+        return us_fail(e, US_EINVAL, "memory mode: negative layer count (%d, %d, %d)", mm->mlp_layers, mm->up_layers,
+                       mm->offload_mlp);
+    if (mm->recompute < 0 || mm->recompute > US_RECOMPUTE_LAYER)
+        return us_fail(e, US_EINVAL, "unknown recompute mode %d", mm->recompute);
+    bool layers = mm->offload || mm->recompute == US_RECOMPUTE_LAYER;
+    m->mlp_chunk_rows = mm->mlp_chunk_rows;
+    m->recompute = mm->offload ? US_RECOMPUTE_LAYER : mm->recompute;
+    m->recompute_layers = mm->recompute == US_RECOMPUTE_MLP && !layers ? mm->mlp_layers : 0;
+    m->up_layers = layers ? 0 : mm->up_layers;
+    m->offload_mlp = layers ? 0 : mm->offload_mlp;
+    m->offload = mm->offload;
     return US_OK;
 }
 
@@ -308,15 +339,25 @@ bool us_recompute_parse(const char *name, int *out) {
 }
 
 void us_memory_mode_describe(const us_model *m, char *buf, size_t n) {
-    int L = m->cfg.layers;
-    int kmlp = m->recompute != US_RECOMPUTE_MLP ? 0 : m->recompute_layers > 0 ? m->recompute_layers : L;
-    int kup = US_MIN(m->up_layers, L - kmlp);
-    if (m->offload) snprintf(buf, n, "recompute layer, layer inputs offloaded to host");
-    else if (m->recompute == US_RECOMPUTE_LAYER) snprintf(buf, n, "recompute layer");
-    else if (kmlp == 0 && kup == 0) snprintf(buf, n, "keep the plan's set");
-    else if (kup == 0) snprintf(buf, n, kmlp == L ? "recompute mlp" : "recompute mlp in the first %d of %d layers", kmlp, L);
-    else if (kmlp == 0) snprintf(buf, n, kup == L ? "recompute up" : "recompute up in the first %d of %d layers", kup, L);
-    else snprintf(buf, n, "recompute mlp in the first %d and up in the next %d of %d layers", kmlp, kup, L);
+    int L = m->cfg.layers, count[5] = {0};
+    if (m->offload) {
+        snprintf(buf, n, "recompute layer, layer inputs offloaded to host");
+        return;
+    }
+    if (m->recompute == US_RECOMPUTE_LAYER) {
+        snprintf(buf, n, "recompute layer");
+        return;
+    }
+    for (int l = 0; l < L; l++) count[us_layer_mode(m, l)]++;
+    static const char *what[5] = {NULL, "recompute mlp", NULL, "recompute up", "mlp offloaded to host"};
+    size_t at = 0;
+    buf[0] = 0;
+    for (int k = 1; k < 5; k++) {
+        if (!what[k] || !count[k]) continue;
+        int w = snprintf(buf + at, n > at ? n - at : 0, "%s%s in %d of %d layers", at ? ", " : "", what[k], count[k], L);
+        if (w > 0) at += (size_t)w;
+    }
+    if (!at) snprintf(buf, n, "keep the plan's set");
 }
 
 void us_plan_print(const us_model *m, FILE *f) {
@@ -329,9 +370,8 @@ void us_plan_print(const us_model *m, FILE *f) {
         if (p->bytes_per_token[k] > 0) fprintf(f, "  %-22s %10.0f\n", us_save_kind_name(k), p->bytes_per_token[k]);
     fprintf(f, "  %-22s %10.0f   (store-everything: %.0f, %.1f%% of it)\n", "total", p->total_per_token,
             p->store_all_per_token, 100.0 * p->total_per_token / p->store_all_per_token);
-    if (m->offload)
-        fprintf(f, "  %-22s %10.0f   (pinned host memory)\n", "offloaded to host",
-                (double)m->cfg.layers * m->cfg.hidden * m->be->act_bytes);
+    if (p->host_per_token > 0)
+        fprintf(f, "  %-22s %10.0f   (pinned host memory)\n", "offloaded to host", p->host_per_token);
     double params = (double)m->n_params * 4 * 4; /* values, gradients, AdamW m and v */
     fprintf(f, "  step arena %.1f MiB for %d tokens (saved %.1f MiB + scratch)\n", m->arena_bytes / 1048576.0,
             m->max_tokens, m->saved_bytes / 1048576.0);

@@ -261,12 +261,20 @@ static us_status run(us_model *m, const us_batch *b, bool train, float grad_scal
     if (T > m->max_tokens) return us_fail(e, US_EINVAL, "batch of %d tokens exceeds the planned %d", T, m->max_tokens);
     be->zero(be, m->s.loss, 4);
     be->embed_fwd(be, m->acts[0].xin, m->embed, b->ids, T, c->hidden);
+    /* offloaded MLP tensors (every other layer from the top): gate and up pass through one device
+     * staging pair; `staged` is the layer whose tensors it holds */
+    size_t gu_bytes = (size_t)T * c->inter * be->act_bytes;
+    int staged = -1;
     for (int l = 0; l < c->layers; l++) {
-        if (off) { /* the buffer this layer writes held the input of layer l-1: its copy must be done */
-            be->copies_wait(be);
-            be->offload(be, m->host_xin[l], m->acts[l].xin, xin_bytes);
-        }
+        bool mlp_off = train && us_layer_mode(m, l) == US_OFFLOAD_MLP;
+        if (off || mlp_off) be->copies_wait(be); /* what this layer overwrites was copied out */
+        if (off) be->offload(be, m->host_xin[l], m->acts[l].xin, xin_bytes);
         forward_layer(m, l, b, l + 1 < c->layers ? m->acts[l + 1].xin : m->s.xfin);
+        if (mlp_off) {
+            be->offload(be, m->host_mlp[l], m->acts[l].g, gu_bytes);
+            be->offload(be, (char *)m->host_mlp[l] + gu_bytes, m->acts[l].up, gu_bytes);
+            staged = l;
+        }
     }
     head(m, b, train, grad_scale, logits_host);
     if (train) {
@@ -276,7 +284,20 @@ static us_status run(us_model *m, const us_batch *b, bool train, float grad_scal
                 be->copies_wait(be);
                 if (l - 1 >= m->plan.first_layer_bwd) be->prefetch(be, m->acts[l - 1].xin, m->host_xin[l - 1], xin_bytes);
             }
+            bool mlp_off = us_layer_mode(m, l) == US_OFFLOAD_MLP;
+            if (mlp_off && staged != l) { /* not fetched ahead (cannot happen with alternate layers) */
+                be->prefetch(be, m->acts[l].g, m->host_mlp[l], gu_bytes);
+                be->prefetch(be, m->acts[l].up, (char *)m->host_mlp[l] + gu_bytes, gu_bytes);
+            }
+            if (mlp_off) be->copies_wait(be);
             more = backward_layer(m, l, b);
+            /* the staging pair is free once this layer's backward has run: fetch the next offloaded
+             * layer's tensors now, a layer ahead (ordered after the compute issued above) */
+            if (mlp_off && more && l - 2 >= m->plan.first_layer_bwd && us_layer_mode(m, l - 2) == US_OFFLOAD_MLP) {
+                be->prefetch(be, m->acts[l - 2].g, m->host_mlp[l - 2], gu_bytes);
+                be->prefetch(be, m->acts[l - 2].up, (char *)m->host_mlp[l - 2] + gu_bytes, gu_bytes);
+                staged = l - 2;
+            }
         }
         if (more && m->g_embed) be->embed_bwd(be, m->g_embed, m->s.dres, b->ids, T, c->hidden);
     }

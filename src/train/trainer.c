@@ -207,10 +207,12 @@ us_status us_train(const us_train_opts *o, us_err *e) {
         if ((st = us_fit_memory(m, seq, o->max_memory * 1073741824.0, &B, &accum, &planned, e))) goto out;
     } else {
         bool up = o->recompute == US_RECOMPUTE_UP; /* --recompute up[:K] */
-        int kup = up ? (o->recompute_layers ? o->recompute_layers : m->cfg.layers) : 0;
-        if ((st = us_model_set_memory_mode(m, up ? US_RECOMPUTE_NONE : o->recompute, up ? 0 : o->recompute_layers, kup,
-                                           o->offload, 0, e)))
-            goto out;
+        us_memory_mode mm = {.recompute = up ? US_RECOMPUTE_NONE : o->recompute,
+                             .mlp_layers = up ? 0 : o->recompute_layers,
+                             .up_layers = up ? (o->recompute_layers ? o->recompute_layers : m->cfg.layers) : 0,
+                             .offload_mlp = o->offload_mlp,
+                             .offload = o->offload};
+        if ((st = us_model_set_memory_mode(m, &mm, e))) goto out;
     }
     int T = (int)US_MIN((int64_t)B * seq, (int64_t)INT32_MAX); /* preflight refuses huge T */
     if (!(r.perm = malloc(r.ds.n * sizeof *r.perm))) {
