@@ -11,7 +11,7 @@ set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 wt=${GPU_WORKTREE:-/tmp/unswag-gpu-wt}
 [ -d "$wt" ] || git -C "$root" worktree add --detach "$wt" HEAD >/dev/null
-git -C "$wt" checkout -q --detach "$(git -C "$root" rev-parse HEAD)"
+git -C "$wt" checkout -q -f --detach "$(git -C "$root" rev-parse HEAD)" # its own tree: nothing there to keep
 make -C "$wt" -j"$(nproc)" gpu-build >/dev/null
 stage=$(mktemp -d)
 mkdir -p "$stage/bin" "$stage/lib"

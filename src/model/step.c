@@ -148,10 +148,6 @@ static void mlp_forward(us_model *m, int l, int T, void *out) {
     }
 }
 
-static void forward_layer(us_model *m, int l, const us_batch *b, void *out) {
-    forward_attn(m, l, b);
-    mlp_forward(m, l, b->batch * b->seq, out);
-}
 
 /* MLP backward over rows [r0, r0+n). dres rows hold d(out); on return d(xmid) when prior_mlp. */
 static void mlp_backward(us_model *m, int l, size_t r0, int n) {
@@ -267,9 +263,13 @@ static us_status run(us_model *m, const us_batch *b, bool train, float grad_scal
     int staged = -1;
     for (int l = 0; l < c->layers; l++) {
         bool mlp_off = train && us_layer_mode(m, l) == US_OFFLOAD_MLP;
-        if (off || mlp_off) be->copies_wait(be); /* what this layer overwrites was copied out */
-        if (off) be->offload(be, m->host_xin[l], m->acts[l].xin, xin_bytes);
-        forward_layer(m, l, b, l + 1 < c->layers ? m->acts[l + 1].xin : m->s.xfin);
+        if (off) { /* the buffer this layer writes held the input of layer l-1: its copy must be done */
+            be->copies_wait(be);
+            be->offload(be, m->host_xin[l], m->acts[l].xin, xin_bytes);
+        }
+        forward_attn(m, l, b);
+        if (mlp_off) be->copies_wait(be); /* the staging pair's last copy-out is done (as late as possible) */
+        mlp_forward(m, l, T, l + 1 < c->layers ? m->acts[l + 1].xin : m->s.xfin);
         if (mlp_off) {
             be->offload(be, m->host_mlp[l], m->acts[l].g, gu_bytes);
             be->offload(be, (char *)m->host_mlp[l] + gu_bytes, m->acts[l].up, gu_bytes);
