@@ -70,11 +70,12 @@ static us_status planned_bytes(us_model *m, int tokens, double *out, us_err *e) 
  * effective 400 TFLOP/s (fpt FLOPs per token: 4N + attention, as bench/gpu_bench.sh counts) and
  * about 50 kernel launches of 4 us per layer and micro-step. Splitting the batch repeats the
  * launches; rebuilding up repeats one [D -> F] product per token, the MLP two (at 0.65 of the
- * product rate: what the H100 measurements of --recompute up / mlp came to); an offloaded layer
- * costs what its copies (gate and up, 50 GB/s each way) take beyond two layers' forward. Only the
- * order of the candidates matters. */
+ * product rate: what the H100 measurements of --recompute up / mlp came to). Only the order of
+ * the candidates matters. --offload-mlp is not a candidate: on the H100 (55 GB/s each way) its
+ * copies outlast the compute they hide behind, and it measured no faster than rebuilding up for
+ * the same bytes (docs/BENCHMARKS.md). */
 typedef struct cost_model {
-    double base, launch, up_layer, mlp_layer, off_layer;
+    double base, launch, up_layer, mlp_layer;
 } cost_model;
 
 static cost_model cost_model_for(const us_model *m, int tokens) {
@@ -87,16 +88,14 @@ static cost_model cost_model_for(const us_model *m, int tokens) {
     k.base = fpt * tokens / rate + k.launch;
     k.up_layer = 0.65 * 2 * D * F * tokens / rate;
     k.mlp_layer = 2 * k.up_layer;
-    double copy = 2 * F * (double)m->be->act_bytes * tokens / 50e9, overlap = 2 * k.base / (3 * L);
-    k.off_layer = 0.01 * k.up_layer + (copy > overlap ? copy - overlap : 0); /* never quite free */
     return k;
 }
 
 /* Memory mode of candidate `mode` (0: up rebuilt in the first n layers; 1: the MLP in the first
- * n and up in the rest; 2: whole layers; 3: offload) with koff layers' MLP tensors on the host. */
-static us_memory_mode candidate(int mode, int n, int koff, int L) {
+ * n and up in the rest; 2: whole layers; 3: offload). */
+static us_memory_mode candidate(int mode, int n, int L) {
     us_memory_mode mm = {0};
-    if (mode == 0) mm.up_layers = n, mm.offload_mlp = koff;
+    if (mode == 0) mm.up_layers = n;
     else if (mode == 1) mm.recompute = US_RECOMPUTE_MLP, mm.mlp_layers = n, mm.up_layers = L - n;
     else mm.recompute = US_RECOMPUTE_LAYER, mm.offload = mode == 3;
     return mm;
@@ -108,37 +107,27 @@ us_status us_fit_memory(us_model *m, int seq, double budget, int *batch, int *gr
     double best_cost = 1e30, smallest = 1e300;
     int best_split = 0;
     us_memory_mode best = {0};
-    /* pinned host memory for offloaded MLP tensors: at most half of the machine's memory */
-    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    double host_cap = pages > 0 && page > 0 ? 0.5 * (double)pages * (double)page : 0;
     for (int split = 1; split <= *batch; split++) {
         if (*batch % split) continue;
         int tokens = *batch / split * seq;
         double split_cost = (split - 1) * k.launch;
-        double host_layer = 2.0 * m->cfg.inter * (double)m->be->act_bytes * tokens;
-        for (int koff = 0; koff <= L / 2; koff++) {
-            if (koff && koff * host_layer > host_cap) break;
-            for (int mode = 0; mode < 4; mode++) {
-                if (mode > 0 && koff) break; /* offloading MLP tensors goes with mode 0 only */
-                int n0 = mode == 1 ? 1 : 0, n1 = mode < 2 ? L : 0;
-                for (int n = n0; n <= n1; n++) {
-                    us_memory_mode mm = candidate(mode, n, koff, L);
-                    double need = 0;
-                    us_status st = us_model_set_memory_mode(m, &mm, e);
-                    if (!st) st = planned_bytes(m, tokens, &need, e);
-                    if (st) return st;
-                    if (need < smallest) smallest = need;
-                    if (need > budget) continue;
-                    int offloaded = 0;
-                    for (int l = 0; l < L; l++) offloaded += us_layer_mode(m, l) == US_OFFLOAD_MLP;
-                    double extra = mode == 0   ? n * k.up_layer + offloaded * k.off_layer
-                                 : mode == 1 ? n * k.mlp_layer + (L - n) * k.up_layer
-                                 : mode == 2 ? 0.33 * k.base
-                                             : 0.40 * k.base;
-                    double cost = split_cost + extra;
-                    if (cost < best_cost) best_cost = cost, best_split = split, best = mm, *planned = need;
-                    break; /* more rebuilt layers only cost more */
-                }
+        for (int mode = 0; mode < 4; mode++) {
+            int n0 = mode == 1 ? 1 : 0, n1 = mode < 2 ? L : 0;
+            for (int n = n0; n <= n1; n++) {
+                us_memory_mode mm = candidate(mode, n, L);
+                double need = 0;
+                us_status st = us_model_set_memory_mode(m, &mm, e);
+                if (!st) st = planned_bytes(m, tokens, &need, e);
+                if (st) return st;
+                if (need < smallest) smallest = need;
+                if (need > budget) continue;
+                double extra = mode == 0   ? n * k.up_layer
+                             : mode == 1 ? n * k.mlp_layer + (L - n) * k.up_layer
+                             : mode == 2 ? 0.33 * k.base
+                                         : 0.40 * k.base;
+                double cost = split_cost + extra;
+                if (cost < best_cost) best_cost = cost, best_split = split, best = mm, *planned = need;
+                break; /* more rebuilt layers only cost more */
             }
         }
     }

@@ -19,8 +19,8 @@ us_status us_preflight_memory(us_model *m, int batch, int seq, int grad_accum, u
  * parameters with gradients and AdamW moments, step arena, the backend's buffers: the trainer's
  * "planned" line) fit in budget. Candidates: a micro-batch that divides *batch (the rest becomes
  * gradient accumulation: the same update) with, for each, the up projection rebuilt in the first
- * k layers and the MLP tensors of j others in pinned host memory, or the MLP rebuilt in the first
- * k and up in the rest, or whole layers rebuilt, or offload;
+ * k layers, or the MLP rebuilt in the first k and up in the rest, or whole layers rebuilt, or
+ * offload;
  * the one with the least estimated extra time wins (a coarse model: repeated kernel launches for
  * a split, repeated products for a rebuild). Sets the model's memory mode and *batch /
  * *grad_accum, and the chosen plan's bytes in *planned. When nothing fits, fails naming the
