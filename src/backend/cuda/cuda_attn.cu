@@ -98,7 +98,7 @@ __device__ __forceinline__ void load_tile(bf16 *s, const bf16 *g, size_t stride,
 constexpr int FBM = 64, FBN = 64, FNT = 128;
 
 template <int HD>
-__global__ void __launch_bounds__(FNT) k_attn_fwd(bf16 *o, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+__global__ void __launch_bounds__(FNT, HD <= 64 ? 3 : 1) k_attn_fwd(bf16 *o, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
                                                   const int32_t *seg, int seq, int H, int KVH, float scale_log2) {
     extern __shared__ __align__(128) unsigned char smraw[];
     bf16 *sQ = reinterpret_cast<bf16 *>(smraw);
