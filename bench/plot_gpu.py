@@ -7,7 +7,7 @@ runs for the default and PEFT). Plain SVG, no plotting library needed.
 import sys
 
 shapes = ["smollm2-135m 8×2048", "llama-3.2-1b 4×2048", "llama-3.1-8b 1×2048"]
-tok = {"PEFT": [61640, 39564, 7748], "unswag": [223274, 69815, 14410], "unswag --max-memory 5/8/19": [215184, 68462, 12568]}
+tok = {"PEFT": [76101, 39384, 8359], "unswag": [227144, 69636, 14308], "unswag --max-memory 5/8/19": [220196, 68444, 12443]}
 gib = {"PEFT": [21.80, 28.55, 31.78], "unswag": [6.19, 9.39, 21.72], "unswag --max-memory 5/8/19": [4.97, 6.00, 18.99]}
 colors = {"PEFT": "#9ca3af", "unswag": "#2563eb", "unswag --max-memory 5/8/19": "#60a5fa"}
 W, H, pad = 980, 410, 50
