@@ -3,13 +3,14 @@
  * The memory estimate prepares the model for k = min(tokens, 256) tokens to measure the arena per
  * token (saved activations plus scratch), scales it to the step's tokens and adds 64 MiB for the
  * chunked LM head; it never allocates the full arena, so an impossible plan is refused before
- * any large allocation. UNSWAG_TEST_MEM_TOTAL_MB and UNSWAG_TEST_DISK_FREE_MB (tests only,
- * ignored unless set) stand in for the device total and the free disk space. */
+ * any large allocation. --max-memory (us_fit_memory) uses the same measurement on every candidate
+ * plan — micro-batch splits and memory modes — and a coarse time model to pick among those that
+ * fit. UNSWAG_TEST_MEM_TOTAL_MB and UNSWAG_TEST_DISK_FREE_MB (tests only, ignored unless set) stand
+ * in for the device total and the free disk space. */
 #include "train/preflight.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
