@@ -68,8 +68,10 @@ typedef struct keep_flags {
     bool attn, mlp, gu, xmid, small, xin, att, a;
 } keep_flags;
 
-/* The memory mode of layer l: US_RECOMPUTE_MLP rebuilds the MLP of the first recompute_layers
- * layers only (all when 0); the other modes apply to every layer. */
+/* The memory mode of layer l. US_RECOMPUTE_LAYER applies to every layer; otherwise, from the
+ * bottom, the first recompute_layers layers rebuild their MLP (all of them when 0, with
+ * US_RECOMPUTE_MLP), the next up_layers rebuild only up, and of the rest every other layer from
+ * the top keeps gate/up on the host, offload_mlp of them. */
 int us_layer_mode(const us_model *m, int l) {
     if (m->recompute == US_RECOMPUTE_LAYER) return US_RECOMPUTE_LAYER;
     int L = m->cfg.layers;
