@@ -132,7 +132,7 @@ static void mlp_front(us_model *m, int l, size_t r0, int n, void *prod) {
  * m->mlp_rows where they are rebuilt (chunk buffers). */
 static int mlp_chunk(const us_model *m, int l, int T) {
     int mode = us_layer_mode(m, l);
-    return mode == US_RECOMPUTE_NONE || mode == US_RECOMPUTE_UP ? T : m->mlp_rows;
+    return mode == US_RECOMPUTE_MLP || mode == US_RECOMPUTE_LAYER ? m->mlp_rows : T;
 }
 
 /* MLP block, forward: out = xmid + down(act(gate(h2)) * up(h2)), chunk by chunk */
@@ -161,7 +161,8 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
     bool down_trains = lora_on(m, l, US_T_DOWN) || L->gw[US_T_DOWN];
     bool gu_trains = lora_on(m, l, US_T_GATE) || lora_on(m, l, US_T_UP) || L->gw[US_T_GATE];
     int mode = us_layer_mode(m, l);
-    bool kept = mode == US_RECOMPUTE_NONE || mode == US_RECOMPUTE_UP; /* gate/up (or the product) were kept */
+    /* gate/up (or the product) were kept: here, on the host (fetched back by run()), or gate only */
+    bool kept = mode == US_RECOMPUTE_NONE || mode == US_OFFLOAD_MLP || mode == US_RECOMPUTE_UP;
     void *dres = rows_at(m, m->s.dres, r0, D), *dh = rows_at(m, m->s.dh, r0, D), *h = rows_at(m, m->s.h, r0, D);
     void *prod = a->a;
     if (mode == US_RECOMPUTE_UP) { /* the gate was kept; rebuild h2 and the up projection (its x·A was kept) */
@@ -181,7 +182,7 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
     }
     if (!p->glu_bwd) return;
     be->glu_bwd(be, act, a->g, a->up, m->s.da, a->g, a->up, a->bits, n, c->inter); /* dg, du in place */
-    if (mode == US_RECOMPUTE_NONE && gu_trains)
+    if ((mode == US_RECOMPUTE_NONE || mode == US_OFFLOAD_MLP) && gu_trains)
         be->rmsnorm_fwd(be, h, m->s.rstd, rows_at(m, a->xmid, r0, D), L->ln2, n, c->hidden, (float)c->rms_eps);
     static const int gate_up[] = {US_T_GATE, US_T_UP};
     void *dgu[] = {a->g, a->up};
