@@ -46,7 +46,7 @@ static const char *usage =
     "  --offload              keep layer inputs in pinned host memory (implies --recompute layer)\n"
     "  --offload-mlp K        keep the MLP gate and up of K layers (every other one from the top) in pinned\n"
     "                         host memory, copied out and back beside the compute (pays where the host link\n"
-    "                         outruns the layers; on a PCIe H100 it costs what --recompute up costs)\n"
+    "                         keeps up with the layers between offloaded ones)\n"
     "  --max-memory GIB       pick the fastest plan whose planned device memory fits: smaller micro-batches\n"
     "                         (the rest as --grad-accum: the same update), then rebuilt MLPs, layers, offload\n"
     "  --report FILE.html     a self-contained page: loss/lr/tokens-per-s curves, configuration, memory plan\n"

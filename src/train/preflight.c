@@ -72,9 +72,8 @@ static us_status planned_bytes(us_model *m, int tokens, double *out, us_err *e) 
  * about 50 kernel launches of 4 us per layer and micro-step. Splitting the batch repeats the
  * launches; rebuilding up repeats one [D -> F] product per token, the MLP two (at 0.65 of the
  * product rate: what the H100 measurements of --recompute up / mlp came to). Only the order of
- * the candidates matters. --offload-mlp is not a candidate: on the H100 (55 GB/s each way) its
- * copies outlast the compute they hide behind, and it measured no faster than rebuilding up for
- * the same bytes (docs/BENCHMARKS.md). */
+ * the candidates matters. --offload-mlp is not a candidate until its cost is measured on a GPU
+ * (docs/BENCHMARKS.md). */
 typedef struct cost_model {
     double base, launch, up_layer, mlp_layer;
 } cost_model;
