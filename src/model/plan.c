@@ -65,7 +65,8 @@ static void *take(bump *b, size_t bytes) {
 
 /* Where one layer keeps its tensors (true: a per-layer slot, else shared scratch). */
 typedef struct keep_flags {
-    bool attn, mlp, gu, xmid, small, xin, att, a;
+    int mode; /* us_layer_mode, or US_RECOMPUTE_NONE when not training */
+    bool attn, mlp, gate, up, xmid, small, xin, att, a;
 } keep_flags;
 
 /* The memory mode of layer l. US_RECOMPUTE_LAYER applies to every layer; otherwise, from the
@@ -90,10 +91,12 @@ static keep_flags layer_keeps(const us_model *m, int l, bool train) {
     int mode = train ? us_layer_mode(m, l) : US_RECOMPUTE_NONE;
     bool layer_bwd = train && l >= m->plan.first_layer_bwd;
     keep_flags k;
+    k.mode = mode;
     k.attn = train && p->attn_bwd && mode != US_RECOMPUTE_LAYER;
     /* gate, bits, 1/rms on the device; gate and up in this layer's slots (not the host's) */
     k.mlp = train && p->glu_bwd && (mode == US_RECOMPUTE_NONE || mode == US_RECOMPUTE_UP || mode == US_OFFLOAD_MLP);
-    k.gu = k.mlp && mode != US_OFFLOAD_MLP;
+    k.gate = k.mlp && mode != US_OFFLOAD_MLP;
+    k.up = k.gate && mode != US_RECOMPUTE_UP;
     k.xmid = k.mlp || (train && (p->glu_bwd || p->save_a) && mode == US_RECOMPUTE_MLP);
     k.small = train && mode != US_RECOMPUTE_LAYER; /* LoRA x·A */
     k.xin = k.attn || (layer_bwd && mode == US_RECOMPUTE_LAYER && !m->offload);
@@ -125,10 +128,9 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
     size_t arows = mr; /* rows of the MLP product buffers: a layer that keeps its MLP runs it whole */
     for (int l = 0; l < c->layers; l++) {
         keep_flags k = layer_keeps(m, l, train);
-        int mode = us_layer_mode(m, l);
-        if (!train || mode == US_RECOMPUTE_NONE || mode == US_RECOMPUTE_UP) arows = tt;
-        need_up |= train && mode == US_RECOMPUTE_UP;
-        if (train && mode == US_OFFLOAD_MLP) need_off = true, host += 2.0 * (double)(F * A);
+        if (k.mode == US_RECOMPUTE_NONE || k.mode == US_RECOMPUTE_UP) arows = tt;
+        need_up |= k.mode == US_RECOMPUTE_UP;
+        if (k.mode == US_OFFLOAD_MLP) need_off = true, host += 2.0 * (double)(F * A);
         if (train && m->offload) host += (double)(D * A);
         need_res[l % 2] |= !k.xin;
         need_mid |= !k.xmid;
@@ -187,9 +189,9 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
         a->att = SLOT(k.att, US_SAVE_ATTN_OUT, H * hd * A, satt);
         a->xmid = SLOT(k.xmid, US_SAVE_RESIDUAL, D * A, mid);
         a->rstd2 = SLOT(k.mlp, US_SAVE_NORM_STATS, 4, srstd2);
-        bool off = train && us_layer_mode(m, l) == US_OFFLOAD_MLP;
-        a->g = SLOT(k.gu, US_SAVE_MLP, F * A, off ? off_g : sg);
-        a->up = SLOT(k.gu && us_layer_mode(m, l) != US_RECOMPUTE_UP, US_SAVE_MLP, F * A, off ? off_u : su);
+        bool off = k.mode == US_OFFLOAD_MLP;
+        a->g = SLOT(k.gate, US_SAVE_MLP, F * A, off ? off_g : sg);
+        a->up = SLOT(k.up, US_SAVE_MLP, F * A, off ? off_u : su);
         a->bits = SLOT(k.mlp && c->act == US_ACT_RELU, US_SAVE_MLP_MASK, words * 4, sbits);
         a->a = SLOT(k.a, US_SAVE_MLP_DOWN_IN, F * A, s->a);
         for (int t = 0; t < US_T_COUNT; t++) /* a group's block at its lead; members are column blocks of it */
