@@ -9,7 +9,7 @@
  * written, backward dy read, x read, dx written), and the host offload copies (pinned, GB/s each way, and a GEMM queue
  * timed alone and beside a concurrent offload + prefetch).
  * The frozen products of every projection of the three shapes (forward and input gradient).
- * Usage: unswag_gpu_bench [reps] [all|gemm|attn|mem|lora|proj|offload] */
+ * Usage: unswag_gpu_bench [reps] [all|gemm|attn|mem|lora|proj|fuse|offload] */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -195,6 +195,33 @@ int main(int argc, char **argv) {
             TIME(reps, be->linear_bwd_x(be, x, false, y, w, T, in, out), tb);
             printf("proj %-16s T=%-6d %5d -> %-6d fwd %8.1f us %5.0f TFLOP/s  bwd_x %8.1f us %5.0f TFLOP/s\n", ps[i].name, T,
                    in, out, tf * 1e6, fl / tf / 1e12, tb * 1e6, fl / tb / 1e12);
+            be->free(be, x), be->free(be, w), be->free(be, y);
+        }
+    }
+    if (PART("fuse")) { /* q+k+v and gate+up: separate accumulating products (as step.c runs them) vs one */
+        struct { const char *name; int T, in, n, outs[3]; } fs[] = {
+            {"8b q+k+v", 2048, 4096, 3, {4096, 1024, 1024}}, {"8b gate+up", 2048, 4096, 2, {14336, 14336, 0}},
+            {"1b q+k+v", 8192, 2048, 3, {2048, 512, 512}},   {"1b gate+up", 8192, 2048, 2, {8192, 8192, 0}},
+        };
+        for (size_t i = 0; i < sizeof fs / sizeof fs[0]; i++) {
+            int T = fs[i].T, in = fs[i].in, n = fs[i].n, tot = 0;
+            for (int j = 0; j < n; j++) tot += fs[i].outs[j];
+            void *x = rand_act((size_t)T * in, 1, 50), *w = rand_act((size_t)tot * in, 0.02f, 51), *y = rand_act((size_t)T * tot, 1, 52);
+            double ts0, ts1, tf, bs, bf, fl = 2.0 * T * in * tot;
+#define SEP_FWD(acc_) do { size_t o_ = 0; for (int j = 0; j < n; j++) { \
+                be->linear_fwd(be, (char *)y + o_ * T * 2, acc_, x, (char *)w + o_ * in * 2, NULL, T, in, fs[i].outs[j]); o_ += fs[i].outs[j]; } } while (0)
+#define SEP_BWD() do { size_t o_ = 0; for (int j = 0; j < n; j++) { \
+                be->linear_bwd_x(be, x, true, (char *)y + o_ * T * 2, (char *)w + o_ * in * 2, T, in, fs[i].outs[j]); o_ += fs[i].outs[j]; } } while (0)
+            TIME(reps, SEP_FWD(false), ts0);
+            TIME(reps, SEP_FWD(true), ts1);
+            TIME(reps, be->linear_fwd(be, y, true, x, w, NULL, T, in, tot), tf);
+            TIME(reps, SEP_BWD(), bs);
+            TIME(reps, be->linear_bwd_x(be, x, true, y, w, T, in, tot), bf);
+            printf("fuse %-12s fwd separate %7.1f us (beta 0) %7.1f us (beta 1) %4.0f TFLOP/s, one %7.1f us %4.0f TFLOP/s;"
+                   " bwd_x separate %7.1f us %4.0f, one %7.1f us %4.0f\n", fs[i].name, ts0 * 1e6, ts1 * 1e6, fl / ts1 / 1e12,
+                   tf * 1e6, fl / tf / 1e12, bs * 1e6, fl / bs / 1e12, bf * 1e6, fl / bf / 1e12);
+#undef SEP_FWD
+#undef SEP_BWD
             be->free(be, x), be->free(be, w), be->free(be, y);
         }
     }
