@@ -118,6 +118,7 @@ typedef struct us_model {
     bool offload;
     int mlp_rows;          /* MLP rows processed at once (T unless recomputing) */
     int mlp_chunk_rows;    /* requested chunk when recomputing (0: chunk buffers within 256 MiB) */
+    int head_chunk_rows;   /* requested LM-head chunk (0: as the layout allows, at least 64 MiB of logits) */
     void **host_xin;       /* offload: pinned host copies of each layer's input */
     size_t weight_bytes;   /* frozen weights on the backend */
     /* per-step buffers, sized for max_tokens */
@@ -177,11 +178,13 @@ enum { US_RECOMPUTE_NONE = 0, US_RECOMPUTE_MLP = 1, US_RECOMPUTE_LAYER = 2,
  *   offload: implies US_RECOMPUTE_LAYER; each layer's input goes to pinned host memory during the
  *     forward and comes back, one layer ahead, during backward;
  *   mlp_chunk_rows: tokens of the MLP processed at once in MLP-rebuilding layers (0: as many as
- *     keep its four chunk buffers within 256 MiB). */
+ *     keep its four chunk buffers within 256 MiB);
+ *   head_chunk_rows: tokens whose logits the LM head forms at once (0: as many as fit in the
+ *     layer scratch the logits lie over, at least 64 MiB of logits). */
 typedef struct us_memory_mode {
     int recompute, mlp_layers, up_layers, offload_mlp;
     bool offload;
-    int mlp_chunk_rows;
+    int mlp_chunk_rows, head_chunk_rows;
 } us_memory_mode;
 us_status us_model_set_memory_mode(us_model *m, const us_memory_mode *mm, us_err *e);
 /* The memory mode of layer l (US_RECOMPUTE_*), as the plan applies it. */

@@ -159,10 +159,16 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
 #undef SCRATCH
     s->h = take(b, tt * D * A);
     s->rstd = take(b, tt * 4);
-    s->a = take(b, arows * F * A);
     if (train) {
         s->dres = take(b, tt * D * A);
         s->dh = take(b, tt * D * A);
+    }
+    /* the layer scratch below is dead while the LM head runs (after the last layer's forward,
+     * before the first backward), so the logits chunk lies over it: a chunk of at least 64 MiB,
+     * more rows when that scratch is larger (fewer, more efficient head products) */
+    size_t group = b->off;
+    s->a = take(b, arows * F * A);
+    if (train) {
         s->dq = take(b, tt * H * hd * A);
         s->dk = take(b, tt * KV * hd * A);
         s->dv = take(b, tt * KV * hd * A);
@@ -170,7 +176,10 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
         s->da = take(b, arows * F * A);
         s->lora = take(b, tt * ldmax * 4); /* du of one LoRA group */
     }
-    s->logits = take(b, (size_t)m->head_chunk * (size_t)c->vocab * A);
+    size_t row = (size_t)c->vocab * A, room = US_MAX((size_t)64 << 20, b->off - group);
+    m->head_chunk = (int)US_MAX((size_t)1, US_MIN(tt, m->head_chunk_rows ? (size_t)m->head_chunk_rows : room / row));
+    s->logits = b->base ? b->base + group : NULL;
+    b->off = US_MAX(b->off, group + ((size_t)m->head_chunk * row + 255) / 256 * 256);
     s->loss = take(b, 64);
     /* per-layer slots */
     for (int l = 0; l < c->layers; l++) {
@@ -238,8 +247,6 @@ static us_status measure(us_model *m, int max_tokens, size_t *bytes, us_err *e) 
     m->acts = calloc((size_t)c->layers, sizeof *m->acts);
     if (!m->plan.layer || !m->acts) return us_fail(e, US_ENOMEM, "out of memory");
     compute_flags(m);
-    size_t budget = (size_t)64 << 20; /* bytes of logits formed at once */
-    m->head_chunk = (int)US_MAX((size_t)1, US_MIN((size_t)max_tokens, budget / ((size_t)c->vocab * be->act_bytes)));
     bool train = m->params != NULL;
     /* MLP chunk when rebuilding: its four [rows, inter] buffers (gate, up, product, its gradient)
      * within 256 MiB unless asked otherwise */
@@ -317,6 +324,7 @@ us_status us_model_prepare(us_model *m, int max_tokens, us_err *e) {
 
 us_status us_model_set_memory_mode(us_model *m, const us_memory_mode *mm, us_err *e) {
     if (mm->mlp_chunk_rows < 0) return us_fail(e, US_EINVAL, "MLP chunk of %d rows", mm->mlp_chunk_rows);
+    if (mm->head_chunk_rows < 0) return us_fail(e, US_EINVAL, "LM head chunk of %d rows", mm->head_chunk_rows);
     if (mm->mlp_layers < 0 || mm->up_layers < 0 || mm->offload_mlp < 0)
         return us_fail(e, US_EINVAL, "memory mode: negative layer count (%d, %d, %d)", mm->mlp_layers, mm->up_layers,
                        mm->offload_mlp);
@@ -324,6 +332,7 @@ us_status us_model_set_memory_mode(us_model *m, const us_memory_mode *mm, us_err
         return us_fail(e, US_EINVAL, "unknown recompute mode %d", mm->recompute);
     bool layers = mm->offload || mm->recompute == US_RECOMPUTE_LAYER;
     m->mlp_chunk_rows = mm->mlp_chunk_rows;
+    m->head_chunk_rows = mm->head_chunk_rows;
     m->recompute = mm->offload ? US_RECOMPUTE_LAYER : mm->recompute;
     m->recompute_layers = mm->recompute == US_RECOMPUTE_MLP && !layers ? mm->mlp_layers : 0;
     m->up_layers = layers ? 0 : mm->up_layers;
