@@ -48,19 +48,19 @@ static void *rand_act(size_t n, float sd, uint64_t stream) {
 
 static void *g_x, *g_w, *g_y;
 static void gemm4(int N) {
-    for (int k = 0; k < 4; k++) be->linear_fwd(be, g_y, false, g_x, g_w, NULL, N, N, N);
+    for (int k = 0; k < 4; k++) be->linear_fwd(be, g_y, false, g_x, N, g_w, N, NULL, N, N, N);
 }
 
 /* a group of n projections reading x, as step.c runs it (same B for each member here) */
 static void lora_group_fwd(void *y, float *u, const void *x, const float *A, const float *B, int T, int in, int out,
                            int r, int n) {
-    be->lora_down(be, u, n * r, x, A, T, in, n * r);
+    be->lora_down(be, u, n * r, x, in, A, T, in, n * r, false);
     for (int j = 0; j < n; j++) be->lora_up(be, y, NULL, u + j * r, n * r, B, 2.0f, T, out, r);
 }
 static void lora_group_bwd(void *dx, float *dA, float *dB, float *du, const void *dy, const void *x, const float *u,
                            const float *A, const float *B, int T, int in, int out, int r, int n) {
     for (int j = 0; j < n; j++) be->lora_bwd_dy(be, du + j * r, n * r, dB, dy, u + j * r, n * r, B, 2.0f, T, out, r);
-    be->lora_bwd_x(be, dx, NULL, dA, du, n * r, x, A, T, in, n * r);
+    be->lora_bwd_x(be, dx, NULL, dA, du, n * r, x, in, A, T, in, n * r);
 }
 
 int main(int argc, char **argv) {
@@ -76,7 +76,7 @@ int main(int argc, char **argv) {
     if (PART("gemm")) { /* matrix-product ceiling */
         int n = 8192;
         void *x = rand_act((size_t)n * n, 1.0f, 1), *w = rand_act((size_t)n * n, 0.01f, 2), *y = rand_act((size_t)n * n, 1.0f, 3);
-        TIME(reps, be->linear_fwd(be, y, false, x, w, NULL, n, n, n), sec);
+        TIME(reps, be->linear_fwd(be, y, false, x, n, w, n, NULL, n, n, n), sec);
         printf("gemm bf16 %dx%dx%d (linear_fwd): %.3f ms  %.1f TFLOP/s\n", n, n, n, sec * 1e3, 2.0 * n * n * (double)n / sec / 1e12);
         /* the shapes of a 1B MLP */
         be->free(be, x), be->free(be, w), be->free(be, y);
@@ -103,7 +103,7 @@ int main(int argc, char **argv) {
         void *x = rand_act((size_t)T * D, 1, 20), *y = rand_act((size_t)T * D, 1, 21);
         float *w = be->alloc(be, D * 4), *rs = be->alloc(be, T * 4);
         be->act_to_f32(be, w, rand_act(D, 1, 22), D);
-        TIME(reps, be->rmsnorm_fwd(be, y, rs, x, w, T, D, 1e-5f), sec);
+        TIME(reps, be->rmsnorm_fwd(be, y, D, rs, x, w, T, D, 1e-5f), sec);
         printf("rmsnorm_fwd %dx%d: %.3f ms  %.0f GB/s\n", T, D, sec * 1e3, 4.0 * T * D / sec / 1e9);
         TIME(reps, be->rmsnorm_bwd(be, y, false, NULL, x, x, rs, w, T, D), sec);
         printf("rmsnorm_bwd %dx%d: %.3f ms  %.0f GB/s\n", T, D, sec * 1e3, 6.0 * T * D / sec / 1e9);
@@ -191,8 +191,8 @@ int main(int argc, char **argv) {
             int T = ps[i].T, in = ps[i].in, out = ps[i].out;
             void *x = rand_act((size_t)T * in, 1, 50), *w = rand_act((size_t)out * in, 0.02f, 51), *y = rand_act((size_t)T * out, 1, 52);
             double tf, tb, fl = 2.0 * T * in * out;
-            TIME(reps, be->linear_fwd(be, y, false, x, w, NULL, T, in, out), tf);
-            TIME(reps, be->linear_bwd_x(be, x, false, y, w, T, in, out), tb);
+            TIME(reps, be->linear_fwd(be, y, false, x, in, w, in, NULL, T, in, out), tf);
+            TIME(reps, be->linear_bwd_x(be, x, false, y, w, in, T, in, out), tb);
             printf("proj %-16s T=%-6d %5d -> %-6d fwd %8.1f us %5.0f TFLOP/s  bwd_x %8.1f us %5.0f TFLOP/s\n", ps[i].name, T,
                    in, out, tf * 1e6, fl / tf / 1e12, tb * 1e6, fl / tb / 1e12);
             be->free(be, x), be->free(be, w), be->free(be, y);
@@ -209,19 +209,42 @@ int main(int argc, char **argv) {
             void *x = rand_act((size_t)T * in, 1, 50), *w = rand_act((size_t)tot * in, 0.02f, 51), *y = rand_act((size_t)T * tot, 1, 52);
             double ts0, ts1, tf, bs, bf, fl = 2.0 * T * in * tot;
 #define SEP_FWD(acc_) do { size_t o_ = 0; for (int j = 0; j < n; j++) { \
-                be->linear_fwd(be, (char *)y + o_ * T * 2, acc_, x, (char *)w + o_ * in * 2, NULL, T, in, fs[i].outs[j]); o_ += fs[i].outs[j]; } } while (0)
+                be->linear_fwd(be, (char *)y + o_ * T * 2, acc_, x, in, (char *)w + o_ * in * 2, in, NULL, T, in, fs[i].outs[j]); o_ += fs[i].outs[j]; } } while (0)
 #define SEP_BWD() do { size_t o_ = 0; for (int j = 0; j < n; j++) { \
-                be->linear_bwd_x(be, x, true, (char *)y + o_ * T * 2, (char *)w + o_ * in * 2, T, in, fs[i].outs[j]); o_ += fs[i].outs[j]; } } while (0)
+                be->linear_bwd_x(be, x, true, (char *)y + o_ * T * 2, (char *)w + o_ * in * 2, in, T, in, fs[i].outs[j]); o_ += fs[i].outs[j]; } } while (0)
             TIME(reps, SEP_FWD(false), ts0);
             TIME(reps, SEP_FWD(true), ts1);
-            TIME(reps, be->linear_fwd(be, y, true, x, w, NULL, T, in, tot), tf);
+            TIME(reps, be->linear_fwd(be, y, true, x, in, w, in, NULL, T, in, tot), tf);
             TIME(reps, SEP_BWD(), bs);
-            TIME(reps, be->linear_bwd_x(be, x, true, y, w, T, in, tot), bf);
+            TIME(reps, be->linear_bwd_x(be, x, true, y, w, in, T, in, tot), bf);
             printf("fuse %-12s fwd separate %7.1f us (beta 0) %7.1f us (beta 1) %4.0f TFLOP/s, one %7.1f us %4.0f TFLOP/s;"
                    " bwd_x separate %7.1f us %4.0f, one %7.1f us %4.0f\n", fs[i].name, ts0 * 1e6, ts1 * 1e6, fl / ts1 / 1e12,
                    tf * 1e6, fl / tf / 1e12, bs * 1e6, fl / bs / 1e12, bf * 1e6, fl / bf / 1e12);
 #undef SEP_FWD
 #undef SEP_BWD
+            { /* the group's LoRA forward: lora_down + lora_up per member + accumulating products, against
+               * lora_down folding u beside x + one product over in + R columns per member (step.c) */
+                int r = 16, R = n * r, ldf = in + R;
+                float *A = be->alloc(be, (size_t)R * in * 4), *B = be->alloc(be, (size_t)tot * r * 4), *u = be->alloc(be, (size_t)T * R * 4);
+                void *tmp = rand_act((size_t)(R * in > tot * r ? R * in : tot * r), 0.02f, 34);
+                be->act_to_f32(be, A, tmp, (size_t)R * in);
+                be->act_to_f32(be, B, tmp, (size_t)tot * r);
+                void *xf = rand_act((size_t)T * ldf, 1, 53), *wf = rand_act((size_t)tot * ldf, 0.02f, 54);
+                double tl, tfo;
+#define LORA_SEP() do { size_t o_ = 0; be->lora_down(be, u, R, x, in, A, T, in, R, false); for (int j = 0; j < n; j++) { \
+                void *yj = (char *)y + o_ * T * 2; be->lora_up(be, yj, NULL, u + j * r, R, B + o_ * r, 2.0f, T, fs[i].outs[j], r); \
+                be->linear_fwd(be, yj, true, x, in, (char *)w + o_ * in * 2, in, NULL, T, in, fs[i].outs[j]); o_ += fs[i].outs[j]; } } while (0)
+#define LORA_FOLD() do { size_t o_ = 0; be->lora_down(be, u, R, xf, ldf, A, T, in, R, true); for (int j = 0; j < n; j++) { \
+                be->linear_fwd(be, (char *)y + o_ * T * 2, false, xf, ldf, (char *)wf + o_ * ldf * 2, ldf, NULL, T, ldf, fs[i].outs[j]); \
+                o_ += fs[i].outs[j]; } } while (0)
+                TIME(reps, LORA_SEP(), tl);
+                TIME(reps, LORA_FOLD(), tfo);
+#undef LORA_SEP
+#undef LORA_FOLD
+                printf("fold %-12s LoRA r 16 + frozen products, forward: separate %7.1f us, folded %7.1f us\n", fs[i].name,
+                       tl * 1e6, tfo * 1e6);
+                be->free(be, A), be->free(be, B), be->free(be, u), be->free(be, tmp), be->free(be, xf), be->free(be, wf);
+            }
             be->free(be, x), be->free(be, w), be->free(be, y);
         }
     }

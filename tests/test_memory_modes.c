@@ -215,9 +215,10 @@ TEST(max_memory_fits_and_trains_the_same) {
     /* one row per step cannot split: just under its plan, something is rebuilt */
     CHECK(mm_run("mm_one", "--batch 1 --max-memory 1", &one, out, sizeof out) == 0, "%s", cu_tail(out));
     char extra[200];
-    snprintf(extra, sizeof extra, "--batch 1 --max-memory %.9g", one * 0.9999);
+    /* (0.1% under: the printed plan has 4 significant digits) */
+    snprintf(extra, sizeof extra, "--batch 1 --max-memory %.9g", one * 0.999);
     double rebuilt;
     CHECK(mm_run("mm_rebuilt", extra, &rebuilt, out, sizeof out) == 0, "%s", cu_tail(out));
     CHECK(strstr(out, "micro-batch 1 x grad-accum 1, recompute"), "%s", cu_tail(out));
-    CHECK(rebuilt > 0 && rebuilt <= one * 0.9999, "planned %.9g GiB over the budget %.9g", rebuilt, one * 0.9999);
+    CHECK(rebuilt > 0 && rebuilt <= one * 0.999, "planned %.9g GiB over the budget %.9g", rebuilt, one * 0.999);
 }

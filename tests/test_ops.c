@@ -171,9 +171,22 @@ TEST(ops_rmsnorm) {
     fill(&r, dxa, dx0, T * D, 1);
     rms_ctx c = {xd, wtd, wd, yd, rstdd, T, D, 1e-3};
     rms_ref(&c);
-    be->rmsnorm_fwd(be, y, rstd, x, wt, T, D, 1e-3f);
+    be->rmsnorm_fwd(be, y, D, rstd, x, wt, T, D, 1e-3f);
     EXPECT_CLOSE("rmsnorm_fwd y", y, yd, T * D, TOL);
     EXPECT_CLOSE("rmsnorm_fwd rstd", rstd, rstdd, T, TOL);
+    { /* rows ldy apart: the same values, the columns past D untouched */
+        enum { LDY = D + 3 };
+        float yp[T * LDY], yc[T * D];
+        for (int i = 0; i < T * LDY; i++) yp[i] = -7.0f;
+        be->rmsnorm_fwd(be, yp, LDY, rstd, x, wt, T, D, 1e-3f);
+        int pad_ok = 1;
+        for (int t = 0; t < T; t++) {
+            memcpy(yc + t * D, yp + t * LDY, D * sizeof(float));
+            for (int j = D; j < LDY; j++) pad_ok &= yp[t * LDY + j] == -7.0f;
+        }
+        EXPECT_CLOSE("rmsnorm_fwd y (pitch)", yc, yd, T * D, TOL);
+        CHECK(pad_ok, "rmsnorm_fwd wrote past dim in a pitched row");
+    }
     /* backward: dy = w */
     be->rmsnorm_bwd(be, dx, false, dw, w, x, rstd, wt, T, D);
     fd_grad(rms_loss, &c, xd, T * D, 1e-6, fdx);
@@ -224,24 +237,37 @@ TEST(ops_linear) {
     void *Wdev = be->weight_upload(be, W, US_DT_F32, OUT * IN);
     /* no bias, acc = false (y holds garbage first) */
     for (int i = 0; i < T * OUT; i++) y[i] = 1e6f;
-    be->linear_fwd(be, y, false, x, Wdev, NULL, T, IN, OUT);
+    be->linear_fwd(be, y, false, x, IN, Wdev, IN, NULL, T, IN, OUT);
     lin_ctx c = {xd, Wd, NULL, wd, yd, NULL, T, IN, OUT};
     lin_ref(&c);
     EXPECT_CLOSE("linear_fwd", y, yd, T * OUT, TOL);
+    /* x and W with rows further apart than IN (garbage between): the same product */
+    enum { LDX = IN + 3, LDW = IN + 5 };
+    float xp[T * LDX], Wp[OUT * LDW];
+    for (int i = 0; i < T * LDX; i++) xp[i] = 1e30f;
+    for (int i = 0; i < OUT * LDW; i++) Wp[i] = 1e30f;
+    for (int t = 0; t < T; t++) memcpy(xp + t * LDX, x + t * IN, IN * sizeof(float));
+    void *Wpdev = be->weight_upload(be, Wp, US_DT_F32, OUT * LDW);
+    be->weight_put(be, Wpdev, LDW, W, OUT, IN, 1.0f); /* W from f32 into the pitched matrix */
+    be->linear_fwd(be, y, false, xp, LDX, Wpdev, LDW, NULL, T, IN, OUT);
+    EXPECT_CLOSE("linear_fwd (pitched x, W)", y, yd, T * OUT, TOL);
     /* bias, acc = true */
     fill(&r, y, y0, T * OUT, 1);
-    be->linear_fwd(be, y, true, x, Wdev, b, T, IN, OUT);
+    be->linear_fwd(be, y, true, x, IN, Wdev, IN, b, T, IN, OUT);
     c.b = bd;
     c.y0 = y0;
     lin_ref(&c);
     EXPECT_CLOSE("linear_fwd bias acc", y, yd, T * OUT, TOL);
     c.y0 = NULL;
     /* backward: dy = w */
-    be->linear_bwd_x(be, dx, false, w, Wdev, T, IN, OUT);
+    be->linear_bwd_x(be, dx, false, w, Wdev, IN, T, IN, OUT);
     fd_grad(lin_loss, &c, xd, T * IN, FD_H, fd);
     EXPECT_CLOSE("linear_bwd_x", dx, fd, T * IN, TOL);
+    be->linear_bwd_x(be, dx, false, w, Wpdev, LDW, T, IN, OUT);
+    EXPECT_CLOSE("linear_bwd_x (pitched W)", dx, fd, T * IN, TOL);
+    be->free(be, Wpdev);
     fill(&r, dx, dx0, T * IN, 1);
-    be->linear_bwd_x(be, dx, true, w, Wdev, T, IN, OUT);
+    be->linear_bwd_x(be, dx, true, w, Wdev, IN, T, IN, OUT);
     for (int i = 0; i < T * IN; i++) fd[i] += dx0[i];
     EXPECT_CLOSE("linear_bwd_x acc", dx, fd, T * IN, TOL);
     fill(&r, dW, dW0, OUT * IN, 1);
@@ -323,8 +349,34 @@ TEST(ops_lora) {
     lora_ctx c = {xd, Ad, B1d, B2d, w1d, w2d, y1d, y2d, s, T, IN, O1, O2, R};
     lora_ref(&c, ud);
     /* one lora_down for the group, two lora_up: res NULL (write), res == y (add), res elsewhere */
-    be->lora_down(be, u, LD, x, A, T, IN, LD);
+    be->lora_down(be, u, LD, x, IN, A, T, IN, LD, false);
     EXPECT_CLOSE("lora_down u = x [A1; A2]^T", u, ud, T * LD, TOL);
+    /* folded: x with room for u beside it (pitch IN + LD + 1); one product over [x | u] against
+     * [W | s B] (weight_put) equals x W^T + s u1 B1^T */
+    enum { XP = IN + LD + 1 };
+    float xf[T * XP], uf[T * LD], Wf[O1 * XP], Wz[O1 * IN], yf[T * O1];
+    double yfd[T * O1];
+    for (int i = 0; i < T * XP; i++) xf[i] = 1e30f;
+    for (int t = 0; t < T; t++) memcpy(xf + t * XP, x + t * IN, IN * sizeof(float));
+    be->lora_down(be, uf, LD, xf, XP, A, T, IN, LD, true);
+    EXPECT_CLOSE("lora_down u (pitched x)", uf, ud, T * LD, TOL);
+    float ub[T * LD];
+    for (int t = 0; t < T; t++) memcpy(ub + t * LD, xf + t * XP + IN, LD * sizeof(float));
+    EXPECT_CLOSE("lora_down fold: u beside x", ub, ud, T * LD, TOL);
+    fill(&rg, Wz, NULL, O1 * IN, 0.3);
+    void *Wfdev = be->weight_upload(be, Wf, US_DT_F32, O1 * XP); /* contents replaced below */
+    be->weight_put(be, Wfdev, XP, Wz, O1, IN, 1.0f);
+    be->weight_put(be, (char *)Wfdev + IN * be->weight_bytes, XP, NULL, O1, LD, 0.0f);
+    be->weight_put(be, (char *)Wfdev + IN * be->weight_bytes, XP, B1, O1, R, s); /* member 1's block */
+    be->linear_fwd(be, yf, false, xf, XP, Wfdev, XP, NULL, T, IN + LD, O1);
+    for (int t = 0; t < T; t++)
+        for (int o = 0; o < O1; o++) {
+            double v = y1d[t * O1 + o];
+            for (int k = 0; k < IN; k++) v += xd[t * IN + k] * (double)Wz[o * IN + k];
+            yfd[t * O1 + o] = v;
+        }
+    EXPECT_CLOSE("folded product x W^T + s u1 B1^T", yf, yfd, T * O1, TOL);
+    be->free(be, Wfdev);
     fill(&rg, y1, NULL, T * O1, 1); /* garbage that must be overwritten */
     be->lora_up(be, y1, NULL, u, LD, B1, s, T, O1, R);
     EXPECT_CLOSE("lora_up y1 = s u1 B1^T", y1, y1d, T * O1, TOL);
@@ -351,7 +403,7 @@ TEST(ops_lora) {
     for (int i = 0; i < O2 * R; i++) want[i] = fd[i] + dB20[i];
     EXPECT_CLOSE("lora_bwd_dy dB2 (adds)", dB2, want, O2 * R, TOL);
     fill(&rg, dx, NULL, T * IN, 1); /* overwritten: res NULL */
-    be->lora_bwd_x(be, dx, NULL, dA, du, LD, x, A, T, IN, LD);
+    be->lora_bwd_x(be, dx, NULL, dA, du, LD, xf, XP, A, T, IN, LD); /* pitched x */
     fd_grad(lora_loss, &c, xd, T * IN, FD_H, fd);
     EXPECT_CLOSE("lora_bwd_x dx = du [A1; A2]", dx, fd, T * IN, TOL);
     double fdA[LD * IN];
@@ -359,12 +411,12 @@ TEST(ops_lora) {
     for (int i = 0; i < LD * IN; i++) want[i] = fdA[i] + dA0[i];
     EXPECT_CLOSE("lora_bwd_x dA (adds)", dA, want, LD * IN, TOL);
     fill(&rg, dx, dx0, T * IN, 1); /* res == dx: adds */
-    be->lora_bwd_x(be, dx, dx, dA, du, LD, x, A, T, IN, LD);
+    be->lora_bwd_x(be, dx, dx, dA, du, LD, x, IN, A, T, IN, LD);
     for (int i = 0; i < T * IN; i++) want[i] = dx0[i] + fd[i];
     EXPECT_CLOSE("lora_bwd_x dx += du A", dx, want, T * IN, TOL);
     for (int i = 0; i < LD * IN; i++) want[i] = 2 * fdA[i] + dA0[i];
     EXPECT_CLOSE("lora_bwd_x dA adds again", dA, want, LD * IN, TOL);
-    be->lora_bwd_x(be, NULL, NULL, dA, du, LD, x, A, T, IN, LD); /* dx NULL: only dA */
+    be->lora_bwd_x(be, NULL, NULL, dA, du, LD, x, IN, A, T, IN, LD); /* dx NULL: only dA */
     for (int i = 0; i < LD * IN; i++) want[i] = 3 * fdA[i] + dA0[i];
     EXPECT_CLOSE("lora_bwd_x dx=NULL dA", dA, want, LD * IN, TOL);
     be->destroy(be);

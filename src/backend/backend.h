@@ -62,6 +62,9 @@ struct us_backend {
     /* Copies an f32 master (full fine-tuning) into a weight-format buffer. */
     void (*weight_from_f32)(us_backend *be, void *w, const float *src, size_t n);
     void (*weight_to_f32)(us_backend *be, float *dst, const void *w, size_t n);
+    /* A [rows, cols] block of a weight-format matrix with row pitch ldw: W[i*ldw + j] =
+     * s * src[i*cols + j] from f32 device memory, or 0 where src is NULL. */
+    void (*weight_put)(us_backend *be, void *W, int ldw, const float *src, int rows, int cols, float s);
     /* Elementwise act-type <-> f32 conversions on device memory. */
     void (*act_from_f32)(us_backend *be, void *dst, const float *src, size_t n);
     void (*act_to_f32)(us_backend *be, float *dst, const void *src, size_t n);
@@ -72,18 +75,21 @@ struct us_backend {
     /* dE[ids[t]] += dx[t] (dE f32 [vocab, dim]). */
     void (*embed_bwd)(us_backend *be, float *dE, const void *dx, const int32_t *ids, int T, int dim);
 
-    /* y = x * rstd * w, rstd[t] = 1/sqrt(mean(x[t]^2) + eps). y may not alias x. */
-    void (*rmsnorm_fwd)(us_backend *be, void *y, float *rstd, const void *x, const float *w, int T, int dim,
+    /* y = x * rstd * w, rstd[t] = 1/sqrt(mean(x[t]^2) + eps); y rows ldy elements apart (>= dim;
+     * the columns past dim are left alone). y may not alias x. */
+    void (*rmsnorm_fwd)(us_backend *be, void *y, int ldy, float *rstd, const void *x, const float *w, int T, int dim,
                         float eps);
     /* dx (acc or not) from dy, x, rstd, w; dw (f32, may be NULL) += sum over t. */
     void (*rmsnorm_bwd)(us_backend *be, void *dx, bool acc, float *dw, const void *dy, const void *x,
                         const float *rstd, const float *w, int T, int dim);
 
-    /* y[T,out] = x[T,in] W^T + bias (bias f32 or NULL); acc adds into y. */
-    void (*linear_fwd)(us_backend *be, void *y, bool acc, const void *x, const void *W, const float *bias, int T,
-                       int in, int out);
-    /* dx[T,in] = dy[T,out] W (acc adds). */
-    void (*linear_bwd_x)(us_backend *be, void *dx, bool acc, const void *dy, const void *W, int T, int in, int out);
+    /* y[T,out] = x[T,in] W^T + bias (bias f32 or NULL); acc adds into y. Rows of x are ldx
+     * elements apart, rows of W ldw (both >= in; y is [T, out] dense). */
+    void (*linear_fwd)(us_backend *be, void *y, bool acc, const void *x, int ldx, const void *W, int ldw,
+                       const float *bias, int T, int in, int out);
+    /* dx[T,in] = dy[T,out] W (acc adds); rows of W ldw elements apart (>= in). */
+    void (*linear_bwd_x)(us_backend *be, void *dx, bool acc, const void *dy, const void *W, int ldw, int T, int in,
+                         int out);
     /* dW[out,in] += dy^T x and dbias[out] += sum_t dy (each may be NULL); f32 grads. */
     void (*linear_bwd_w)(us_backend *be, float *dW, float *dbias, const void *dy, const void *x, int T, int in,
                          int out);
@@ -97,14 +103,18 @@ struct us_backend {
      *   lora_down:   u = x A^T
      *   lora_up:     y = res + s * u B^T            (res NULL: y = s u B^T; res may equal y)
      *   lora_bwd_dy: du = s * dy B;  dB += s * dy^T u
-     *   lora_bwd_x:  dA += du^T x;  dx = res + du A   (dx NULL: only dA; res as lora_up) */
-    void (*lora_down)(us_backend *be, float *u, int ldu, const void *x, const float *A, int T, int in, int R);
+     *   lora_bwd_x:  dA += du^T x;  dx = res + du A   (dx NULL: only dA; res as lora_up)
+     * x has row pitch ldx (>= in). fold (lora_down): u is also written, in the activation type,
+     * into x's columns in..in+R-1 (ldx >= in + R), so that a frozen product over in + R columns
+     * against [W | s B] computes x W^T + s u B^T in one pass (step.c, "folded" groups). */
+    void (*lora_down)(us_backend *be, float *u, int ldu, const void *x, int ldx, const float *A, int T, int in, int R,
+                      bool fold);
     void (*lora_up)(us_backend *be, void *y, const void *res, const float *u, int ldu, const float *B, float s, int T,
                     int out, int r);
     void (*lora_bwd_dy)(us_backend *be, float *du, int lddu, float *dB, const void *dy, const float *u, int ldu,
                         const float *B, float s, int T, int out, int r);
     void (*lora_bwd_x)(us_backend *be, void *dx, const void *res, float *dA, const float *du, int lddu, const void *x,
-                       const float *A, int T, int in, int R);
+                       int ldx, const float *A, int T, int in, int R);
 
     /* In-place rotary embedding of x [T, nh, hd] (rotate-half layout, as Hugging Face): for pair
      * (i, i+hd/2) at position p = pos[t], angle p*inv_freq[i]. inverse rotates by -angle (the

@@ -114,11 +114,11 @@ static void project(us_decoder *d, int l, int t, void *y, bool acc, const void *
     us_model *m = d->m;
     int in, out;
     us_target_dims(&m->cfg, t, &in, &out);
-    m->be->linear_fwd(m->be, y, acc, x, m->L[l].w[t], m->L[l].b[t], T, in, out);
+    m->be->linear_fwd(m->be, y, acc, x, in, m->L[l].w[t], m->wld[t], m->L[l].b[t], T, in, out);
     if (!m->spec.full && m->slot && m->slot[l][t].on) {
         const us_lora_slot *s = &m->slot[l][t];
         int r = m->spec.lora.r;
-        m->be->lora_down(m->be, d->u, r, x, m->params + s->off_A, T, in, r);
+        m->be->lora_down(m->be, d->u, r, x, in, m->params + s->off_A, T, in, r, false);
         m->be->lora_up(m->be, y, y, d->u, r, m->params + s->off_B, m->lora_scale, T, out, r);
     }
 }
@@ -180,7 +180,7 @@ static void run_chunk(us_decoder *d, const int32_t *ids, int T, bool want_logits
     for (int l = 0; l < c->layers; l++) {
         const us_layer_weights *L = &m->L[l];
         void *kl = (char *)d->kc[l] + (size_t)start * KVD * A, *vl = (char *)d->vc[l] + (size_t)start * KVD * A;
-        be->rmsnorm_fwd(be, d->h, d->rstd, d->x, L->ln1, T, D, (float)c->rms_eps);
+        be->rmsnorm_fwd(be, d->h, D, d->rstd, d->x, L->ln1, T, D, (float)c->rms_eps);
         project(d, l, US_T_Q, d->q, false, d->h, T);
         project(d, l, US_T_K, kl, false, d->h, T);
         project(d, l, US_T_V, vl, false, d->h, T);
@@ -191,7 +191,7 @@ static void run_chunk(us_decoder *d, const int32_t *ids, int T, bool want_logits
         else
             host_attn(d, l, T, start, &sh);
         project(d, l, US_T_O, d->x, true, d->att, T);
-        be->rmsnorm_fwd(be, d->h, d->rstd, d->x, L->ln2, T, D, (float)c->rms_eps);
+        be->rmsnorm_fwd(be, d->h, D, d->rstd, d->x, L->ln2, T, D, (float)c->rms_eps);
         project(d, l, US_T_GATE, d->g, false, d->h, T);
         project(d, l, US_T_UP, d->up, false, d->h, T);
         be->glu_fwd(be, act, d->a, d->g, d->up, NULL, T, F);
@@ -200,8 +200,8 @@ static void run_chunk(us_decoder *d, const int32_t *ids, int T, bool want_logits
     d->len += T;
     if (!want_logits) return;
     const char *last = (const char *)d->x + (size_t)(T - 1) * D * A;
-    be->rmsnorm_fwd(be, d->h, d->rstd, last, m->norm_f, 1, D, (float)c->rms_eps);
-    be->linear_fwd(be, d->logits_act, false, d->h, m->lm_head, NULL, 1, D, c->vocab);
+    be->rmsnorm_fwd(be, d->h, D, d->rstd, last, m->norm_f, 1, D, (float)c->rms_eps);
+    be->linear_fwd(be, d->logits_act, false, d->h, D, m->lm_head, D, NULL, 1, D, c->vocab);
     be->act_to_f32(be, d->logits_f32, d->logits_act, (size_t)c->vocab);
     be->download(be, logits, d->logits_f32, (size_t)c->vocab * 4);
 }

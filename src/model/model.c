@@ -152,6 +152,11 @@ us_status us_model_load(us_model **out, us_backend *be, const char *dir, bool ra
     if (!m->L) st = us_fail(e, US_ENOMEM, "out of memory");
     char name[256];
     if (!st) st = load_matrix(&ld, "model.embed_tokens.weight", c->vocab, c->hidden, &m->embed);
+    for (int t = 0; t < US_T_COUNT; t++) {
+        int in, o;
+        us_target_dims(c, t, &in, &o);
+        m->wld[t] = in;
+    }
     for (int l = 0; l < c->layers && !st; l++) {
         us_layer_weights *L = &m->L[l];
         for (int t = 0; t < US_T_COUNT && !st; t++) {
@@ -254,6 +259,63 @@ int us_target_group(int t) {
     return t >= 0 && t < US_T_COUNT ? g[t] : -1;
 }
 
+/* Re-lays the frozen matrices of the q/k/v and gate/up groups as [out, in + R] (see fold in
+ * model.h); the extra columns start at zero. US_LORA_FOLD=0 keeps the separate LoRA products
+ * (for comparison); widths not a multiple of 8 do too (16-byte rows for the GPU's products). */
+static us_status fold_setup(us_model *m, us_err *e) {
+    const char *env = getenv("US_LORA_FOLD");
+    if (env && !strcmp(env, "0")) return US_OK;
+    for (int t = 0; t < US_T_COUNT; t++)
+        if (m->fold[t]) return US_OK; /* already folded */
+    const us_config *c = &m->cfg;
+    us_backend *be = m->be;
+    size_t most = 0;
+    for (int t = 0; t < US_T_COUNT; t++) {
+        int lead = m->lora_lead[t], g = us_target_group(t), in, out;
+        bool normed_input = g == us_target_group(US_T_Q) || g == us_target_group(US_T_GATE);
+        if (lead < 0 || !normed_input || m->lora_ld[lead] % 8) continue;
+        m->fold[t] = m->lora_ld[lead];
+        us_target_dims(c, t, &in, &out);
+        m->wld[t] = in + m->fold[t];
+        most = US_MAX(most, (size_t)in * out);
+    }
+    if (!most) return US_OK;
+    float *tmp = be->alloc(be, most * 4);
+    if (!tmp) return us_fail(e, US_ENOMEM, "out of %s memory for %zu floats", be->name, most);
+    us_status st = US_OK;
+    for (int l = 0; l < c->layers && !st; l++)
+        for (int t = 0; t < US_T_COUNT && !st; t++) {
+            if (!m->fold[t]) continue;
+            int in, out;
+            us_target_dims(c, t, &in, &out);
+            void *w = be->alloc(be, (size_t)out * m->wld[t] * be->weight_bytes);
+            if (!w) {
+                st = us_fail(e, US_ENOMEM, "out of %s memory for layer %d's %s weights", be->name, l, us_target_name(t));
+                break;
+            }
+            be->weight_to_f32(be, tmp, m->L[l].w[t], (size_t)out * in);
+            be->weight_put(be, w, m->wld[t], tmp, out, in, 1.0f);
+            be->weight_put(be, (char *)w + (size_t)in * be->weight_bytes, m->wld[t], NULL, out, m->fold[t], 0.0f);
+            be->free(be, m->L[l].w[t]);
+            m->L[l].w[t] = w;
+            m->weight_bytes += (size_t)out * m->fold[t] * be->weight_bytes;
+        }
+    be->free(be, tmp);
+    return st;
+}
+
+void us_model_fold_refresh(us_model *m) {
+    if (m->spec.full || !m->slot) return;
+    us_backend *be = m->be;
+    for (int l = 0; l < m->cfg.layers; l++)
+        for (int t = 0; t < US_T_COUNT; t++) {
+            const us_lora_slot *s = &m->slot[l][t];
+            if (!m->fold[t] || !s->on) continue;
+            void *cols = (char *)m->L[l].w[t] + (size_t)(s->in + m->lora_col[t]) * be->weight_bytes;
+            be->weight_put(be, cols, m->wld[t], m->params + s->off_B, s->out, m->spec.lora.r, m->lora_scale);
+        }
+}
+
 static us_status setup_lora(us_model *m, uint64_t seed, us_err *e) {
     const us_config *c = &m->cfg;
     const us_lora_config *lc = &m->spec.lora;
@@ -311,7 +373,8 @@ static us_status setup_lora(us_model *m, uint64_t seed, us_err *e) {
         }
     m->params = upload_f32(m->be, h, off);
     free(h);
-    return m->params ? US_OK : us_fail(e, US_ENOMEM, "out of device memory for %zu LoRA parameters", off);
+    if (!m->params) return us_fail(e, US_ENOMEM, "out of device memory for %zu LoRA parameters", off);
+    return fold_setup(m, e);
 }
 
 /* Full fine-tuning: every weight gets an f32 master in the flat buffer. Vectors are used from

@@ -101,6 +101,13 @@ typedef struct us_model {
      * (adapted targets) and that block's width (row pitch) n*r. The A matrices of a group lie contiguously in
      * the parameter buffer, so the lead's A is the group's [n*r, in] block. */
     int lora_lead[US_T_COUNT], lora_col[US_T_COUNT], lora_ld[US_T_COUNT];
+    /* Folded groups (q/k/v and gate/up, whose input is a normed hidden state that step.c writes
+     * itself): every member's frozen matrix is stored as [out, in + fold] with s*B in its own
+     * column block of the extra columns (zeros in the others, refreshed from the masters before
+     * each forward), and the normed input as [T, in + fold] with u = x A^T written beside it, so
+     * one frozen product computes x W^T + s u B^T. fold[t] = the group's width R (0: not folded);
+     * wld[t] = in + fold[t], the row pitch of target t's frozen matrix. */
+    int fold[US_T_COUNT], wld[US_T_COUNT];
     /* flat trainable state on the device */
     size_t n_params;
     float *params, *grads;
@@ -155,6 +162,9 @@ void us_model_free(us_model *m);
 /* Adds trainable parameters: LoRA adapters per spec (A ~ PEFT's kaiming-uniform from seed, B = 0),
  * or every weight with spec->full. */
 us_status us_model_setup_training(us_model *m, const us_train_spec *spec, uint64_t seed, us_err *e);
+/* Copies s*B of every folded target from the masters into its frozen matrix's extra columns
+ * (run before each forward; cheap: out x r per target). */
+void us_model_fold_refresh(us_model *m);
 /* Full fine-tuning: refreshes the weight-format copies from the f32 masters after an update. */
 void us_model_sync_weights(us_model *m);
 /* Loads A/B of an existing PEFT adapter (its config must match the spec). */

@@ -157,7 +157,8 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
             ldmax = US_MAX(ldmax, (size_t)m->lora_ld[t]);
         }
 #undef SCRATCH
-    s->h = take(b, tt * D * A);
+    size_t hp = US_MAX(D, (size_t)US_MAX(m->wld[US_T_Q], m->wld[US_T_GATE])); /* + folded LoRA columns */
+    s->h = take(b, tt * hp * A);
     s->rstd = take(b, tt * 4);
     if (train) {
         s->dres = take(b, tt * D * A);

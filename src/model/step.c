@@ -30,21 +30,31 @@ static float *u_at(const us_model *m, int l, int t, size_t r0) {
     return u ? u + r0 * (size_t)m->lora_ld[t] : NULL;
 }
 
-/* One pass over x forms x·A for every adapted projection of target t's group (rows r0..r0+T). */
+/* Row pitch of target t's input as step.c lays it out: in, plus the folded LoRA columns. */
+static int in_pitch(const us_model *m, int t) { return m->wld[t]; }
+
+/* One pass over x forms x·A for every adapted projection of target t's group (rows r0..r0+T);
+ * in a folded group it also writes u beside x, for the frozen products. */
 static void lora_down(us_model *m, int l, int t, const void *x, int T, size_t r0) {
     int lead = m->lora_lead[t];
     if (lead < 0 || !lora_on(m, l, lead)) return;
     const us_lora_slot *s = &m->slot[l][lead];
-    m->be->lora_down(m->be, u_at(m, l, lead, r0), m->lora_ld[lead], x, m->params + s->off_A, T, s->in, m->lora_ld[lead]);
+    m->be->lora_down(m->be, u_at(m, l, lead, r0), m->lora_ld[lead], x, in_pitch(m, lead), m->params + s->off_A, T,
+                     s->in, m->lora_ld[lead], m->fold[lead] > 0);
 }
 
 /* y = res + x W^T + b (+ s u B^T, u from lora_down). res NULL: none; res == y: accumulate.
- * The LoRA term (or res) is written first and the frozen product adds on top. */
+ * Folded: one product over [x | u] and [W | s B] (res is NULL there). Otherwise the LoRA term
+ * (or res) is written first and the frozen product adds on top. */
 static void project(us_model *m, int l, int t, void *y, const void *res, const void *x, int T, size_t r0) {
     us_backend *be = m->be;
-    int in, out;
+    int in, out, ld = in_pitch(m, t);
     us_target_dims(&m->cfg, t, &in, &out);
     bool acc = res != NULL;
+    if (m->fold[t]) {
+        be->linear_fwd(be, y, acc, x, ld, m->L[l].w[t], ld, m->L[l].b[t], T, ld, out);
+        return;
+    }
     if (lora_on(m, l, t)) {
         be->lora_up(be, y, res, u_at(m, l, t, r0), m->lora_ld[t], m->params + m->slot[l][t].off_B, m->lora_scale, T,
                     out, m->spec.lora.r);
@@ -52,7 +62,7 @@ static void project(us_model *m, int l, int t, void *y, const void *res, const v
     } else if (res && res != y) {
         be->copy(be, y, res, (size_t)T * out * be->act_bytes);
     }
-    be->linear_fwd(be, y, acc, x, m->L[l].w[t], m->L[l].b[t], T, in, out);
+    be->linear_fwd(be, y, acc, x, ld, m->L[l].w[t], ld, m->L[l].b[t], T, in, out);
 }
 
 /* Backward of the n projections ts[] of one group, which all read x: dx (+)= sum dy_t W_t and
@@ -73,14 +83,14 @@ static void group_bwd(us_model *m, int l, const int *ts, int n, void *const *dys
                             m->lora_ld[t], m->params + s->off_B, m->lora_scale, T, out, m->spec.lora.r);
         }
         const us_lora_slot *s = &m->slot[l][lead];
-        be->lora_bwd_x(be, dx, acc ? dx : NULL, m->grads + s->off_A, m->s.lora, m->lora_ld[lead], x,
+        be->lora_bwd_x(be, dx, acc ? dx : NULL, m->grads + s->off_A, m->s.lora, m->lora_ld[lead], x, in_pitch(m, lead),
                        m->params + s->off_A, T, s->in, m->lora_ld[lead]);
         acc = true;
     }
     for (int i = 0; i < n; i++) {
         int t = ts[i];
         us_target_dims(&m->cfg, t, &in, &out);
-        if (dx) be->linear_bwd_x(be, dx, acc, dys[i], L->w[t], T, in, out);
+        if (dx) be->linear_bwd_x(be, dx, acc, dys[i], L->w[t], m->wld[t], T, in, out);
         acc = true;
         if (L->gw[t]) be->linear_bwd_w(be, L->gw[t], L->gb[t], dys[i], x, T, in, out);
     }
@@ -100,7 +110,7 @@ static void forward_attn(us_model *m, int l, const us_batch *b) {
     us_layer_acts *a = &m->acts[l];
     int T = b->batch * b->seq, D = c->hidden;
     us_attn_shape sh = attn_shape(m, b);
-    be->rmsnorm_fwd(be, m->s.h, a->rstd1, a->xin, m->L[l].ln1, T, D, (float)c->rms_eps);
+    be->rmsnorm_fwd(be, m->s.h, in_pitch(m, US_T_Q), a->rstd1, a->xin, m->L[l].ln1, T, D, (float)c->rms_eps);
     lora_down(m, l, US_T_Q, m->s.h, T, 0);
     project(m, l, US_T_Q, a->q, NULL, m->s.h, T, 0);
     project(m, l, US_T_K, a->k, NULL, m->s.h, T, 0);
@@ -120,8 +130,9 @@ static void mlp_front(us_model *m, int l, size_t r0, int n, void *prod) {
     const us_config *c = &m->cfg;
     us_layer_acts *a = &m->acts[l];
     size_t D = (size_t)c->hidden;
-    void *h = rows_at(m, m->s.h, r0, D);
-    be->rmsnorm_fwd(be, h, a->rstd2 + r0, rows_at(m, a->xmid, r0, D), m->L[l].ln2, n, c->hidden, (float)c->rms_eps);
+    int hp = in_pitch(m, US_T_GATE);
+    void *h = rows_at(m, m->s.h, r0, (size_t)hp);
+    be->rmsnorm_fwd(be, h, hp, a->rstd2 + r0, rows_at(m, a->xmid, r0, D), m->L[l].ln2, n, c->hidden, (float)c->rms_eps);
     lora_down(m, l, US_T_GATE, h, n, r0);
     project(m, l, US_T_GATE, a->g, NULL, h, n, r0);
     project(m, l, US_T_UP, a->up, NULL, h, n, r0);
@@ -163,10 +174,12 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
     int mode = us_layer_mode(m, l);
     /* gate/up (or the product) were kept: here, on the host (fetched back by run()), or gate only */
     bool kept = mode == US_RECOMPUTE_NONE || mode == US_OFFLOAD_MLP || mode == US_RECOMPUTE_UP;
-    void *dres = rows_at(m, m->s.dres, r0, D), *dh = rows_at(m, m->s.dh, r0, D), *h = rows_at(m, m->s.h, r0, D);
+    int hp = in_pitch(m, US_T_GATE);
+    void *dres = rows_at(m, m->s.dres, r0, D), *dh = rows_at(m, m->s.dh, r0, D), *h = rows_at(m, m->s.h, r0, (size_t)hp);
     void *prod = a->a;
     if (mode == US_RECOMPUTE_UP) { /* the gate was kept; rebuild h2 and the up projection (its x·A was kept) */
-        be->rmsnorm_fwd(be, h, m->s.rstd, rows_at(m, a->xmid, r0, D), L->ln2, n, c->hidden, (float)c->rms_eps);
+        be->rmsnorm_fwd(be, h, hp, m->s.rstd, rows_at(m, a->xmid, r0, D), L->ln2, n, c->hidden, (float)c->rms_eps);
+        if (m->fold[US_T_UP]) lora_down(m, l, US_T_UP, h, n, r0); /* u beside h again (the same x·A) */
         project(m, l, US_T_UP, a->up, NULL, h, n, r0);
     }
     if (!kept) { /* rebuild this chunk: h2, gate, up, bits and (when down trains) the product */
@@ -183,7 +196,7 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
     if (!p->glu_bwd) return;
     be->glu_bwd(be, act, a->g, a->up, m->s.da, a->g, a->up, a->bits, n, c->inter); /* dg, du in place */
     if ((mode == US_RECOMPUTE_NONE || mode == US_OFFLOAD_MLP) && gu_trains)
-        be->rmsnorm_fwd(be, h, m->s.rstd, rows_at(m, a->xmid, r0, D), L->ln2, n, c->hidden, (float)c->rms_eps);
+        be->rmsnorm_fwd(be, h, hp, m->s.rstd, rows_at(m, a->xmid, r0, D), L->ln2, n, c->hidden, (float)c->rms_eps);
     static const int gate_up[] = {US_T_GATE, US_T_UP};
     void *dgu[] = {a->g, a->up};
     group_bwd(m, l, gate_up, 2, dgu, p->prior_mlp ? dh : NULL, false, h, n, r0);
@@ -214,7 +227,7 @@ static bool backward_layer(us_model *m, int l, const us_batch *b) {
         be->rope(be, m->s.dq, b->pos, m->inv_freq, T, c->heads, c->head_dim, true);
         be->rope(be, m->s.dk, b->pos, m->inv_freq, T, c->kv_heads, c->head_dim, true);
         bool need_h1 = lora_on(m, l, US_T_Q) || lora_on(m, l, US_T_K) || lora_on(m, l, US_T_V) || L->gw[US_T_Q];
-        if (need_h1) be->rmsnorm_fwd(be, m->s.h, m->s.rstd, a->xin, L->ln1, T, D, (float)c->rms_eps);
+        if (need_h1) be->rmsnorm_fwd(be, m->s.h, in_pitch(m, US_T_Q), m->s.rstd, a->xin, L->ln1, T, D, (float)c->rms_eps);
         void *dqkv[] = {m->s.dq, m->s.dk, m->s.dv};
         group_bwd(m, l, qkv, 3, dqkv, p->prior_attn ? m->s.dh : NULL, false, m->s.h, T, 0);
         if (p->prior_attn) be->rmsnorm_bwd(be, m->s.dres, true, L->gln1, m->s.dh, a->xin, a->rstd1, L->ln1, T, D);
@@ -228,19 +241,20 @@ static void head(us_model *m, const us_batch *b, bool train, float grad_scale, f
     us_backend *be = m->be;
     const us_config *c = &m->cfg;
     int T = b->batch * b->seq, D = c->hidden, V = c->vocab, C = m->head_chunk;
-    be->rmsnorm_fwd(be, m->s.h, m->s.rstd, m->s.xfin, m->norm_f, T, D, (float)c->rms_eps);
+    be->rmsnorm_fwd(be, m->s.h, D, m->s.rstd, m->s.xfin, m->norm_f, T, D, (float)c->rms_eps);
     float *tmp = logits_host ? be->alloc(be, (size_t)C * V * 4) : NULL;
     for (int r0 = 0; r0 < T; r0 += C) {
         int rows = US_MIN(C, T - r0);
         const void *hrow = rows_at(m, m->s.h, (size_t)r0, (size_t)D);
-        be->linear_fwd(be, m->s.logits, false, hrow, m->lm_head, NULL, rows, D, V);
+        be->linear_fwd(be, m->s.logits, false, hrow, D, m->lm_head, D, NULL, rows, D, V);
         if (tmp) {
             be->act_to_f32(be, tmp, m->s.logits, (size_t)rows * V);
             be->download(be, logits_host + (size_t)r0 * V, tmp, (size_t)rows * V * 4);
         }
         be->xent_fwd_bwd(be, m->s.logits, b->targets + r0, m->s.loss, grad_scale, rows, V);
         if (train) {
-            be->linear_bwd_x(be, rows_at(m, m->s.dh, (size_t)r0, (size_t)D), false, m->s.logits, m->lm_head, rows, D, V);
+            be->linear_bwd_x(be, rows_at(m, m->s.dh, (size_t)r0, (size_t)D), false, m->s.logits, m->lm_head, D, rows, D,
+                             V);
             if (m->g_lm_head) be->linear_bwd_w(be, m->g_lm_head, NULL, m->s.logits, hrow, rows, D, V);
         }
     }
@@ -257,6 +271,7 @@ static us_status run(us_model *m, const us_batch *b, bool train, float grad_scal
     bool off = train && m->offload;
     if (T > m->max_tokens) return us_fail(e, US_EINVAL, "batch of %d tokens exceeds the planned %d", T, m->max_tokens);
     be->zero(be, m->s.loss, 4);
+    us_model_fold_refresh(m);
     be->embed_fwd(be, m->acts[0].xin, m->embed, b->ids, T, c->hidden);
     /* offloaded MLP tensors (every other layer from the top): gate and up pass through one device
      * staging pair; `staged` is the layer whose tensors it holds */

@@ -8,6 +8,7 @@
  *     bf16 inside the fused attention backward);
  *   - f32-only ops (AdamW, reductions): 1e-5.
  * GPU outputs are poisoned (NaN) before each op, so an unwritten element fails. */
+#include <math.h>
 #include "gpu_util.h"
 
 #define TOL_EW 1e-2
@@ -102,10 +103,24 @@ TEST(cuda_rmsnorm_fwd_bwd) {
         float *gw = g_bytes(&p, w, D * 4), *grs = g_poison(&p, T * 4);
         void *cx = c_f32(&p, x, n), *cy = p.c->alloc(p.c, n * 4), *cdy = c_f32(&p, dy, n);
         float *cw = c_f32(&p, w, D), *crs = p.c->alloc(p.c, T * 4);
-        p.g->rmsnorm_fwd(p.g, gy, grs, gx, gw, T, D, 1e-5f);
-        p.c->rmsnorm_fwd(p.c, cy, crs, cx, cw, T, D, 1e-5f);
+        p.g->rmsnorm_fwd(p.g, gy, D, grs, gx, gw, T, D, 1e-5f);
+        p.c->rmsnorm_fwd(p.c, cy, D, crs, cx, cw, T, D, 1e-5f);
         double ey = err_act(&p, gy, cy, n), er = err_f32(&p, grs, crs, T);
         CHECK(ey < TOL_EW && er < 1e-5, "rmsnorm_fwd D=%d: y %g rstd %g", D, ey, er);
+        { /* rows D + 8 apart: the same rows, the 8 columns past D untouched (poison stays) */
+            void *gyp = g_poison(&p, (size_t)T * (D + 8) * 2);
+            float *before = get_act(&p, gyp, (size_t)T * (D + 8));
+            p.g->rmsnorm_fwd(p.g, gyp, D + 8, grs, gx, gw, T, D, 1e-5f);
+            float *hp = get_act(&p, gyp, (size_t)T * (D + 8)), *rows = malloc(n * 4);
+            size_t moved = 0;
+            for (int t2 = 0; t2 < T; t2++) {
+                memcpy(rows + (size_t)t2 * D, hp + (size_t)t2 * (D + 8), (size_t)D * 4);
+                moved += memcmp(hp + (size_t)t2 * (D + 8) + D, before + (size_t)t2 * (D + 8) + D, 8 * 4) != 0;
+            }
+            double e = rel_l2(rows, (const float *)cy, n);
+            free(before), free(hp), free(rows);
+            CHECK(e < TOL_EW && moved == 0, "rmsnorm_fwd D=%d pitched: y %g, %zu rows written past D", D, e, moved);
+        }
         for (int acc = 0; acc < 2; acc++) {
             void *gdx = acc ? g_act(&p, dx0, n) : g_poison(&p, n * 2);
             void *cdx = acc ? c_f32(&p, dx0, n) : p.c->alloc(p.c, n * 4);
@@ -136,15 +151,33 @@ TEST(cuda_linear_fwd_bwd) {
         for (int acc = 0; acc < 2; acc++) {
             void *gy = acc ? g_act(&p, y0, (size_t)T * out) : g_poison(&p, (size_t)T * out * 2);
             void *cy = acc ? c_f32(&p, y0, (size_t)T * out) : p.c->alloc(p.c, (size_t)T * out * 4);
-            p.g->linear_fwd(p.g, gy, acc, gx, gW, acc ? NULL : gb, T, in, out);
-            p.c->linear_fwd(p.c, cy, acc, cx, cW, acc ? NULL : cb, T, in, out);
+            p.g->linear_fwd(p.g, gy, acc, gx, in, gW, in, acc ? NULL : gb, T, in, out);
+            p.c->linear_fwd(p.c, cy, acc, cx, in, cW, in, acc ? NULL : cb, T, in, out);
             double e = err_act(&p, gy, cy, (size_t)T * out);
             CHECK(e < TOL_MM, "linear_fwd %dx%dx%d acc=%d: %g", T, in, out, acc, e);
+            if (!acc) { /* x and W with rows in + 8 apart, NaN between: the same product */
+                int ld = in + 8;
+                float *xp = malloc((size_t)T * ld * 4), *Wp = malloc((size_t)out * ld * 4);
+                for (size_t i = 0; i < (size_t)T * ld; i++) xp[i] = NAN;
+                for (size_t i = 0; i < (size_t)out * ld; i++) Wp[i] = NAN;
+                for (int r2 = 0; r2 < T; r2++) memcpy(xp + (size_t)r2 * ld, x + (size_t)r2 * in, (size_t)in * 4);
+                for (int r2 = 0; r2 < out; r2++) memcpy(Wp + (size_t)r2 * ld, W + (size_t)r2 * in, (size_t)in * 4);
+                void *gxp = g_act(&p, xp, (size_t)T * ld), *gWp = p.g->weight_upload(p.g, Wp, US_DT_F32, (size_t)out * ld);
+                void *gyp = g_poison(&p, (size_t)T * out * 2), *gdxp = g_poison(&p, (size_t)T * in * 2);
+                void *gdy2 = g_act(&p, dy, (size_t)T * out), *cdx2 = p.c->alloc(p.c, (size_t)T * in * 4);
+                void *cdy2 = c_f32(&p, dy, (size_t)T * out);
+                p.g->linear_fwd(p.g, gyp, false, gxp, ld, gWp, ld, gb, T, in, out);
+                p.g->linear_bwd_x(p.g, gdxp, false, gdy2, gWp, ld, T, in, out);
+                p.c->linear_bwd_x(p.c, cdx2, false, cdy2, cW, in, T, in, out);
+                double e1 = err_act(&p, gyp, cy, (size_t)T * out), e2 = err_act(&p, gdxp, cdx2, (size_t)T * in);
+                free(xp), free(Wp);
+                CHECK(e1 < TOL_MM && e2 < TOL_MM, "linear %dx%dx%d pitched x, W: fwd %g bwd_x %g", T, in, out, e1, e2);
+            }
             void *gdy = g_act(&p, dy, (size_t)T * out), *cdy = c_f32(&p, dy, (size_t)T * out);
             void *gdx = acc ? g_act(&p, dx0, (size_t)T * in) : g_poison(&p, (size_t)T * in * 2);
             void *cdx = acc ? c_f32(&p, dx0, (size_t)T * in) : p.c->alloc(p.c, (size_t)T * in * 4);
-            p.g->linear_bwd_x(p.g, gdx, acc, gdy, gW, T, in, out);
-            p.c->linear_bwd_x(p.c, cdx, acc, cdy, cW, T, in, out);
+            p.g->linear_bwd_x(p.g, gdx, acc, gdy, gW, in, T, in, out);
+            p.c->linear_bwd_x(p.c, cdx, acc, cdy, cW, in, T, in, out);
             e = err_act(&p, gdx, cdx, (size_t)T * in);
             CHECK(e < TOL_MM, "linear_bwd_x %dx%dx%d acc=%d: %g", T, in, out, acc, e);
         }
@@ -201,16 +234,30 @@ static int lora_case(gpair *pp, us_test_ctx *t, int T, int in, int out, int r, i
     float *x = rnd(TI, 1.0f, 1), *A = rnd((size_t)R * in, 0.05f, 2), *B = rnd((size_t)n * out * r, 0.05f, 3);
     float *y0 = rnd(TO, 1.0f, 4), *dy = rnd((size_t)n * TO, 1.0f, 5), *dx0 = rnd(TI, 1.0f, 6);
     float *dA0 = rnd((size_t)R * in, 0.1f, 7), *dB0 = rnd((size_t)n * out * r, 0.1f, 8);
-    void *gx = g_act(&p, x, TI), *cx = c_f32(&p, x, TI);
+    /* on the GPU, x has room for u beside it (rows in + R apart, NaN there) where the pitch keeps
+     * rows 16-byte aligned, and lora_down folds u into it */
+    int ldx = (in + R) % 8 == 0 ? in + R : in;
+    float *xp = malloc((size_t)T * ldx * 4);
+    for (size_t i = 0; i < (size_t)T * ldx; i++) xp[i] = NAN;
+    for (int r2 = 0; r2 < T; r2++) memcpy(xp + (size_t)r2 * ldx, x + (size_t)r2 * in, (size_t)in * 4);
+    void *gx = g_act(&p, xp, (size_t)T * ldx), *cx = c_f32(&p, x, TI);
+    free(xp);
     float *gA = g_f32_at(&p, A, (size_t)R * in, off), *cA = c_f32(&p, A, (size_t)R * in);
     float *gB = g_f32_at(&p, B, (size_t)n * out * r, off), *cB = c_f32(&p, B, (size_t)n * out * r);
     float *gu = g_poison(&p, TR * 4), *cu = p.c->alloc(p.c, TR * 4);
     char what[160];
     snprintf(what, sizeof what, "T=%d in=%d out=%d r=%d n=%d off=%d", T, in, out, r, n, off);
-    p.g->lora_down(p.g, gu, R, gx, gA, T, in, R);
-    p.c->lora_down(p.c, cu, R, cx, cA, T, in, R);
+    p.g->lora_down(p.g, gu, R, gx, ldx, gA, T, in, R, ldx > in);
+    p.c->lora_down(p.c, cu, R, cx, in, cA, T, in, R, false);
     double eu = err_f32(&p, gu, cu, TR);
-    if (!(eu < 5e-3)) { snprintf(t->msg, sizeof t->msg, "lora_down %s: u %g", what, eu); t->failed = 1; return 0; }
+    if (!(eu < 5e-3)) { snprintf(t->msg, sizeof t->msg, "lora_down %s ldx %d: u %g", what, ldx, eu); t->failed = 1; return 0; }
+    if (ldx > in) { /* the folded copy of u beside x */
+        float *hx = get_act(&p, gx, (size_t)T * ldx), *fu = malloc(TR * 4);
+        for (int r2 = 0; r2 < T; r2++) memcpy(fu + (size_t)r2 * R, hx + (size_t)r2 * ldx + in, (size_t)R * 4);
+        double ef = rel_l2(fu, (const float *)cu, TR);
+        free(hx), free(fu);
+        if (!(ef < 5e-3)) { snprintf(t->msg, sizeof t->msg, "lora_down %s fold: u beside x %g", what, ef); t->failed = 1; return 0; }
+    }
     float *inc_g = malloc(US_MAX(TO, TI) * 4), *inc_c = malloc(US_MAX(TO, TI) * 4);
     for (int j = 0; j < n; j++) { /* the CPU's u for both from here on */
         int mode = j % 3; /* 0: res NULL, 1: res == y, 2: res another buffer */
@@ -242,8 +289,8 @@ static int lora_case(gpair *pp, us_test_ctx *t, int T, int in, int out, int r, i
     float *gdu2 = g_bytes(&p, cdu, TR * 4);
     void *gdx = g_act(&p, dx0, TI), *cdx = c_f32(&p, dx0, TI);
     float *gdA = g_f32_at(&p, dA0, (size_t)R * in, off), *cdA = c_f32(&p, dA0, (size_t)R * in);
-    p.g->lora_bwd_x(p.g, gdx, gdx, gdA, gdu2, R, gx, gA, T, in, R);
-    p.c->lora_bwd_x(p.c, cdx, cdx, cdA, cdu, R, cx, cA, T, in, R);
+    p.g->lora_bwd_x(p.g, gdx, gdx, gdA, gdu2, R, gx, ldx, gA, T, in, R);
+    p.c->lora_bwd_x(p.c, cdx, cdx, cdA, cdu, R, cx, in, cA, T, in, R);
     double eA = err_f32(&p, gdA, cdA, (size_t)R * in);
     float *hdx = get_act(&p, gdx, TI);
     for (size_t i = 0; i < TI; i++) inc_g[i] = hdx[i] - dx0[i], inc_c[i] = ((float *)cdx)[i] - dx0[i];
@@ -252,14 +299,14 @@ static int lora_case(gpair *pp, us_test_ctx *t, int T, int in, int out, int r, i
     if (!(eA < TOL_MM && ex < 3e-2)) { snprintf(t->msg, sizeof t->msg, "lora_bwd_x %s: dA %g dx increment %g", what, eA, ex); t->failed = 1; return 0; }
     /* res NULL: dx written from nothing (poisoned first) */
     void *gdx2 = g_poison(&p, TI * 2);
-    p.g->lora_bwd_x(p.g, gdx2, NULL, gdA, gdu2, R, gx, gA, T, in, R);
+    p.g->lora_bwd_x(p.g, gdx2, NULL, gdA, gdu2, R, gx, ldx, gA, T, in, R);
     hdx = get_act(&p, gdx2, TI);
     for (size_t i = 0; i < TI; i++) inc_g[i] = hdx[i];
     ex = rel_l2(inc_g, inc_c, TI);
     free(hdx);
     if (!(ex < 3e-2)) { snprintf(t->msg, sizeof t->msg, "lora_bwd_x %s res NULL: dx %g", what, ex); t->failed = 1; return 0; }
     /* dx may be NULL */
-    p.g->lora_bwd_x(p.g, NULL, NULL, gdA, gdu2, R, gx, gA, T, in, R);
+    p.g->lora_bwd_x(p.g, NULL, NULL, gdA, gdu2, R, gx, ldx, gA, T, in, R);
     p.g->sync(p.g);
     if (p.g->nonfinite(p.g, gdA, (size_t)R * in)) { snprintf(t->msg, sizeof t->msg, "lora_bwd_x with dx NULL: non-finite dA"); t->failed = 1; return 0; }
     free(x), free(A), free(B), free(y0), free(dy), free(dx0), free(dA0), free(dB0), free(inc_g), free(inc_c);
@@ -532,10 +579,10 @@ TEST(cuda_offload_roundtrip_under_compute) {
     float *x = rnd((size_t)N * N, 1.0f, 3);
     void *gx = g_act(&p, x, (size_t)N * N), *gw = g_act(&p, x, (size_t)N * N), *gy = g_poison(&p, (size_t)N * N * 2);
     for (int rep = 0; rep < 3; rep++) {
-        for (int i = 0; i < 8; i++) g->linear_fwd(g, gy, false, gx, gw, NULL, N, N, N);
+        for (int i = 0; i < 8; i++) g->linear_fwd(g, gy, false, gx, N, gw, N, NULL, N, N, N);
         g->scale(g, a, n, 2.0f);            /* the offload must see this */
         g->offload(g, pin, a, n * 4);
-        for (int i = 0; i < 4; i++) g->linear_fwd(g, gy, false, gx, gw, NULL, N, N, N); /* overlaps the copy */
+        for (int i = 0; i < 4; i++) g->linear_fwd(g, gy, false, gx, N, gw, N, NULL, N, N, N); /* overlaps the copy */
         g->copies_wait(g);
         g->scale(g, a, n, 0.5f);            /* after the copy: must not show in pin */
         g->prefetch(g, b, pin, n * 4);

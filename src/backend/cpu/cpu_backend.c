@@ -87,6 +87,13 @@ static void cpu_weight_fill_normal(us_backend *be, void *w, size_t n, float std,
 static void cpu_f32_copy(us_backend *be, void *dst, const void *src, size_t n) { cpu_copy(be, dst, src, n * 4); }
 static void cpu_weight_from_f32(us_backend *be, void *w, const float *src, size_t n) { cpu_f32_copy(be, w, src, n); }
 static void cpu_weight_to_f32(us_backend *be, float *dst, const void *w, size_t n) { cpu_f32_copy(be, dst, w, n); }
+static void cpu_weight_put(us_backend *be, void *W, int ldw, const float *src, int rows, int cols, float s) {
+    (void)be;
+    float *w = W;
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j++) w[(size_t)i * ldw + j] = src ? s * src[(size_t)i * cols + j] : 0.0f;
+}
 static void cpu_act_from_f32(us_backend *be, void *dst, const float *src, size_t n) { cpu_f32_copy(be, dst, src, n); }
 static void cpu_act_to_f32(us_backend *be, float *dst, const void *src, size_t n) { cpu_f32_copy(be, dst, src, n); }
 
@@ -107,15 +114,15 @@ static void cpu_embed_bwd(us_backend *be, float *dE, const void *dx, const int32
         for (int t = 0; t < T; t++) dE[(size_t)ids[t] * dim + d] += g[(size_t)t * dim + d];
 }
 
-static void cpu_rmsnorm_fwd(us_backend *be, void *y, float *rstd, const void *x, const float *w, int T, int dim,
-                            float eps) {
+static void cpu_rmsnorm_fwd(us_backend *be, void *y, int ldy, float *rstd, const void *x, const float *w, int T,
+                            int dim, float eps) {
     (void)be;
     float *out = y;
     const float *in = x;
     #pragma omp parallel for schedule(static)
     for (int t = 0; t < T; t++) {
         const float *xr = in + (size_t)t * dim;
-        float *yr = out + (size_t)t * dim;
+        float *yr = out + (size_t)t * ldy;
         double ss = 0;
         for (int d = 0; d < dim; d++) ss += (double)xr[d] * xr[d];
         float r = (float)(1.0 / sqrt(ss / dim + eps));
@@ -158,17 +165,17 @@ static void add_bias(float *y, const float *bias, int T, int out) {
         for (int o = 0; o < out; o++) y[(size_t)t * out + o] += bias[o];
 }
 
-static void cpu_linear_fwd(us_backend *be, void *y, bool acc, const void *x, const void *W, const float *bias, int T,
-                           int in, int out) {
+static void cpu_linear_fwd(us_backend *be, void *y, bool acc, const void *x, int ldx, const void *W, int ldw,
+                           const float *bias, int T, int in, int out) {
     (void)be;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, in, 1.0f, x, in, W, in, acc ? 1.0f : 0.0f, y, out);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, in, 1.0f, x, ldx, W, ldw, acc ? 1.0f : 0.0f, y, out);
     if (bias) add_bias(y, bias, T, out);
 }
 
-static void cpu_linear_bwd_x(us_backend *be, void *dx, bool acc, const void *dy, const void *W, int T, int in,
-                             int out) {
+static void cpu_linear_bwd_x(us_backend *be, void *dx, bool acc, const void *dy, const void *W, int ldw, int T,
+                             int in, int out) {
     (void)be;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, out, 1.0f, dy, out, W, in, acc ? 1.0f : 0.0f, dx,
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, out, 1.0f, dy, out, W, ldw, acc ? 1.0f : 0.0f, dx,
                 in);
 }
 
@@ -194,9 +201,12 @@ static void cpu_start_from(float *y, const void *res, size_t rows, size_t cols) 
     else memset(y, 0, rows * cols * sizeof(float));
 }
 
-static void cpu_lora_down(us_backend *be, float *u, int ldu, const void *x, const float *A, int T, int in, int R) {
+static void cpu_lora_down(us_backend *be, float *u, int ldu, const void *x, int ldx, const float *A, int T, int in,
+                          int R, bool fold) {
     (void)be;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, R, in, 1.0f, x, in, A, in, 0.0f, u, ldu);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, R, in, 1.0f, x, ldx, A, in, 0.0f, u, ldu);
+    if (fold)
+        for (int t = 0; t < T; t++) memcpy((float *)x + (size_t)t * ldx + in, u + (size_t)t * ldu, (size_t)R * 4);
 }
 
 static void cpu_lora_up(us_backend *be, void *y, const void *res, const float *u, int ldu, const float *B, float s,
@@ -214,9 +224,9 @@ static void cpu_lora_bwd_dy(us_backend *be, float *du, int lddu, float *dB, cons
 }
 
 static void cpu_lora_bwd_x(us_backend *be, void *dx, const void *res, float *dA, const float *du, int lddu,
-                           const void *x, const float *A, int T, int in, int R) {
+                           const void *x, int ldx, const float *A, int T, int in, int R) {
     (void)be;
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, in, T, 1.0f, du, lddu, x, in, 1.0f, dA, in);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, in, T, 1.0f, du, lddu, x, ldx, 1.0f, dA, in);
     if (!dx) return;
     cpu_start_from(dx, res, (size_t)T, (size_t)in);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, R, 1.0f, du, lddu, A, in, 1.0f, dx, in);
@@ -528,7 +538,7 @@ us_status us_backend_cpu_create(int threads, us_backend **out, us_err *e) {
         .alloc = cpu_alloc, .free = cpu_free, .upload = cpu_copy, .download = cpu_copy, .zero = cpu_zero, .copy = cpu_copy,
         .sync = cpu_sync, .mem_info = cpu_mem_info,
         .weight_upload = cpu_weight_upload, .weight_fill_normal = cpu_weight_fill_normal,
-        .weight_from_f32 = cpu_weight_from_f32, .weight_to_f32 = cpu_weight_to_f32,
+        .weight_from_f32 = cpu_weight_from_f32, .weight_to_f32 = cpu_weight_to_f32, .weight_put = cpu_weight_put,
         .act_from_f32 = cpu_act_from_f32, .act_to_f32 = cpu_act_to_f32,
         .embed_fwd = cpu_embed_fwd, .embed_bwd = cpu_embed_bwd,
         .rmsnorm_fwd = cpu_rmsnorm_fwd, .rmsnorm_bwd = cpu_rmsnorm_bwd,

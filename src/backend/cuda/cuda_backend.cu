@@ -360,6 +360,19 @@ static void cu_weight_to_f32(us_backend *be, float *dst, const void *w, size_t n
     PROF(CI(be), P_CONVERT);
     bf16_to_f32(CI(be), dst, w, n);
 }
+__global__ void k_weight_put(bf16 *w, int ldw, const float *src, int rows, int cols, float s) {
+    GRID_STRIDE(i, (size_t)rows * cols) {
+        const size_t r = i / cols, j = i % cols;
+        w[r * ldw + j] = __float2bfloat16_rn(src ? s * src[i] : 0.0f);
+    }
+}
+static void cu_weight_put(us_backend *be, void *W, int ldw, const float *src, int rows, int cols, float s) {
+    cuda_impl *c = CI(be);
+    PROF(c, P_CONVERT);
+    if (rows <= 0 || cols <= 0) return;
+    k_weight_put<<<grid_for(c, (size_t)rows * cols, 256), 256, 0, c->st>>>((bf16 *)W, ldw, src, rows, cols, s);
+    CK_LAUNCH(c);
+}
 static void cu_act_from_f32(us_backend *be, void *dst, const float *src, size_t n) {
     PROF(CI(be), P_CONVERT);
     f32_to_bf16(CI(be), dst, src, n);
@@ -413,11 +426,11 @@ static void cu_embed_bwd(us_backend *be, float *dE, const void *dx, const int32_
 /* RMSNorm: one warp per row                                                                   */
 
 template <bool VEC>
-__global__ void k_rmsnorm_fwd(bf16 *y, float *rstd, const bf16 *x, const float *w, int T, int dim, float eps) {
+__global__ void k_rmsnorm_fwd(bf16 *y, int ldy, float *rstd, const bf16 *x, const float *w, int T, int dim, float eps) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= T) return;
     const bf16 *xr = x + (size_t)row * dim;
-    bf16 *yr = y + (size_t)row * dim;
+    bf16 *yr = y + (size_t)row * ldy;
     float ss = 0;
     if (VEC) {
         for (int u = lane; u < dim / 8; u += 32) {
@@ -518,15 +531,15 @@ static void colsum(cuda_impl *c, float *out, const void *a, const void *b, const
     CK_LAUNCH(c);
 }
 
-static void cu_rmsnorm_fwd(us_backend *be, void *y, float *rstd, const void *x, const float *w, int T, int dim,
-                           float eps) {
+static void cu_rmsnorm_fwd(us_backend *be, void *y, int ldy, float *rstd, const void *x, const float *w, int T,
+                           int dim, float eps) {
     cuda_impl *c = CI(be);
     PROF(c, P_RMSNORM_F);
     unsigned grid = ceil_div_u(T, 4);
-    if (dim % 8 == 0 && aligned16(x) && aligned16(y))
-        k_rmsnorm_fwd<true><<<grid, 128, 0, c->st>>>((bf16 *)y, rstd, (const bf16 *)x, w, T, dim, eps);
+    if (dim % 8 == 0 && ldy % 8 == 0 && aligned16(x) && aligned16(y))
+        k_rmsnorm_fwd<true><<<grid, 128, 0, c->st>>>((bf16 *)y, ldy, rstd, (const bf16 *)x, w, T, dim, eps);
     else
-        k_rmsnorm_fwd<false><<<grid, 128, 0, c->st>>>((bf16 *)y, rstd, (const bf16 *)x, w, T, dim, eps);
+        k_rmsnorm_fwd<false><<<grid, 128, 0, c->st>>>((bf16 *)y, ldy, rstd, (const bf16 *)x, w, T, dim, eps);
     CK_LAUNCH(c);
 }
 
@@ -697,22 +710,23 @@ __global__ void k_add_bias(bf16 *y, const float *bias, size_t T, int out) {
     GRID_STRIDE(i, T * out) y[i] = __float2bfloat16_rn(__bfloat162float(y[i]) + bias[i % out]);
 }
 
-static void cu_linear_fwd(us_backend *be, void *y, bool acc, const void *x, const void *W, const float *bias, int T,
-                          int in, int out) {
+static void cu_linear_fwd(us_backend *be, void *y, bool acc, const void *x, int ldx, const void *W, int ldw,
+                          const float *bias, int T, int in, int out) {
     cuda_impl *c = CI(be);
     PROF(c, P_LINEAR_F);
     /* y^T (out x T) = W (out x in) x^T */
-    gemm(c, true, false, out, T, in, 1.0f, W, BF, in, x, BF, in, acc ? 1.0f : 0.0f, y, BF, out);
+    gemm(c, true, false, out, T, in, 1.0f, W, BF, ldw, x, BF, ldx, acc ? 1.0f : 0.0f, y, BF, out);
     if (bias) {
         k_add_bias<<<grid_for(c, (size_t)T * out, 256), 256, 0, c->st>>>((bf16 *)y, bias, (size_t)T, out);
         CK_LAUNCH(c);
     }
 }
 
-static void cu_linear_bwd_x(us_backend *be, void *dx, bool acc, const void *dy, const void *W, int T, int in, int out) {
+static void cu_linear_bwd_x(us_backend *be, void *dx, bool acc, const void *dy, const void *W, int ldw, int T, int in,
+                            int out) {
     PROF(CI(be), P_LINEAR_BX);
     /* dx^T (in x T) = W^T (in x out) dy^T */
-    gemm(CI(be), false, false, in, T, out, 1.0f, W, BF, in, dy, BF, out, acc ? 1.0f : 0.0f, dx, BF, in);
+    gemm(CI(be), false, false, in, T, out, 1.0f, W, BF, ldw, dy, BF, out, acc ? 1.0f : 0.0f, dx, BF, in);
 }
 
 static void cu_linear_bwd_w(us_backend *be, float *dW, float *dbias, const void *dy, const void *x, int T, int in,
@@ -755,15 +769,29 @@ static void start_from(cuda_impl *c, void *y, const void *res, size_t n) {
     else CK(c, cudaMemsetAsync(y, 0, n * 2, c->st));
 }
 
-static void cu_lora_down(us_backend *be, float *u, int ldu, const void *x, const float *A, int T, int in, int R) {
+/* x[t, in + j] = bf16(u[t, j]): u beside x for a folded frozen product */
+__global__ void k_lora_fold(bf16 *x, int ldx, const float *u, int ldu, int T, int R) {
+    GRID_STRIDE(i, (size_t)T * R) {
+        const size_t t = i / R, j = i % R;
+        x[t * ldx + j] = __float2bfloat16_rn(u[t * ldu + j]);
+    }
+}
+
+static void cu_lora_down(us_backend *be, float *u, int ldu, const void *x, int ldx, const float *A, int T, int in,
+                         int R, bool fold) {
     cuda_impl *c = CI(be);
     PROF(c, P_LORA_F);
-    if (!lora_gemm_forced() && us_cuda_lora_down_fast(c, u, ldu, x, A, T, in, R)) return;
-    bf16 *Ab = (bf16 *)us_cuda_scratch(c, SCR_LORA_A, (size_t)R * in * 2);
-    if (!Ab) return;
-    f32_to_bf16(c, Ab, A, (size_t)R * in);
-    /* u^T (R x T) = A (R x in) x^T */
-    gemm(c, true, false, R, T, in, 1.0f, Ab, BF, in, x, BF, in, 0.0f, u, F32, ldu);
+    if (lora_gemm_forced() || !us_cuda_lora_down_fast(c, u, ldu, x, ldx, A, T, in, R)) {
+        bf16 *Ab = (bf16 *)us_cuda_scratch(c, SCR_LORA_A, (size_t)R * in * 2);
+        if (!Ab) return;
+        f32_to_bf16(c, Ab, A, (size_t)R * in);
+        /* u^T (R x T) = A (R x in) x^T */
+        gemm(c, true, false, R, T, in, 1.0f, Ab, BF, in, x, BF, ldx, 0.0f, u, F32, ldu);
+    }
+    if (fold && T > 0) {
+        k_lora_fold<<<grid_for(c, (size_t)T * R, 256), 256, 0, c->st>>>((bf16 *)x + in, ldx, u, ldu, T, R);
+        CK_LAUNCH(c);
+    }
 }
 
 static void cu_lora_up(us_backend *be, void *y, const void *res, const float *u, int ldu, const float *B, float s,
@@ -794,14 +822,14 @@ static void cu_lora_bwd_dy(us_backend *be, float *du, int lddu, float *dB, const
 }
 
 static void cu_lora_bwd_x(us_backend *be, void *dx, const void *res, float *dA, const float *du, int lddu,
-                          const void *x, const float *A, int T, int in, int R) {
+                          const void *x, int ldx, const float *A, int T, int in, int R) {
     cuda_impl *c = CI(be);
     PROF(c, P_LORA_B);
-    if (!lora_gemm_forced() && us_cuda_lora_bwd_x_fast(c, dx, res, dA, du, lddu, x, A, T, in, R)) return;
+    if (!lora_gemm_forced() && us_cuda_lora_bwd_x_fast(c, dx, res, dA, du, lddu, x, ldx, A, T, in, R)) return;
     bf16 *dub = lora_bf16_rows(c, SCR_LORA_U, du, lddu, T, R);
     if (!dub) return;
     /* dA^T (in x R) += x^T (in x T) du (T x R) */
-    gemm(c, false, true, in, R, T, 1.0f, x, BF, in, dub, BF, R, 1.0f, dA, F32, in);
+    gemm(c, false, true, in, R, T, 1.0f, x, BF, ldx, dub, BF, R, 1.0f, dA, F32, in);
     if (!dx) return;
     bf16 *Ab = (bf16 *)us_cuda_scratch(c, SCR_LORA_A, (size_t)R * in * 2);
     if (!Ab) return;
@@ -1312,6 +1340,7 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
     be->weight_fill_normal = cu_weight_fill_normal;
     be->weight_from_f32 = cu_weight_from_f32;
     be->weight_to_f32 = cu_weight_to_f32;
+    be->weight_put = cu_weight_put;
     be->act_from_f32 = cu_act_from_f32;
     be->act_to_f32 = cu_act_to_f32;
     be->embed_fwd = cu_embed_fwd;

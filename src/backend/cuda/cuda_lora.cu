@@ -52,7 +52,7 @@ constexpr int DSC = 128;            /* columns of W staged per round */
 constexpr int DPITCH = DSC + 32;    /* bf16 per staged row: 320 bytes, 64 mod 128 (no bank conflicts) */
 
 template <int R>
-__global__ void __launch_bounds__(LT) k_lora_down(float *O, int ldo, const bf16 *P, int T, int K, const float *W,
+__global__ void __launch_bounds__(LT) k_lora_down(float *O, int ldo, const bf16 *P, int ldp, int T, int K, const float *W,
                                                   int wsj, int wsk, float scale, int kc, int atomic, int vecw) {
     constexpr int NT = R / 8;
     __shared__ __align__(16) bf16 Ws[R][DPITCH];
@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(LT) k_lora_down(float *O, int ldo, const bf16 
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 const int row = rbase + (i >> 1) * 16 + g + (i & 1) * 8;
-                xr[s][i] = (row < T && col < ke) ? ldg16(P + (size_t)row * K + col) : make_uint4(0, 0, 0, 0);
+                xr[s][i] = (row < T && col < ke) ? ldg16(P + (size_t)row * ldp + col) : make_uint4(0, 0, 0, 0);
             }
         }
         __syncthreads(); /* the previous round's reads of Ws are done */
@@ -262,7 +262,7 @@ __device__ __forceinline__ int swz128(int row, int col) { /* 16 chunks of 8 per 
  * also feeds Du[t, j] += dscale * sum_{m in this CTA's columns} P[t, m] W[m, j] (W f32 [M, R],
  * added by atomics into a Du zeroed first), a warp per 16 tokens of the tile. */
 template <int R>
-__global__ void __launch_bounds__(LT) k_lora_colred(float *O, int osm, int osj, const bf16 *P, int T, int M,
+__global__ void __launch_bounds__(LT) k_lora_colred(float *O, int osm, int osj, const bf16 *P, int ldp, int T, int M,
                                                     const float *Q, int ldq, float scale, int tpc, int vec2, int vecq,
                                                     float *Du, int lddu, const float *Wd, float dscale) {
     constexpr int NT = R / 8;
@@ -284,7 +284,7 @@ __global__ void __launch_bounds__(LT) k_lora_colred(float *O, int osm, int osj, 
         for (int i = 0; i < CTC * (CMB / 8) / LT; i++) {
             const int c = tid + i * LT, r = c / (CMB / 8), cc = (c % (CMB / 8)) * 8;
             const bool ok = tb + r < t1 && m0 + cc < M;
-            cp_async16(smem_u32(&sm.P[st][swz128(r, cc)]), ok ? (const void *)(P + (size_t)(tb + r) * M + m0 + cc)
+            cp_async16(smem_u32(&sm.P[st][swz128(r, cc)]), ok ? (const void *)(P + (size_t)(tb + r) * ldp + m0 + cc)
                                                              : (const void *)P, ok);
         }
         cp_async_commit();
@@ -393,7 +393,8 @@ __global__ void __launch_bounds__(LT) k_lora_colred(float *O, int osm, int osj, 
 int target_ctas(cuda_impl *c) { return 2 * c->sm_count; }
 
 template <int R>
-void down(cuda_impl *c, float *O, int ldo, const void *P, int T, int K, const float *W, int wsj, int wsk, float scale) {
+void down(cuda_impl *c, float *O, int ldo, const void *P, int ldp, int T, int K, const float *W, int wsj, int wsk,
+          float scale) {
     const int gx = (int)ceil_div_u(T, 128);
     int gy = (int)ceil_div_u(target_ctas(c), gx);
     const int kmax = (int)ceil_div_u(K, DSC);
@@ -402,7 +403,7 @@ void down(cuda_impl *c, float *O, int ldo, const void *P, int T, int K, const fl
     int kc = (int)ceil_div_u(ceil_div_u(K, gy), DSC) * DSC;
     gy = (int)ceil_div_u(K, kc);
     if (gy > 1) CK(c, cudaMemset2DAsync(O, (size_t)ldo * 4, 0, (size_t)R * 4, (size_t)T, c->st));
-    k_lora_down<R><<<dim3(gx, gy), LT, 0, c->st>>>(O, ldo, (const bf16 *)P, T, K, W, wsj, wsk, scale, kc, gy > 1,
+    k_lora_down<R><<<dim3(gx, gy), LT, 0, c->st>>>(O, ldo, (const bf16 *)P, ldp, T, K, W, wsj, wsk, scale, kc, gy > 1,
                                                     aligned16(W) && (wsk == 1 ? wsj % 4 == 0 : wsk % 4 == 0));
     CK_LAUNCH(c);
 }
@@ -417,7 +418,8 @@ void expand(cuda_impl *c, void *Y, const void *Res, int T, int N, const float *Q
 }
 
 template <int R>
-void colred(cuda_impl *c, float *O, int osm, int osj, const void *P, int T, int M, const float *Q, int ldq, float scale,
+void colred(cuda_impl *c, float *O, int osm, int osj, const void *P, int ldp, int T, int M, const float *Q, int ldq,
+            float scale,
             float *Du = NULL, int lddu = 0, const float *Wd = NULL, float dscale = 0.0f) {
     static bool attr_set = false; /* per instance; one device per process */
     if (!attr_set) {
@@ -433,7 +435,7 @@ void colred(cuda_impl *c, float *O, int osm, int osj, const void *P, int T, int 
     gy = (int)ceil_div_u(T, tpc);
     const int vec2 = osj == 1 && ((uintptr_t)O & 7u) == 0;
     if (Du) CK(c, cudaMemset2DAsync(Du, (size_t)lddu * 4, 0, (size_t)R * 4, (size_t)T, c->st));
-    k_lora_colred<R><<<dim3(gx, gy), LT, sizeof(ColredSmem<R>), c->st>>>(O, osm, osj, (const bf16 *)P, T, M, Q, ldq,
+    k_lora_colred<R><<<dim3(gx, gy), LT, sizeof(ColredSmem<R>), c->st>>>(O, osm, osj, (const bf16 *)P, ldp, T, M, Q, ldq,
                                                                          scale, tpc, vec2, aligned16(Q) && ldq % 4 == 0,
                                                                          Du, lddu, Wd, dscale);
     CK_LAUNCH(c);
@@ -442,8 +444,8 @@ void colred(cuda_impl *c, float *O, int osm, int osj, const void *P, int T, int 
 /* The products at a width R known at compile time: R = n * r for a group of n projections. */
 template <int R>
 struct lora_at {
-    static void down_x(cuda_impl *c, float *u, int ldu, const void *x, const float *A, int T, int in) {
-        down<R>(c, u, ldu, x, T, in, A, in, 1, 1.0f); /* u = x A^T   (A [R, in]) */
+    static void down_x(cuda_impl *c, float *u, int ldu, const void *x, int ldx, const float *A, int T, int in) {
+        down<R>(c, u, ldu, x, ldx, T, in, A, in, 1, 1.0f); /* u = x A^T   (A [R, in]) */
     }
     static void up(cuda_impl *c, void *y, const void *res, const float *u, int ldu, const float *B, float s, int T,
                    int out) {
@@ -452,11 +454,11 @@ struct lora_at {
     static void bwd_dy(cuda_impl *c, float *du, int lddu, float *dB, const void *dy, const float *u, int ldu,
                        const float *B, float s, int T, int out) {
         /* one pass over dy: dB(o, j) += s sum_t dy[t, o] u[t, j] and du = s dy B */
-        colred<R>(c, dB, R, 1, dy, T, out, u, ldu, s, du, lddu, B, s);
+        colred<R>(c, dB, R, 1, dy, out, T, out, u, ldu, s, du, lddu, B, s);
     }
     static void bwd_x(cuda_impl *c, void *dx, const void *res, float *dA, const float *du, int lddu, const void *x,
-                      const float *A, int T, int in) {
-        colred<R>(c, dA, 1, in, x, T, in, du, lddu, 1.0f); /* dA(i, j) += sum_t x[t, i] du[t, j] */
+                      int ldx, const float *A, int T, int in) {
+        colred<R>(c, dA, 1, in, x, ldx, T, in, du, lddu, 1.0f); /* dA(i, j) += sum_t x[t, i] du[t, j] */
         if (dx) expand<R>(c, dx, res, T, in, du, lddu, A, 1, in, 1.0f); /* dx = res + du A   (W(i, j) = A[j, i]) */
     }
 };
@@ -481,10 +483,11 @@ bool a8(const void *p) { return ((uintptr_t)p & 7u) == 0; }
 
 /* Tensor-core paths; false when a width, size or alignment is outside what the kernels take
  * (widths multiple of 8; the wide operands 16-byte aligned; u/du 8-byte aligned, even pitch). */
-bool us_cuda_lora_down_fast(cuda_impl *c, float *u, int ldu, const void *x, const float *A, int T, int in, int R) {
+bool us_cuda_lora_down_fast(cuda_impl *c, float *u, int ldu, const void *x, int ldx, const float *A, int T, int in,
+                            int R) {
     if (T <= 0) return true;
-    if (!width_ok(R) || in % 8 || !aligned16(x) || !a8(u) || ldu % 2) return false;
-    LORA_DISPATCH(R, down_x(c, u, ldu, x, A, T, in));
+    if (!width_ok(R) || in % 8 || ldx % 8 || !aligned16(x) || !a8(u) || ldu % 2) return false;
+    LORA_DISPATCH(R, down_x(c, u, ldu, x, ldx, A, T, in));
     return true;
 }
 
@@ -505,11 +508,11 @@ bool us_cuda_lora_bwd_dy_fast(cuda_impl *c, float *du, int lddu, float *dB, cons
 }
 
 bool us_cuda_lora_bwd_x_fast(cuda_impl *c, void *dx, const void *res, float *dA, const float *du, int lddu,
-                             const void *x, const float *A, int T, int in, int R) {
+                             const void *x, int ldx, const float *A, int T, int in, int R) {
     if (T <= 0) return true;
-    if (!width_ok(R) || in % 8 || !aligned16(x) || (dx && !aligned16(dx)) || (res && !aligned16(res)) || !a8(du) ||
+    if (!width_ok(R) || in % 8 || ldx % 8 || !aligned16(x) || (dx && !aligned16(dx)) || (res && !aligned16(res)) || !a8(du) ||
         lddu % 2)
         return false;
-    LORA_DISPATCH(R, bwd_x(c, dx, res, dA, du, lddu, x, A, T, in));
+    LORA_DISPATCH(R, bwd_x(c, dx, res, dA, du, lddu, x, ldx, A, T, in));
     return true;
 }
