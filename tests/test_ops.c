@@ -732,7 +732,9 @@ TEST(ops_glu_silu) {
     glu_ref(&c);
     EXPECT_CLOSE("glu_fwd silu", a, ad, N, TOL);
     CHECK(!memcmp(g, g0, sizeof g), "glu_fwd silu modified g");
-    be->glu_bwd(be, US_GLU_SILU, dg, du, w, g, u, NULL, R, C);
+    float pa[N];
+    be->glu_bwd(be, US_GLU_SILU, dg, du, pa, w, g, u, NULL, R, C);
+    CHECK(!memcmp(pa, a, sizeof a), "glu_bwd silu: the product differs from glu_fwd's");
     fd_grad(glu_loss, &c, gd, N, FD_H, fd);
     EXPECT_CLOSE("glu_bwd silu dg", dg, fd, N, TOL);
     fd_grad(glu_loss, &c, ud, N, FD_H, fd);
@@ -741,7 +743,7 @@ TEST(ops_glu_silu) {
     float g2[N], u2[N];
     memcpy(g2, g, sizeof g);
     memcpy(u2, u, sizeof u);
-    be->glu_bwd(be, US_GLU_SILU, g2, u2, w, g2, u2, NULL, R, C);
+    be->glu_bwd(be, US_GLU_SILU, g2, u2, NULL, w, g2, u2, NULL, R, C);
     CHECK(!memcmp(g2, dg, sizeof g) && !memcmp(u2, du, sizeof u), "glu_bwd silu in place differs");
     /* a = NULL: saving only, nothing touched */
     be->glu_fwd(be, US_GLU_SILU, NULL, g, u, NULL, R, C);
@@ -797,7 +799,9 @@ TEST(ops_glu_relu_bits) {
     CHECK(!memcmp(a2, a, sizeof a) && !memcmp(g2, g, sizeof g), "glu_fwd relu bits=NULL differs");
 
     /* backward from the saved relu(g), u and bits */
-    be->glu_bwd(be, US_GLU_RELU, dg, du, w, g, u, bits, R, C);
+    float pa[N];
+    be->glu_bwd(be, US_GLU_RELU, dg, du, pa, w, g, u, bits, R, C);
+    CHECK(!memcmp(pa, a, sizeof a), "glu_bwd relu: the product differs from glu_fwd's");
     fd_grad(glu_loss, &c, gd, N, 1e-3, fd);
     for (int i = 0; i < N; i++)
         if (gorig[i] == 0) fd[i] = 0; /* torch: relu'(0) = 0 */
@@ -809,7 +813,7 @@ TEST(ops_glu_relu_bits) {
     memcpy(bits2, bits, sizeof bits);
     bits2[fr * WPR + fc / 32] ^= 1u << (fc % 32);
     float dg2[N], du2[N];
-    be->glu_bwd(be, US_GLU_RELU, dg2, du2, w, g, u, bits2, R, C);
+    be->glu_bwd(be, US_GLU_RELU, dg2, du2, NULL, w, g, u, bits2, R, C);
     for (int i = 0; i < N; i++) {
         CHECK(du2[i] == du[i], "flipping a mask bit changed du[%d]", i);
         if (i != fi) CHECK(dg2[i] == dg[i], "flipping the bit of element %d changed dg[%d]", fi, i);
@@ -821,7 +825,7 @@ TEST(ops_glu_relu_bits) {
     memcpy(g2, g, sizeof g);
     float u2[N];
     memcpy(u2, u, sizeof u);
-    be->glu_bwd(be, US_GLU_RELU, g2, u2, w, g2, u2, bits, R, C);
+    be->glu_bwd(be, US_GLU_RELU, g2, u2, NULL, w, g2, u2, bits, R, C);
     CHECK(!memcmp(g2, dg, sizeof g) && !memcmp(u2, du, sizeof u), "glu_bwd relu in place differs");
     be->destroy(be);
 }

@@ -103,7 +103,7 @@ struct us_backend {
      *   lora_down:   u = x A^T
      *   lora_up:     y = res + s * u B^T            (res NULL: y = s u B^T; res may equal y)
      *   lora_bwd_dy: du = s * dy B;  dB += s * dy^T u
-     *   lora_bwd_x:  dA += du^T x;  dx = res + du A   (dx NULL: only dA; res as lora_up)
+     *   lora_bwd_x:  dA += du^T x;  dx = res + du A   (dx NULL: only dA; dA NULL: only dx; res as lora_up)
      * x has row pitch ldx (>= in). fold (lora_down): u is also written, in the activation type,
      * into x's columns in..in+R-1 (ldx >= in + R), so that a frozen product over in + R columns
      * against [W | s B] computes x W^T + s u B^T in one pass (step.c, "folded" groups). */
@@ -137,8 +137,10 @@ struct us_backend {
     void (*glu_fwd)(us_backend *be, int act, void *a, void *g, const void *u, uint32_t *bits, int rows, int cols);
     /* From da and the saved state (g or relu(g), u, bits): dg = da*u*act'(g), du = da*act(g).
      * RELU reads the gate's derivative from the packed bits, unpacked in registers. dg and du
-     * may alias g and u (they are consumed in place). */
-    void (*glu_bwd)(us_backend *be, int act, void *dg, void *du, const void *da, const void *g, const void *u,
+     * may alias g and u (they are consumed in place). a (may be NULL; aliases nothing) also
+     * receives the product act(g) * u, exactly as glu_fwd forms it: the down projection's input,
+     * for its LoRA gradient, without a separate pass over g and u. */
+    void (*glu_bwd)(us_backend *be, int act, void *dg, void *du, void *a, const void *da, const void *g, const void *u,
                     const uint32_t *bits, int rows, int cols);
 
     /* y += x over n activation elements (residual). */

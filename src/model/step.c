@@ -67,7 +67,8 @@ static void project(us_model *m, int l, int t, void *y, const void *res, const v
 
 /* Backward of the n projections ts[] of one group, which all read x: dx (+)= sum dy_t W_t and
  * the LoRA terms (dx NULL: not needed), LoRA and full-weight gradients. The group's du is formed
- * once, its LoRA input gradient written into dx first; the frozen products add on top. */
+ * once, its LoRA input gradient written into dx first; the frozen products add on top. x NULL
+ * (LoRA only): dA is left for the caller, from du still in m->s.lora (down_dA). */
 static void group_bwd(us_model *m, int l, const int *ts, int n, void *const *dys, void *dx, bool acc, const void *x,
                       int T, size_t r0) {
     us_backend *be = m->be;
@@ -83,8 +84,8 @@ static void group_bwd(us_model *m, int l, const int *ts, int n, void *const *dys
                             m->lora_ld[t], m->params + s->off_B, m->lora_scale, T, out, m->spec.lora.r);
         }
         const us_lora_slot *s = &m->slot[l][lead];
-        be->lora_bwd_x(be, dx, acc ? dx : NULL, m->grads + s->off_A, m->s.lora, m->lora_ld[lead], x, in_pitch(m, lead),
-                       m->params + s->off_A, T, s->in, m->lora_ld[lead]);
+        be->lora_bwd_x(be, dx, acc ? dx : NULL, x ? m->grads + s->off_A : NULL, m->s.lora, m->lora_ld[lead], x,
+                       in_pitch(m, lead), m->params + s->off_A, T, s->in, m->lora_ld[lead]);
         acc = true;
     }
     for (int i = 0; i < n; i++) {
@@ -172,6 +173,7 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
     bool down_trains = lora_on(m, l, US_T_DOWN) || L->gw[US_T_DOWN];
     bool gu_trains = lora_on(m, l, US_T_GATE) || lora_on(m, l, US_T_UP) || L->gw[US_T_GATE];
     int mode = us_layer_mode(m, l);
+    bool late_prod = false;
     /* gate/up (or the product) were kept: here, on the host (fetched back by run()), or gate only */
     bool kept = mode == US_RECOMPUTE_NONE || mode == US_OFFLOAD_MLP || mode == US_RECOMPUTE_UP;
     int hp = in_pitch(m, US_T_GATE);
@@ -187,14 +189,22 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
         prod = m->s.a;
     } else if (!p->save_a && down_trains) { /* rebuild the down_proj input; the bits stay untouched */
         prod = m->s.a;
-        be->glu_fwd(be, act, prod, a->g, a->up, NULL, n, c->inter);
+        /* with LoRA alone on down_proj and gate/up's backward to run, the GLU backward rebuilds
+         * it on its way (one pass over g and up instead of two); down's dA waits for it */
+        late_prod = p->glu_bwd && !L->gw[US_T_DOWN];
+        if (!late_prod) be->glu_fwd(be, act, prod, a->g, a->up, NULL, n, c->inter);
     }
     if (p->glu_bwd || down_trains) {
         static const int down[] = {US_T_DOWN};
-        group_bwd(m, l, down, 1, &dres, p->glu_bwd ? m->s.da : NULL, false, prod, n, r0);
+        group_bwd(m, l, down, 1, &dres, p->glu_bwd ? m->s.da : NULL, false, late_prod ? NULL : prod, n, r0);
     }
     if (!p->glu_bwd) return;
-    be->glu_bwd(be, act, a->g, a->up, m->s.da, a->g, a->up, a->bits, n, c->inter); /* dg, du in place */
+    be->glu_bwd(be, act, a->g, a->up, late_prod ? prod : NULL, m->s.da, a->g, a->up, a->bits, n, c->inter); /* dg, du in place */
+    if (late_prod) { /* down's dA from its du (still in m->s.lora) and the product just formed */
+        const us_lora_slot *s = &m->slot[l][US_T_DOWN];
+        be->lora_bwd_x(be, NULL, NULL, m->grads + s->off_A, m->s.lora, m->lora_ld[US_T_DOWN], prod, in_pitch(m, US_T_DOWN),
+                       m->params + s->off_A, n, s->in, m->lora_ld[US_T_DOWN]);
+    }
     if ((mode == US_RECOMPUTE_NONE || mode == US_OFFLOAD_MLP) && gu_trains)
         be->rmsnorm_fwd(be, h, hp, m->s.rstd, rows_at(m, a->xmid, r0, D), L->ln2, n, c->hidden, (float)c->rms_eps);
     static const int gate_up[] = {US_T_GATE, US_T_UP};

@@ -389,7 +389,7 @@ static const int attn_cases[][6] = {
     /* batch, seq, heads, kv_heads, head_dim, seg */
     {2, 100, 4, 2, 16, 0}, {1, 130, 4, 1, 32, 0}, {2, 64, 2, 2, 64, 0},  {1, 200, 6, 2, 64, 0},
     {1, 129, 4, 2, 128, 0}, {2, 150, 4, 2, 16, 1}, {1, 300, 4, 4, 64, 1}, {1, 190, 4, 1, 128, 1},
-    {1, 1, 2, 1, 64, 0},   {2, 70, 8, 2, 32, 0},
+    {1, 1, 2, 1, 64, 0},   {2, 70, 8, 2, 32, 0},  {1, 1000, 8, 2, 128, 0}, {3, 257, 6, 3, 64, 0},
 };
 
 /* every case above with the backend created under US_CUDA_ATTN_ACC_BYTES = budget (NULL: default) */
@@ -451,10 +451,15 @@ TEST(cuda_glu_fwd_bwd_bits) {
             }
             /* backward, in place (dg, du alias g, u), from each side's saved state */
             void *gda = g_act(&p, da, n), *cda = c_f32(&p, da, n);
-            p.g->glu_bwd(p.g, act, gg, gu, gda, gg, gu, act == US_GLU_RELU ? gb : NULL, rows, cols);
-            p.c->glu_bwd(p.c, act, cg, cu, cda, cg, cu, act == US_GLU_RELU ? cb : NULL, rows, cols);
+            void *gpa = g_poison(&p, n * 2); /* the product again, as glu_fwd formed it */
+            p.g->glu_bwd(p.g, act, gg, gu, gpa, gda, gg, gu, act == US_GLU_RELU ? gb : NULL, rows, cols);
+            p.c->glu_bwd(p.c, act, cg, cu, NULL, cda, cg, cu, act == US_GLU_RELU ? cb : NULL, rows, cols);
             double edg = err_act(&p, gg, cg, n), edu = err_act(&p, gu, cu, n);
-            CHECK(edg < TOL_EW && edu < TOL_EW, "glu_bwd act=%d cols=%d: dg %g du %g", act, cols, edg, edu);
+            float *hpa = get_act(&p, gpa, n), *hga = get_act(&p, ga, n);
+            int same_prod = memcmp(hpa, hga, n * 4) == 0;
+            free(hpa), free(hga);
+            CHECK(edg < TOL_EW && edu < TOL_EW && same_prod, "glu_bwd act=%d cols=%d: dg %g du %g, product %s", act,
+                  cols, edg, edu, same_prod ? "as glu_fwd" : "differs from glu_fwd's");
             free(g), free(u), free(da);
         }
     gpair_close(&p);

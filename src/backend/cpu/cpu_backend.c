@@ -226,7 +226,7 @@ static void cpu_lora_bwd_dy(us_backend *be, float *du, int lddu, float *dB, cons
 static void cpu_lora_bwd_x(us_backend *be, void *dx, const void *res, float *dA, const float *du, int lddu,
                            const void *x, int ldx, const float *A, int T, int in, int R) {
     (void)be;
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, in, T, 1.0f, du, lddu, x, ldx, 1.0f, dA, in);
+    if (dA) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, in, T, 1.0f, du, lddu, x, ldx, 1.0f, dA, in);
     if (!dx) return;
     cpu_start_from(dx, res, (size_t)T, (size_t)in);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, R, 1.0f, du, lddu, A, in, 1.0f, dx, in);
@@ -417,10 +417,10 @@ static void cpu_glu_fwd(us_backend *be, int act, void *a, void *g, const void *u
     }
 }
 
-static void cpu_glu_bwd(us_backend *be, int act, void *dg, void *du, const void *da, const void *g, const void *u,
-                        const uint32_t *bits, int rows, int cols) {
+static void cpu_glu_bwd(us_backend *be, int act, void *dg, void *du, void *a, const void *da, const void *g,
+                        const void *u, const uint32_t *bits, int rows, int cols) {
     (void)be;
-    float *DG = dg, *DU = du;
+    float *DG = dg, *DU = du, *PA = a;
     const float *DA = da, *G = g, *U = u;
     int W = words_per_row(cols);
     #pragma omp parallel for schedule(static)
@@ -428,16 +428,19 @@ static void cpu_glu_bwd(us_backend *be, int act, void *dg, void *du, const void 
         size_t base = (size_t)r * cols;
         for (int c = 0; c < cols; c++) {
             size_t i = base + c;
-            float x = G[i], up = U[i], d = DA[i], gate_grad, up_grad;
+            float x = G[i], up = U[i], d = DA[i], gate_grad, up_grad, prod;
             if (act == US_GLU_RELU) {
                 uint32_t bit = (bits[(size_t)r * W + (c >> 5)] >> (c & 31)) & 1u; /* the saved 1-bit gate */
                 gate_grad = bit ? d * up : 0.0f;
                 up_grad = d * x; /* x is relu(g), saved in place by the forward */
+                prod = x * up;
             } else {
                 float sg = 1.0f / (1.0f + expf(-x));
                 gate_grad = d * up * sg * (1.0f + x * (1.0f - sg));
                 up_grad = d * x * sg;
+                prod = x / (1.0f + expf(-x)) * up; /* as cpu_glu_fwd */
             }
+            if (PA) PA[i] = prod;
             DG[i] = gate_grad;
             DU[i] = up_grad;
         }

@@ -18,6 +18,10 @@
  *
  * Shared-memory tiles are rows of head_dim bf16 with their 16-byte chunks XOR-swizzled by the row
  * index, so ldmatrix reads of 8 rows hit 8 different bank groups. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_attn_wg.cuh"
 #include "cuda_internal.cuh"
 #include "cuda_ptx.cuh"
 
@@ -569,6 +573,19 @@ size_t attn_acc_bytes(size_t T, int nh, int GH, int hd) {
     return b;
 }
 
+/* The Hopper kernel (cuda_attn_wg.cu) takes every head at once: its accumulators for all heads
+ * may use twice the budget. Packed segments, other head sizes or US_CUDA_ATTN_WG=0 keep the
+ * kernel below. */
+bool attn_wg_fits(cuda_impl *c, size_t T, int H, int KV, int hd) {
+    static int off = -1;
+    if (off < 0) {
+        const char *e = getenv("US_CUDA_ATTN_WG");
+        off = e && !strcmp(e, "0");
+    }
+    return !off && c->sm90 && (hd == 64 || hd == 128) && H % KV == 0 &&
+           attn_acc_bytes(T, H, H / KV, hd) <= 2 * c->attn_budget;
+}
+
 int attn_chunk_heads(size_t budget, size_t T, int H, int KV, int hd) {
     const int GH = H / KV;
     for (int nh = H; nh >= 1; nh--) {
@@ -588,6 +605,21 @@ void launch_bwd(cuda_impl *c, void *dq, void *dk, void *dv, const void *dout, co
     const bool split = GH > 1; /* GQA: a CTA per query head balances the causal work */
     const size_t qs = (size_t)H * HD, ks = (size_t)KV * HD;
     const size_t nqc = (size_t)T * nh * HD, nkc = (size_t)T * nkv * HD;
+    const size_t TH = (size_t)T * H;
+    if (!seg && attn_wg_fits(c, (size_t)T, H, KV, HD)) { /* every head at once through wgmma */
+        float *wq = (float *)us_cuda_scratch(c, SCR_ATTN_DQ, (size_t)T * H * HD * 4);
+        float *wkv = split ? (float *)us_cuda_scratch(c, SCR_ATTN_DKV, 2 * (size_t)T * KV * HD * 4) : NULL;
+        float *wD = (float *)us_cuda_scratch(c, SCR_ATTN_D, TH * 4);
+        if (!wq || !wD || (split && !wkv)) return;
+        k_attn_bwd_pre<<<ceil_div_u(TH, 8), 256, 0, c->st>>>(wD, (const bf16 *)dout, (const bf16 *)o, TH, HD);
+        CK_LAUNCH(c);
+        if (attn_bwd_wgmma(c->st, c->sm_count, (bf16 *)dq, (bf16 *)dk, (bf16 *)dv, wq, wkv, (const bf16 *)dout,
+                           (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, lse, wD, sh->batch, sh->seq, H, KV, HD,
+                           sh->scale)) {
+            CK_LAUNCH(c);
+            return;
+        }
+    }
     float *dq_acc = (float *)us_cuda_scratch(c, SCR_ATTN_DQ, nqc * 4);
     float *D = (float *)us_cuda_scratch(c, SCR_ATTN_D, (size_t)T * H * 4);
     int nqb = (sh->seq + BQ - 1) / BQ;
@@ -595,7 +627,6 @@ void launch_bwd(cuda_impl *c, void *dq, void *dk, void *dv, const void *dout, co
     if (seg) segmin = (int *)us_cuda_scratch(c, SCR_ATTN_SEG, (size_t)nqb * sh->batch * 4);
     float *dkv = split ? (float *)us_cuda_scratch(c, SCR_ATTN_DKV, 2 * nkc * 4) : NULL;
     if (!dq_acc || !D || (seg && !segmin) || (split && !dkv)) return;
-    size_t TH = (size_t)T * H;
     k_attn_bwd_pre<<<ceil_div_u(TH, 8), 256, 0, c->st>>>(D, (const bf16 *)dout, (const bf16 *)o, TH, HD);
     CK_LAUNCH(c);
     if (seg) {
@@ -651,6 +682,7 @@ size_t us_cuda_attn_scratch_bytes(cuda_impl *c, int T, const us_attn_shape *sh) 
     const int seq = sh->seq > 0 ? sh->seq : T / batch;
     const int nh = attn_chunk_heads(c->attn_budget, (size_t)T, H, KV, hd), GH = H / KV;
     size_t b = attn_acc_bytes((size_t)T, nh, GH, hd);               /* dQ (and dK, dV) accumulators */
+    if (attn_wg_fits(c, (size_t)T, H, KV, hd)) b = US_MAX(b, attn_acc_bytes((size_t)T, H, GH, hd)); /* every head */
     b += (size_t)T * H * 4;                                           /* D = rowsum(dO * O) */
     b += (size_t)((seq + BQ - 1) / BQ) * batch * 4;                   /* per-block segment minimum */
     return b;

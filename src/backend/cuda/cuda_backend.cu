@@ -829,7 +829,7 @@ static void cu_lora_bwd_x(us_backend *be, void *dx, const void *res, float *dA, 
     bf16 *dub = lora_bf16_rows(c, SCR_LORA_U, du, lddu, T, R);
     if (!dub) return;
     /* dA^T (in x R) += x^T (in x T) du (T x R) */
-    gemm(c, false, true, in, R, T, 1.0f, x, BF, ldx, dub, BF, R, 1.0f, dA, F32, in);
+    if (dA) gemm(c, false, true, in, R, T, 1.0f, x, BF, ldx, dub, BF, R, 1.0f, dA, F32, in);
     if (!dx) return;
     bf16 *Ab = (bf16 *)us_cuda_scratch(c, SCR_LORA_A, (size_t)R * in * 2);
     if (!Ab) return;
@@ -961,7 +961,12 @@ __device__ __forceinline__ void glu_grad(int act, float d, float gv, float uv, b
     }
 }
 
-__global__ void k_glu_bwd_vec(int act, bf16 *dg, bf16 *du, const bf16 *da, const bf16 *g, const bf16 *u,
+/* the product as glu_fwd forms it (g is relu(g) already for ReLU) */
+__device__ __forceinline__ float glu_prod(int act, float gv, float uv) {
+    return act == US_GLU_RELU ? gv * uv : gv * sigmoidf_(gv) * uv;
+}
+
+__global__ void k_glu_bwd_vec(int act, bf16 *dg, bf16 *du, bf16 *pa, const bf16 *da, const bf16 *g, const bf16 *u,
                               const uint32_t *bits, int rows, int cols) {
     int W = (cols + 31) / 32, upr = cols / 8;
     GRID_STRIDE(id, (size_t)rows * upr) {
@@ -984,12 +989,17 @@ __global__ void k_glu_bwd_vec(int act, bf16 *dg, bf16 *du, const bf16 *da, const
         }
 #pragma unroll
         for (int j = 0; j < 8; j++) glu_grad(act, df[j], gf[j], uf[j], (byte >> j) & 1u, og[j], ou[j]);
+        if (pa) {
+#pragma unroll
+            for (int j = 0; j < 8; j++) df[j] = glu_prod(act, gf[j], uf[j]);
+            store8(pa + off, df);
+        }
         store8(dg + off, og);
         store8(du + off, ou);
     }
 }
 
-__global__ void k_glu_bwd(int act, bf16 *dg, bf16 *du, const bf16 *da, const bf16 *g, const bf16 *u,
+__global__ void k_glu_bwd(int act, bf16 *dg, bf16 *du, bf16 *pa, const bf16 *da, const bf16 *g, const bf16 *u,
                           const uint32_t *bits, int rows, int cols) {
     int W = (cols + 31) / 32;
     GRID_STRIDE(id, (size_t)rows * cols) {
@@ -998,6 +1008,7 @@ __global__ void k_glu_bwd(int act, bf16 *dg, bf16 *du, const bf16 *da, const bf1
         float gv = __bfloat162float(g[id]), uv = __bfloat162float(u[id]), d = __bfloat162float(da[id]), og, ou;
         bool bit = bits ? ((bits[row * W + col / 32] >> (col & 31)) & 1u) : gv > 0.0f;
         glu_grad(act, d, gv, uv, bit, og, ou);
+        if (pa) pa[id] = __float2bfloat16_rn(glu_prod(act, gv, uv));
         dg[id] = __float2bfloat16_rn(og);
         du[id] = __float2bfloat16_rn(ou);
     }
@@ -1020,18 +1031,19 @@ static void cu_glu_fwd(us_backend *be, int act, void *a, void *g, const void *u,
     CK_LAUNCH(c);
 }
 
-static void cu_glu_bwd(us_backend *be, int act, void *dg, void *du, const void *da, const void *g, const void *u,
-                       const uint32_t *bits, int rows, int cols) {
+static void cu_glu_bwd(us_backend *be, int act, void *dg, void *du, void *a, const void *da, const void *g,
+                       const void *u, const uint32_t *bits, int rows, int cols) {
     cuda_impl *c = CI(be);
     PROF(c, P_GLU_B);
     if (rows <= 0 || cols <= 0) return;
-    bool vec = cols % 8 == 0 && aligned16(g) && aligned16(u) && aligned16(da) && aligned16(dg) && aligned16(du);
+    bool vec = cols % 8 == 0 && aligned16(g) && aligned16(u) && aligned16(da) && aligned16(dg) && aligned16(du) &&
+               (!a || aligned16(a));
     if (vec)
         k_glu_bwd_vec<<<grid_for(c, (size_t)rows * cols / 8, 256), 256, 0, c->st>>>(
-            act, (bf16 *)dg, (bf16 *)du, (const bf16 *)da, (const bf16 *)g, (const bf16 *)u, bits, rows, cols);
+            act, (bf16 *)dg, (bf16 *)du, (bf16 *)a, (const bf16 *)da, (const bf16 *)g, (const bf16 *)u, bits, rows, cols);
     else
         k_glu_bwd<<<grid_for(c, (size_t)rows * cols, 256), 256, 0, c->st>>>(
-            act, (bf16 *)dg, (bf16 *)du, (const bf16 *)da, (const bf16 *)g, (const bf16 *)u, bits, rows, cols);
+            act, (bf16 *)dg, (bf16 *)du, (bf16 *)a, (const bf16 *)da, (const bf16 *)g, (const bf16 *)u, bits, rows, cols);
     CK_LAUNCH(c);
 }
 
@@ -1312,6 +1324,7 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
     prof_init(c);
     c->pin_bytes = PIN_BYTES;
     c->sm_count = prop.multiProcessorCount;
+    c->sm90 = prop.major == 9 && prop.minor == 0;
     c->ws_bytes = WS_BYTES;
     c->attn_budget = (size_t)64 << 20;
     {

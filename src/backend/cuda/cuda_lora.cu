@@ -458,7 +458,7 @@ struct lora_at {
     }
     static void bwd_x(cuda_impl *c, void *dx, const void *res, float *dA, const float *du, int lddu, const void *x,
                       int ldx, const float *A, int T, int in) {
-        colred<R>(c, dA, 1, in, x, ldx, T, in, du, lddu, 1.0f); /* dA(i, j) += sum_t x[t, i] du[t, j] */
+        if (dA) colred<R>(c, dA, 1, in, x, ldx, T, in, du, lddu, 1.0f); /* dA(i, j) += sum_t x[t, i] du[t, j] */
         if (dx) expand<R>(c, dx, res, T, in, du, lddu, A, 1, in, 1.0f); /* dx = res + du A   (W(i, j) = A[j, i]) */
     }
 };

@@ -1,0 +1,535 @@
+/* cuda_attn_wg.cu — causal flash-attention backward for Hopper (sm_90a) on warpgroup MMA
+ * (wgmma.mma_async, bf16 operands, fp32 accumulation), with GQA.
+ *
+ * Grid: one CTA per (batch row x query head = "unit", key block of BN = 128 keys), 1-D: the units
+ * go in chunks whose dq_acc rows and Q / dO fit in about 24 MiB of L2 (at least two CTAs per SM),
+ * all key blocks of a chunk before the next chunk, block 0 (the longest walk) first inside it, so
+ * the dQ reductions and the Q / dO re-reads hit L2 rather than HBM (measured: 14.9 -> 14.4 ms at
+ * s16384 hd128, 0.85 -> 0.74 ms at b4 s2048 hd64). A CTA is two warpgroups (256 threads, one CTA
+ * per SM: ~250 / ~190 registers for hd 128 / 64); warpgroup w owns keys
+ * [64w, 64w + 64) of the block and keeps their dK and dV (64 x hd each, fp32) in registers for the
+ * whole walk over the query blocks of BQ = 64 rows that can see them. Per query block:
+ *
+ *   S^T  = K_w Q^T     wgmma m64n64k16, A = K (smem, K-major), B = Q (smem, K-major)
+ *   dP^T = V_w dO^T    same shape with V and dO (a second commit group: the exponentials of
+ *                      S^T run while it is in flight)
+ *   P^T  = exp2(S^T * scale*log2e - lse*log2e), causally masked; dS^T = scale * P^T (dP^T - D)
+ *   dV  += P^T dO      wgmma m64n{hd}k16, A = P^T from registers (the accumulator layout is the
+ *   dK  += dS^T Q      A-fragment layout), B = dO / Q (smem, MN-major: the transpose bit)
+ *   dS^T -> smem       [key][query], 4-byte stores, then fence.proxy.async and a CTA barrier
+ *   dQ   = dS K        wgmma m64n{hd/2}k16, both operands MN-major in smem; warpgroup w takes
+ *                      head-dim columns [w hd/2, (w+1) hd/2) over all 128 keys; the result is
+ *                      added to the f32 accumulator dq_acc, for hd 64 by red.global.add.v4.f32
+ *                      from registers (lane pairs swap halves so each lane holds 4 consecutive
+ *                      columns of one row), for hd 128 by staging each warp's 16 rows in shared
+ *                      memory and a cp.reduce.async.bulk .add.f32 per row (the bulk-copy engine
+ *                      does the adds; 4% faster there, 5% slower at hd 64)
+ *
+ * Q, dO, lse and D of the next query block are fetched by cp.async into the other of two stages
+ * while the current one is computed; one CTA barrier per query block publishes them (each thread
+ * waits for its own copies and fences them into the async proxy first) and a second one publishes
+ * dS. At the end dK / dV are stored as bf16 directly (KV == H) or, under GQA, summed over the
+ * group by v4 f32 atomics into dkv_acc. dq_acc (and dkv_acc) are zeroed before and cast to bf16
+ * after the kernel.
+ *
+ * Shared-memory tiles use the canonical 128-byte-swizzle layout of wgmma: a tile of R rows x C
+ * bf16 columns is stored as C/64 column blocks of R rows of 128 bytes, each block 1024-byte
+ * aligned, the 16-byte chunk c of row r at chunk position c ^ (r & 7). Read K-major (rows = M/N,
+ * 128-byte rows along K) a k-step of 16 moves the start address 32 bytes inside the row; read
+ * MN-major (rows = K) the leading byte offset is the column-block stride and the stride byte
+ * offset the 1024 bytes between groups of 8 rows.
+ *
+ * The dQ reduction is the limiter: without it (timing experiment) the kernel runs at ~595 TFLOP/s
+ * at s16384 hd128 against ~395 with it. Other variants measured and dropped: BQ = 128 for hd 64
+ * (no gain), one warpgroup per CTA with BN = 64 and two CTAs per SM (twice the dQ reductions:
+ * 1.6x to 2.6x slower), deferring the dQ adds behind the next block's S (ptxas inserts waits).
+ *
+ * wgmma and the swizzle need sm_90a; the plain compute_90 PTX pass compiles the kernel as a trap
+ * (the host entry returns false on devices other than 9.0). */
+#include "cuda_attn_wg.cuh"
+#include "cuda_ptx.cuh"
+
+#include <stdint.h>
+
+namespace {
+
+typedef __nv_bfloat16 wbf16;
+
+constexpr float WG_LOG2E = 1.4426950408889634f;
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define WG_SM90A 1
+#endif
+
+/* Byte offset of element (r, c) in a 128B-swizzled tile of ROWS rows (c: the bf16 column). */
+template <int ROWS>
+__device__ __forceinline__ uint32_t sw128(int r, int c) {
+    return (uint32_t)((c >> 6) * ROWS * 128 + r * 128 + ((((c >> 3) & 7) ^ (r & 7)) << 4) + (c & 7) * 2);
+}
+
+#ifdef WG_SM90A /* (the compute_90 pass compiles the kernel as a trap: no helpers) */
+__device__ __forceinline__ float wg_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+/* wgmma shared-memory descriptor, 128-byte swizzle. */
+__device__ __forceinline__ uint64_t wg_desc(uint32_t saddr, uint32_t lbo, uint32_t sbo) {
+    return (uint64_t)((saddr & 0x3FFFF) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32) |
+           (1ull << 62);
+}
+#endif
+
+#ifdef WG_SM90A
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+/* pins registers that an in-flight wgmma reads or writes at this point of the program */
+template <int N>
+__device__ __forceinline__ void reg_pin(float (&r)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void reg_pin(uint32_t (&r)[N][4]) {
+#pragma unroll
+    for (int i = 0; i < N; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) asm volatile("" : "+r"(r[i][e])::"memory");
+}
+
+/* wgmma wrappers: d (m64nN f32 accumulators) (+)= A B. ss: A and B by descriptor, TA / TB the
+ * transpose (MN-major) bits; rs: A from four registers. acc = 0 overwrites d. */
+template <int TA, int TB>
+__device__ __forceinline__ void wg_ss_n32(float (&d)[16], uint64_t da, uint64_t db, int acc) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, %16, %17, p, 1, 1, %19, %20;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                 : "l"(da), "l"(db), "r"(acc), "n"(TA), "n"(TB));
+}
+template <int TB>
+__device__ __forceinline__ void wg_rs_n32(float (&d)[16], const uint32_t (&a)[4], uint64_t db, int acc) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, %20, p, 1, 1, %22;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc), "n"(TB));
+}
+template <int TA, int TB>
+__device__ __forceinline__ void wg_ss_n64(float (&d)[32], uint64_t da, uint64_t db, int acc) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, %35, %36;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(da), "l"(db), "r"(acc), "n"(TA), "n"(TB));
+}
+template <int TB>
+__device__ __forceinline__ void wg_rs_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t db, int acc) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, %38;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc), "n"(TB));
+}
+template <int TA, int TB>
+__device__ __forceinline__ void wg_ss_n128(float (&d)[64], uint64_t da, uint64_t db, int acc) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1, %67, %68;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                 : "l"(da), "l"(db), "r"(acc), "n"(TA), "n"(TB));
+}
+template <int TB>
+__device__ __forceinline__ void wg_rs_n128(float (&d)[64], const uint32_t (&a)[4], uint64_t db, int acc) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p, 1, 1, %70;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc), "n"(TB));
+}
+
+template <int N, int TA, int TB>
+__device__ __forceinline__ void wg_ss(float (&d)[N / 2], uint64_t da, uint64_t db, int acc) {
+    if constexpr (N == 32) wg_ss_n32<TA, TB>(d, da, db, acc);
+    else if constexpr (N == 64) wg_ss_n64<TA, TB>(d, da, db, acc);
+    else wg_ss_n128<TA, TB>(d, da, db, acc);
+}
+template <int N, int TB>
+__device__ __forceinline__ void wg_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t db, int acc) {
+    if constexpr (N == 32) wg_rs_n32<TB>(d, a, db, acc);
+    else if constexpr (N == 64) wg_rs_n64<TB>(d, a, db, acc);
+    else wg_rs_n128<TB>(d, a, db, acc);
+}
+#endif /* WG_SM90A */
+
+template <int HD, int WG_BQ, int WG_BN, int DQM = 1>
+struct WgSmem { /* byte offsets from a 1024-aligned base */
+    /* DQM 2: dQ staging rows of hd/2 floats + 32 bytes (bank spread), per warpgroup 64 rows */
+    static constexpr int DQ_RS = HD / 2 * 4 + 32;
+    static constexpr int K = 0, V = K + WG_BN * HD * 2, Q = V + WG_BN * HD * 2, DO = Q + 2 * WG_BQ * HD * 2,
+                         DS = DO + 2 * WG_BQ * HD * 2, L = DS + WG_BN * WG_BQ * 2, D = L + 2 * WG_BQ * 4,
+                         DQ = D + 2 * WG_BQ * 4, END = DQ + (DQM == 2 ? 2 * 64 * DQ_RS : 0);
+    static constexpr size_t bytes = (size_t)END + 1024; /* + alignment slack */
+};
+
+/* ROWS x HD bf16 from global rows (stride in elements) into a swizzled tile by cp.async; rows
+ * past `valid` are zero-filled. */
+template <int ROWS, int HD, int WG_NT>
+__device__ __forceinline__ void wg_load(uint32_t s, const wbf16 *g, size_t stride, int valid, int tid) {
+    constexpr int CH = HD / 8, TOT = ROWS * CH;
+    static_assert(TOT % WG_NT == 0, "tile");
+#pragma unroll
+    for (int i = 0; i < TOT / WG_NT; i++) {
+        const int c = tid + i * WG_NT, r = c / CH, cc = (c % CH) * 8;
+        const bool ok = r < valid;
+        cp_async16(s + sw128<ROWS>(r, cc), ok ? (const void *)(g + (size_t)r * stride + cc) : (const void *)g, ok);
+    }
+}
+
+/* DQM: how dQ tiles reach dq_acc: 1 red.global.add.v4.f32 from registers; 2 staged in shared
+ * memory and added by the bulk-copy engine (cp.reduce.async.bulk .add.f32, a row per lane);
+ * 0 not at all (timing experiments only) */
+template <int HD, int WG_BQ, int WG_BN, int DQM>
+__global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
+    k_attn_bwd_wg(float *dq_acc, wbf16 *dk, wbf16 *dv, float *dkv_acc, const wbf16 *dout, const wbf16 *q,
+                  const wbf16 *k, const wbf16 *v, const float *lse, const float *Dg, int seq, int H, int KVH,
+                  float scale, float scale_log2, int units, int nkb, int chunk) {
+#ifdef WG_SM90A
+    using L = WgSmem<HD, WG_BQ, WG_BN, DQM>;
+    static_assert(DQM != 2 || (WG_BN == 128 && WG_BQ == 64), "bulk dQ: two warpgroups, BQ = 64");
+    constexpr int WG_NT = WG_BN * 2;
+    static_assert(WG_BN == 128 || WG_BQ == 64, "one warpgroup: BQ = 64");
+    constexpr bool SPLITC = WG_BN == 128 && WG_BQ == 64; /* dQ: warpgroups split the head dim */
+    constexpr int HN = HD / 2; /* dK / dV accumulator registers */
+    /* dQ of a query block: two warpgroups and BQ = 64: warpgroup w takes head-dim columns
+     * [w hd/2, (w+1) hd/2) of the 64 rows; BQ = 128: rows [64w, 64w + 64), all columns; one
+     * warpgroup (BN = 64): everything */
+    constexpr int DQN = SPLITC ? HD / 2 : HD;
+    extern __shared__ unsigned char wg_smraw[];
+    const uint32_t sraw = smem_u32(wg_smraw), sb = (sraw + 1023u) & ~1023u;
+    unsigned char *sp = wg_smraw + (sb - sraw);
+    const float *sL = reinterpret_cast<const float *>(sp + L::L), *sD = reinterpret_cast<const float *>(sp + L::D);
+
+    /* blockIdx.x -> (unit = batch row * H + head, key block): units go in chunks of `chunk`, all
+     * key blocks of a chunk before the next chunk (its dq_acc rows and Q / dO stay in L2), inside
+     * a chunk the first key blocks (the longest walks) first */
+    int unit, kblk;
+    {
+        const int per = chunk * nkb, c = blockIdx.x / per, r = blockIdx.x % per;
+        const int cc = min(chunk, units - c * chunk);
+        kblk = r / cc;
+        unit = c * chunk + r % cc;
+    }
+    const int h = unit % H, b = unit / H, kvh = h / (H / KVH);
+    const int k0 = kblk * WG_BN;
+    const int tid = threadIdx.x, wg = tid >> 7, wi = (tid >> 5) & 3, lane = tid & 31;
+    const size_t qs = (size_t)H * HD, ks = (size_t)KVH * HD;
+    const int nqb = (seq + WG_BQ - 1) / WG_BQ, qb0 = k0 / WG_BQ;
+
+    auto issue = [&](int qb, int stage) {
+        const int q0 = qb * WG_BQ;
+        const size_t off = ((size_t)b * seq + q0) * qs + (size_t)h * HD;
+        wg_load<WG_BQ, HD, WG_NT>(sb + L::Q + stage * WG_BQ * HD * 2, q + off, qs, seq - q0, tid);
+        wg_load<WG_BQ, HD, WG_NT>(sb + L::DO + stage * WG_BQ * HD * 2, dout + off, qs, seq - q0, tid);
+        if (tid < 2 * WG_BQ) {
+            const int i = tid & (WG_BQ - 1);
+            const bool ok = q0 + i < seq;
+            const size_t t = (size_t)b * seq + (ok ? q0 + i : 0);
+            const float *src = (tid < WG_BQ ? lse : Dg) + t * H + h;
+            cp_async4(sb + (tid < WG_BQ ? L::L : L::D) + (stage * WG_BQ + i) * 4, src, ok);
+        }
+        cp_async_commit();
+    };
+
+    {
+        const size_t off = ((size_t)b * seq + k0) * ks + (size_t)kvh * HD;
+        wg_load<WG_BN, HD, WG_NT>(sb + L::K, k + off, ks, seq - k0, tid);
+        wg_load<WG_BN, HD, WG_NT>(sb + L::V, v + off, ks, seq - k0, tid);
+    }
+    issue(qb0, 0); /* one group with K and V */
+
+    float dka[HN], dva[HN];
+#pragma unroll
+    for (int i = 0; i < HN; i++) dka[i] = dva[i] = 0.0f;
+
+    const int krow = wg * 64 + wi * 16 + (lane >> 2); /* this thread's key rows: krow, krow + 8 */
+    const int kr0 = k0 + krow, kr1 = kr0 + 8;
+    const int wk_last = k0 + wg * 64 + 63; /* last key of this warpgroup */
+    /* dQ: this warpgroup's head-dim columns inside K (MN-major B) */
+    const uint32_t kq_off = SPLITC ? ((wg * HN) >> 6) * WG_BN * 128 + ((wg * HN) & 63) * 2 : 0;
+    const uint32_t dsq_off = WG_BQ == 128 ? wg * WG_BN * 128 : 0; /* the warpgroup's queries in dS^T */
+    const int dq_col = SPLITC ? wg * HN : 0, dq_row = WG_BQ == 128 ? wg * 64 : 0;
+
+    /* adds a finished dQ tile (this thread's part) to dq_acc */
+    auto flush = [&](float (&dqa)[DQN / 2], int q0) {
+        const int qa_ = q0 + dq_row + wi * 16 + (lane >> 2), qb_ = qa_ + 8;
+        const bool odd = lane & 1;
+        const int row = odd ? qb_ : qa_;
+        float *dqg = dq_acc + (size_t)b * seq * qs + (size_t)h * HD + dq_col + (lane & 3) * 2 - (odd ? 2 : 0);
+#pragma unroll
+        for (int j = 0; j < DQN / 8; j++) {
+            const float a0 = dqa[4 * j], a1 = dqa[4 * j + 1], b0 = dqa[4 * j + 2], b1 = dqa[4 * j + 3];
+            const float r0 = __shfl_xor_sync(0xffffffffu, odd ? a0 : b0, 1);
+            const float r1 = __shfl_xor_sync(0xffffffffu, odd ? a1 : b1, 1);
+            const float4 val = odd ? make_float4(r0, r1, b0, b1) : make_float4(a0, a1, r0, r1);
+            if (row < seq) atomicAdd(reinterpret_cast<float4 *>(dqg + (size_t)row * qs + j * 8), val);
+        }
+    };
+
+    for (int qb = qb0; qb < nqb; qb++) {
+        const int stage = (qb - qb0) & 1, q0 = qb * WG_BQ;
+        cp_async_wait_all();
+        fence_async_smem();
+        __syncthreads(); /* stage landed; the previous block's dS and stage are no longer read */
+        if (qb + 1 < nqb) issue(qb + 1, stage ^ 1);
+        const uint32_t sQ = sb + L::Q + stage * WG_BQ * HD * 2, sdO = sb + L::DO + stage * WG_BQ * HD * 2;
+
+        float sacc[WG_BQ / 2], pacc[WG_BQ / 2];
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+            const uint32_t ka = sb + L::K + (kk >> 2) * WG_BN * 128 + wg * 64 * 128 + (kk & 3) * 32;
+            const uint32_t qa = sQ + (kk >> 2) * WG_BQ * 128 + (kk & 3) * 32;
+            wg_ss<WG_BQ, 0, 0>(sacc, wg_desc(ka, 16, 1024), wg_desc(qa, 16, 1024), kk);
+        }
+        wg_commit();
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+            const uint32_t va = sb + L::V + (kk >> 2) * WG_BN * 128 + wg * 64 * 128 + (kk & 3) * 32;
+            const uint32_t oa = sdO + (kk >> 2) * WG_BQ * 128 + (kk & 3) * 32;
+            wg_ss<WG_BQ, 0, 0>(pacc, wg_desc(va, 16, 1024), wg_desc(oa, 16, 1024), kk);
+        }
+        wg_commit();
+        wg_wait<1>();
+        reg_pin(sacc);
+
+        const float *cL = sL + stage * WG_BQ, *cD = sD + stage * WG_BQ;
+        const bool need_mask = wk_last > q0 || q0 + WG_BQ > seq;
+#pragma unroll
+        for (int j = 0; j < WG_BQ / 8; j++) {
+            const int qc = j * 8 + (lane & 3) * 2;
+            const float2 Ln = *reinterpret_cast<const float2 *>(cL + qc);
+            const float l0 = Ln.x * WG_LOG2E, l1 = Ln.y * WG_LOG2E;
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float p = wg_exp2(fmaf(sacc[4 * j + e], scale_log2, -((e & 1) ? l1 : l0)));
+                if (need_mask) {
+                    const int qi = q0 + qc + (e & 1), kr = e < 2 ? kr0 : kr1;
+                    if (kr > qi || qi >= seq) p = 0.0f;
+                }
+                sacc[4 * j + e] = p;
+            }
+        }
+        uint32_t pa[WG_BQ / 16][4], sa[WG_BQ / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < WG_BQ / 16; kk++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) pa[kk][e] = pack_bf16(sacc[8 * kk + 2 * e], sacc[8 * kk + 2 * e + 1]);
+        wg_wait<0>();
+        reg_pin(pacc);
+#pragma unroll
+        for (int j = 0; j < WG_BQ / 8; j++) {
+            const int qc = j * 8 + (lane & 3) * 2;
+            const float2 D2 = *reinterpret_cast<const float2 *>(cD + qc);
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                pacc[4 * j + e] = scale * sacc[4 * j + e] * (pacc[4 * j + e] - ((e & 1) ? D2.y : D2.x));
+        }
+#pragma unroll
+        for (int kk = 0; kk < WG_BQ / 16; kk++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) sa[kk][e] = pack_bf16(pacc[8 * kk + 2 * e], pacc[8 * kk + 2 * e + 1]);
+
+        /* dS^T to shared memory: chunk j of rows krow / krow + 8 is sa[j/2][2(j&1)] / [2(j&1)+1] */
+#pragma unroll
+        for (int j = 0; j < WG_BQ / 8; j++) {
+            const int qc = j * 8 + (lane & 3) * 2;
+            *reinterpret_cast<uint32_t *>(sp + L::DS + sw128<WG_BN>(krow, qc)) = sa[j >> 1][2 * (j & 1)];
+            *reinterpret_cast<uint32_t *>(sp + L::DS + sw128<WG_BN>(krow + 8, qc)) = sa[j >> 1][2 * (j & 1) + 1];
+        }
+        fence_async_smem();
+
+        /* dV += P^T dO, dK += dS^T Q (B MN-major: rows are the queries) */
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < WG_BQ / 16; kk++)
+            wg_rs<HD, 1>(dva, pa[kk], wg_desc(sdO + kk * 2048, WG_BQ * 128, 1024), 1);
+#pragma unroll
+        for (int kk = 0; kk < WG_BQ / 16; kk++)
+            wg_rs<HD, 1>(dka, sa[kk], wg_desc(sQ + kk * 2048, WG_BQ * 128, 1024), 1);
+        wg_commit();
+        __syncthreads(); /* dS^T of both warpgroups in shared memory */
+
+        /* dQ (64 queries x HN columns) = dS K: A = dS^T tile read MN-major, B = K read MN-major */
+        float dqa[DQN / 2];
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < WG_BN / 16; kk++) {
+            const uint64_t da = wg_desc(sb + L::DS + dsq_off + kk * 2048, WG_BN * 128, 1024);
+            const uint64_t db = wg_desc(sb + L::K + kq_off + kk * 2048, WG_BN * 128, 1024);
+            wg_ss<DQN, 1, 1>(dqa, da, db, kk);
+        }
+        wg_commit();
+        wg_wait<0>();
+        reg_pin(dqa);
+        reg_pin(dka);
+        reg_pin(dva);
+        reg_pin(pa);
+        reg_pin(sa);
+
+        if constexpr (DQM == 1) {
+            flush(dqa, q0);
+        } else if constexpr (DQM == 2) {
+            /* this warp's 16 rows x hd/2 columns: stage, then a bulk reduce-add per row */
+            const uint32_t srow = sb + L::DQ + (wg * 64 + wi * 16) * L::DQ_RS;
+            if (lane < 16) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+            __syncwarp();
+#pragma unroll
+            for (int j = 0; j < HN / 8; j++) {
+                const int r = lane >> 2, c = j * 8 + (lane & 3) * 2;
+                *reinterpret_cast<float2 *>(sp + (srow - sb) + r * L::DQ_RS + c * 4) = make_float2(dqa[4 * j], dqa[4 * j + 1]);
+                *reinterpret_cast<float2 *>(sp + (srow - sb) + (r + 8) * L::DQ_RS + c * 4) =
+                    make_float2(dqa[4 * j + 2], dqa[4 * j + 3]);
+            }
+            fence_async_smem();
+            __syncwarp();
+            if (lane < 16) {
+                const int qr = q0 + wi * 16 + lane;
+                if (qr < seq) {
+                    const float *g = dq_acc + ((size_t)b * seq + qr) * qs + (size_t)h * HD + wg * HN;
+                    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(g),
+                                 "r"(srow + lane * L::DQ_RS), "n"(HN * 4)
+                                 : "memory");
+                }
+                asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+            }
+        }
+    }
+    if constexpr (DQM == 2) {
+        if (lane < 16) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+    }
+
+    if (dkv_acc) { /* GQA: sum over the group's query heads */
+        const bool odd = lane & 1;
+        const int row = odd ? kr1 : kr0;
+        const size_t half = (size_t)(units / H) * seq * ks;
+        float *dkg = dkv_acc + (size_t)b * seq * ks + (size_t)kvh * HD + (lane & 3) * 2 - (odd ? 2 : 0);
+#pragma unroll
+        for (int j = 0; j < HN / 4; j++) {
+            float a0 = dka[4 * j], a1 = dka[4 * j + 1], b0 = dka[4 * j + 2], b1 = dka[4 * j + 3];
+            float r0 = __shfl_xor_sync(0xffffffffu, odd ? a0 : b0, 1);
+            float r1 = __shfl_xor_sync(0xffffffffu, odd ? a1 : b1, 1);
+            const float4 kv4 = odd ? make_float4(r0, r1, b0, b1) : make_float4(a0, a1, r0, r1);
+            a0 = dva[4 * j], a1 = dva[4 * j + 1], b0 = dva[4 * j + 2], b1 = dva[4 * j + 3];
+            r0 = __shfl_xor_sync(0xffffffffu, odd ? a0 : b0, 1);
+            r1 = __shfl_xor_sync(0xffffffffu, odd ? a1 : b1, 1);
+            const float4 vv4 = odd ? make_float4(r0, r1, b0, b1) : make_float4(a0, a1, r0, r1);
+            if (row < seq) {
+                atomicAdd(reinterpret_cast<float4 *>(dkg + (size_t)row * ks + j * 8), kv4);
+                atomicAdd(reinterpret_cast<float4 *>(dkg + half + (size_t)row * ks + j * 8), vv4);
+            }
+        }
+        return;
+    }
+    wbf16 *dkg = dk + (size_t)b * seq * ks + (size_t)kvh * HD, *dvg = dv + (size_t)b * seq * ks + (size_t)kvh * HD;
+#pragma unroll
+    for (int j = 0; j < HN / 4; j++) {
+        const int col = j * 8 + (lane & 3) * 2;
+        if (kr0 < seq) {
+            *reinterpret_cast<uint32_t *>(dkg + (size_t)kr0 * ks + col) = pack_bf16(dka[4 * j], dka[4 * j + 1]);
+            *reinterpret_cast<uint32_t *>(dvg + (size_t)kr0 * ks + col) = pack_bf16(dva[4 * j], dva[4 * j + 1]);
+        }
+        if (kr1 < seq) {
+            *reinterpret_cast<uint32_t *>(dkg + (size_t)kr1 * ks + col) = pack_bf16(dka[4 * j + 2], dka[4 * j + 3]);
+            *reinterpret_cast<uint32_t *>(dvg + (size_t)kr1 * ks + col) = pack_bf16(dva[4 * j + 2], dva[4 * j + 3]);
+        }
+    }
+#else
+    __trap(); /* needs sm_90a */
+#endif
+}
+
+/* f32 -> bf16, n a multiple of 4, both contiguous */
+__global__ void k_wg_f32_to_bf16(wbf16 *d, const float *s, size_t n4) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
+        const float4 x = reinterpret_cast<const float4 *>(s)[i];
+        const uint2 u = make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
+        reinterpret_cast<uint2 *>(d)[i] = u;
+    }
+}
+
+void wg_cast(cudaStream_t st, int sm_count, wbf16 *d, const float *s, size_t n) {
+    const size_t n4 = n / 4;
+    size_t g = (n4 + 255) / 256, cap = (size_t)(sm_count > 0 ? sm_count : 132) * 16;
+    if (g > cap) g = cap;
+    k_wg_f32_to_bf16<<<(unsigned)(g ? g : 1), 256, 0, st>>>(d, s, n4);
+}
+
+int wg_chunk_override = 0; /* tests: units per chunk (0: by the L2 budget) */
+
+template <int HD, int BQ, int BN, int DQM = 1>
+bool wg_launch(cudaStream_t st, int sm_count, wbf16 *dq, wbf16 *dk, wbf16 *dv, float *dq_acc, float *dkv_acc,
+               const wbf16 *dout, const wbf16 *q, const wbf16 *k, const wbf16 *v, const float *lse, const float *D,
+               int batch, int seq, int H, int KV, float scale) {
+    static int attr = 0; /* per instance: 1 set, -1 failed; one device per process */
+    if (attr == 0)
+        attr = cudaFuncSetAttribute(k_attn_bwd_wg<HD, BQ, BN, DQM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)WgSmem<HD, BQ, BN, DQM>::bytes) == cudaSuccess ? 1 : -1;
+    if (attr < 0) {
+        (void)cudaGetLastError();
+        return false;
+    }
+    const size_t T = (size_t)batch * seq, nq = T * H * HD, nk = T * KV * HD;
+    const bool split = H != KV;
+    cudaMemsetAsync(dq_acc, 0, nq * 4, st);
+    if (split) cudaMemsetAsync(dkv_acc, 0, 2 * nk * 4, st);
+    const int units = batch * H, nkb = (seq + BN - 1) / BN;
+    /* chunk: units whose dq_acc (f32) and Q, dO (bf16) take about 24 MiB of L2, at least two
+     * CTAs per SM */
+    const size_t unit_bytes = (size_t)seq * HD * 8;
+    const int sms = sm_count > 0 ? sm_count : 132;
+    int chunk = (int)((24u << 20) / unit_bytes);
+    chunk = chunk > (2 * sms + nkb - 1) / nkb ? chunk : (2 * sms + nkb - 1) / nkb;
+    if (wg_chunk_override) chunk = wg_chunk_override;
+    chunk = chunk < 1 ? 1 : chunk > units ? units : chunk;
+    k_attn_bwd_wg<HD, BQ, BN, DQM><<<(unsigned)units * nkb, BN * 2, WgSmem<HD, BQ, BN, DQM>::bytes, st>>>(
+        dq_acc, dk, dv, split ? dkv_acc : nullptr, dout, q, k, v, lse, D, seq, H, KV, scale, scale * WG_LOG2E, units,
+        nkb, chunk);
+    wg_cast(st, sm_count, dq, dq_acc, nq);
+    if (split) {
+        wg_cast(st, sm_count, dk, dkv_acc, nk);
+        wg_cast(st, sm_count, dv, dkv_acc + nk, nk);
+    }
+    return true;
+}
+
+} /* namespace */
+
+#ifndef WG_HD64_CFG
+#define WG_HD64_CFG 64, 64, 128, 1
+#endif
+#ifndef WG_HD128_CFG
+#define WG_HD128_CFG 128, 64, 128, 2
+#endif
+
+bool attn_bwd_wgmma(cudaStream_t st, int sm_count, __nv_bfloat16 *dq, __nv_bfloat16 *dk, __nv_bfloat16 *dv,
+                    float *dq_acc, float *dkv_acc, const __nv_bfloat16 *dout, const __nv_bfloat16 *q,
+                    const __nv_bfloat16 *k, const __nv_bfloat16 *v, const float *lse, const float *D, int batch,
+                    int seq, int H, int KV, int hd, float scale) {
+    if ((hd != 64 && hd != 128) || batch < 1 || seq < 1 || KV < 1 || H < KV || H % KV) return false;
+    if ((size_t)batch * H * ((seq + 63) / 64) > 0x7fffffffu) return false;
+    if (!dq_acc || (H != KV && !dkv_acc)) return false;
+    const uintptr_t al = (uintptr_t)dq | (uintptr_t)dk | (uintptr_t)dv | (uintptr_t)dq_acc | (uintptr_t)dkv_acc |
+                         (uintptr_t)dout | (uintptr_t)q | (uintptr_t)k | (uintptr_t)v;
+    if (al & 15) return false;
+    static int arch = -1; /* compute capability 9.0 (sm_90a code) */
+    if (arch < 0) {
+        int dev = 0, mj = 0, mn = 0;
+        arch = cudaGetDevice(&dev) == cudaSuccess &&
+               cudaDeviceGetAttribute(&mj, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+               cudaDeviceGetAttribute(&mn, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess && mj == 9 && mn == 0;
+    }
+    if (!arch) return false;
+    if (hd == 64) return wg_launch<WG_HD64_CFG>(st, sm_count, dq, dk, dv, dq_acc, dkv_acc, dout, q, k, v, lse, D, batch, seq, H, KV, scale);
+    return wg_launch<WG_HD128_CFG>(st, sm_count, dq, dk, dv, dq_acc, dkv_acc, dout, q, k, v, lse, D, batch, seq, H, KV, scale);
+}

@@ -1,0 +1,21 @@
+/* cuda_attn_wg.cuh — Hopper (sm_90a) wgmma causal flash-attention backward (cuda_attn_wg.cu). */
+#ifndef US_CUDA_ATTN_WG_CUH
+#define US_CUDA_ATTN_WG_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+/* Causal attention backward with GQA on an sm_90 device through wgmma. Tensors are row-major,
+ * token-major: q, dout, dq [batch*seq, H*hd]; k, v, dk, dv [batch*seq, KV*hd] (bf16); lse, D
+ * [batch*seq, H] (f32; lse the natural-log log-sum-exp of the scaled scores, D = rowsum(dO * O)).
+ * dq_acc: f32 scratch of batch*seq*H*hd floats; dkv_acc: f32 scratch of 2*batch*seq*KV*hd floats
+ * (used only when H != KV). Both are zeroed here as needed. Returns false, having done nothing,
+ * for shapes or devices it does not handle (hd other than 64 / 128, H % KV != 0, a device other
+ * than compute capability 9.0, misaligned pointers); then the caller keeps its own kernel.
+ * Everything is queued on `st`; launch errors are left for the caller's cudaGetLastError. */
+bool attn_bwd_wgmma(cudaStream_t st, int sm_count, __nv_bfloat16 *dq, __nv_bfloat16 *dk, __nv_bfloat16 *dv,
+                    float *dq_acc, float *dkv_acc, const __nv_bfloat16 *dout, const __nv_bfloat16 *q,
+                    const __nv_bfloat16 *k, const __nv_bfloat16 *v, const float *lse, const float *D, int batch,
+                    int seq, int H, int KV, int hd, float scale);
+
+#endif
