@@ -94,8 +94,8 @@ TEST(cuda_embed_fwd_bwd) {
 
 TEST(cuda_rmsnorm_fwd_bwd) {
     OPEN_PAIR(p);
-    int dims[] = {64, 576, 100, 2048};
-    for (int di = 0; di < 4; di++) {
+    int dims[] = {64, 576, 100, 2048, 3000, 4096, 8192}; /* register kernels up to 4096, loops past */
+    for (int di = 0; di < 7; di++) {
         int T = 131, D = dims[di];
         size_t n = (size_t)T * D;
         float *x = rnd(n, 2.0f, 10 + di), *dy = rnd(n, 1.0f, 20 + di), *w = rnd(D, 1.0f, 30 + di), *dx0 = rnd(n, 1.0f, 40);

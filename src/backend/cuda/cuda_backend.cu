@@ -503,6 +503,107 @@ __global__ void k_rmsnorm_bwd(bf16 *dx, bool acc, const bf16 *dy, const bf16 *x,
     }
 }
 
+/* Register-resident variants for rows of at most 256*NC elements (dim % 8 == 0, 16-byte
+ * aligned): each lane issues all of its row's 16-byte loads at once and keeps them, so the row is
+ * read from memory once and many loads are in flight (the loop kernels above re-read the row and
+ * wait on one load at a time). Same arithmetic, in the same order, as the loop kernels. */
+__device__ __forceinline__ void unpack8(const uint4 &u, float f[8]) {
+    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 t = __bfloat1622float2(h[i]);
+        f[2 * i] = t.x;
+        f[2 * i + 1] = t.y;
+    }
+}
+__device__ __forceinline__ void load_w8(const float *w, float f[8]) {
+    const float4 a = __ldg(reinterpret_cast<const float4 *>(w)), b = __ldg(reinterpret_cast<const float4 *>(w) + 1);
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+
+template <int NC>
+__global__ void k_rmsnorm_fwd_reg(bf16 *y, int ldy, float *rstd, const bf16 *x, const float *w, int T, int dim,
+                                  float eps) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= T) return;
+    const int nch = dim / 8;
+    const uint4 *xr = reinterpret_cast<const uint4 *>(x + (size_t)row * dim);
+    uint4 v[NC];
+#pragma unroll
+    for (int i = 0; i < NC; i++)
+        if (lane + 32 * i < nch) v[i] = __ldg(xr + lane + 32 * i);
+    float ss = 0;
+#pragma unroll
+    for (int i = 0; i < NC; i++)
+        if (lane + 32 * i < nch) {
+            float f[8];
+            unpack8(v[i], f);
+#pragma unroll
+            for (int j = 0; j < 8; j++) ss += f[j] * f[j];
+        }
+    ss = warp_sum(ss);
+    float r = 1.0f / sqrtf(ss / dim + eps);
+    if (lane == 0) rstd[row] = r;
+    bf16 *yr = y + (size_t)row * ldy;
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+        const int u = lane + 32 * i;
+        if (u < nch) {
+            float f[8], wf[8];
+            unpack8(v[i], f);
+            load_w8(w + u * 8, wf);
+#pragma unroll
+            for (int j = 0; j < 8; j++) f[j] = wf[j] * (f[j] * r);
+            store8(yr + u * 8, f);
+        }
+    }
+}
+
+template <int NC>
+__global__ void k_rmsnorm_bwd_reg(bf16 *dx, bool acc, const bf16 *dy, const bf16 *x, const float *rstd, const float *w,
+                                  int T, int dim) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= T) return;
+    const int nch = dim / 8;
+    const uint4 *xr = reinterpret_cast<const uint4 *>(x + (size_t)row * dim);
+    const uint4 *gr = reinterpret_cast<const uint4 *>(dy + (size_t)row * dim);
+    uint4 xv[NC], gv[NC];
+#pragma unroll
+    for (int i = 0; i < NC; i++)
+        if (lane + 32 * i < nch) xv[i] = __ldg(xr + lane + 32 * i), gv[i] = gr[lane + 32 * i]; /* dy may alias dx */
+    float r = rstd[row], dot = 0;
+#pragma unroll
+    for (int i = 0; i < NC; i++)
+        if (lane + 32 * i < nch) {
+            float f[8], g[8], wf[8];
+            unpack8(xv[i], f);
+            unpack8(gv[i], g);
+            load_w8(w + (lane + 32 * i) * 8, wf);
+#pragma unroll
+            for (int j = 0; j < 8; j++) dot += g[j] * wf[j] * f[j];
+        }
+    dot = warp_sum(dot);
+    float mean = dot * r / dim;
+    bf16 *dr = dx + (size_t)row * dim;
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+        const int u = lane + 32 * i;
+        if (u < nch) {
+            float f[8], g[8], wf[8], o[8];
+            unpack8(xv[i], f);
+            unpack8(gv[i], g);
+            load_w8(w + u * 8, wf);
+            if (acc) load8(dr + u * 8, o);
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                float v = r * (g[j] * wf[j] - f[j] * r * mean);
+                o[j] = acc ? o[j] + v : v;
+            }
+            store8(dr + u * 8, o);
+        }
+    }
+}
+
 /* Column sums over rows of a [T, dim] bf16 tensor: out[d] += sum_t a[t,d] (* b[t,d] * s[t]).
  * Block: 32 columns x 8 row lanes; grid.y splits the rows; one atomicAdd per column per block. */
 __global__ void k_colsum(float *out, const bf16 *a, const bf16 *b, const float *s, int T, int dim, int rows_per) {
@@ -536,7 +637,14 @@ static void cu_rmsnorm_fwd(us_backend *be, void *y, int ldy, float *rstd, const 
     cuda_impl *c = CI(be);
     PROF(c, P_RMSNORM_F);
     unsigned grid = ceil_div_u(T, 4);
-    if (dim % 8 == 0 && ldy % 8 == 0 && aligned16(x) && aligned16(y))
+    const bool vec = dim % 8 == 0 && ldy % 8 == 0 && aligned16(x) && aligned16(y) && aligned16(w);
+    if (vec && dim <= 1024)
+        k_rmsnorm_fwd_reg<4><<<grid, 128, 0, c->st>>>((bf16 *)y, ldy, rstd, (const bf16 *)x, w, T, dim, eps);
+    else if (vec && dim <= 2048)
+        k_rmsnorm_fwd_reg<8><<<grid, 128, 0, c->st>>>((bf16 *)y, ldy, rstd, (const bf16 *)x, w, T, dim, eps);
+    else if (vec && dim <= 4096)
+        k_rmsnorm_fwd_reg<16><<<grid, 128, 0, c->st>>>((bf16 *)y, ldy, rstd, (const bf16 *)x, w, T, dim, eps);
+    else if (dim % 8 == 0 && ldy % 8 == 0 && aligned16(x) && aligned16(y))
         k_rmsnorm_fwd<true><<<grid, 128, 0, c->st>>>((bf16 *)y, ldy, rstd, (const bf16 *)x, w, T, dim, eps);
     else
         k_rmsnorm_fwd<false><<<grid, 128, 0, c->st>>>((bf16 *)y, ldy, rstd, (const bf16 *)x, w, T, dim, eps);
@@ -549,7 +657,14 @@ static void cu_rmsnorm_bwd(us_backend *be, void *dx, bool acc, float *dw, const 
     PROF(c, P_RMSNORM_B);
     unsigned grid = ceil_div_u(T, 4);
     if (dw) colsum(c, dw, dy, x, rstd, T, dim); /* before dx: dx may alias dy */
-    if (dim % 8 == 0 && aligned16(x) && aligned16(dy) && aligned16(dx))
+    const bool vec = dim % 8 == 0 && aligned16(x) && aligned16(dy) && aligned16(dx);
+    if (vec && aligned16(w) && dim <= 1024)
+        k_rmsnorm_bwd_reg<4><<<grid, 128, 0, c->st>>>((bf16 *)dx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
+    else if (vec && aligned16(w) && dim <= 2048)
+        k_rmsnorm_bwd_reg<8><<<grid, 128, 0, c->st>>>((bf16 *)dx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
+    else if (vec && aligned16(w) && dim <= 4096)
+        k_rmsnorm_bwd_reg<16><<<grid, 128, 0, c->st>>>((bf16 *)dx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
+    else if (vec)
         k_rmsnorm_bwd<true><<<grid, 128, 0, c->st>>>((bf16 *)dx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
     else
         k_rmsnorm_bwd<false><<<grid, 128, 0, c->st>>>((bf16 *)dx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
