@@ -30,6 +30,14 @@ enum { US_GLU_SILU = 0, US_GLU_RELU = 1 };
  * [T, kv_heads*head_dim], o like q, lse [T, heads] (natural log). seg_start, when not NULL, gives
  * for each token the position (within its row) where its example begins: token i attends to
  * keys j with seg_start[i] <= j <= i (packed examples never see each other). */
+/* One block for weight_put_list: W[i*ldw + j] = s * src[i*cols + j] (i < rows, j < cols). */
+typedef struct us_put {
+    void *W;
+    const float *src;
+    int ldw, rows, cols;
+    float s;
+} us_put;
+
 typedef struct us_attn_shape {
     int batch, seq, heads, kv_heads, head_dim;
     float scale; /* usually 1/sqrt(head_dim) */
@@ -65,6 +73,8 @@ struct us_backend {
     /* A [rows, cols] block of a weight-format matrix with row pitch ldw: W[i*ldw + j] =
      * s * src[i*cols + j] from f32 device memory, or 0 where src is NULL. */
     void (*weight_put)(us_backend *be, void *W, int ldw, const float *src, int rows, int cols, float s);
+    /* weight_put for n blocks at once, listed in backend memory (one launch on a GPU). */
+    void (*weight_put_list)(us_backend *be, const us_put *list, int n);
     /* Elementwise act-type <-> f32 conversions on device memory. */
     void (*act_from_f32)(us_backend *be, void *dst, const float *src, size_t n);
     void (*act_to_f32)(us_backend *be, float *dst, const void *src, size_t n);

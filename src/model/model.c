@@ -218,6 +218,7 @@ void us_model_free(us_model *m) {
     be->free(be, m->embed);
     if (!full) be->free(be, m->norm_f);
     be->free(be, m->inv_freq);
+    be->free(be, m->fold_list);
     be->free(be, m->params);
     be->free(be, m->grads);
     be->free(be, m->arena);
@@ -257,6 +258,30 @@ static us_param *add_param(us_model *m, const char *name, int64_t rows, int64_t 
 int us_target_group(int t) {
     static const int g[US_T_COUNT] = {0, 0, 0, 1, 2, 2, 3};
     return t >= 0 && t < US_T_COUNT ? g[t] : -1;
+}
+
+/* The list of s*B blocks us_model_fold_refresh copies, in backend memory (built once: the
+ * matrices and the masters stay where they are). */
+static us_status fold_list(us_model *m, us_err *e) {
+    us_backend *be = m->be;
+    us_put *h = calloc((size_t)m->cfg.layers * US_T_COUNT, sizeof *h);
+    if (!h) return us_fail(e, US_ENOMEM, "out of memory");
+    int n = 0;
+    for (int l = 0; l < m->cfg.layers; l++)
+        for (int t = 0; t < US_T_COUNT; t++) {
+            const us_lora_slot *s = &m->slot[l][t];
+            if (!m->fold[t] || !s->on) continue;
+            void *cols = (char *)m->L[l].w[t] + (size_t)(s->in + m->lora_col[t]) * be->weight_bytes;
+            h[n++] = (us_put){cols, m->params + s->off_B, m->wld[t], s->out, m->spec.lora.r, m->lora_scale};
+        }
+    if (n) {
+        m->fold_list = be->alloc(be, (size_t)n * sizeof *h);
+        if (m->fold_list) be->upload(be, m->fold_list, h, (size_t)n * sizeof *h);
+    }
+    free(h);
+    if (n && !m->fold_list) return us_fail(e, US_ENOMEM, "out of %s memory", be->name);
+    m->n_fold = n;
+    return US_OK;
 }
 
 /* Re-lays the frozen matrices of the q/k/v and gate/up groups as [out, in + R] (see fold in
@@ -301,19 +326,11 @@ static us_status fold_setup(us_model *m, us_err *e) {
             m->weight_bytes += (size_t)out * m->fold[t] * be->weight_bytes;
         }
     be->free(be, tmp);
-    return st;
+    return st ? st : fold_list(m, e);
 }
 
 void us_model_fold_refresh(us_model *m) {
-    if (m->spec.full || !m->slot) return;
-    us_backend *be = m->be;
-    for (int l = 0; l < m->cfg.layers; l++)
-        for (int t = 0; t < US_T_COUNT; t++) {
-            const us_lora_slot *s = &m->slot[l][t];
-            if (!m->fold[t] || !s->on) continue;
-            void *cols = (char *)m->L[l].w[t] + (size_t)(s->in + m->lora_col[t]) * be->weight_bytes;
-            be->weight_put(be, cols, m->wld[t], m->params + s->off_B, s->out, m->spec.lora.r, m->lora_scale);
-        }
+    if (m->n_fold) m->be->weight_put_list(m->be, m->fold_list, m->n_fold);
 }
 
 static us_status setup_lora(us_model *m, uint64_t seed, us_err *e) {

@@ -108,6 +108,8 @@ typedef struct us_model {
      * one frozen product computes x W^T + s u B^T. fold[t] = the group's width R (0: not folded);
      * wld[t] = in + fold[t], the row pitch of target t's frozen matrix. */
     int fold[US_T_COUNT], wld[US_T_COUNT];
+    us_put *fold_list; /* backend memory: every folded s*B block, for us_model_fold_refresh */
+    int n_fold;
     /* flat trainable state on the device */
     size_t n_params;
     float *params, *grads;

@@ -94,6 +94,9 @@ static void cpu_weight_put(us_backend *be, void *W, int ldw, const float *src, i
     for (int i = 0; i < rows; i++)
         for (int j = 0; j < cols; j++) w[(size_t)i * ldw + j] = src ? s * src[(size_t)i * cols + j] : 0.0f;
 }
+static void cpu_weight_put_list(us_backend *be, const us_put *list, int n) {
+    for (int i = 0; i < n; i++) cpu_weight_put(be, list[i].W, list[i].ldw, list[i].src, list[i].rows, list[i].cols, list[i].s);
+}
 static void cpu_act_from_f32(us_backend *be, void *dst, const float *src, size_t n) { cpu_f32_copy(be, dst, src, n); }
 static void cpu_act_to_f32(us_backend *be, float *dst, const void *src, size_t n) { cpu_f32_copy(be, dst, src, n); }
 
@@ -542,6 +545,7 @@ us_status us_backend_cpu_create(int threads, us_backend **out, us_err *e) {
         .sync = cpu_sync, .mem_info = cpu_mem_info,
         .weight_upload = cpu_weight_upload, .weight_fill_normal = cpu_weight_fill_normal,
         .weight_from_f32 = cpu_weight_from_f32, .weight_to_f32 = cpu_weight_to_f32, .weight_put = cpu_weight_put,
+        .weight_put_list = cpu_weight_put_list,
         .act_from_f32 = cpu_act_from_f32, .act_to_f32 = cpu_act_to_f32,
         .embed_fwd = cpu_embed_fwd, .embed_bwd = cpu_embed_bwd,
         .rmsnorm_fwd = cpu_rmsnorm_fwd, .rmsnorm_bwd = cpu_rmsnorm_bwd,

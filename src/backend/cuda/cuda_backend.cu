@@ -366,6 +366,23 @@ __global__ void k_weight_put(bf16 *w, int ldw, const float *src, int rows, int c
         w[r * ldw + j] = __float2bfloat16_rn(src ? s * src[i] : 0.0f);
     }
 }
+/* blockIdx.y: the block of the list; blockIdx.x strides over its elements */
+__global__ void k_weight_put_list(const us_put *list) {
+    const us_put p = list[blockIdx.y];
+    const size_t n = (size_t)p.rows * p.cols;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t r = i / p.cols, j = i % p.cols;
+        ((bf16 *)p.W)[r * p.ldw + j] = __float2bfloat16_rn(p.src ? p.s * p.src[i] : 0.0f);
+    }
+}
+static void cu_weight_put_list(us_backend *be, const us_put *list, int n) {
+    cuda_impl *c = CI(be);
+    PROF(c, P_CONVERT);
+    for (int i0 = 0; i0 < n; i0 += 65535) {
+        k_weight_put_list<<<dim3(32, (unsigned)US_MIN(65535, n - i0)), 256, 0, c->st>>>(list + i0);
+        CK_LAUNCH(c);
+    }
+}
 static void cu_weight_put(us_backend *be, void *W, int ldw, const float *src, int rows, int cols, float s) {
     cuda_impl *c = CI(be);
     PROF(c, P_CONVERT);
@@ -1469,6 +1486,7 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
     be->weight_from_f32 = cu_weight_from_f32;
     be->weight_to_f32 = cu_weight_to_f32;
     be->weight_put = cu_weight_put;
+    be->weight_put_list = cu_weight_put_list;
     be->act_from_f32 = cu_act_from_f32;
     be->act_to_f32 = cu_act_to_f32;
     be->embed_fwd = cu_embed_fwd;
