@@ -38,7 +38,7 @@ gpu-test: gpu-build
 gpu-bench: gpu-build
 	$(BUILD)/unswag_gpu_bench
 
--include $(CUDA_OBJ:.o=.d) $(GPU_TEST_OBJ:.o=.d)
+-include $(CUDA_OBJ:.o=.d) $(GPU_TEST_OBJ:.o=.d) $(BUILD)/obj/bench/gpu_bench.d
 
 else
 .PHONY: gpu-test gpu-build gpu-bench
