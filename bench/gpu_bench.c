@@ -9,7 +9,7 @@
  * written, backward dy read, x read, dx written), and the host offload copies (pinned, GB/s each way, and a GEMM queue
  * timed alone and beside a concurrent offload + prefetch).
  * The frozen products of every projection of the three shapes (forward and input gradient).
- * Usage: unswag_gpu_bench [reps] [all|gemm|attn|mem|lora|proj|fuse|offload] */
+ * Usage: unswag_gpu_bench [reps] [all|gemm|attn|mem|lora|proj|fuse|kpad|offload] */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -247,6 +247,21 @@ int main(int argc, char **argv) {
             }
             be->free(be, x), be->free(be, w), be->free(be, y);
         }
+    }
+    if (PART("kpad")) { /* a frozen product's K past a multiple of 64 (folded LoRA columns) */
+        struct { const char *name; int T, in, out; } ks[] = {{"8b gate", 2048, 4096, 14336}, {"8b q", 2048, 4096, 4096},
+                                                            {"1b gate", 8192, 2048, 8192}, {"smollm2 gate", 16384, 576, 1536}};
+        int extra[] = {0, 16, 32, 48, 64, 128};
+        for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++)
+            for (int e = 0; e < 6; e++) {
+                int T = ks[i].T, K = ks[i].in + extra[e], N = ks[i].out;
+                void *x = rand_act((size_t)T * K, 1, 60), *w = rand_act((size_t)N * K, 0.02f, 61), *y = rand_act((size_t)T * N, 1, 62);
+                double tf;
+                TIME(reps, be->linear_fwd(be, y, false, x, K, w, K, NULL, T, K, N), tf);
+                printf("kpad %-13s T=%-6d K=%-5d (+%3d) N=%-6d %8.1f us %5.0f TFLOP/s\n", ks[i].name, T, K, extra[e], N, tf * 1e6,
+                       2.0 * T * K * N / tf / 1e12);
+                be->free(be, x), be->free(be, w), be->free(be, y);
+            }
     }
     if (PART("offload") && be->host_alloc) { /* pinned host copies on the copy stream */
         size_t n = (size_t)256 << 20;
