@@ -59,7 +59,7 @@ static void lora_group_fwd(void *y, float *u, const void *x, const float *A, con
 }
 static void lora_group_bwd(void *dx, float *dA, float *dB, float *du, const void *dy, const void *x, const float *u,
                            const float *A, const float *B, int T, int in, int out, int r, int n) {
-    for (int j = 0; j < n; j++) be->lora_bwd_dy(be, du + j * r, n * r, dB, dy, u + j * r, n * r, B, 2.0f, T, out, r);
+    for (int j = 0; j < n; j++) be->lora_bwd_dy(be, du + j * r, n * r, dB, dy, out, u + j * r, n * r, B, 2.0f, T, out, r, false);
     be->lora_bwd_x(be, dx, NULL, dA, du, n * r, x, in, A, T, in, n * r);
 }
 
@@ -105,7 +105,7 @@ int main(int argc, char **argv) {
         be->act_to_f32(be, w, rand_act(D, 1, 22), D);
         TIME(reps, be->rmsnorm_fwd(be, y, D, rs, x, w, T, D, 1e-5f), sec);
         printf("rmsnorm_fwd %dx%d: %.3f ms  %.0f GB/s\n", T, D, sec * 1e3, 4.0 * T * D / sec / 1e9);
-        TIME(reps, be->rmsnorm_bwd(be, y, false, NULL, x, x, rs, w, T, D), sec);
+        TIME(reps, be->rmsnorm_bwd(be, y, D, false, NULL, x, x, rs, w, T, D), sec);
         printf("rmsnorm_bwd %dx%d: %.3f ms  %.0f GB/s\n", T, D, sec * 1e3, 6.0 * T * D / sec / 1e9);
         TIME(reps, be->add(be, y, x, (size_t)T * D), sec);
         printf("add %dx%d: %.3f ms  %.0f GB/s\n", T, D, sec * 1e3, 6.0 * T * D / sec / 1e9);
@@ -192,7 +192,7 @@ int main(int argc, char **argv) {
             void *x = rand_act((size_t)T * in, 1, 50), *w = rand_act((size_t)out * in, 0.02f, 51), *y = rand_act((size_t)T * out, 1, 52);
             double tf, tb, fl = 2.0 * T * in * out;
             TIME(reps, be->linear_fwd(be, y, false, x, in, w, in, NULL, T, in, out), tf);
-            TIME(reps, be->linear_bwd_x(be, x, false, y, w, in, T, in, out), tb);
+            TIME(reps, be->linear_bwd_x(be, x, false, y, out, w, in, T, in, out), tb);
             printf("proj %-16s T=%-6d %5d -> %-6d fwd %8.1f us %5.0f TFLOP/s  bwd_x %8.1f us %5.0f TFLOP/s\n", ps[i].name, T,
                    in, out, tf * 1e6, fl / tf / 1e12, tb * 1e6, fl / tb / 1e12);
             be->free(be, x), be->free(be, w), be->free(be, y);
@@ -211,12 +211,12 @@ int main(int argc, char **argv) {
 #define SEP_FWD(acc_) do { size_t o_ = 0; for (int j = 0; j < n; j++) { \
                 be->linear_fwd(be, (char *)y + o_ * T * 2, acc_, x, in, (char *)w + o_ * in * 2, in, NULL, T, in, fs[i].outs[j]); o_ += fs[i].outs[j]; } } while (0)
 #define SEP_BWD() do { size_t o_ = 0; for (int j = 0; j < n; j++) { \
-                be->linear_bwd_x(be, x, true, (char *)y + o_ * T * 2, (char *)w + o_ * in * 2, in, T, in, fs[i].outs[j]); o_ += fs[i].outs[j]; } } while (0)
+                be->linear_bwd_x(be, x, true, (char *)y + o_ * T * 2, fs[i].outs[j], (char *)w + o_ * in * 2, in, T, in, fs[i].outs[j]); o_ += fs[i].outs[j]; } } while (0)
             TIME(reps, SEP_FWD(false), ts0);
             TIME(reps, SEP_FWD(true), ts1);
             TIME(reps, be->linear_fwd(be, y, true, x, in, w, in, NULL, T, in, tot), tf);
             TIME(reps, SEP_BWD(), bs);
-            TIME(reps, be->linear_bwd_x(be, x, true, y, w, in, T, in, tot), bf);
+            TIME(reps, be->linear_bwd_x(be, x, true, y, tot, w, in, T, in, tot), bf);
             printf("fuse %-12s fwd separate %7.1f us (beta 0) %7.1f us (beta 1) %4.0f TFLOP/s, one %7.1f us %4.0f TFLOP/s;"
                    " bwd_x separate %7.1f us %4.0f, one %7.1f us %4.0f\n", fs[i].name, ts0 * 1e6, ts1 * 1e6, fl / ts1 / 1e12,
                    tf * 1e6, fl / tf / 1e12, bs * 1e6, fl / bs / 1e12, bf * 1e6, fl / bf / 1e12);

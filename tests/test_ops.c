@@ -188,14 +188,27 @@ TEST(ops_rmsnorm) {
         CHECK(pad_ok, "rmsnorm_fwd wrote past dim in a pitched row");
     }
     /* backward: dy = w */
-    be->rmsnorm_bwd(be, dx, false, dw, w, x, rstd, wt, T, D);
+    be->rmsnorm_bwd(be, dx, D, false, dw, w, x, rstd, wt, T, D);
     fd_grad(rms_loss, &c, xd, T * D, 1e-6, fdx);
     EXPECT_CLOSE("rmsnorm_bwd dx", dx, fdx, T * D, TOL);
+    { /* dx rows D + 2 apart: the same rows, the columns past D untouched */
+        enum { LDX = D + 2 };
+        float dxp[T * LDX], dxc[T * D];
+        for (int i = 0; i < T * LDX; i++) dxp[i] = -5.0f;
+        be->rmsnorm_bwd(be, dxp, LDX, false, NULL, w, x, rstd, wt, T, D);
+        int pad_ok = 1;
+        for (int t = 0; t < T; t++) {
+            memcpy(dxc + t * D, dxp + t * LDX, D * sizeof(float));
+            pad_ok &= dxp[t * LDX + D] == -5.0f && dxp[t * LDX + D + 1] == -5.0f;
+        }
+        EXPECT_CLOSE("rmsnorm_bwd dx (pitch)", dxc, fdx, T * D, TOL);
+        CHECK(pad_ok, "rmsnorm_bwd wrote past dim in a pitched row");
+    }
     fd_grad(rms_loss, &c, wtd, D, FD_H, fdw);
     for (int i = 0; i < D; i++) fdw[i] += dw0[i];
     EXPECT_CLOSE("rmsnorm_bwd dw (adds)", dw, fdw, D, TOL);
     /* acc = true adds into dx; dw NULL is allowed */
-    be->rmsnorm_bwd(be, dxa, true, NULL, w, x, rstd, wt, T, D);
+    be->rmsnorm_bwd(be, dxa, D, true, NULL, w, x, rstd, wt, T, D);
     for (int i = 0; i < T * D; i++) fdx[i] += dx0[i];
     EXPECT_CLOSE("rmsnorm_bwd dx acc=true", dxa, fdx, T * D, TOL);
     be->destroy(be);
@@ -260,14 +273,18 @@ TEST(ops_linear) {
     EXPECT_CLOSE("linear_fwd bias acc", y, yd, T * OUT, TOL);
     c.y0 = NULL;
     /* backward: dy = w */
-    be->linear_bwd_x(be, dx, false, w, Wdev, IN, T, IN, OUT);
+    be->linear_bwd_x(be, dx, false, w, OUT, Wdev, IN, T, IN, OUT);
     fd_grad(lin_loss, &c, xd, T * IN, FD_H, fd);
     EXPECT_CLOSE("linear_bwd_x", dx, fd, T * IN, TOL);
-    be->linear_bwd_x(be, dx, false, w, Wpdev, LDW, T, IN, OUT);
-    EXPECT_CLOSE("linear_bwd_x (pitched W)", dx, fd, T * IN, TOL);
+    enum { LDY = OUT + 3 };
+    float wp[T * LDY];
+    for (int i = 0; i < T * LDY; i++) wp[i] = 1e30f;
+    for (int t = 0; t < T; t++) memcpy(wp + t * LDY, w + t * OUT, OUT * sizeof(float));
+    be->linear_bwd_x(be, dx, false, wp, LDY, Wpdev, LDW, T, IN, OUT);
+    EXPECT_CLOSE("linear_bwd_x (pitched dy, W)", dx, fd, T * IN, TOL);
     be->free(be, Wpdev);
     fill(&r, dx, dx0, T * IN, 1);
-    be->linear_bwd_x(be, dx, true, w, Wdev, IN, T, IN, OUT);
+    be->linear_bwd_x(be, dx, true, w, OUT, Wdev, IN, T, IN, OUT);
     for (int i = 0; i < T * IN; i++) fd[i] += dx0[i];
     EXPECT_CLOSE("linear_bwd_x acc", dx, fd, T * IN, TOL);
     fill(&r, dW, dW0, OUT * IN, 1);
@@ -394,8 +411,41 @@ TEST(ops_lora) {
     fill(&rg, dB1, dB10, O1 * R, 1);
     fill(&rg, dB2, dB20, O2 * R, 1);
     fill(&rg, dA, dA0, LD * IN, 1);
-    be->lora_bwd_dy(be, du, LD, dB1, w1, u, LD, B1, s, T, O1, R);
-    be->lora_bwd_dy(be, du + R, LD, dB2, w2, u + R, LD, B2, s, T, O2, R);
+    be->lora_bwd_dy(be, du, LD, dB1, w1, O1, u, LD, B1, s, T, O1, R, false);
+    be->lora_bwd_dy(be, du + R, LD, dB2, w2, O2, u + R, LD, B2, s, T, O2, R, false);
+    { /* folded: dy rows O1 + R apart get du1 beside them, and one input-gradient product over
+       * O1 + R rows of [W; A1] equals dy W + du1 A1 */
+        enum { YP = O1 + R };
+        float dyp[T * YP], du1[T * R], dBs[O1 * R], Wx[YP * IN], dxf[T * IN], Wq[O1 * IN];
+        double dxw[T * IN];
+        for (int i = 0; i < T * YP; i++) dyp[i] = 1e30f;
+        for (int t = 0; t < T; t++) memcpy(dyp + t * YP, w1 + t * O1, O1 * sizeof(float));
+        memset(dBs, 0, sizeof dBs);
+        be->lora_bwd_dy(be, du1, R, dBs, dyp, YP, u, LD, B1, s, T, O1, R, true);
+        float beside[T * R], dur[T * R];
+        for (int t = 0; t < T; t++) {
+            memcpy(beside + t * R, dyp + t * YP + O1, R * sizeof(float));
+            memcpy(dur + t * R, du + t * LD, R * sizeof(float));
+        }
+        double dud[T * R];
+        for (int i = 0; i < T * R; i++) dud[i] = dur[i];
+        EXPECT_CLOSE("lora_bwd_dy du (pitched dy)", du1, dud, T * R, TOL);
+        EXPECT_CLOSE("lora_bwd_dy fold: du beside dy", beside, dud, T * R, TOL);
+        fill(&rg, Wq, NULL, O1 * IN, 0.3);
+        memcpy(Wx, Wq, sizeof Wq);
+        memcpy(Wx + O1 * IN, A, R * IN * sizeof(float)); /* A1: the group's first R rows */
+        void *Wxd = be->weight_upload(be, Wx, US_DT_F32, YP * IN);
+        be->linear_bwd_x(be, dxf, false, dyp, YP, Wxd, IN, T, IN, YP);
+        for (int t = 0; t < T; t++)
+            for (int i = 0; i < IN; i++) {
+                double v = 0;
+                for (int o = 0; o < O1; o++) v += w1d[t * O1 + o] * (double)Wq[o * IN + i];
+                for (int k = 0; k < R; k++) v += dud[t * R + k] * Ad[k * IN + i];
+                dxw[t * IN + i] = v;
+            }
+        EXPECT_CLOSE("folded input gradient dy W + du1 A1", dxf, dxw, T * IN, TOL);
+        be->free(be, Wxd);
+    }
     fd_grad(lora_loss, &c, B1d, O1 * R, FD_H, fd);
     for (int i = 0; i < O1 * R; i++) want[i] = fd[i] + dB10[i];
     EXPECT_CLOSE("lora_bwd_dy dB1 (adds)", dB1, want, O1 * R, TOL);

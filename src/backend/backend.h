@@ -89,17 +89,19 @@ struct us_backend {
      * the columns past dim are left alone). y may not alias x. */
     void (*rmsnorm_fwd)(us_backend *be, void *y, int ldy, float *rstd, const void *x, const float *w, int T, int dim,
                         float eps);
-    /* dx (acc or not) from dy, x, rstd, w; dw (f32, may be NULL) += sum over t. */
-    void (*rmsnorm_bwd)(us_backend *be, void *dx, bool acc, float *dw, const void *dy, const void *x,
+    /* dx (acc or not; rows ldx elements apart, >= dim) from dy, x, rstd, w; dw (f32, may be NULL)
+     * += sum over t. */
+    void (*rmsnorm_bwd)(us_backend *be, void *dx, int ldx, bool acc, float *dw, const void *dy, const void *x,
                         const float *rstd, const float *w, int T, int dim);
 
     /* y[T,out] = x[T,in] W^T + bias (bias f32 or NULL); acc adds into y. Rows of x are ldx
      * elements apart, rows of W ldw (both >= in; y is [T, out] dense). */
     void (*linear_fwd)(us_backend *be, void *y, bool acc, const void *x, int ldx, const void *W, int ldw,
                        const float *bias, int T, int in, int out);
-    /* dx[T,in] = dy[T,out] W (acc adds); rows of W ldw elements apart (>= in). */
-    void (*linear_bwd_x)(us_backend *be, void *dx, bool acc, const void *dy, const void *W, int ldw, int T, int in,
-                         int out);
+    /* dx[T,in] = dy[T,out] W (acc adds); rows of dy lddy elements apart (>= out), rows of W ldw
+     * (>= in). */
+    void (*linear_bwd_x)(us_backend *be, void *dx, bool acc, const void *dy, int lddy, const void *W, int ldw, int T,
+                         int in, int out);
     /* dW[out,in] += dy^T x and dbias[out] += sum_t dy (each may be NULL); f32 grads. */
     void (*linear_bwd_w)(us_backend *be, float *dW, float *dbias, const void *dy, const void *x, int T, int in,
                          int out);
@@ -116,13 +118,15 @@ struct us_backend {
      *   lora_bwd_x:  dA += du^T x;  dx = res + du A   (dx NULL: only dA; dA NULL: only dx; res as lora_up)
      * x has row pitch ldx (>= in). fold (lora_down): u is also written, in the activation type,
      * into x's columns in..in+R-1 (ldx >= in + R), so that a frozen product over in + R columns
-     * against [W | s B] computes x W^T + s u B^T in one pass (step.c, "folded" groups). */
+     * against [W | s B] computes x W^T + s u B^T in one pass (step.c, "folded" groups). Likewise
+     * lora_bwd_dy: dy has row pitch ldy (>= out) and fold writes du beside dy (ldy >= out + r), so
+     * that dy's input-gradient product over out + r rows of [W; A] adds du A. */
     void (*lora_down)(us_backend *be, float *u, int ldu, const void *x, int ldx, const float *A, int T, int in, int R,
                       bool fold);
     void (*lora_up)(us_backend *be, void *y, const void *res, const float *u, int ldu, const float *B, float s, int T,
                     int out, int r);
-    void (*lora_bwd_dy)(us_backend *be, float *du, int lddu, float *dB, const void *dy, const float *u, int ldu,
-                        const float *B, float s, int T, int out, int r);
+    void (*lora_bwd_dy)(us_backend *be, float *du, int lddu, float *dB, const void *dy, int ldy, const float *u, int ldu,
+                        const float *B, float s, int T, int out, int r, bool fold);
     void (*lora_bwd_x)(us_backend *be, void *dx, const void *res, float *dA, const float *du, int lddu, const void *x,
                        int ldx, const float *A, int T, int in, int R);
 

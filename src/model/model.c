@@ -157,6 +157,7 @@ us_status us_model_load(us_model **out, us_backend *be, const char *dir, bool ra
         us_target_dims(c, t, &in, &o);
         m->wld[t] = in;
     }
+    m->dres_ld = c->hidden;
     for (int l = 0; l < c->layers && !st; l++) {
         us_layer_weights *L = &m->L[l];
         for (int t = 0; t < US_T_COUNT && !st; t++) {
@@ -260,19 +261,25 @@ int us_target_group(int t) {
     return t >= 0 && t < US_T_COUNT ? g[t] : -1;
 }
 
-/* The list of s*B blocks us_model_fold_refresh copies, in backend memory (built once: the
- * matrices and the masters stay where they are). */
+/* The list of blocks us_model_fold_refresh copies from the masters, in backend memory (built
+ * once: the matrices and the masters stay where they are): s*B beside W for the forward-folded
+ * targets, A below W for the backward-folded ones. */
 static us_status fold_list(us_model *m, us_err *e) {
     us_backend *be = m->be;
     us_put *h = calloc((size_t)m->cfg.layers * US_T_COUNT, sizeof *h);
     if (!h) return us_fail(e, US_ENOMEM, "out of memory");
-    int n = 0;
+    int n = 0, r = m->spec.lora.r;
+    size_t wb = be->weight_bytes;
     for (int l = 0; l < m->cfg.layers; l++)
         for (int t = 0; t < US_T_COUNT; t++) {
             const us_lora_slot *s = &m->slot[l][t];
-            if (!m->fold[t] || !s->on) continue;
-            void *cols = (char *)m->L[l].w[t] + (size_t)(s->in + m->lora_col[t]) * be->weight_bytes;
-            h[n++] = (us_put){cols, m->params + s->off_B, m->wld[t], s->out, m->spec.lora.r, m->lora_scale};
+            if (!s->on) continue;
+            char *w = m->L[l].w[t];
+            if (m->fold[t])
+                h[n++] = (us_put){w + (size_t)(s->in + m->lora_col[t]) * wb, m->params + s->off_B, m->wld[t], s->out, r,
+                                  m->lora_scale};
+            else if (m->fold_rows[t])
+                h[n++] = (us_put){w + (size_t)s->out * s->in * wb, m->params + s->off_A, s->in, r, s->in, 1.0f};
         }
     if (n) {
         m->fold_list = be->alloc(be, (size_t)n * sizeof *h);
@@ -284,24 +291,33 @@ static us_status fold_list(us_model *m, us_err *e) {
     return US_OK;
 }
 
-/* Re-lays the frozen matrices of the q/k/v and gate/up groups as [out, in + R] (see fold in
- * model.h); the extra columns start at zero. US_LORA_FOLD=0 keeps the separate LoRA products
- * (for comparison); widths not a multiple of 8 do too (16-byte rows for the GPU's products). */
+/* Re-lays the frozen matrices for folding (model.h): q/k/v and gate/up as [out, in + R] (the
+ * extra columns start at zero), o and down as [out + r, in] (the extra rows too). US_LORA_FOLD=0
+ * keeps the separate LoRA products (for comparison); widths not a multiple of 8 do too (16-byte
+ * rows for the GPU's products). */
 static us_status fold_setup(us_model *m, us_err *e) {
     const char *env = getenv("US_LORA_FOLD");
     if (env && !strcmp(env, "0")) return US_OK;
     for (int t = 0; t < US_T_COUNT; t++)
-        if (m->fold[t]) return US_OK; /* already folded */
+        if (m->fold[t] || m->fold_rows[t]) return US_OK; /* already folded */
     const us_config *c = &m->cfg;
     us_backend *be = m->be;
+    const int r = m->spec.lora.r;
     size_t most = 0;
     for (int t = 0; t < US_T_COUNT; t++) {
         int lead = m->lora_lead[t], g = us_target_group(t), in, out;
-        bool normed_input = g == us_target_group(US_T_Q) || g == us_target_group(US_T_GATE);
-        if (lead < 0 || !normed_input || m->lora_ld[lead] % 8) continue;
-        m->fold[t] = m->lora_ld[lead];
         us_target_dims(c, t, &in, &out);
-        m->wld[t] = in + m->fold[t];
+        bool normed_input = g == us_target_group(US_T_Q) || g == us_target_group(US_T_GATE);
+        if (lead < 0) continue;
+        if (normed_input && m->lora_ld[lead] % 8 == 0) {
+            m->fold[t] = m->lora_ld[lead];
+            m->wld[t] = in + m->fold[t];
+        } else if ((t == US_T_O || t == US_T_DOWN) && lead == t && r % 8 == 0 && c->hidden % 8 == 0) {
+            m->fold_rows[t] = r;
+            m->dres_ld = c->hidden + r;
+        } else {
+            continue;
+        }
         most = US_MAX(most, (size_t)in * out);
     }
     if (!most) return US_OK;
@@ -310,20 +326,24 @@ static us_status fold_setup(us_model *m, us_err *e) {
     us_status st = US_OK;
     for (int l = 0; l < c->layers && !st; l++)
         for (int t = 0; t < US_T_COUNT && !st; t++) {
-            if (!m->fold[t]) continue;
+            if (!m->fold[t] && !m->fold_rows[t]) continue;
             int in, out;
             us_target_dims(c, t, &in, &out);
-            void *w = be->alloc(be, (size_t)out * m->wld[t] * be->weight_bytes);
+            size_t extra = m->fold[t] ? (size_t)out * m->fold[t] : (size_t)m->fold_rows[t] * in;
+            void *w = be->alloc(be, ((size_t)out * in + extra) * be->weight_bytes);
             if (!w) {
                 st = us_fail(e, US_ENOMEM, "out of %s memory for layer %d's %s weights", be->name, l, us_target_name(t));
                 break;
             }
             be->weight_to_f32(be, tmp, m->L[l].w[t], (size_t)out * in);
             be->weight_put(be, w, m->wld[t], tmp, out, in, 1.0f);
-            be->weight_put(be, (char *)w + (size_t)in * be->weight_bytes, m->wld[t], NULL, out, m->fold[t], 0.0f);
+            if (m->fold[t])
+                be->weight_put(be, (char *)w + (size_t)in * be->weight_bytes, m->wld[t], NULL, out, m->fold[t], 0.0f);
+            else
+                be->weight_put(be, (char *)w + (size_t)out * in * be->weight_bytes, in, NULL, m->fold_rows[t], in, 0.0f);
             be->free(be, m->L[l].w[t]);
             m->L[l].w[t] = w;
-            m->weight_bytes += (size_t)out * m->fold[t] * be->weight_bytes;
+            m->weight_bytes += extra * be->weight_bytes;
         }
     be->free(be, tmp);
     return st ? st : fold_list(m, e);

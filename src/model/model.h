@@ -108,6 +108,11 @@ typedef struct us_model {
      * one frozen product computes x W^T + s u B^T. fold[t] = the group's width R (0: not folded);
      * wld[t] = in + fold[t], the row pitch of target t's frozen matrix. */
     int fold[US_T_COUNT], wld[US_T_COUNT];
+    /* Backward folding of o and down, whose output gradient is the residual's (dres): their
+     * frozen matrices get fold_rows[t] = r extra rows holding A, dres gets r extra columns
+     * (row pitch dres_ld) that lora_bwd_dy fills with du, and the input-gradient product over
+     * out + r rows computes dy W + du A in one pass. */
+    int fold_rows[US_T_COUNT], dres_ld;
     us_put *fold_list; /* backend memory: every folded s*B block, for us_model_fold_refresh */
     int n_fold;
     /* flat trainable state on the device */

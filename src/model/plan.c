@@ -161,7 +161,7 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
     s->h = take(b, tt * hp * A);
     s->rstd = take(b, tt * 4);
     if (train) {
-        s->dres = take(b, tt * D * A);
+        s->dres = take(b, tt * (size_t)m->dres_ld * A); /* + du of a folded o/down (model.h) */
         s->dh = take(b, tt * D * A);
     }
     /* the layer scratch below is dead while the LM head runs (after the last layer's forward,

@@ -69,29 +69,35 @@ static void project(us_model *m, int l, int t, void *y, const void *res, const v
  * the LoRA terms (dx NULL: not needed), LoRA and full-weight gradients. The group's du is formed
  * once, its LoRA input gradient written into dx first; the frozen products add on top. x NULL
  * (LoRA only): dA is left for the caller, from du still in m->s.lora (down_dA). */
-static void group_bwd(us_model *m, int l, const int *ts, int n, void *const *dys, void *dx, bool acc, const void *x,
-                      int T, size_t r0) {
+static void group_bwd(us_model *m, int l, const int *ts, int n, void *const *dys, int ldy, void *dx, bool acc,
+                      const void *x, int T, size_t r0) {
     us_backend *be = m->be;
     const us_layer_weights *L = &m->L[l];
     int lead = m->lora_lead[ts[0]], in, out;
+    /* o/down folded: du goes beside dy (row pitch ldy) and dy's product over [W; A] adds du A */
+    bool fold_dx = lead >= 0 && m->fold_rows[lead] && lora_on(m, l, lead);
     if (lead >= 0 && lora_on(m, l, lead)) {
         for (int i = 0; i < n; i++) {
             int t = ts[i];
             if (!lora_on(m, l, t)) continue;
             const us_lora_slot *s = &m->slot[l][t];
             us_target_dims(&m->cfg, t, &in, &out);
-            be->lora_bwd_dy(be, m->s.lora + m->lora_col[t], m->lora_ld[t], m->grads + s->off_B, dys[i], u_at(m, l, t, r0),
-                            m->lora_ld[t], m->params + s->off_B, m->lora_scale, T, out, m->spec.lora.r);
+            be->lora_bwd_dy(be, m->s.lora + m->lora_col[t], m->lora_ld[t], m->grads + s->off_B, dys[i], ldy ? ldy : out,
+                            u_at(m, l, t, r0), m->lora_ld[t], m->params + s->off_B, m->lora_scale, T, out, m->spec.lora.r,
+                            fold_dx);
         }
         const us_lora_slot *s = &m->slot[l][lead];
-        be->lora_bwd_x(be, dx, acc ? dx : NULL, x ? m->grads + s->off_A : NULL, m->s.lora, m->lora_ld[lead], x,
-                       in_pitch(m, lead), m->params + s->off_A, T, s->in, m->lora_ld[lead]);
-        acc = true;
+        if (x || !fold_dx) {
+            be->lora_bwd_x(be, fold_dx ? NULL : dx, acc ? dx : NULL, x ? m->grads + s->off_A : NULL, m->s.lora,
+                           m->lora_ld[lead], x, in_pitch(m, lead), m->params + s->off_A, T, s->in, m->lora_ld[lead]);
+            if (!fold_dx) acc = true;
+        }
     }
     for (int i = 0; i < n; i++) {
         int t = ts[i];
         us_target_dims(&m->cfg, t, &in, &out);
-        if (dx) be->linear_bwd_x(be, dx, acc, dys[i], L->w[t], m->wld[t], T, in, out);
+        int rows = out + (fold_dx ? m->fold_rows[t] : 0);
+        if (dx) be->linear_bwd_x(be, dx, acc, dys[i], ldy ? ldy : out, L->w[t], m->wld[t], T, in, rows);
         acc = true;
         if (L->gw[t]) be->linear_bwd_w(be, L->gw[t], L->gb[t], dys[i], x, T, in, out);
     }
@@ -177,7 +183,7 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
     /* gate/up (or the product) were kept: here, on the host (fetched back by run()), or gate only */
     bool kept = mode == US_RECOMPUTE_NONE || mode == US_OFFLOAD_MLP || mode == US_RECOMPUTE_UP;
     int hp = in_pitch(m, US_T_GATE);
-    void *dres = rows_at(m, m->s.dres, r0, D), *dh = rows_at(m, m->s.dh, r0, D), *h = rows_at(m, m->s.h, r0, (size_t)hp);
+    void *dres = rows_at(m, m->s.dres, r0, (size_t)m->dres_ld), *dh = rows_at(m, m->s.dh, r0, D), *h = rows_at(m, m->s.h, r0, (size_t)hp);
     void *prod = a->a;
     if (mode == US_RECOMPUTE_UP) { /* the gate was kept; rebuild h2 and the up projection (its x·A was kept) */
         be->rmsnorm_fwd(be, h, hp, m->s.rstd, rows_at(m, a->xmid, r0, D), L->ln2, n, c->hidden, (float)c->rms_eps);
@@ -196,7 +202,7 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
     }
     if (p->glu_bwd || down_trains) {
         static const int down[] = {US_T_DOWN};
-        group_bwd(m, l, down, 1, &dres, p->glu_bwd ? m->s.da : NULL, false, late_prod ? NULL : prod, n, r0);
+        group_bwd(m, l, down, 1, &dres, m->dres_ld, p->glu_bwd ? m->s.da : NULL, false, late_prod ? NULL : prod, n, r0);
     }
     if (!p->glu_bwd) return;
     be->glu_bwd(be, act, a->g, a->up, late_prod ? prod : NULL, m->s.da, a->g, a->up, a->bits, n, c->inter); /* dg, du in place */
@@ -209,9 +215,9 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
         be->rmsnorm_fwd(be, h, hp, m->s.rstd, rows_at(m, a->xmid, r0, D), L->ln2, n, c->hidden, (float)c->rms_eps);
     static const int gate_up[] = {US_T_GATE, US_T_UP};
     void *dgu[] = {a->g, a->up};
-    group_bwd(m, l, gate_up, 2, dgu, p->prior_mlp ? dh : NULL, false, h, n, r0);
+    group_bwd(m, l, gate_up, 2, dgu, 0, p->prior_mlp ? dh : NULL, false, h, n, r0);
     if (p->prior_mlp)
-        be->rmsnorm_bwd(be, dres, true, L->gln2, dh, rows_at(m, a->xmid, r0, D), a->rstd2 + r0, L->ln2, n, c->hidden);
+        be->rmsnorm_bwd(be, dres, m->dres_ld, true, L->gln2, dh, rows_at(m, a->xmid, r0, D), a->rstd2 + r0, L->ln2, n, c->hidden);
 }
 
 /* dres holds d(layer output); on return d(layer input). Returns false when nothing below needs it. */
@@ -231,7 +237,7 @@ static bool backward_layer(us_model *m, int l, const us_batch *b) {
     /* attention block */
     us_attn_shape sh = attn_shape(m, b);
     static const int o_proj[] = {US_T_O}, qkv[] = {US_T_Q, US_T_K, US_T_V};
-    if (p->save_att) group_bwd(m, l, o_proj, 1, &m->s.dres, p->attn_bwd ? m->s.datt : NULL, false, a->att, T, 0);
+    if (p->save_att) group_bwd(m, l, o_proj, 1, &m->s.dres, m->dres_ld, p->attn_bwd ? m->s.datt : NULL, false, a->att, T, 0);
     if (p->attn_bwd) {
         be->attn_bwd(be, m->s.dq, m->s.dk, m->s.dv, m->s.datt, a->q, a->k, a->v, a->att, a->lse, b->seg_start, &sh);
         be->rope(be, m->s.dq, b->pos, m->inv_freq, T, c->heads, c->head_dim, true);
@@ -239,8 +245,8 @@ static bool backward_layer(us_model *m, int l, const us_batch *b) {
         bool need_h1 = lora_on(m, l, US_T_Q) || lora_on(m, l, US_T_K) || lora_on(m, l, US_T_V) || L->gw[US_T_Q];
         if (need_h1) be->rmsnorm_fwd(be, m->s.h, in_pitch(m, US_T_Q), m->s.rstd, a->xin, L->ln1, T, D, (float)c->rms_eps);
         void *dqkv[] = {m->s.dq, m->s.dk, m->s.dv};
-        group_bwd(m, l, qkv, 3, dqkv, p->prior_attn ? m->s.dh : NULL, false, m->s.h, T, 0);
-        if (p->prior_attn) be->rmsnorm_bwd(be, m->s.dres, true, L->gln1, m->s.dh, a->xin, a->rstd1, L->ln1, T, D);
+        group_bwd(m, l, qkv, 3, dqkv, 0, p->prior_attn ? m->s.dh : NULL, false, m->s.h, T, 0);
+        if (p->prior_attn) be->rmsnorm_bwd(be, m->s.dres, m->dres_ld, true, L->gln1, m->s.dh, a->xin, a->rstd1, L->ln1, T, D);
     }
     return p->prior_attn;
 }
@@ -263,13 +269,13 @@ static void head(us_model *m, const us_batch *b, bool train, float grad_scale, f
         }
         be->xent_fwd_bwd(be, m->s.logits, b->targets + r0, m->s.loss, grad_scale, rows, V);
         if (train) {
-            be->linear_bwd_x(be, rows_at(m, m->s.dh, (size_t)r0, (size_t)D), false, m->s.logits, m->lm_head, D, rows, D,
-                             V);
+            be->linear_bwd_x(be, rows_at(m, m->s.dh, (size_t)r0, (size_t)D), false, m->s.logits, V, m->lm_head, D, rows,
+                             D, V);
             if (m->g_lm_head) be->linear_bwd_w(be, m->g_lm_head, NULL, m->s.logits, hrow, rows, D, V);
         }
     }
     be->free(be, tmp);
-    if (train) be->rmsnorm_bwd(be, m->s.dres, false, m->g_norm_f, m->s.dh, m->s.xfin, m->s.rstd, m->norm_f, T, D);
+    if (train) be->rmsnorm_bwd(be, m->s.dres, m->dres_ld, false, m->g_norm_f, m->s.dh, m->s.xfin, m->s.rstd, m->norm_f, T, D);
 }
 
 static us_status run(us_model *m, const us_batch *b, bool train, float grad_scale, float *logits_host,

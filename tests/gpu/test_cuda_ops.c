@@ -126,8 +126,8 @@ TEST(cuda_rmsnorm_fwd_bwd) {
             void *cdx = acc ? c_f32(&p, dx0, n) : p.c->alloc(p.c, n * 4);
             float *zero = calloc(D, 4);
             float *gdw = g_bytes(&p, zero, D * 4), *cdw = c_f32(&p, zero, D);
-            p.g->rmsnorm_bwd(p.g, gdx, acc, gdw, gdy, gx, crs == NULL ? NULL : grs, gw, T, D);
-            p.c->rmsnorm_bwd(p.c, cdx, acc, cdw, cdy, cx, crs, cw, T, D);
+            p.g->rmsnorm_bwd(p.g, gdx, D, acc, gdw, gdy, gx, crs == NULL ? NULL : grs, gw, T, D);
+            p.c->rmsnorm_bwd(p.c, cdx, D, acc, cdw, cdy, cx, crs, cw, T, D);
             double ex = err_act(&p, gdx, cdx, n), ew = err_f32(&p, gdw, cdw, D);
             free(zero);
             CHECK(ex < TOL_EW && ew < 1e-3, "rmsnorm_bwd D=%d acc=%d: dx %g dw %g", D, acc, ex, ew);
@@ -167,8 +167,8 @@ TEST(cuda_linear_fwd_bwd) {
                 void *gdy2 = g_act(&p, dy, (size_t)T * out), *cdx2 = p.c->alloc(p.c, (size_t)T * in * 4);
                 void *cdy2 = c_f32(&p, dy, (size_t)T * out);
                 p.g->linear_fwd(p.g, gyp, false, gxp, ld, gWp, ld, gb, T, in, out);
-                p.g->linear_bwd_x(p.g, gdxp, false, gdy2, gWp, ld, T, in, out);
-                p.c->linear_bwd_x(p.c, cdx2, false, cdy2, cW, in, T, in, out);
+                p.g->linear_bwd_x(p.g, gdxp, false, gdy2, out, gWp, ld, T, in, out);
+                p.c->linear_bwd_x(p.c, cdx2, false, cdy2, out, cW, in, T, in, out);
                 double e1 = err_act(&p, gyp, cy, (size_t)T * out), e2 = err_act(&p, gdxp, cdx2, (size_t)T * in);
                 free(xp), free(Wp);
                 CHECK(e1 < TOL_MM && e2 < TOL_MM, "linear %dx%dx%d pitched x, W: fwd %g bwd_x %g", T, in, out, e1, e2);
@@ -176,8 +176,8 @@ TEST(cuda_linear_fwd_bwd) {
             void *gdy = g_act(&p, dy, (size_t)T * out), *cdy = c_f32(&p, dy, (size_t)T * out);
             void *gdx = acc ? g_act(&p, dx0, (size_t)T * in) : g_poison(&p, (size_t)T * in * 2);
             void *cdx = acc ? c_f32(&p, dx0, (size_t)T * in) : p.c->alloc(p.c, (size_t)T * in * 4);
-            p.g->linear_bwd_x(p.g, gdx, acc, gdy, gW, in, T, in, out);
-            p.c->linear_bwd_x(p.c, cdx, acc, cdy, cW, in, T, in, out);
+            p.g->linear_bwd_x(p.g, gdx, acc, gdy, out, gW, in, T, in, out);
+            p.c->linear_bwd_x(p.c, cdx, acc, cdy, out, cW, in, T, in, out);
             e = err_act(&p, gdx, cdx, (size_t)T * in);
             CHECK(e < TOL_MM, "linear_bwd_x %dx%dx%d acc=%d: %g", T, in, out, acc, e);
         }
@@ -276,15 +276,35 @@ static int lora_case(gpair *pp, us_test_ctx *t, int T, int in, int out, int r, i
     float *gu2 = g_bytes(&p, cu, TR * 4);
     float *gdu = g_poison(&p, TR * 4), *cdu = p.c->alloc(p.c, TR * 4);
     float *gdB = g_f32_at(&p, dB0, (size_t)n * out * r, off), *cdB = c_f32(&p, dB0, (size_t)n * out * r);
+    /* member 0's dy on the GPU has room for du beside it (rows out + r apart) where that keeps
+     * rows 16-byte aligned, and lora_bwd_dy folds du into it */
+    int ldy0 = (out + r) % 8 == 0 ? out + r : out;
+    void *gdy0 = NULL;
     for (int j = 0; j < n; j++) {
-        void *gdy = g_act(&p, dy + (size_t)j * TO, TO), *cdy = c_f32(&p, dy + (size_t)j * TO, TO);
-        p.g->lora_bwd_dy(p.g, gdu + (size_t)j * r, R, gdB + (size_t)j * out * r, gdy, gu2 + (size_t)j * r, R,
-                         gB + (size_t)j * out * r, s, T, out, r);
-        p.c->lora_bwd_dy(p.c, cdu + (size_t)j * r, R, cdB + (size_t)j * out * r, cdy, cu + (size_t)j * r, R,
-                         cB + (size_t)j * out * r, s, T, out, r);
+        int ldy = j == 0 ? ldy0 : out;
+        float *dyp = malloc((size_t)T * ldy * 4);
+        for (size_t i = 0; i < (size_t)T * ldy; i++) dyp[i] = NAN;
+        for (int r2 = 0; r2 < T; r2++) memcpy(dyp + (size_t)r2 * ldy, dy + (size_t)j * TO + (size_t)r2 * out, (size_t)out * 4);
+        void *gdy = g_act(&p, dyp, (size_t)T * ldy), *cdy = c_f32(&p, dy + (size_t)j * TO, TO);
+        free(dyp);
+        if (j == 0) gdy0 = gdy;
+        p.g->lora_bwd_dy(p.g, gdu + (size_t)j * r, R, gdB + (size_t)j * out * r, gdy, ldy, gu2 + (size_t)j * r, R,
+                         gB + (size_t)j * out * r, s, T, out, r, ldy > out);
+        p.c->lora_bwd_dy(p.c, cdu + (size_t)j * r, R, cdB + (size_t)j * out * r, cdy, out, cu + (size_t)j * r, R,
+                         cB + (size_t)j * out * r, s, T, out, r, false);
     }
     double edu = err_f32(&p, gdu, cdu, TR), eB = err_f32(&p, gdB, cdB, (size_t)n * out * r);
-    if (!(edu < 5e-3 && eB < TOL_MM)) { snprintf(t->msg, sizeof t->msg, "lora_bwd_dy %s: du %g dB %g", what, edu, eB); t->failed = 1; return 0; }
+    if (!(edu < 5e-3 && eB < TOL_MM)) { snprintf(t->msg, sizeof t->msg, "lora_bwd_dy %s ldy %d: du %g dB %g", what, ldy0, edu, eB); t->failed = 1; return 0; }
+    if (ldy0 > out) { /* the folded copy of member 0's du beside its dy */
+        float *hy = get_act(&p, gdy0, (size_t)T * ldy0), *fu = malloc((size_t)T * r * 4), *cu0 = malloc((size_t)T * r * 4);
+        for (int r2 = 0; r2 < T; r2++) {
+            memcpy(fu + (size_t)r2 * r, hy + (size_t)r2 * ldy0 + out, (size_t)r * 4);
+            memcpy(cu0 + (size_t)r2 * r, (float *)cdu + (size_t)r2 * R, (size_t)r * 4);
+        }
+        double ef = rel_l2(fu, cu0, (size_t)T * r);
+        free(hy), free(fu), free(cu0);
+        if (!(ef < 5e-3)) { snprintf(t->msg, sizeof t->msg, "lora_bwd_dy %s fold: du beside dy %g", what, ef); t->failed = 1; return 0; }
+    }
     /* one lora_bwd_x for the group, with the CPU's du for both: dx += du A (res == dx) */
     float *gdu2 = g_bytes(&p, cdu, TR * 4);
     void *gdx = g_act(&p, dx0, TI), *cdx = c_f32(&p, dx0, TI);

@@ -134,7 +134,7 @@ static void cpu_rmsnorm_fwd(us_backend *be, void *y, int ldy, float *rstd, const
     }
 }
 
-static void cpu_rmsnorm_bwd(us_backend *be, void *dx, bool acc, float *dw, const void *dy, const void *x,
+static void cpu_rmsnorm_bwd(us_backend *be, void *dx, int ldx, bool acc, float *dw, const void *dy, const void *x,
                             const float *rstd, const float *w, int T, int dim) {
     (void)be;
     float *gx = dx;
@@ -142,7 +142,7 @@ static void cpu_rmsnorm_bwd(us_backend *be, void *dx, bool acc, float *dw, const
     #pragma omp parallel for schedule(static)
     for (int t = 0; t < T; t++) {
         const float *xr = in + (size_t)t * dim, *gr = gy + (size_t)t * dim;
-        float *dr = gx + (size_t)t * dim;
+        float *dr = gx + (size_t)t * ldx;
         float r = rstd[t];
         double dot = 0; /* sum_d (dy*w)_d * xhat_d */
         for (int d = 0; d < dim; d++) dot += (double)gr[d] * w[d] * xr[d] * r;
@@ -175,10 +175,10 @@ static void cpu_linear_fwd(us_backend *be, void *y, bool acc, const void *x, int
     if (bias) add_bias(y, bias, T, out);
 }
 
-static void cpu_linear_bwd_x(us_backend *be, void *dx, bool acc, const void *dy, const void *W, int ldw, int T,
-                             int in, int out) {
+static void cpu_linear_bwd_x(us_backend *be, void *dx, bool acc, const void *dy, int lddy, const void *W, int ldw,
+                             int T, int in, int out) {
     (void)be;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, out, 1.0f, dy, out, W, ldw, acc ? 1.0f : 0.0f, dx,
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, out, 1.0f, dy, lddy, W, ldw, acc ? 1.0f : 0.0f, dx,
                 in);
 }
 
@@ -219,11 +219,13 @@ static void cpu_lora_up(us_backend *be, void *y, const void *res, const float *u
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, r, s, u, ldu, B, r, 1.0f, y, out);
 }
 
-static void cpu_lora_bwd_dy(us_backend *be, float *du, int lddu, float *dB, const void *dy, const float *u, int ldu,
-                            const float *B, float s, int T, int out, int r) {
+static void cpu_lora_bwd_dy(us_backend *be, float *du, int lddu, float *dB, const void *dy, int ldy, const float *u,
+                            int ldu, const float *B, float s, int T, int out, int r, bool fold) {
     (void)be;
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, T, s, dy, out, u, ldu, 1.0f, dB, r);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, r, out, s, dy, out, B, r, 0.0f, du, lddu);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, T, s, dy, ldy, u, ldu, 1.0f, dB, r);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, r, out, s, dy, ldy, B, r, 0.0f, du, lddu);
+    if (fold)
+        for (int t = 0; t < T; t++) memcpy((float *)dy + (size_t)t * ldy + out, du + (size_t)t * lddu, (size_t)r * 4);
 }
 
 static void cpu_lora_bwd_x(us_backend *be, void *dx, const void *res, float *dA, const float *du, int lddu,

@@ -479,12 +479,12 @@ __global__ void k_rmsnorm_fwd(bf16 *y, int ldy, float *rstd, const bf16 *x, cons
 }
 
 template <bool VEC>
-__global__ void k_rmsnorm_bwd(bf16 *dx, bool acc, const bf16 *dy, const bf16 *x, const float *rstd, const float *w,
-                              int T, int dim) {
+__global__ void k_rmsnorm_bwd(bf16 *dx, int ldx, bool acc, const bf16 *dy, const bf16 *x, const float *rstd,
+                              const float *w, int T, int dim) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= T) return;
     const bf16 *xr = x + (size_t)row * dim, *gr = dy + (size_t)row * dim;
-    bf16 *dr = dx + (size_t)row * dim;
+    bf16 *dr = dx + (size_t)row * ldx;
     float r = rstd[row], dot = 0;
     if (VEC) {
         for (int u = lane; u < dim / 8; u += 32) {
@@ -577,8 +577,8 @@ __global__ void k_rmsnorm_fwd_reg(bf16 *y, int ldy, float *rstd, const bf16 *x, 
 }
 
 template <int NC>
-__global__ void k_rmsnorm_bwd_reg(bf16 *dx, bool acc, const bf16 *dy, const bf16 *x, const float *rstd, const float *w,
-                                  int T, int dim) {
+__global__ void k_rmsnorm_bwd_reg(bf16 *dx, int ldx, bool acc, const bf16 *dy, const bf16 *x, const float *rstd,
+                                  const float *w, int T, int dim) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= T) return;
     const int nch = dim / 8;
@@ -601,7 +601,7 @@ __global__ void k_rmsnorm_bwd_reg(bf16 *dx, bool acc, const bf16 *dy, const bf16
         }
     dot = warp_sum(dot);
     float mean = dot * r / dim;
-    bf16 *dr = dx + (size_t)row * dim;
+    bf16 *dr = dx + (size_t)row * ldx;
 #pragma unroll
     for (int i = 0; i < NC; i++) {
         const int u = lane + 32 * i;
@@ -668,23 +668,23 @@ static void cu_rmsnorm_fwd(us_backend *be, void *y, int ldy, float *rstd, const 
     CK_LAUNCH(c);
 }
 
-static void cu_rmsnorm_bwd(us_backend *be, void *dx, bool acc, float *dw, const void *dy, const void *x,
+static void cu_rmsnorm_bwd(us_backend *be, void *dx, int ldx, bool acc, float *dw, const void *dy, const void *x,
                            const float *rstd, const float *w, int T, int dim) {
     cuda_impl *c = CI(be);
     PROF(c, P_RMSNORM_B);
     unsigned grid = ceil_div_u(T, 4);
     if (dw) colsum(c, dw, dy, x, rstd, T, dim); /* before dx: dx may alias dy */
-    const bool vec = dim % 8 == 0 && aligned16(x) && aligned16(dy) && aligned16(dx);
+    const bool vec = dim % 8 == 0 && ldx % 8 == 0 && aligned16(x) && aligned16(dy) && aligned16(dx);
     if (vec && aligned16(w) && dim <= 1024)
-        k_rmsnorm_bwd_reg<4><<<grid, 128, 0, c->st>>>((bf16 *)dx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
+        k_rmsnorm_bwd_reg<4><<<grid, 128, 0, c->st>>>((bf16 *)dx, ldx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
     else if (vec && aligned16(w) && dim <= 2048)
-        k_rmsnorm_bwd_reg<8><<<grid, 128, 0, c->st>>>((bf16 *)dx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
+        k_rmsnorm_bwd_reg<8><<<grid, 128, 0, c->st>>>((bf16 *)dx, ldx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
     else if (vec && aligned16(w) && dim <= 4096)
-        k_rmsnorm_bwd_reg<16><<<grid, 128, 0, c->st>>>((bf16 *)dx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
+        k_rmsnorm_bwd_reg<16><<<grid, 128, 0, c->st>>>((bf16 *)dx, ldx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
     else if (vec)
-        k_rmsnorm_bwd<true><<<grid, 128, 0, c->st>>>((bf16 *)dx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
+        k_rmsnorm_bwd<true><<<grid, 128, 0, c->st>>>((bf16 *)dx, ldx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
     else
-        k_rmsnorm_bwd<false><<<grid, 128, 0, c->st>>>((bf16 *)dx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
+        k_rmsnorm_bwd<false><<<grid, 128, 0, c->st>>>((bf16 *)dx, ldx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
     CK_LAUNCH(c);
 }
 
@@ -854,11 +854,11 @@ static void cu_linear_fwd(us_backend *be, void *y, bool acc, const void *x, int 
     }
 }
 
-static void cu_linear_bwd_x(us_backend *be, void *dx, bool acc, const void *dy, const void *W, int ldw, int T, int in,
-                            int out) {
+static void cu_linear_bwd_x(us_backend *be, void *dx, bool acc, const void *dy, int lddy, const void *W, int ldw, int T,
+                            int in, int out) {
     PROF(CI(be), P_LINEAR_BX);
     /* dx^T (in x T) = W^T (in x out) dy^T */
-    gemm(CI(be), false, false, in, T, out, 1.0f, W, BF, ldw, dy, BF, out, acc ? 1.0f : 0.0f, dx, BF, in);
+    gemm(CI(be), false, false, in, T, out, 1.0f, W, BF, ldw, dy, BF, lddy, acc ? 1.0f : 0.0f, dx, BF, in);
 }
 
 static void cu_linear_bwd_w(us_backend *be, float *dW, float *dbias, const void *dy, const void *x, int T, int in,
@@ -939,18 +939,23 @@ static void cu_lora_up(us_backend *be, void *y, const void *res, const float *u,
     gemm(c, true, false, out, T, r, s, Bb, BF, r, ub, BF, r, 1.0f, y, BF, out);
 }
 
-static void cu_lora_bwd_dy(us_backend *be, float *du, int lddu, float *dB, const void *dy, const float *u, int ldu,
-                           const float *B, float s, int T, int out, int r) {
+static void cu_lora_bwd_dy(us_backend *be, float *du, int lddu, float *dB, const void *dy, int ldy, const float *u,
+                           int ldu, const float *B, float s, int T, int out, int r, bool fold) {
     cuda_impl *c = CI(be);
     PROF(c, P_LORA_B);
-    if (!lora_gemm_forced() && us_cuda_lora_bwd_dy_fast(c, du, lddu, dB, dy, u, ldu, B, s, T, out, r)) return;
-    bf16 *Bb = (bf16 *)us_cuda_scratch(c, SCR_LORA_B, (size_t)out * r * 2), *ub = lora_bf16_rows(c, SCR_LORA_U, u, ldu, T, r);
-    if (!Bb || !ub) return;
-    f32_to_bf16(c, Bb, B, (size_t)out * r);
-    /* dB^T (r x out) += s u^T (r x T) dy (T x out) */
-    gemm(c, false, true, r, out, T, s, ub, BF, r, dy, BF, out, 1.0f, dB, F32, r);
-    /* du^T (r x T) = s B^T (r x out) dy^T */
-    gemm(c, false, false, r, T, out, s, Bb, BF, r, dy, BF, out, 0.0f, du, F32, lddu);
+    if (lora_gemm_forced() || !us_cuda_lora_bwd_dy_fast(c, du, lddu, dB, dy, ldy, u, ldu, B, s, T, out, r)) {
+        bf16 *Bb = (bf16 *)us_cuda_scratch(c, SCR_LORA_B, (size_t)out * r * 2), *ub = lora_bf16_rows(c, SCR_LORA_U, u, ldu, T, r);
+        if (!Bb || !ub) return;
+        f32_to_bf16(c, Bb, B, (size_t)out * r);
+        /* dB^T (r x out) += s u^T (r x T) dy (T x out) */
+        gemm(c, false, true, r, out, T, s, ub, BF, r, dy, BF, ldy, 1.0f, dB, F32, r);
+        /* du^T (r x T) = s B^T (r x out) dy^T */
+        gemm(c, false, false, r, T, out, s, Bb, BF, r, dy, BF, ldy, 0.0f, du, F32, lddu);
+    }
+    if (fold && T > 0) { /* du beside dy, for dy's folded input-gradient product */
+        k_lora_fold<<<grid_for(c, (size_t)T * r, 256), 256, 0, c->st>>>((bf16 *)dy + out, ldy, du, lddu, T, r);
+        CK_LAUNCH(c);
+    }
 }
 
 static void cu_lora_bwd_x(us_backend *be, void *dx, const void *res, float *dA, const float *du, int lddu,

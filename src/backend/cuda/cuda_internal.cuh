@@ -142,7 +142,7 @@ bool us_cuda_lora_down_fast(cuda_impl *c, float *u, int ldu, const void *x, int 
                             int R);
 bool us_cuda_lora_up_fast(cuda_impl *c, void *y, const void *res, const float *u, int ldu, const float *B, float s,
                           int T, int out, int r);
-bool us_cuda_lora_bwd_dy_fast(cuda_impl *c, float *du, int lddu, float *dB, const void *dy, const float *u, int ldu,
+bool us_cuda_lora_bwd_dy_fast(cuda_impl *c, float *du, int lddu, float *dB, const void *dy, int ldy, const float *u, int ldu,
                               const float *B, float s, int T, int out, int r);
 bool us_cuda_lora_bwd_x_fast(cuda_impl *c, void *dx, const void *res, float *dA, const float *du, int lddu,
                              const void *x, int ldx, const float *A, int T, int in, int R);

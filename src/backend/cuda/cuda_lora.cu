@@ -461,10 +461,10 @@ struct lora_at {
                    int out) {
         expand<R>(c, y, res, T, out, u, ldu, B, R, 1, s); /* y = res + s u B^T   (B [out, R]) */
     }
-    static void bwd_dy(cuda_impl *c, float *du, int lddu, float *dB, const void *dy, const float *u, int ldu,
+    static void bwd_dy(cuda_impl *c, float *du, int lddu, float *dB, const void *dy, int ldy, const float *u, int ldu,
                        const float *B, float s, int T, int out) {
         /* one pass over dy: dB(o, j) += s sum_t dy[t, o] u[t, j] and du = s dy B */
-        colred<R>(c, dB, R, 1, dy, out, T, out, u, ldu, s, du, lddu, B, s);
+        colred<R>(c, dB, R, 1, dy, ldy, T, out, u, ldu, s, du, lddu, B, s);
     }
     static void bwd_x(cuda_impl *c, void *dx, const void *res, float *dA, const float *du, int lddu, const void *x,
                       int ldx, const float *A, int T, int in) {
@@ -509,11 +509,11 @@ bool us_cuda_lora_up_fast(cuda_impl *c, void *y, const void *res, const float *u
     return true;
 }
 
-bool us_cuda_lora_bwd_dy_fast(cuda_impl *c, float *du, int lddu, float *dB, const void *dy, const float *u, int ldu,
-                              const float *B, float s, int T, int out, int r) {
+bool us_cuda_lora_bwd_dy_fast(cuda_impl *c, float *du, int lddu, float *dB, const void *dy, int ldy, const float *u,
+                              int ldu, const float *B, float s, int T, int out, int r) {
     if (T <= 0) return true;
-    if (!width_ok(r) || out % 8 || !aligned16(dy) || !a8(u) || !a8(du) || ldu % 2 || lddu % 2) return false;
-    LORA_DISPATCH(r, bwd_dy(c, du, lddu, dB, dy, u, ldu, B, s, T, out));
+    if (!width_ok(r) || out % 8 || ldy % 8 || !aligned16(dy) || !a8(u) || !a8(du) || ldu % 2 || lddu % 2) return false;
+    LORA_DISPATCH(r, bwd_dy(c, du, lddu, dB, dy, ldy, u, ldu, B, s, T, out));
     return true;
 }
 
