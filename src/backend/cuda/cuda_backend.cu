@@ -524,15 +524,6 @@ __global__ void k_rmsnorm_bwd(bf16 *dx, int ldx, bool acc, const bf16 *dy, const
  * aligned): each lane issues all of its row's 16-byte loads at once and keeps them, so the row is
  * read from memory once and many loads are in flight (the loop kernels above re-read the row and
  * wait on one load at a time). Same arithmetic, in the same order, as the loop kernels. */
-__device__ __forceinline__ void unpack8(const uint4 &u, float f[8]) {
-    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float2 t = __bfloat1622float2(h[i]);
-        f[2 * i] = t.x;
-        f[2 * i + 1] = t.y;
-    }
-}
 __device__ __forceinline__ void load_w8(const float *w, float f[8]) {
     const float4 a = __ldg(reinterpret_cast<const float4 *>(w)), b = __ldg(reinterpret_cast<const float4 *>(w) + 1);
     f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;

@@ -116,8 +116,7 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 /* 8 bf16 <-> 8 floats through one 16-byte access. */
-__device__ __forceinline__ void load8(const bf16 *p, float f[8]) {
-    uint4 u = *reinterpret_cast<const uint4 *>(p);
+__device__ __forceinline__ void unpack8(const uint4 &u, float f[8]) {
     const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
 #pragma unroll
     for (int i = 0; i < 4; i++) {
@@ -126,6 +125,7 @@ __device__ __forceinline__ void load8(const bf16 *p, float f[8]) {
         f[2 * i + 1] = t.y;
     }
 }
+__device__ __forceinline__ void load8(const bf16 *p, float f[8]) { unpack8(*reinterpret_cast<const uint4 *>(p), f); }
 __device__ __forceinline__ void store8(bf16 *p, const float f[8]) {
     uint4 u;
     __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&u);
