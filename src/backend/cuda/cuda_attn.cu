@@ -1,5 +1,7 @@
 /* cuda_attn.cu — causal flash attention (forward and backward) with GQA and packed-example
- * segments, on bf16 tensor cores (mma.sync m16n8k16, fp32 accumulation).
+ * segments, on bf16 tensor cores (mma.sync m16n8k16, fp32 accumulation), and the dispatch to the
+ * Hopper wgmma kernels (cuda_attn_wgf.cu forward, cuda_attn_wg.cu backward) that run first on a
+ * compute-capability 9.0 device for head_dim 64/128; the kernels here serve every other case.
  *
  * Forward: one CTA of 4 warps per (64-query block, head, batch row); each warp owns 16 query rows,
  * streams 64-key tiles of K and V through double-buffered shared memory (cp.async), keeps the
@@ -22,6 +24,7 @@
 #include <string.h>
 
 #include "cuda_attn_wg.cuh"
+#include "cuda_attn_wgf.cuh"
 #include "cuda_internal.cuh"
 #include "cuda_ptx.cuh"
 
@@ -527,6 +530,19 @@ __global__ void __launch_bounds__(BN * 2) k_attn_bwd(float *dq_acc, bf16 *dk, bf
 template <int HD>
 void launch_fwd(cuda_impl *c, void *o, float *lse, const void *q, const void *k, const void *v, const int32_t *seg,
                 const us_attn_shape *sh) {
+    if constexpr (HD == 64 || HD == 128) { /* the Hopper kernel (cuda_attn_wgf.cu) first */
+        static int off = -1;
+        if (off < 0) {
+            const char *e = getenv("US_CUDA_ATTN_WG");
+            off = e && !strcmp(e, "0");
+        }
+        if (!off && c->sm90 &&
+            attn_fwd_wgmma(c->st, c->sm_count, (bf16 *)o, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seg,
+                           sh->batch, sh->seq, sh->heads, sh->kv_heads, HD, sh->scale)) {
+            CK_LAUNCH(c);
+            return;
+        }
+    }
     size_t smem = (size_t)(FBM + 4 * FBN) * HD * 2;
     static bool attr_set = false; /* per template instance; one device per process */
     if (!attr_set) {
@@ -574,8 +590,8 @@ size_t attn_acc_bytes(size_t T, int nh, int GH, int hd) {
 }
 
 /* The Hopper kernel (cuda_attn_wg.cu) takes every head at once: its accumulators for all heads
- * may use twice the budget. Packed segments, other head sizes or US_CUDA_ATTN_WG=0 keep the
- * kernel below. */
+ * may use twice the budget. Other head sizes, larger accumulators (long sequences) or
+ * US_CUDA_ATTN_WG=0 keep the kernel below. */
 bool attn_wg_fits(cuda_impl *c, size_t T, int H, int KV, int hd) {
     static int off = -1;
     if (off < 0) {
@@ -606,16 +622,17 @@ void launch_bwd(cuda_impl *c, void *dq, void *dk, void *dv, const void *dout, co
     const size_t qs = (size_t)H * HD, ks = (size_t)KV * HD;
     const size_t nqc = (size_t)T * nh * HD, nkc = (size_t)T * nkv * HD;
     const size_t TH = (size_t)T * H;
-    if (!seg && attn_wg_fits(c, (size_t)T, H, KV, HD)) { /* every head at once through wgmma */
-        float *wq = (float *)us_cuda_scratch(c, SCR_ATTN_DQ, (size_t)T * H * HD * 4);
+    if (attn_wg_fits(c, (size_t)T, H, KV, HD)) { /* every head at once through wgmma */
+        float *wq = (float *)us_cuda_scratch(c, SCR_ATTN_DQ, attn_wg_dq_scratch_bytes(sh->batch, sh->seq, H, KV, HD));
         float *wkv = split ? (float *)us_cuda_scratch(c, SCR_ATTN_DKV, 2 * (size_t)T * KV * HD * 4) : NULL;
         float *wD = (float *)us_cuda_scratch(c, SCR_ATTN_D, TH * 4);
-        if (!wq || !wD || (split && !wkv)) return;
+        int *wseg = seg ? (int *)us_cuda_scratch(c, SCR_ATTN_SEG, (size_t)((sh->seq + 63) / 64) * sh->batch * 4) : NULL;
+        if (!wq || !wD || (split && !wkv) || (seg && !wseg)) return;
         k_attn_bwd_pre<<<ceil_div_u(TH, 8), 256, 0, c->st>>>(wD, (const bf16 *)dout, (const bf16 *)o, TH, HD);
         CK_LAUNCH(c);
         if (attn_bwd_wgmma(c->st, c->sm_count, (bf16 *)dq, (bf16 *)dk, (bf16 *)dv, wq, wkv, (const bf16 *)dout,
                            (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, lse, wD, sh->batch, sh->seq, H, KV, HD,
-                           sh->scale)) {
+                           sh->scale, wseg, seg)) {
             CK_LAUNCH(c);
             return;
         }
@@ -682,9 +699,10 @@ size_t us_cuda_attn_scratch_bytes(cuda_impl *c, int T, const us_attn_shape *sh) 
     const int seq = sh->seq > 0 ? sh->seq : T / batch;
     const int nh = attn_chunk_heads(c->attn_budget, (size_t)T, H, KV, hd), GH = H / KV;
     size_t b = attn_acc_bytes((size_t)T, nh, GH, hd);               /* dQ (and dK, dV) accumulators */
-    if (attn_wg_fits(c, (size_t)T, H, KV, hd)) b = US_MAX(b, attn_acc_bytes((size_t)T, H, GH, hd)); /* every head */
+    if (attn_wg_fits(c, (size_t)T, H, KV, hd)) /* every head, and the counters of its fused casts */
+        b = US_MAX(b, attn_wg_dq_scratch_bytes(batch, seq, H, KV, hd) + (GH > 1 ? 2 * (size_t)T * KV * hd * 4 : 0));
     b += (size_t)T * H * 4;                                           /* D = rowsum(dO * O) */
-    b += (size_t)((seq + BQ - 1) / BQ) * batch * 4;                   /* per-block segment minimum */
+    b += (size_t)((seq + BQ - 1) / BQ) * batch * 4; /* per-block segment minimum (BQ <= 64, the wgmma kernel's) */
     return b;
 }
 

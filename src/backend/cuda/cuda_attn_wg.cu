@@ -30,7 +30,23 @@
  * waits for its own copies and fences them into the async proxy first) and a second one publishes
  * dS. At the end dK / dV are stored as bf16 directly (KV == H) or, under GQA, summed over the
  * group by v4 f32 atomics into dkv_acc. dq_acc (and dkv_acc) are zeroed before and cast to bf16
- * after the kernel.
+ * after the kernel (one cast kernel for dQ, dK and dV).
+ *
+ * Packed segments (seg != NULL, template SEG): token i sees keys seg[i] <= j <= i. A pre-kernel
+ * takes the minimum of seg over each query block of 64 rows (into seg_scratch); a CTA skips the
+ * query blocks whose minimum lies past its last key (a warp ballot over 32 prefetched minima
+ * finds the next block, so the cp.async of its tiles is issued as before), and masks the rest
+ * with the rows' seg starts, which travel with lse and D in the stage. The plain causal kernel is
+ * a separate instance (SEG = false), so it pays nothing for this.
+ *
+ * Fused bf16 casts (FUSE 1 / 2, wg_fuse_mode; measured slower, off by default): per-unit and
+ * per-(kv head, key block) arrival counters after dq_acc, each CTA fences its atomics and counts
+ * itself at its end, the last casts. Measured (H100, mean of 20) against the separate cast:
+ * hd128 b1 s2048 H32/8 0.373 / 0.343 (dK/dV only) vs 0.317 ms; hd64 b4 s2048 0.939 / 0.933 vs
+ * 0.746 ms; hd64 b8 s2048 H9/3 0.535 / 0.531 vs 0.419 ms. The fence is the cost: it waits for the
+ * CTA's fire-and-forget f32 reductions, which queue deeply at L2 in this reduction-bound kernel
+ * (an earlier per-query-block variant, fencing every iteration, was slower still: 0.425 ms at
+ * hd128). A faster scheme would have to avoid waiting for the reductions in the compute warps.
  *
  * Shared-memory tiles use the canonical 128-byte-swizzle layout of wgmma: a tile of R rows x C
  * bf16 columns is stored as C/64 column blocks of R rows of 128 bytes, each block 1024-byte
@@ -45,7 +61,11 @@
  * 1.6x to 2.6x slower), deferring the dQ adds behind the next block's S (ptxas inserts waits).
  *
  * wgmma and the swizzle need sm_90a; the plain compute_90 PTX pass compiles the kernel as a trap
- * (the host entry returns false on devices other than 9.0). */
+ * (the host entry returns false on devices other than 9.0).
+ *
+ * Note: nvcc 13.0 dropped the statement following a brace-less `if constexpr (...) for (...) {}`
+ * inside the issue lambda (the cp.async commit: the plain causal kernel then raced on its tiles);
+ * keep braces around the bodies of `if constexpr` here. */
 #include "cuda_attn_wg.cuh"
 #include "cuda_ptx.cuh"
 
@@ -88,6 +108,8 @@ template <int N>
 __device__ __forceinline__ void wg_wait() {
     asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
+/* release / acquire fence at device scope (the fused casts' counters) */
+__device__ __forceinline__ void fence_gpu() { asm volatile("fence.acq_rel.gpu;\n" ::: "memory"); }
 __device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 /* pins registers that an in-flight wgmma reads or writes at this point of the program */
 template <int N>
@@ -168,7 +190,7 @@ struct WgSmem { /* byte offsets from a 1024-aligned base */
     static constexpr int DQ_RS = HD / 2 * 4 + 32;
     static constexpr int K = 0, V = K + WG_BN * HD * 2, Q = V + WG_BN * HD * 2, DO = Q + 2 * WG_BQ * HD * 2,
                          DS = DO + 2 * WG_BQ * HD * 2, L = DS + WG_BN * WG_BQ * 2, D = L + 2 * WG_BQ * 4,
-                         DQ = D + 2 * WG_BQ * 4, END = DQ + (DQM == 2 ? 2 * 64 * DQ_RS : 0);
+                         SG = D + 2 * WG_BQ * 4, DQ = SG + 2 * WG_BQ * 4, END = DQ + (DQM == 2 ? 2 * 64 * DQ_RS : 0);
     static constexpr size_t bytes = (size_t)END + 1024; /* + alignment slack */
 };
 
@@ -189,11 +211,12 @@ __device__ __forceinline__ void wg_load(uint32_t s, const wbf16 *g, size_t strid
 /* DQM: how dQ tiles reach dq_acc: 1 red.global.add.v4.f32 from registers; 2 staged in shared
  * memory and added by the bulk-copy engine (cp.reduce.async.bulk .add.f32, a row per lane);
  * 0 not at all (timing experiments only) */
-template <int HD, int WG_BQ, int WG_BN, int DQM>
+template <int HD, int WG_BQ, int WG_BN, int DQM, int FUSE, bool SEG>
 __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
-    k_attn_bwd_wg(float *dq_acc, wbf16 *dk, wbf16 *dv, float *dkv_acc, const wbf16 *dout, const wbf16 *q,
-                  const wbf16 *k, const wbf16 *v, const float *lse, const float *Dg, int seq, int H, int KVH,
-                  float scale, float scale_log2, int units, int nkb, int chunk) {
+    k_attn_bwd_wg(float *dq_acc, wbf16 *dq, wbf16 *dk, wbf16 *dv, float *dkv_acc, int *cnt, const wbf16 *dout,
+                  const wbf16 *q, const wbf16 *k, const wbf16 *v, const float *lse, const float *Dg,
+                  const int32_t *seg, const int *segmin, int seq, int H, int KVH, float scale, float scale_log2,
+                  int units, int nkb, int chunk) {
 #ifdef WG_SM90A
     using L = WgSmem<HD, WG_BQ, WG_BN, DQM>;
     static_assert(DQM != 2 || (WG_BN == 128 && WG_BQ == 64), "bulk dQ: two warpgroups, BQ = 64");
@@ -209,6 +232,8 @@ __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
     const uint32_t sraw = smem_u32(wg_smraw), sb = (sraw + 1023u) & ~1023u;
     unsigned char *sp = wg_smraw + (sb - sraw);
     const float *sL = reinterpret_cast<const float *>(sp + L::L), *sD = reinterpret_cast<const float *>(sp + L::D);
+    const int *sS = reinterpret_cast<const int *>(sp + L::SG);
+    __shared__ int s_cast; /* FUSE: bit 0 this CTA casts its unit's dQ, bit 1 its key block's dK / dV */
 
     /* blockIdx.x -> (unit = batch row * H + head, key block): units go in chunks of `chunk`, all
      * key blocks of a chunk before the next chunk (its dq_acc rows and Q / dO stay in L2), inside
@@ -225,6 +250,8 @@ __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
     const int tid = threadIdx.x, wg = tid >> 7, wi = (tid >> 5) & 3, lane = tid & 31;
     const size_t qs = (size_t)H * HD, ks = (size_t)KVH * HD;
     const int nqb = (seq + WG_BQ - 1) / WG_BQ, qb0 = k0 / WG_BQ;
+    const int klast = k0 + WG_BN - 1;
+    const int *smin = SEG ? segmin + (size_t)b * nqb : nullptr; /* per query block minimum of seg */
 
     auto issue = [&](int qb, int stage) {
         const int q0 = qb * WG_BQ;
@@ -238,15 +265,33 @@ __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
             const float *src = (tid < WG_BQ ? lse : Dg) + t * H + h;
             cp_async4(sb + (tid < WG_BQ ? L::L : L::D) + (stage * WG_BQ + i) * 4, src, ok);
         }
+        if constexpr (SEG) { /* (braces: nvcc 13.0 dropped the statement after a brace-less one) */
+            for (int i = tid; i < WG_BQ; i += WG_NT) {
+                const bool ok = q0 + i < seq;
+                cp_async4(sb + L::SG + (stage * WG_BQ + i) * 4, seg + (size_t)b * seq + (ok ? q0 + i : 0), ok);
+            }
+        }
         cp_async_commit();
     };
-
+    /* packed segments: the first query block from p on that some query of it lets this CTA's keys
+     * through (a warp-wide scan of the block minima, 32 at a time) */
+    auto scan = [&](int p) -> int {
+        for (; p < nqb; p += 32) {
+            const int i = p + lane;
+            const unsigned m = __ballot_sync(0xffffffffu, i < nqb && __ldg(smin + i) <= klast);
+            if (m) return p + __ffs(m) - 1;
+        }
+        return nqb;
+    };
     {
         const size_t off = ((size_t)b * seq + k0) * ks + (size_t)kvh * HD;
         wg_load<WG_BN, HD, WG_NT>(sb + L::K, k + off, ks, seq - k0, tid);
         wg_load<WG_BN, HD, WG_NT>(sb + L::V, v + off, ks, seq - k0, tid);
     }
-    issue(qb0, 0); /* one group with K and V */
+    int cur = SEG ? scan(qb0) : qb0;                      /* the query block to compute */
+    int nxt = SEG ? (cur < nqb ? scan(cur + 1) : nqb) : cur + 1; /* the one after it */
+    if (cur < nqb) issue(cur, 0); /* one group with K and V */
+    else cp_async_commit();
 
     float dka[HN], dva[HN];
 #pragma unroll
@@ -276,12 +321,14 @@ __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
         }
     };
 
-    for (int qb = qb0; qb < nqb; qb++) {
-        const int stage = (qb - qb0) & 1, q0 = qb * WG_BQ;
+    for (int it = 0; cur < nqb; it++) {
+        const int stage = it & 1, q0 = cur * WG_BQ;
         cp_async_wait_all();
         fence_async_smem();
         __syncthreads(); /* stage landed; the previous block's dS and stage are no longer read */
-        if (qb + 1 < nqb) issue(qb + 1, stage ^ 1);
+        if (nxt < nqb) issue(nxt, stage ^ 1);
+        int pre = 0x7fffffff; /* block minima after nxt, for the next scan */
+        if (SEG && nxt + 1 + lane < nqb) pre = __ldg(smin + nxt + 1 + lane);
         const uint32_t sQ = sb + L::Q + stage * WG_BQ * HD * 2, sdO = sb + L::DO + stage * WG_BQ * HD * 2;
 
         float sacc[WG_BQ / 2], pacc[WG_BQ / 2];
@@ -304,18 +351,23 @@ __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
         reg_pin(sacc);
 
         const float *cL = sL + stage * WG_BQ, *cD = sD + stage * WG_BQ;
-        const bool need_mask = wk_last > q0 || q0 + WG_BQ > seq;
+        const bool need_mask = SEG || wk_last > q0 || q0 + WG_BQ > seq;
+        const int *cS = sS + stage * WG_BQ;
 #pragma unroll
         for (int j = 0; j < WG_BQ / 8; j++) {
             const int qc = j * 8 + (lane & 3) * 2;
             const float2 Ln = *reinterpret_cast<const float2 *>(cL + qc);
             const float l0 = Ln.x * WG_LOG2E, l1 = Ln.y * WG_LOG2E;
+            int2 sg2 = make_int2(0, 0);
+            if constexpr (SEG) {
+                sg2 = *reinterpret_cast<const int2 *>(cS + qc);
+            }
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 float p = wg_exp2(fmaf(sacc[4 * j + e], scale_log2, -((e & 1) ? l1 : l0)));
                 if (need_mask) {
                     const int qi = q0 + qc + (e & 1), kr = e < 2 ? kr0 : kr1;
-                    if (kr > qi || qi >= seq) p = 0.0f;
+                    if (kr > qi || qi >= seq || (SEG && kr < ((e & 1) ? sg2.y : sg2.x))) p = 0.0f;
                 }
                 sacc[4 * j + e] = p;
             }
@@ -404,11 +456,78 @@ __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
                 asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
             }
         }
+        /* the next block */
+        cur = nxt;
+        if constexpr (SEG) {
+            const unsigned m = __ballot_sync(0xffffffffu, pre <= klast);
+            nxt = m ? nxt + __ffs(m) : scan(nxt + 33);
+        } else {
+            nxt = cur + 1;
+        }
     }
     if constexpr (DQM == 2) {
         if (lane < 16) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
     }
+    cp_async_wait_all(); /* (only the K / V loads of a CTA without query blocks can be in flight) */
 
+    /* FUSE: once all its adds are done (a fence), the CTA counts itself for its unit (all the key
+     * blocks add to the unit's dQ; FUSE 1 only) and, under GQA, for its key block (the group's
+     * query heads add to its dK / dV); the last one of either casts the f32 sums to bf16 */
+    auto fused_casts = [&](bool kv) {
+        if constexpr (DQM == 2) {
+            asm volatile("fence.proxy.async.global;\n" ::: "memory");
+        }
+        fence_gpu();
+        __syncthreads();
+        if (tid == 0) {
+            int f = FUSE == 1 ? atomicAdd(cnt + unit, 1) == nkb - 1 : 0;
+            if (kv) f |= (atomicAdd(cnt + units + ((size_t)b * KVH + kvh) * nkb + kblk, 1) == H / KVH - 1) << 1;
+            if (f) fence_gpu(); /* acquire the other CTAs' adds */
+            s_cast = f;
+        }
+        __syncthreads();
+        const int f = s_cast;
+        constexpr int C4 = HD / 4, U = 8; /* U loads in flight per thread */
+        if (f & 1) { /* dQ of the unit: seq rows */
+            const size_t base = (size_t)b * seq * qs + (size_t)h * HD;
+            const int n = seq * C4;
+            for (int e0 = tid; e0 < n; e0 += U * WG_NT) {
+                float4 x[U];
+#pragma unroll
+                for (int u = 0; u < U; u++) {
+                    const int e = e0 + u * WG_NT;
+                    if (e < n) x[u] = __ldcg(reinterpret_cast<const float4 *>(dq_acc + base + (size_t)(e / C4) * qs + (e % C4) * 4));
+                }
+#pragma unroll
+                for (int u = 0; u < U; u++) {
+                    const int e = e0 + u * WG_NT;
+                    if (e < n)
+                        *reinterpret_cast<uint2 *>(dq + base + (size_t)(e / C4) * qs + (e % C4) * 4) =
+                            make_uint2(pack_bf16(x[u].x, x[u].y), pack_bf16(x[u].z, x[u].w));
+                }
+            }
+        }
+        if (f & 2) { /* dK, dV of the key block */
+            const size_t half = (size_t)(units / H) * seq * ks, base = ((size_t)b * seq + k0) * ks + (size_t)kvh * HD;
+            const int n = min(WG_BN, seq - k0) * C4;
+            for (int e0 = tid; e0 < 2 * n; e0 += U * WG_NT) {
+                float4 x[U];
+#pragma unroll
+                for (int u = 0; u < U; u++) {
+                    const int e = e0 + u * WG_NT, t = e >= n, i = e - (t ? n : 0);
+                    if (e < 2 * n)
+                        x[u] = __ldcg(reinterpret_cast<const float4 *>(dkv_acc + (t ? half : 0) + base + (size_t)(i / C4) * ks + (i % C4) * 4));
+                }
+#pragma unroll
+                for (int u = 0; u < U; u++) {
+                    const int e = e0 + u * WG_NT, t = e >= n, i = e - (t ? n : 0);
+                    if (e < 2 * n)
+                        *reinterpret_cast<uint2 *>((t ? dv : dk) + base + (size_t)(i / C4) * ks + (i % C4) * 4) =
+                            make_uint2(pack_bf16(x[u].x, x[u].y), pack_bf16(x[u].z, x[u].w));
+                }
+            }
+        }
+    };
     if (dkv_acc) { /* GQA: sum over the group's query heads */
         const bool odd = lane & 1;
         const int row = odd ? kr1 : kr0;
@@ -429,6 +548,9 @@ __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
                 atomicAdd(reinterpret_cast<float4 *>(dkg + half + (size_t)row * ks + j * 8), vv4);
             }
         }
+        if constexpr (FUSE) {
+            fused_casts(true);
+        }
         return;
     }
     wbf16 *dkg = dk + (size_t)b * seq * ks + (size_t)kvh * HD, *dvg = dv + (size_t)b * seq * ks + (size_t)kvh * HD;
@@ -444,36 +566,73 @@ __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
             *reinterpret_cast<uint32_t *>(dvg + (size_t)kr1 * ks + col) = pack_bf16(dva[4 * j + 2], dva[4 * j + 3]);
         }
     }
+    if constexpr (FUSE == 1) {
+        fused_casts(false);
+    }
 #else
     __trap(); /* needs sm_90a */
 #endif
 }
 
-/* f32 -> bf16, n a multiple of 4, both contiguous */
-__global__ void k_wg_f32_to_bf16(wbf16 *d, const float *s, size_t n4) {
+/* f32 -> bf16 of up to three contiguous arrays in one launch: s0 (n0 floats), then s1 and s2 (n1
+ * floats each); n0, n1 multiples of 4 */
+__global__ void k_wg_f32_to_bf16(wbf16 *d0, const float *s0, size_t n0, wbf16 *d1, const float *s1, wbf16 *d2,
+                                 const float *s2, size_t n1) {
+    const size_t a = n0 / 4, c = n1 / 4, n4 = a + 2 * c;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
-        const float4 x = reinterpret_cast<const float4 *>(s)[i];
-        const uint2 u = make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
-        reinterpret_cast<uint2 *>(d)[i] = u;
+        const float *s = i < a ? s0 : i < a + c ? s1 : s2;
+        wbf16 *d = i < a ? d0 : i < a + c ? d1 : d2;
+        const size_t j = i < a ? i : i < a + c ? i - a : i - a - c;
+        const float4 x = __ldcs(reinterpret_cast<const float4 *>(s) + j);
+        reinterpret_cast<uint2 *>(d)[j] = make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
     }
 }
 
-void wg_cast(cudaStream_t st, int sm_count, wbf16 *d, const float *s, size_t n) {
-    const size_t n4 = n / 4;
+void wg_cast(cudaStream_t st, int sm_count, wbf16 *d0, const float *s0, size_t n0, wbf16 *d1 = nullptr,
+             const float *s1 = nullptr, wbf16 *d2 = nullptr, const float *s2 = nullptr, size_t n1 = 0) {
+    const size_t n4 = n0 / 4 + 2 * (n1 / 4);
     size_t g = (n4 + 255) / 256, cap = (size_t)(sm_count > 0 ? sm_count : 132) * 16;
     if (g > cap) g = cap;
-    k_wg_f32_to_bf16<<<(unsigned)(g ? g : 1), 256, 0, st>>>(d, s, n4);
+    k_wg_f32_to_bf16<<<(unsigned)(g ? g : 1), 256, 0, st>>>(d0, s0, n0, d1, s1, d2, s2, n1);
+}
+
+/* Minimum (clamped to [0, row]) of seg over each query block of BQ rows: a warp per block. */
+__global__ void k_wg_segmin(int *out, const int32_t *seg, int seq, int nqb, int BQ, int nblk) {
+    const int w = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
+    if (w >= nblk) return;
+    const int b = w / nqb, r0 = (w % nqb) * BQ, r1 = min(seq, r0 + BQ);
+    int m = 0x7fffffff;
+    for (int r = r0 + lane; r < r1; r += 32) m = min(m, max(0, min((int)seg[(size_t)b * seq + r], r)));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = min(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (lane == 0) out[w] = m;
 }
 
 int wg_chunk_override = 0; /* tests: units per chunk (0: by the L2 budget) */
+/* dQ and dK / dV (GQA) f32 sums to bf16: 0 by one cast kernel afterwards; 1 inside the kernel
+ * (arrival counters: the last CTA of a unit casts its dQ, the last of a kv group's key block its
+ * dK / dV); 2 dK / dV inside, dQ afterwards; -1 by head dim (WG_FUSE64 / WG_FUSE128) */
+int wg_fuse_mode = -1;
+#ifndef WG_FUSE64
+#define WG_FUSE64 0
+#endif
+#ifndef WG_FUSE128
+#define WG_FUSE128 0
+#endif
 
-template <int HD, int BQ, int BN, int DQM = 1>
-bool wg_launch(cudaStream_t st, int sm_count, wbf16 *dq, wbf16 *dk, wbf16 *dv, float *dq_acc, float *dkv_acc,
-               const wbf16 *dout, const wbf16 *q, const wbf16 *k, const wbf16 *v, const float *lse, const float *D,
-               int batch, int seq, int H, int KV, float scale) {
+/* counters of the fused casts: one per unit, one per (batch row, kv head, key block of 64 or
+ * more keys) */
+size_t wg_counter_ints(int batch, int seq, int H, int KV) {
+    return (size_t)batch * H + (size_t)batch * KV * (size_t)((seq + 63) / 64);
+}
+
+template <int HD, int BQ, int BN, int DQM, int FUSE, bool SEG>
+bool wg_launch_t(cudaStream_t st, int sm_count, wbf16 *dq, wbf16 *dk, wbf16 *dv, float *dq_acc, float *dkv_acc,
+                 const wbf16 *dout, const wbf16 *q, const wbf16 *k, const wbf16 *v, const float *lse, const float *D,
+                 int batch, int seq, int H, int KV, float scale, int *seg_scratch, const int32_t *seg) {
     static int attr = 0; /* per instance: 1 set, -1 failed; one device per process */
     if (attr == 0)
-        attr = cudaFuncSetAttribute(k_attn_bwd_wg<HD, BQ, BN, DQM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        attr = cudaFuncSetAttribute(k_attn_bwd_wg<HD, BQ, BN, DQM, FUSE, SEG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     (int)WgSmem<HD, BQ, BN, DQM>::bytes) == cudaSuccess ? 1 : -1;
     if (attr < 0) {
         (void)cudaGetLastError();
@@ -481,9 +640,14 @@ bool wg_launch(cudaStream_t st, int sm_count, wbf16 *dq, wbf16 *dk, wbf16 *dv, f
     }
     const size_t T = (size_t)batch * seq, nq = T * H * HD, nk = T * KV * HD;
     const bool split = H != KV;
-    cudaMemsetAsync(dq_acc, 0, nq * 4, st);
+    const int units = batch * H, nkb = (seq + BN - 1) / BN, nqb = (seq + BQ - 1) / BQ;
+    int *cnt = reinterpret_cast<int *>(dq_acc + nq); /* after the dQ accumulators: one memset */
+    cudaMemsetAsync(dq_acc, 0, nq * 4 + (FUSE ? ((size_t)units + (size_t)batch * KV * nkb) * 4 : 0), st);
     if (split) cudaMemsetAsync(dkv_acc, 0, 2 * nk * 4, st);
-    const int units = batch * H, nkb = (seq + BN - 1) / BN;
+    if (SEG) {
+        const int n = batch * nqb;
+        k_wg_segmin<<<(unsigned)((n + 7) / 8), 256, 0, st>>>(seg_scratch, seg, seq, nqb, BQ, n);
+    }
     /* chunk: units whose dq_acc (f32) and Q, dO (bf16) take about 24 MiB of L2, at least two
      * CTAs per SM */
     const size_t unit_bytes = (size_t)seq * HD * 8;
@@ -492,18 +656,34 @@ bool wg_launch(cudaStream_t st, int sm_count, wbf16 *dq, wbf16 *dk, wbf16 *dv, f
     chunk = chunk > (2 * sms + nkb - 1) / nkb ? chunk : (2 * sms + nkb - 1) / nkb;
     if (wg_chunk_override) chunk = wg_chunk_override;
     chunk = chunk < 1 ? 1 : chunk > units ? units : chunk;
-    k_attn_bwd_wg<HD, BQ, BN, DQM><<<(unsigned)units * nkb, BN * 2, WgSmem<HD, BQ, BN, DQM>::bytes, st>>>(
-        dq_acc, dk, dv, split ? dkv_acc : nullptr, dout, q, k, v, lse, D, seq, H, KV, scale, scale * WG_LOG2E, units,
-        nkb, chunk);
-    wg_cast(st, sm_count, dq, dq_acc, nq);
-    if (split) {
-        wg_cast(st, sm_count, dk, dkv_acc, nk);
-        wg_cast(st, sm_count, dv, dkv_acc + nk, nk);
-    }
+    k_attn_bwd_wg<HD, BQ, BN, DQM, FUSE, SEG><<<(unsigned)units * nkb, BN * 2, WgSmem<HD, BQ, BN, DQM>::bytes, st>>>(
+        dq_acc, dq, dk, dv, split ? dkv_acc : nullptr, cnt, dout, q, k, v, lse, D, seg, SEG ? seg_scratch : nullptr,
+        seq, H, KV, scale, scale * WG_LOG2E, units, nkb, chunk);
+    if (FUSE == 1) return true;
+    if (split && FUSE == 0) wg_cast(st, sm_count, dq, dq_acc, nq, dk, dkv_acc, dv, dkv_acc + nk, nk);
+    else wg_cast(st, sm_count, dq, dq_acc, nq);
     return true;
 }
 
+template <int HD, int BQ, int BN, int DQM = 1>
+bool wg_launch(cudaStream_t st, int sm_count, wbf16 *dq, wbf16 *dk, wbf16 *dv, float *dq_acc, float *dkv_acc,
+               const wbf16 *dout, const wbf16 *q, const wbf16 *k, const wbf16 *v, const float *lse, const float *D,
+               int batch, int seq, int H, int KV, float scale, int *seg_scratch, const int32_t *seg) {
+    int fuse = wg_fuse_mode >= 0 ? wg_fuse_mode : HD == 64 ? WG_FUSE64 : WG_FUSE128;
+    if (fuse == 2 && H == KV) fuse = 0; /* nothing to fuse but dQ */
+#define WG_LT(F, S)                                                                                                    \
+    wg_launch_t<HD, BQ, BN, DQM, F, S>(st, sm_count, dq, dk, dv, dq_acc, dkv_acc, dout, q, k, v, lse, D, batch, seq, H, \
+                                       KV, scale, seg_scratch, seg)
+    if (seg) return fuse == 1 ? WG_LT(1, true) : fuse == 2 ? WG_LT(2, true) : WG_LT(0, true);
+    return fuse == 1 ? WG_LT(1, false) : fuse == 2 ? WG_LT(2, false) : WG_LT(0, false);
+#undef WG_LT
+}
+
 } /* namespace */
+
+size_t attn_wg_dq_scratch_bytes(int batch, int seq, int H, int KV, int hd) {
+    return ((size_t)batch * seq * H * hd + wg_counter_ints(batch, seq, H, KV)) * 4;
+}
 
 #ifndef WG_HD64_CFG
 #define WG_HD64_CFG 64, 64, 128, 1
@@ -515,8 +695,9 @@ bool wg_launch(cudaStream_t st, int sm_count, wbf16 *dq, wbf16 *dk, wbf16 *dv, f
 bool attn_bwd_wgmma(cudaStream_t st, int sm_count, __nv_bfloat16 *dq, __nv_bfloat16 *dk, __nv_bfloat16 *dv,
                     float *dq_acc, float *dkv_acc, const __nv_bfloat16 *dout, const __nv_bfloat16 *q,
                     const __nv_bfloat16 *k, const __nv_bfloat16 *v, const float *lse, const float *D, int batch,
-                    int seq, int H, int KV, int hd, float scale) {
+                    int seq, int H, int KV, int hd, float scale, int *seg_scratch, const int32_t *seg) {
     if ((hd != 64 && hd != 128) || batch < 1 || seq < 1 || KV < 1 || H < KV || H % KV) return false;
+    if (seg && !seg_scratch) return false;
     if ((size_t)batch * H * ((seq + 63) / 64) > 0x7fffffffu) return false;
     if (!dq_acc || (H != KV && !dkv_acc)) return false;
     const uintptr_t al = (uintptr_t)dq | (uintptr_t)dk | (uintptr_t)dv | (uintptr_t)dq_acc | (uintptr_t)dkv_acc |
@@ -530,6 +711,9 @@ bool attn_bwd_wgmma(cudaStream_t st, int sm_count, __nv_bfloat16 *dq, __nv_bfloa
                cudaDeviceGetAttribute(&mn, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess && mj == 9 && mn == 0;
     }
     if (!arch) return false;
-    if (hd == 64) return wg_launch<WG_HD64_CFG>(st, sm_count, dq, dk, dv, dq_acc, dkv_acc, dout, q, k, v, lse, D, batch, seq, H, KV, scale);
-    return wg_launch<WG_HD128_CFG>(st, sm_count, dq, dk, dv, dq_acc, dkv_acc, dout, q, k, v, lse, D, batch, seq, H, KV, scale);
+    if (hd == 64)
+        return wg_launch<WG_HD64_CFG>(st, sm_count, dq, dk, dv, dq_acc, dkv_acc, dout, q, k, v, lse, D, batch, seq, H,
+                                      KV, scale, seg_scratch, seg);
+    return wg_launch<WG_HD128_CFG>(st, sm_count, dq, dk, dv, dq_acc, dkv_acc, dout, q, k, v, lse, D, batch, seq, H,
+                                   KV, scale, seg_scratch, seg);
 }
