@@ -71,11 +71,13 @@ static us_status planned_bytes(us_model *m, int tokens, double *out, us_err *e) 
  * effective 400 TFLOP/s (fpt FLOPs per token: 4N + attention, as bench/gpu_bench.sh counts) and
  * about 50 kernel launches of 4 us per layer and micro-step. Splitting the batch repeats the
  * launches; rebuilding up repeats one [D -> F] product per token, the MLP two (at 0.65 of the
- * product rate: what the H100 measurements of --recompute up / mlp came to). Only the order of
- * the candidates matters. --offload-mlp is not a candidate until its cost is measured on a GPU
- * (docs/BENCHMARKS.md). */
+ * product rate: what the H100 measurements of --recompute up / mlp came to). An offloaded MLP
+ * layer (--offload-mlp: gate and up over PCIe at ~50 GB/s each way, alternate layers) costs what
+ * its copies cannot hide behind two layers' forward (a third of a layer's time) or backward (two
+ * thirds), plus a quarter of an up rebuild (the H100 measurement: 16 of 32 layers of the 8B shape
+ * cost 1.2% of the step). Only the order of the candidates matters. */
 typedef struct cost_model {
-    double base, launch, up_layer, mlp_layer;
+    double base, launch, up_layer, mlp_layer, off_layer;
 } cost_model;
 
 static cost_model cost_model_for(const us_model *m, int tokens) {
@@ -88,14 +90,17 @@ static cost_model cost_model_for(const us_model *m, int tokens) {
     k.base = fpt * tokens / rate + k.launch;
     k.up_layer = 0.65 * 2 * D * F * tokens / rate;
     k.mlp_layer = 2 * k.up_layer;
+    double copy = 2.0 * tokens * F * (double)m->be->act_bytes / 50e9, layer = k.base / L;
+    k.off_layer = US_MAX(0.0, copy - 2 * layer / 3) + US_MAX(0.0, copy - 4 * layer / 3) + 0.25 * k.up_layer;
     return k;
 }
 
 /* Memory mode of candidate `mode` (0: up rebuilt in the first n layers; 1: the MLP in the first
- * n and up in the rest; 2: whole layers; 3: offload). */
+ * n and up in the rest; 2: whole layers; 3: offload; 4: up rebuilt in the first n layers and
+ * every other one of the rest offloaded from the top). */
 static us_memory_mode candidate(int mode, int n, int L) {
     us_memory_mode mm = {0};
-    if (mode == 0) mm.up_layers = n;
+    if (mode == 0 || mode == 4) mm.up_layers = n, mm.offload_mlp = mode == 4 ? (L - n + 1) / 2 : 0;
     else if (mode == 1) mm.recompute = US_RECOMPUTE_MLP, mm.mlp_layers = n, mm.up_layers = L - n;
     else mm.recompute = US_RECOMPUTE_LAYER, mm.offload = mode == 3;
     return mm;
@@ -111,8 +116,10 @@ us_status us_fit_memory(us_model *m, int seq, double budget, int *batch, int *gr
         if (*batch % split) continue;
         int tokens = *batch / split * seq;
         double split_cost = (split - 1) * k.launch;
-        for (int mode = 0; mode < 4; mode++) {
-            int n0 = mode == 1 ? 1 : 0, n1 = mode < 2 ? L : 0;
+        /* host memory is the CPU backend's device memory: moving the MLP there saves nothing */
+        int modes = strcmp(m->be->name, "cpu") ? 5 : 4;
+        for (int mode = 0; mode < modes; mode++) {
+            int n0 = mode == 1 ? 1 : 0, n1 = mode < 2 || mode == 4 ? L : 0;
             for (int n = n0; n <= n1; n++) {
                 us_memory_mode mm = candidate(mode, n, L);
                 double need = 0;
@@ -124,7 +131,8 @@ us_status us_fit_memory(us_model *m, int seq, double budget, int *batch, int *gr
                 double extra = mode == 0   ? n * k.up_layer
                              : mode == 1 ? n * k.mlp_layer + (L - n) * k.up_layer
                              : mode == 2 ? 0.33 * k.base
-                                         : 0.40 * k.base;
+                             : mode == 3 ? 0.40 * k.base
+                                         : n * k.up_layer + mm.offload_mlp * k.off_layer;
                 double cost = split_cost + extra;
                 if (cost < best_cost) best_cost = cost, best_split = split, best = mm, *planned = need;
                 break; /* more rebuilt layers only cost more */
