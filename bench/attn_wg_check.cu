@@ -1,12 +1,13 @@
 /* attn_wg_check.cu — correctness and speed check of the wgmma causal attention backward
- * (src/backend/cuda/cuda_attn_wg.cu) against a naive f32 GPU reference. Standalone: needs only
- * the CUDA runtime. Build and run from the repository root:
+ * (src/backend/cuda/cuda_attn_wg.cu) against a naive f32 GPU reference (shared helpers:
+ * bench/attn_check_util.cuh). Standalone: needs only the CUDA runtime. Build and run from the
+ * repository root:
  *
  *   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Isrc -o /tmp/wgc bench/attn_wg_check.cu && /tmp/wgc
  *
- * For each check shape: random normal q, k, v, dout (bf16); lse and D = rowsum(dO * O) from a
- * reference forward in f32; dq, dk, dv from attn_bwd_wgmma (outputs poisoned with NaN and the
- * f32 scratch with garbage first) against a reference backward that materializes P and dS in
+ * For each check shape: random normal q, k, v, dout (bf16); lse and D = rowsum(dO * O) from the
+ * f32 reference forward (o and lse, then D); dq, dk, dv from attn_bwd_wgmma (outputs poisoned
+ * with NaN and the f32 scratch with garbage first) against a reference backward that materializes P and dS in
  * f32, by max |out - ref| / max |ref| per tensor (pass <= 2e-2). Then the mean time of 20 calls
  * after warm-up at the timing shapes, with TFLOP/s by the causal count 2.5 * 4 b s^2/2 H hd.
  * Shapes marked "seg" use packed segments: per batch row, examples of random lengths 1..S laid end
@@ -17,68 +18,15 @@
  * in-kernel bf16 casts (counters; all, or dK / dV only) against the separate cast kernel. */
 #include "backend/cuda/cuda_attn_wg.cu"
 
-#include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <vector>
+#include "attn_check_util.cuh"
 
-typedef __nv_bfloat16 bf;
-
-#define CKR(x)                                                                                       \
-    do {                                                                                             \
-        cudaError_t e_ = (x);                                                                        \
-        if (e_ != cudaSuccess) {                                                                     \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));       \
-            exit(2);                                                                                 \
-        }                                                                                            \
-    } while (0)
-
-__device__ __forceinline__ uint32_t hash32(uint64_t x) {
-    x ^= x >> 33; x *= 0xff51afd7ed558ccdull; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ull; x ^= x >> 33;
-    return (uint32_t)x;
-}
-__global__ void k_randn(bf *p, size_t n, uint64_t seed, float sd) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        float u1 = (hash32(seed * 0x9E3779B97F4A7C15ull + 2 * i) + 1.0f) * 2.3283064e-10f;
-        float u2 = hash32(seed * 0x9E3779B97F4A7C15ull + 2 * i + 1) * 2.3283064e-10f;
-        p[i] = __float2bfloat16(sd * sqrtf(-2.0f * logf(u1)) * cosf(6.2831853f * u2));
-    }
-}
-
-/* forward reference: one thread per (b, h, i); lanes of a warp take consecutive i of one (b, h) */
-__global__ void k_fwd_ref(float *lse, float *D, const bf *q, const bf *k, const bf *v, const bf *dout,
-                          const int *seg, int batch, int seq, int H, int KV, int hd, float scale) {
+/* D[b, i, h] = sum_d dout[b, i, h, d] o[b, i, h, d] (o: the f32 reference forward) */
+__global__ void k_ref_D(float *D, const float *o, const bf *dout, size_t rows, int hd) {
     size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (t >= (size_t)batch * H * seq) return;
-    const int i = t % seq, h = (t / seq) % H, b = t / ((size_t)seq * H), kvh = h / (H / KV);
-    const int j0 = seg ? seg[(size_t)b * seq + i] : 0;
-    const bf *qi = q + ((size_t)b * seq + i) * H * hd + (size_t)h * hd;
-    const bf *oi = dout + ((size_t)b * seq + i) * H * hd + (size_t)h * hd;
-    float m = -INFINITY, l = 0.0f;
-    for (int j = j0; j <= i; j++) {
-        const bf *kj = k + ((size_t)b * seq + j) * KV * hd + (size_t)kvh * hd;
-        float s = 0.0f;
-        for (int d = 0; d < hd; d++) s += __bfloat162float(qi[d]) * __bfloat162float(kj[d]);
-        s *= scale;
-        float mn = fmaxf(m, s);
-        l = l * expf(m - mn) + expf(s - mn);
-        m = mn;
-    }
-    const float L = m + logf(l);
-    float dsum = 0.0f;
-    for (int j = j0; j <= i; j++) {
-        const bf *kj = k + ((size_t)b * seq + j) * KV * hd + (size_t)kvh * hd;
-        const bf *vj = v + ((size_t)b * seq + j) * KV * hd + (size_t)kvh * hd;
-        float s = 0.0f, dp = 0.0f;
-        for (int d = 0; d < hd; d++) {
-            s += __bfloat162float(qi[d]) * __bfloat162float(kj[d]);
-            dp += __bfloat162float(oi[d]) * __bfloat162float(vj[d]);
-        }
-        dsum += expf(s * scale - L) * dp;
-    }
-    lse[((size_t)b * seq + i) * H + h] = L;
-    D[((size_t)b * seq + i) * H + h] = dsum;
+    if (t >= rows) return;
+    float s = 0.0f;
+    for (int d = 0; d < hd; d++) s += __bfloat162float(dout[t * hd + d]) * o[t * hd + d];
+    D[t] = s;
 }
 
 /* backward reference for batch row b: P, dS [H][seq][seq] in f32 */
@@ -133,67 +81,43 @@ __global__ void k_bwd_ref_dkv(float *dk, float *dv, const float *P, const float 
     dv[((size_t)b * seq + j) * KV * hd + (size_t)kvh * hd + d] = sv;
 }
 
-struct Shape {
-    int b, s, H, KV, hd;
-    int seg; /* 0: plain causal; else packed examples of random lengths 1..seg */
-};
-
-static unsigned nblk(size_t n) { return (unsigned)((n + 255) / 256); }
-
-struct Bufs {
-    bf *q, *k, *v, *dout, *dq, *dk, *dv;
+struct Bufs : Inputs {
+    bf *dout, *dq, *dk, *dv;
     float *lse, *D, *dq_acc, *dkv_acc;
-    int *seg, *segs; /* segments (NULL: none) and their per-block scratch */
-    size_t nq, nk, T;
+    int *segs; /* the per-block scratch of the segments (NULL: none) */
 };
 
 static void alloc_inputs(Bufs &B, const Shape &S, uint64_t seed) {
-    B.T = (size_t)S.b * S.s;
-    B.nq = B.T * S.H * S.hd;
-    B.nk = B.T * S.KV * S.hd;
-    CKR(cudaMalloc(&B.q, B.nq * 2));
+    alloc_qkv(B, S, seed);
     CKR(cudaMalloc(&B.dout, B.nq * 2));
     CKR(cudaMalloc(&B.dq, B.nq * 2));
-    CKR(cudaMalloc(&B.k, B.nk * 2));
-    CKR(cudaMalloc(&B.v, B.nk * 2));
     CKR(cudaMalloc(&B.dk, B.nk * 2));
     CKR(cudaMalloc(&B.dv, B.nk * 2));
     CKR(cudaMalloc(&B.lse, B.T * S.H * 4));
     CKR(cudaMalloc(&B.D, B.T * S.H * 4));
     CKR(cudaMalloc(&B.dq_acc, attn_wg_dq_scratch_bytes(S.b, S.s, S.H, S.KV, S.hd)));
     CKR(cudaMalloc(&B.dkv_acc, 2 * B.nk * 4));
-    k_randn<<<2048, 256>>>(B.q, B.nq, seed * 8 + 1, 1.0f);
-    k_randn<<<2048, 256>>>(B.k, B.nk, seed * 8 + 2, 1.0f);
-    k_randn<<<2048, 256>>>(B.v, B.nk, seed * 8 + 3, 1.0f);
     k_randn<<<2048, 256>>>(B.dout, B.nq, seed * 8 + 4, 1.0f);
     CKR(cudaGetLastError());
-    B.seg = B.segs = NULL;
+    B.segs = NULL;
     if (S.seg) {
-        std::vector<int> hs(B.T);
-        uint64_t x = seed * 0x9E3779B97F4A7C15ull + 7;
-        for (int b = 0; b < S.b; b++)
-            for (int p = 0; p < S.s;) {
-                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-                const int len = 1 + (int)(x % (uint64_t)S.seg);
-                for (int i = p; i < p + len && i < S.s; i++) hs[(size_t)b * S.s + i] = p;
-                p += len;
-            }
-        CKR(cudaMalloc(&B.seg, B.T * 4));
         CKR(cudaMalloc(&B.segs, (size_t)S.b * ((S.s + 63) / 64) * 4));
-        CKR(cudaMemcpy(B.seg, hs.data(), B.T * 4, cudaMemcpyHostToDevice));
         CKR(cudaMemset(B.segs, 0x5A, (size_t)S.b * ((S.s + 63) / 64) * 4));
     }
-    const float scale = 1.0f / sqrtf((float)S.hd);
-    k_fwd_ref<<<nblk((size_t)S.b * S.H * S.s), 256>>>(B.lse, B.D, B.q, B.k, B.v, B.dout, B.seg, S.b, S.s, S.H, S.KV,
-                                                       S.hd, scale);
+    float *o; /* the reference forward's output, for D */
+    CKR(cudaMalloc(&o, B.nq * 4));
+    fwd_ref(o, B.lse, B.q, B.k, B.v, B.seg, S);
+    k_ref_D<<<nblk(B.T * S.H), 256>>>(B.D, o, B.dout, B.T * S.H, S.hd);
     CKR(cudaGetLastError());
     CKR(cudaDeviceSynchronize());
+    cudaFree(o);
 }
 
 static void free_bufs(Bufs &B) {
-    cudaFree(B.q); cudaFree(B.k); cudaFree(B.v); cudaFree(B.dout); cudaFree(B.dq); cudaFree(B.dk); cudaFree(B.dv);
+    free_qkv(B);
+    cudaFree(B.dout); cudaFree(B.dq); cudaFree(B.dk); cudaFree(B.dv);
     cudaFree(B.lse); cudaFree(B.D); cudaFree(B.dq_acc); cudaFree(B.dkv_acc);
-    if (B.seg) { cudaFree(B.seg); cudaFree(B.segs); }
+    if (B.segs) cudaFree(B.segs);
 }
 
 typedef bool (*RunFn)(cudaStream_t, int, bf *, bf *, bf *, float *, float *, const bf *, const bf *, const bf *,
@@ -216,23 +140,12 @@ static bool run_wg(const Bufs &B, const Shape &S, int sms) {
 
 static size_t g_row = 1; /* elements per token row, for the failure report */
 static double rel_err(const std::vector<uint16_t> &got, const std::vector<float> &ref, size_t *nbad) {
-    double mx = 0.0, me = 0.0;
-    size_t bad = 0, first = 0, worst = 0;
-    for (size_t i = 0; i < ref.size(); i++) {
-        uint32_t u = (uint32_t)got[i] << 16;
-        float g;
-        memcpy(&g, &u, 4);
-        double e = fabs((double)g - ref[i]);
-        if (!(e == e)) { if (!bad) first = i; bad++; e = INFINITY; }
-        mx = fmax(mx, fabs((double)ref[i]));
-        if (e > me) worst = i;
-        me = fmax(me, e);
-    }
-    if (bad || (mx > 0 && me / mx > 2e-2))
-        printf(" [%zu NaN, first at token %zu col %zu; worst at token %zu col %zu]", bad, first / g_row, first % g_row,
-               worst / g_row, worst % g_row);
-    *nbad = bad;
-    return mx > 0 ? me / mx : me;
+    const ErrStats r = bf16_err(got, ref);
+    if (r.bad || r.rel > 2e-2)
+        printf(" [%zu NaN, first at token %zu col %zu; worst at token %zu col %zu]", r.bad, r.first / g_row,
+               r.first % g_row, r.worst / g_row, r.worst % g_row);
+    *nbad = r.bad;
+    return r.rel;
 }
 
 static bool check(const Shape &S, int sms, uint64_t seed) {
@@ -296,51 +209,24 @@ static bool check(const Shape &S, int sms, uint64_t seed) {
 static void timeit(const Shape &S, int sms, uint64_t seed) {
     Bufs B;
     alloc_inputs(B, S, seed);
-    for (int i = 0; i < 3; i++)
-        if (!run_wg(B, S, sms)) { printf("  shape refused\n"); free_bufs(B); return; }
-    CKR(cudaGetLastError());
-    CKR(cudaDeviceSynchronize());
-    cudaEvent_t e0, e1;
-    CKR(cudaEventCreate(&e0));
-    CKR(cudaEventCreate(&e1));
-    const int N = 20;
-    CKR(cudaEventRecord(e0));
-    for (int i = 0; i < N; i++) run_wg(B, S, sms);
-    CKR(cudaEventRecord(e1));
-    CKR(cudaEventSynchronize(e1));
-    CKR(cudaGetLastError());
-    float ms;
-    CKR(cudaEventElapsedTime(&ms, e0, e1));
-    ms /= N;
+    const double ms = time_calls([&] { return run_wg(B, S, sms); });
+    if (ms < 0) { printf("  shape refused\n"); free_bufs(B); return; }
     const double flop = 2.5 * 4.0 * S.b * (double)S.s * S.s / 2.0 * S.H * S.hd;
     printf("time  b%d s%d H%d KV%d hd%d%s: %.3f ms  %.1f TFLOP/s%s\n", S.b, S.s, S.H, S.KV, S.hd,
            S.seg ? " seg" : "", ms, flop / ms * 1e-9, S.seg ? " (causal count)" : "");
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
     free_bufs(B);
 }
 
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "all";
-    int dev = 0, sms = 0;
-    CKR(cudaGetDevice(&dev));
-    CKR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    cudaDeviceProp pr;
-    CKR(cudaGetDeviceProperties(&pr, dev));
-    printf("device %s, %d SMs\n", pr.name, sms);
-    const Shape checks[] = {{1, 2048, 32, 8, 128, 0},  {4, 2048, 32, 8, 64, 0},  {8, 2048, 9, 3, 64, 0},
-                            {2, 300, 4, 4, 128, 0},    {1, 77, 6, 2, 64, 0},     {3, 129, 8, 2, 128, 0},
+    const int sms = device_banner();
+    const Shape checks[] = {ATTN_CHECK_SHAPES,
                             {1, 2048, 32, 8, 128, 700}, {2, 2048, 32, 8, 64, 900}, {3, 2048, 9, 3, 64, 300},
                             {2, 300, 4, 4, 128, 90},   {1, 77, 6, 2, 64, 20},    {3, 129, 8, 2, 128, 40},
                             {2, 1000, 8, 2, 64, 1},    {1, 1000, 4, 4, 128, 3},  {2, 700, 4, 2, 128, 5000}};
-    const Shape times[] = {{1, 2048, 32, 8, 128, 0},   {4, 2048, 32, 8, 64, 0},   {8, 2048, 9, 3, 64, 0},
-                           {1, 16384, 32, 8, 128, 0},  {1, 2048, 32, 8, 128, 1024}, {4, 2048, 32, 8, 64, 1024},
+    const Shape times[] = {ATTN_TIME_SHAPES,           {1, 2048, 32, 8, 128, 1024}, {4, 2048, 32, 8, 64, 1024},
                            {8, 2048, 9, 3, 64, 1024}};
-    uint64_t seed = 12345;
-    { /* fresh inputs per run */
-        FILE *f = fopen("/dev/urandom", "rb");
-        if (f) { if (fread(&seed, sizeof seed, 1, f) != 1) seed = 12345; fclose(f); }
-    }
+    uint64_t seed = fresh_seed();
     bool ok = true;
     if (strcmp(mode, "variants") == 0) {
         struct V { const char *name; RunFn f; int hd; int chunk; } vs[] = {

@@ -48,10 +48,11 @@
  * k-step of 16 rows moves 2048 bytes.
  *
  * wgmma and the swizzle need sm_90a; the plain compute_90 PTX pass compiles the kernel as a trap
- * (the host entry returns false on devices other than 9.0). The helpers are copies of those of
- * cuda_attn_wg.cu (wf_ prefix) until they are factored out. */
+ * (the host entry returns false on devices other than 9.0). The wgmma helpers are those of
+ * cuda_wgmma.cuh, shared with cuda_attn_wg.cu. */
 #include "cuda_attn_wgf.cuh"
 #include "cuda_ptx.cuh"
+#include "cuda_wgmma.cuh"
 
 #include <stdint.h>
 
@@ -59,108 +60,7 @@ namespace {
 
 typedef __nv_bfloat16 fbf16;
 
-constexpr float WF_LOG2E = 1.4426950408889634f;
 #define WF_LN2 0.6931471805599453f
-
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define WF_SM90A 1
-#endif
-
-/* Byte offset of element (r, c) in a 128B-swizzled tile of ROWS rows (c: the bf16 column). */
-template <int ROWS>
-__device__ __forceinline__ uint32_t wf_sw128(int r, int c) {
-    return (uint32_t)((c >> 6) * ROWS * 128 + r * 128 + ((((c >> 3) & 7) ^ (r & 7)) << 4) + (c & 7) * 2);
-}
-
-/* ROWS x HD bf16 from global rows (stride in elements) into a swizzled tile by cp.async; rows
- * past `valid` are zero-filled. */
-template <int ROWS, int HD, int NT>
-__device__ __forceinline__ void wf_load(uint32_t s, const fbf16 *g, size_t stride, int valid, int tid) {
-    constexpr int CH = HD / 8, TOT = ROWS * CH;
-#pragma unroll
-    for (int i = 0; i < (TOT + NT - 1) / NT; i++) {
-        const int c = tid + i * NT, r = c / CH, cc = (c % CH) * 8;
-        if (TOT % NT == 0 || c < TOT) {
-            const bool ok = r < valid;
-            cp_async16(s + wf_sw128<ROWS>(r, cc), ok ? (const void *)(g + (size_t)r * stride + cc) : (const void *)g, ok);
-        }
-    }
-}
-
-#ifdef WF_SM90A /* (the compute_90 pass compiles the kernel as a trap: no helpers) */
-__device__ __forceinline__ float wf_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-/* wgmma shared-memory descriptor, 128-byte swizzle. */
-__device__ __forceinline__ uint64_t wf_desc(uint32_t saddr, uint32_t lbo, uint32_t sbo) {
-    return (uint64_t)((saddr & 0x3FFFF) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32) |
-           (1ull << 62);
-}
-__device__ __forceinline__ void wf_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wf_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wf_wait() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-__device__ __forceinline__ void wf_fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-/* pins registers that an in-flight wgmma reads or writes at this point of the program */
-template <int N>
-__device__ __forceinline__ void wf_pin(float (&r)[N]) {
-#pragma unroll
-    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
-}
-template <int N>
-__device__ __forceinline__ void wf_pin(uint32_t (&r)[N][4]) {
-#pragma unroll
-    for (int i = 0; i < N; i++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) asm volatile("" : "+r"(r[i][e])::"memory");
-}
-
-/* wgmma wrappers: d (m64nN f32 accumulators) (+)= A B. ss: A and B by descriptor, TA / TB the
- * transpose (MN-major) bits; rs: A from four registers. acc = 0 overwrites d. */
-template <int TA, int TB>
-__device__ __forceinline__ void wf_ss_n64(float (&d)[32], uint64_t da, uint64_t db, int acc) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, %35, %36;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-                 : "l"(da), "l"(db), "r"(acc), "n"(TA), "n"(TB));
-}
-template <int TB>
-__device__ __forceinline__ void wf_rs_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t db, int acc) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, %38;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc), "n"(TB));
-}
-template <int TA, int TB>
-__device__ __forceinline__ void wf_ss_n128(float (&d)[64], uint64_t da, uint64_t db, int acc) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1, %67, %68;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-                 : "l"(da), "l"(db), "r"(acc), "n"(TA), "n"(TB));
-}
-template <int TB>
-__device__ __forceinline__ void wf_rs_n128(float (&d)[64], const uint32_t (&a)[4], uint64_t db, int acc) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p, 1, 1, %70;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc), "n"(TB));
-}
-
-template <int N, int TA, int TB>
-__device__ __forceinline__ void wf_ss(float (&d)[N / 2], uint64_t da, uint64_t db, int acc) {
-    if constexpr (N == 64) wf_ss_n64<TA, TB>(d, da, db, acc);
-    else wf_ss_n128<TA, TB>(d, da, db, acc);
-}
-template <int N, int TB>
-__device__ __forceinline__ void wf_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t db, int acc) {
-    if constexpr (N == 64) wf_rs_n64<TB>(d, a, db, acc);
-    else wf_rs_n128<TB>(d, a, db, acc);
-}
-#endif /* WF_SM90A */
 
 template <int HD, int BN, int NWG, int WF_NS>
 struct WfSmem { /* byte offsets from a 1024-aligned base */
@@ -173,7 +73,7 @@ template <int HD, int BN, int NWG, int MINB, int WF_NS, bool SEG>
 __global__ void __launch_bounds__(NWG * 128, MINB)
     k_attn_fwd_wg(fbf16 *o, float *lse, const fbf16 *q, const fbf16 *k, const fbf16 *v, const int32_t *seg, int seq,
                   int H, int KVH, float scale_log2, int units, int nqb) {
-#ifdef WF_SM90A
+#ifdef WG_SM90A
     using L = WfSmem<HD, BN, NWG, WF_NS>;
     constexpr int WF_BM = 64 * NWG, WF_NT = 128 * NWG;
     static_assert(WF_NS >= 3, "P V of block j-1 is issued after block j+1's loads");
@@ -217,10 +117,10 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
 
     auto load_kv = [&](int kb, int stage) {
         const int n0 = kb * BN;
-        wf_load<BN, HD, WF_NT>(sb + L::K + stage * L::TK, kg + (size_t)n0 * ks, ks, seq - n0, tid);
-        wf_load<BN, HD, WF_NT>(sb + L::V + stage * L::TK, vg + (size_t)n0 * ks, ks, seq - n0, tid);
+        wg_load<BN, HD, WF_NT>(sb + L::K + stage * L::TK, kg + (size_t)n0 * ks, ks, seq - n0, tid);
+        wg_load<BN, HD, WF_NT>(sb + L::V + stage * L::TK, vg + (size_t)n0 * ks, ks, seq - n0, tid);
     };
-    wf_load<WF_BM, HD, WF_NT>(sb + L::Q, q + ((size_t)b * seq + q0) * qs + (size_t)h * HD, qs, seq - q0, tid);
+    wg_load<WF_BM, HD, WF_NT>(sb + L::Q, q + ((size_t)b * seq + q0) * qs + (size_t)h * HD, qs, seq - q0, tid);
     load_kv(kb0, 0);
     cp_async_commit();
 
@@ -236,14 +136,14 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
         for (int kk = 0; kk < HD / 16; kk++) {
             const uint32_t qa = sb + L::Q + (kk >> 2) * WF_BM * 128 + wg * 64 * 128 + (kk & 3) * 32;
             const uint32_t ka = sb + L::K + stage * L::TK + (kk >> 2) * BN * 128 + (kk & 3) * 32;
-            wf_ss<BN, 0, 0>(s, wf_desc(qa, 16, 1024), wf_desc(ka, 16, 1024), kk);
+            wg_ss<BN, 0, 0>(s, wg_desc(qa, 16, 1024), wg_desc(ka, 16, 1024), kk);
         }
     };
     /* O += P V (stage), issued */
     auto gemm_pv = [&](int stage) {
 #pragma unroll
         for (int kk = 0; kk < BN / 16; kk++)
-            wf_rs<HD, 1>(oacc, pa[kk], wf_desc(sb + L::V + stage * L::TK + kk * 2048, BN * 128, 1024), 1);
+            wg_rs<HD, 1>(oacc, pa[kk], wg_desc(sb + L::V + stage * L::TK + kk * 2048, BN * 128, 1024), 1);
     };
     /* mask, running max, P = exp2(S scale - m) in s; returns the rescale factors and row sums */
     auto softmax = [&](int kb, float &aa, float &ab, float &psa, float &psb) {
@@ -270,18 +170,18 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
         mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 2));
         const float mna = fmaxf(ma, mxa * scale_log2), mnb = fmaxf(mb, mxb * scale_log2);
         const float ua = mna == -INFINITY ? 0.0f : mna, ub = mnb == -INFINITY ? 0.0f : mnb;
-        aa = wf_exp2(ma - ua);
-        ab = wf_exp2(mb - ub);
+        aa = wg_exp2(ma - ua);
+        ab = wg_exp2(mb - ub);
         ma = mna;
         mb = mnb;
         psa = 0.0f;
         psb = 0.0f;
 #pragma unroll
         for (int j = 0; j < BN / 8; j++) {
-            s[4 * j] = wf_exp2(fmaf(s[4 * j], scale_log2, -ua));
-            s[4 * j + 1] = wf_exp2(fmaf(s[4 * j + 1], scale_log2, -ua));
-            s[4 * j + 2] = wf_exp2(fmaf(s[4 * j + 2], scale_log2, -ub));
-            s[4 * j + 3] = wf_exp2(fmaf(s[4 * j + 3], scale_log2, -ub));
+            s[4 * j] = wg_exp2(fmaf(s[4 * j], scale_log2, -ua));
+            s[4 * j + 1] = wg_exp2(fmaf(s[4 * j + 1], scale_log2, -ua));
+            s[4 * j + 2] = wg_exp2(fmaf(s[4 * j + 2], scale_log2, -ub));
+            s[4 * j + 3] = wg_exp2(fmaf(s[4 * j + 3], scale_log2, -ub));
             psa += s[4 * j] + s[4 * j + 1];
             psb += s[4 * j + 2] + s[4 * j + 3];
         }
@@ -295,18 +195,18 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
 
     /* first key block: S, softmax, P */
     cp_async_wait_all();
-    wf_fence_async_smem();
+    fence_async_smem();
     __syncthreads();
     if (kb0 < kb1) {
         load_kv(kb0 + 1, 1);
         cp_async_commit();
     }
     {
-        wf_fence();
+        wg_fence();
         gemm_s(0);
-        wf_commit();
-        wf_wait<0>();
-        wf_pin(s);
+        wg_commit();
+        wg_wait<0>();
+        reg_pin(s);
         float aa, ab, psa, psb;
         softmax(kb0, aa, ab, psa, psb);
         la = psa;
@@ -318,7 +218,7 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
         const int pstage = stage;
         stage = stage == WF_NS - 1 ? 0 : stage + 1;
         cp_async_wait_all();
-        wf_fence_async_smem();
+        fence_async_smem();
         __syncthreads(); /* block kb landed; the stage of kb - 2 is free */
         if (kb < kb1) {
             load_kv(kb + 1, stage == WF_NS - 1 ? 0 : stage + 1);
@@ -326,18 +226,18 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
         }
         if (kb > kbw) continue; /* (warpgroup-uniform) keys past all of this warpgroup's rows */
         lstage = stage;
-        wf_fence();
+        wg_fence();
         gemm_s(stage);
-        wf_commit();
+        wg_commit();
         gemm_pv(pstage);
-        wf_commit();
-        wf_wait<1>();
-        wf_pin(s);
+        wg_commit();
+        wg_wait<1>();
+        reg_pin(s);
         float aa, ab, psa, psb;
         softmax(kb, aa, ab, psa, psb);
-        wf_wait<0>();
-        wf_pin(oacc);
-        wf_pin(pa);
+        wg_wait<0>();
+        reg_pin(oacc);
+        reg_pin(pa);
         la = la * aa + psa;
         lb = lb * ab + psb;
 #pragma unroll
@@ -349,12 +249,12 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
         }
         pack_p();
     }
-    wf_fence();
+    wg_fence();
     gemm_pv(lstage);
-    wf_commit();
-    wf_wait<0>();
-    wf_pin(oacc);
-    wf_pin(pa);
+    wg_commit();
+    wg_wait<0>();
+    reg_pin(oacc);
+    reg_pin(pa);
 
     la += __shfl_xor_sync(0xffffffffu, la, 1);
     la += __shfl_xor_sync(0xffffffffu, la, 2);
@@ -397,7 +297,7 @@ bool wf_launch(cudaStream_t st, fbf16 *o, float *lse, const fbf16 *q, const fbf1
     const int nqb = (seq + WF_BM - 1) / WF_BM, units = batch * H;
     if ((size_t)nqb * units > 0x7fffffffu) return false;
     k_attn_fwd_wg<HD, BN, NWG, MINB, NS, SEG><<<(unsigned)(nqb * units), NWG * 128, L::bytes, st>>>(o, lse, q, k, v, seg, seq, H, KV,
-                                                                                 scale * WF_LOG2E, units, nqb);
+                                                                                 scale * WG_LOG2E, units, nqb);
     return true;
 }
 
@@ -440,14 +340,7 @@ bool attn_fwd_wgmma(cudaStream_t st, int sm_count, __nv_bfloat16 *o, float *lse,
     if (!o || !lse || !q || !k || !v) return false;
     const uintptr_t al = (uintptr_t)o | (uintptr_t)q | (uintptr_t)k | (uintptr_t)v;
     if ((al & 15) || ((uintptr_t)lse & 3) || ((uintptr_t)seg & 3)) return false;
-    static int arch = -1; /* compute capability 9.0 (sm_90a code) */
-    if (arch < 0) {
-        int dev = 0, mj = 0, mn = 0;
-        arch = cudaGetDevice(&dev) == cudaSuccess &&
-               cudaDeviceGetAttribute(&mj, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-               cudaDeviceGetAttribute(&mn, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess && mj == 9 && mn == 0;
-    }
-    if (!arch) return false;
+    if (!wgmma_cc90()) return false; /* sm_90a code */
     if (hd == 64)
         return seg ? wf_launch<64, WF_HD64_CFG, true>(st, o, lse, q, k, v, seg, batch, seq, H, KV, scale)
                    : wf_launch<64, WF_HD64_CFG, false>(st, o, lse, q, k, v, seg, batch, seq, H, KV, scale);
