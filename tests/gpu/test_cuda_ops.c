@@ -636,7 +636,7 @@ TEST(cuda_scratch_bytes_counts_attention) {
     us_attn_shape sh = {1, 4096, 32, 8, 128, 0.088f};
     size_t fixed = g->scratch_bytes(g, 0, NULL), s = g->scratch_bytes(g, 4096, &sh);
     /* the Hopper kernel takes every head at once: dQ 64 MiB + dK, dV 32 MiB + D 0.5 MiB (within
-     * twice the 64 MiB budget); the older one chunks 16 heads: 48.5 MiB */
+     * eight times the 64 MiB budget); the older one chunks 16 heads: 48.5 MiB */
     CHECK(fixed >= (32u << 20) && s > fixed && s - fixed <= (size_t)97 << 20, "fixed %zu, with attention %zu", fixed, s);
     /* the measured peak of an attention backward stays within the prediction */
     size_t T = 4096, nq = T * 32 * 128, nk = T * 8 * 128;
