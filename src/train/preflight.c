@@ -73,25 +73,26 @@ static us_status planned_bytes(us_model *m, int tokens, double *out, us_err *e) 
  * launches; rebuilding up repeats one [D -> F] product per token, the MLP two (at 0.65 of the
  * product rate: what the H100 measurements of --recompute up / mlp came to). An offloaded MLP
  * layer (--offload-mlp: gate and up over PCIe at ~50 GB/s each way, alternate layers) costs what
- * its copies cannot hide behind two layers' forward (a third of a layer's time) or backward (two
- * thirds), plus a quarter of an up rebuild (the H100 measurement: 16 of 32 layers of the 8B shape
- * cost 1.2% of the step). Only the order of the candidates matters. */
+ * its copies cannot hide behind one layer's forward (a third of a layer's time) and backward (two
+ * thirds), plus a quarter of an up rebuild: conservative against the H100 measurements (16 of 32
+ * layers of the 8B shape cost 1.2% of the step; 8 of 16 layers of the 1B shape at 4 x 2048 tokens,
+ * whose copies take longer than its layers, 18%). Only the order of the candidates matters. */
 typedef struct cost_model {
     double base, launch, up_layer, mlp_layer, off_layer;
 } cost_model;
 
-static cost_model cost_model_for(const us_model *m, int tokens) {
+static cost_model cost_model_for(const us_model *m, int tokens, int seq) {
     const us_config *c = &m->cfg;
     double D = c->hidden, F = c->inter, L = c->layers, H = c->heads, KV = c->kv_heads, hd = c->head_dim, V = c->vocab;
     double N = L * (D * H * hd + 2 * D * KV * hd + H * hd * D + 3 * D * F) + V * D;
-    double fpt = 4 * N + 7.0 * tokens * L * H * hd, rate = 4e14;
+    double fpt = 4 * N + 7.0 * seq * L * H * hd, rate = 4e14; /* attention: each token sees its row */
     cost_model k;
     k.launch = 50 * L * 4e-6;
     k.base = fpt * tokens / rate + k.launch;
     k.up_layer = 0.65 * 2 * D * F * tokens / rate;
     k.mlp_layer = 2 * k.up_layer;
     double copy = 2.0 * tokens * F * (double)m->be->act_bytes / 50e9, layer = k.base / L;
-    k.off_layer = US_MAX(0.0, copy - 2 * layer / 3) + US_MAX(0.0, copy - 4 * layer / 3) + 0.25 * k.up_layer;
+    k.off_layer = US_MAX(0.0, copy - layer / 3) + US_MAX(0.0, copy - 2 * layer / 3) + 0.25 * k.up_layer;
     return k;
 }
 
@@ -108,7 +109,7 @@ static us_memory_mode candidate(int mode, int n, int L) {
 
 us_status us_fit_memory(us_model *m, int seq, double budget, int *batch, int *grad_accum, double *planned, us_err *e) {
     const int L = m->cfg.layers;
-    cost_model k = cost_model_for(m, *batch * seq);
+    cost_model k = cost_model_for(m, *batch * seq, seq);
     double best_cost = 1e30, smallest = 1e300;
     int best_split = 0;
     us_memory_mode best = {0};
