@@ -44,8 +44,7 @@ static void rm_tree(const char *dir) {
     char p[4200];
     while ((de = readdir(d)))
         if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
-            snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
-            unlink(p);
+            if (snprintf(p, sizeof p, "%s/%s", dir, de->d_name) < (int)sizeof p) unlink(p);
         }
     closedir(d);
     rmdir(dir);
@@ -101,8 +100,9 @@ static void to_dtype(void *dst, const float *src, us_dtype dt, size_t n) {
 static us_status merge_shard(const char *model_dir, const char *shard, const char *tmp, const us_config *cfg,
                              const us_adapter *ad, us_err *e) {
     char src[4096], dst[4200];
-    snprintf(src, sizeof src, "%s/%s", model_dir, shard);
-    snprintf(dst, sizeof dst, "%s/%s", tmp, shard);
+    if (snprintf(src, sizeof src, "%s/%s", model_dir, shard) >= (int)sizeof src ||
+        snprintf(dst, sizeof dst, "%s/%s", tmp, shard) >= (int)sizeof dst)
+        return us_fail(e, US_EINVAL, "%s/%s: path too long", model_dir, shard);
     us_st_file *f;
     us_status st = us_st_open(src, &f, e);
     if (st) return st;
@@ -207,9 +207,11 @@ us_status us_merge_adapter(const char *model_dir, const char *adapter_dir, const
     for (int i = 0; i < n_shards && !st; i++) st = merge_shard(model_dir, shards[i], tmp, &cfg, ad, e);
     for (size_t i = 0; i < sizeof COPIED / sizeof COPIED[0] && !st; i++) {
         char src[4200], dst[4200];
-        snprintf(src, sizeof src, "%s/%s", model_dir, COPIED[i]);
-        snprintf(dst, sizeof dst, "%s/%s", tmp, COPIED[i]);
-        if (stat(src, &sb) == 0) st = us_copy_file_atomic(src, dst, e);
+        if (snprintf(src, sizeof src, "%s/%s", model_dir, COPIED[i]) >= (int)sizeof src ||
+            snprintf(dst, sizeof dst, "%s/%s", tmp, COPIED[i]) >= (int)sizeof dst)
+            st = us_fail(e, US_EINVAL, "%s/%s: path too long", model_dir, COPIED[i]);
+        else if (stat(src, &sb) == 0)
+            st = us_copy_file_atomic(src, dst, e);
     }
     if (!st) {
         chmod(tmp, 0755);
