@@ -94,18 +94,23 @@ static void compare_modes(us_test_ctx *t, const char *fx, bool full) {
               modes[k].name, r.per_token, prev);
         prev = r.per_token;
     }
-    /* the LM head in chunks of 3 rows (the default forms a fixture's logits at once) */
-    static const us_memory_mode head3 = {.mlp_chunk_rows = 5, .head_chunk_rows = 3};
-    if (!run_mode(t, fx, full, &head3, &r)) {
+    /* the LM head in chunks of 3 rows (the default forms a fixture's logits at once); the MLP
+     * rebuilt in layer 0 beside layer 1's offloaded (a plan --max-memory may pick on a GPU) */
+    static const struct { us_memory_mode mm; const char *name; } more[] = {
+        {{.mlp_chunk_rows = 5, .head_chunk_rows = 3}, "head in 3-row chunks"},
+        {{.recompute = US_RECOMPUTE_MLP, .mlp_layers = 1, .offload_mlp = 1, .mlp_chunk_rows = 5},
+         "recompute mlp in layer 0, mlp offloaded in layer 1"}};
+    for (size_t k = 0; k < sizeof more / sizeof more[0]; k++) {
+        if (run_mode(t, fx, full, &more[k].mm, &r)) break;
         double maxg = 0, diff = 0;
         for (size_t i = 0; i < ref.n; i++) {
             maxg = fmax(maxg, fabs(ref.grads[i]));
             diff = fmax(diff, fabs((double)r.grads[i] - ref.grads[i]));
         }
         free(r.grads);
-        CHECK(fabs(r.loss - ref.loss) <= 1e-6 * fabs(ref.loss), "%s head in 3-row chunks: loss %.9g vs %.9g", fx, r.loss,
+        CHECK(fabs(r.loss - ref.loss) <= 1e-6 * fabs(ref.loss), "%s %s: loss %.9g vs %.9g", fx, more[k].name, r.loss,
               ref.loss);
-        CHECK(diff <= 1e-5 * maxg, "%s head in 3-row chunks: gradients differ by %.3g of their scale", fx, diff / maxg);
+        CHECK(diff <= 1e-5 * maxg, "%s %s: gradients differ by %.3g of their scale", fx, more[k].name, diff / maxg);
     }
     free(ref.grads);
 }

@@ -128,7 +128,7 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
     size_t arows = mr; /* rows of the MLP product buffers: a layer that keeps its MLP runs it whole */
     for (int l = 0; l < c->layers; l++) {
         keep_flags k = layer_keeps(m, l, train);
-        if (k.mode == US_RECOMPUTE_NONE || k.mode == US_RECOMPUTE_UP) arows = tt;
+        if (k.mode == US_RECOMPUTE_NONE || k.mode == US_RECOMPUTE_UP || k.mode == US_OFFLOAD_MLP) arows = tt;
         need_up |= k.mode == US_RECOMPUTE_UP;
         if (k.mode == US_OFFLOAD_MLP) need_off = true, host += 2.0 * (double)(F * A);
         if (train && m->offload) host += (double)(D * A);

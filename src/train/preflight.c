@@ -98,10 +98,11 @@ static cost_model cost_model_for(const us_model *m, int tokens, int seq) {
 
 /* Memory mode of candidate `mode` (0: up rebuilt in the first n layers; 1: the MLP in the first
  * n and up in the rest; 2: whole layers; 3: offload; 4: up rebuilt in the first n layers and
- * every other one of the rest offloaded from the top). */
+ * every other one of the rest offloaded from the top; 5: the same with the MLP rebuilt). */
 static us_memory_mode candidate(int mode, int n, int L) {
     us_memory_mode mm = {0};
     if (mode == 0 || mode == 4) mm.up_layers = n, mm.offload_mlp = mode == 4 ? (L - n + 1) / 2 : 0;
+    else if (mode == 5) mm.recompute = US_RECOMPUTE_MLP, mm.mlp_layers = n, mm.offload_mlp = (L - n + 1) / 2;
     else if (mode == 1) mm.recompute = US_RECOMPUTE_MLP, mm.mlp_layers = n, mm.up_layers = L - n;
     else mm.recompute = US_RECOMPUTE_LAYER, mm.offload = mode == 3;
     return mm;
@@ -118,9 +119,9 @@ us_status us_fit_memory(us_model *m, int seq, double budget, int *batch, int *gr
         int tokens = *batch / split * seq;
         double split_cost = (split - 1) * k.launch;
         /* host memory is the CPU backend's device memory: moving the MLP there saves nothing */
-        int modes = strcmp(m->be->name, "cpu") ? 5 : 4;
+        int modes = strcmp(m->be->name, "cpu") ? 6 : 4;
         for (int mode = 0; mode < modes; mode++) {
-            int n0 = mode == 1 ? 1 : 0, n1 = mode < 2 || mode == 4 ? L : 0;
+            int n0 = mode == 1 || mode == 5 ? 1 : 0, n1 = mode < 2 || mode >= 4 ? L : 0;
             for (int n = n0; n <= n1; n++) {
                 us_memory_mode mm = candidate(mode, n, L);
                 double need = 0;
@@ -133,7 +134,8 @@ us_status us_fit_memory(us_model *m, int seq, double budget, int *batch, int *gr
                              : mode == 1 ? n * k.mlp_layer + (L - n) * k.up_layer
                              : mode == 2 ? 0.33 * k.base
                              : mode == 3 ? 0.40 * k.base
-                                         : n * k.up_layer + mm.offload_mlp * k.off_layer;
+                             : mode == 4 ? n * k.up_layer + mm.offload_mlp * k.off_layer
+                                         : n * k.mlp_layer + mm.offload_mlp * k.off_layer;
                 double cost = split_cost + extra;
                 if (cost < best_cost) best_cost = cost, best_split = split, best = mm, *planned = need;
                 break; /* more rebuilt layers only cost more */

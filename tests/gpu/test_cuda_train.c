@@ -110,8 +110,8 @@ TEST(cuda_train_matches_cpu_on_fixtures) {
 TEST(cuda_train_memory_modes_match_default) {
     static char out[1 << 16];
     static const char *modes[] = {"--recompute up", "--recompute up:1", "--recompute mlp", "--recompute mlp:1",
-                                  "--offload-mlp 1", "--recompute up:1 --offload-mlp 1", "--recompute layer",
-                                  "--offload"};
+                                  "--offload-mlp 1", "--recompute up:1 --offload-mlp 1",
+                                  "--recompute mlp:1 --offload-mlp 1", "--recompute layer", "--offload"};
     for (int i = 0; i < 2; i++) { /* a ReLU fixture (bit-packed mask) and a GQA + tied one */
         const char *fx = fixtures[i];
         char path[512], cmd[4096], tag[64], prefix[8] = "";
