@@ -113,7 +113,7 @@ typedef struct us_model {
      * (row pitch dres_ld) that lora_bwd_dy fills with du, and the input-gradient product over
      * out + r rows computes dy W + du A in one pass. */
     int fold_rows[US_T_COUNT], dres_ld;
-    us_put *fold_list; /* backend memory: every folded s*B block, for us_model_fold_refresh */
+    us_put *fold_list; /* backend memory: every folded s*B and A block, for us_model_fold_refresh */
     int n_fold;
     /* flat trainable state on the device */
     size_t n_params;

@@ -20,9 +20,6 @@
  *
  * Shared-memory tiles are rows of head_dim bf16 with their 16-byte chunks XOR-swizzled by the row
  * index, so ldmatrix reads of 8 rows hit 8 different bank groups. */
-#include <stdlib.h>
-#include <string.h>
-
 #include "cuda_attn_wg.cuh"
 #include "cuda_attn_wgf.cuh"
 #include "cuda_internal.cuh"
@@ -32,14 +29,6 @@
 #define LN2 0.6931471805599453f
 
 namespace {
-
-/* 2^x by the MUFU unit alone (ex2.approx.ftz: relative error ~2^-22, -inf -> 0), without the
- * extra instructions exp2f adds for denormal results: P and dS are rounded to bf16 anyway. */
-__device__ __forceinline__ float fast_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
 
 
 /* Element offset of (row, col) in a swizzled tile of rows of COLS bf16 (col a multiple of 8 for
@@ -531,12 +520,7 @@ template <int HD>
 void launch_fwd(cuda_impl *c, void *o, float *lse, const void *q, const void *k, const void *v, const int32_t *seg,
                 const us_attn_shape *sh) {
     if constexpr (HD == 64 || HD == 128) { /* the Hopper kernel (cuda_attn_wgf.cu) first */
-        static int off = -1;
-        if (off < 0) {
-            const char *e = getenv("US_CUDA_ATTN_WG");
-            off = e && !strcmp(e, "0");
-        }
-        if (!off && c->sm90 &&
+        if (c->attn_wg &&
             attn_fwd_wgmma(c->st, c->sm_count, (bf16 *)o, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seg,
                            sh->batch, sh->seq, sh->heads, sh->kv_heads, HD, sh->scale)) {
             CK_LAUNCH(c);
@@ -594,12 +578,7 @@ size_t attn_acc_bytes(size_t T, int nh, int GH, int hd) {
  * runs 1.9x faster than the kernel below). Other head sizes, larger accumulators (longer
  * sequences) or US_CUDA_ATTN_WG=0 keep the kernel below. */
 bool attn_wg_fits(cuda_impl *c, size_t T, int H, int KV, int hd) {
-    static int off = -1;
-    if (off < 0) {
-        const char *e = getenv("US_CUDA_ATTN_WG");
-        off = e && !strcmp(e, "0");
-    }
-    return !off && c->sm90 && (hd == 64 || hd == 128) && H % KV == 0 &&
+    return c->attn_wg && (hd == 64 || hd == 128) && H % KV == 0 &&
            attn_acc_bytes(T, H, H / KV, hd) <= 8 * c->attn_budget;
 }
 

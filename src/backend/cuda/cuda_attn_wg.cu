@@ -248,7 +248,7 @@ __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
             }
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                float p = wg_exp2(fmaf(sacc[4 * j + e], scale_log2, -((e & 1) ? l1 : l0)));
+                float p = fast_exp2(fmaf(sacc[4 * j + e], scale_log2, -((e & 1) ? l1 : l0)));
                 if (need_mask) {
                     const int qi = q0 + qc + (e & 1), kr = e < 2 ? kr0 : kr1;
                     if (kr > qi || qi >= seq || (SEG && kr < ((e & 1) ? sg2.y : sg2.x))) p = 0.0f;

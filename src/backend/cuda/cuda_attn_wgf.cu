@@ -170,18 +170,18 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
         mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 2));
         const float mna = fmaxf(ma, mxa * scale_log2), mnb = fmaxf(mb, mxb * scale_log2);
         const float ua = mna == -INFINITY ? 0.0f : mna, ub = mnb == -INFINITY ? 0.0f : mnb;
-        aa = wg_exp2(ma - ua);
-        ab = wg_exp2(mb - ub);
+        aa = fast_exp2(ma - ua);
+        ab = fast_exp2(mb - ub);
         ma = mna;
         mb = mnb;
         psa = 0.0f;
         psb = 0.0f;
 #pragma unroll
         for (int j = 0; j < BN / 8; j++) {
-            s[4 * j] = wg_exp2(fmaf(s[4 * j], scale_log2, -ua));
-            s[4 * j + 1] = wg_exp2(fmaf(s[4 * j + 1], scale_log2, -ua));
-            s[4 * j + 2] = wg_exp2(fmaf(s[4 * j + 2], scale_log2, -ub));
-            s[4 * j + 3] = wg_exp2(fmaf(s[4 * j + 3], scale_log2, -ub));
+            s[4 * j] = fast_exp2(fmaf(s[4 * j], scale_log2, -ua));
+            s[4 * j + 1] = fast_exp2(fmaf(s[4 * j + 1], scale_log2, -ua));
+            s[4 * j + 2] = fast_exp2(fmaf(s[4 * j + 2], scale_log2, -ub));
+            s[4 * j + 3] = fast_exp2(fmaf(s[4 * j + 3], scale_log2, -ub));
             psa += s[4 * j] + s[4 * j + 1];
             psb += s[4 * j + 2] + s[4 * j + 3];
         }

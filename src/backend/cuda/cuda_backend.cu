@@ -360,21 +360,17 @@ static void cu_weight_to_f32(us_backend *be, float *dst, const void *w, size_t n
     PROF(CI(be), P_CONVERT);
     bf16_to_f32(CI(be), dst, w, n);
 }
-__global__ void k_weight_put(bf16 *w, int ldw, const float *src, int rows, int cols, float s) {
-    GRID_STRIDE(i, (size_t)rows * cols) {
-        const size_t r = i / cols, j = i % cols;
-        w[r * ldw + j] = __float2bfloat16_rn(src ? s * src[i] : 0.0f);
-    }
-}
-/* blockIdx.y: the block of the list; blockIdx.x strides over its elements */
-__global__ void k_weight_put_list(const us_put *list) {
-    const us_put p = list[blockIdx.y];
+/* one block W[i*ldw + j] = s * src[i*cols + j] (0 without src), strided over blockIdx.x */
+__device__ void weight_put_block(const us_put &p) {
     const size_t n = (size_t)p.rows * p.cols;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const size_t r = i / p.cols, j = i % p.cols;
         ((bf16 *)p.W)[r * p.ldw + j] = __float2bfloat16_rn(p.src ? p.s * p.src[i] : 0.0f);
     }
 }
+__global__ void k_weight_put(us_put p) { weight_put_block(p); }
+/* blockIdx.y: the block of the list */
+__global__ void k_weight_put_list(const us_put *list) { weight_put_block(list[blockIdx.y]); }
 static void cu_weight_put_list(us_backend *be, const us_put *list, int n) {
     cuda_impl *c = CI(be);
     PROF(c, P_CONVERT);
@@ -387,7 +383,7 @@ static void cu_weight_put(us_backend *be, void *W, int ldw, const float *src, in
     cuda_impl *c = CI(be);
     PROF(c, P_CONVERT);
     if (rows <= 0 || cols <= 0) return;
-    k_weight_put<<<grid_for(c, (size_t)rows * cols, 256), 256, 0, c->st>>>((bf16 *)W, ldw, src, rows, cols, s);
+    k_weight_put<<<grid_for(c, (size_t)rows * cols, 256), 256, 0, c->st>>>(us_put{W, src, ldw, rows, cols, s});
     CK_LAUNCH(c);
 }
 static void cu_act_from_f32(us_backend *be, void *dst, const float *src, size_t n) {
@@ -1452,7 +1448,6 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
     prof_init(c);
     c->pin_bytes = PIN_BYTES;
     c->sm_count = prop.multiProcessorCount;
-    c->sm90 = prop.major == 9 && prop.minor == 0;
     c->ws_bytes = WS_BYTES;
     c->attn_budget = (size_t)64 << 20;
     {
@@ -1460,6 +1455,8 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
         if (ab && *ab) c->attn_budget = (size_t)strtoull(ab, NULL, 10);
         const char *bn = getenv("US_CUDA_ATTN_BN");
         c->attn_bn = bn && atoi(bn) == 64 ? 64 : 128;
+        const char *wg = getenv("US_CUDA_ATTN_WG");
+        c->attn_wg = prop.major == 9 && prop.minor == 0 && !(wg && !strcmp(wg, "0"));
     }
     c->ws = dev_alloc(c, WS_BYTES);
     if (!c->ws) {

@@ -62,7 +62,7 @@ typedef struct cuda_impl {
     struct gemm_plan *plans;
     int n_plans, cap_plans;
     int sm_count;
-    bool sm90;                       /* compute capability 9.0: the wgmma kernels run */
+    bool attn_wg;                    /* the wgmma attention kernels run: compute capability 9.0, US_CUDA_ATTN_WG != 0 */
     int failed; /* a sticky CUDA error was reported */
     struct prof_state *prof;
     /* host offload: a copy stream ordered after the compute stream through events */

@@ -26,8 +26,6 @@
  *
  * Supported: R in {8, 16, 24, 32, 48, 64, 96}, widths a multiple of 8, P/Y/Res 16-byte aligned,
  * Q/O (u, du) 8-byte aligned with an even pitch; otherwise the caller falls back to cuBLASLt. */
-#include <stdlib.h>
-
 #include "cuda_internal.cuh"
 #include "cuda_ptx.cuh"
 
@@ -392,15 +390,9 @@ __global__ void __launch_bounds__(LT) k_lora_colred(float *O, int osm, int osj, 
 /* ------------------------------------------------------------------------------------------ */
 /* launchers                                                                                    */
 
-/* CTAs a reduction over tokens aims for: 2 per SM (US_CUDA_LORA_CTAS overrides the per-SM count) */
-int target_ctas(cuda_impl *c) {
-    static int per_sm = 0;
-    if (!per_sm) {
-        const char *e = getenv("US_CUDA_LORA_CTAS");
-        per_sm = e && atoi(e) > 0 ? atoi(e) : 2;
-    }
-    return per_sm * c->sm_count;
-}
+/* CTAs a reduction over tokens aims for: 2 per SM (4 and 8 measured slower at every benchmark
+ * adapter shape, commit 785f782's US_CUDA_LORA_CTAS) */
+int target_ctas(cuda_impl *c) { return 2 * c->sm_count; }
 
 template <int R>
 void down(cuda_impl *c, float *O, int ldo, const void *P, int ldp, int T, int K, const float *W, int wsj, int wsk,

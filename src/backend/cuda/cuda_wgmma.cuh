@@ -47,12 +47,6 @@ __device__ __forceinline__ void wg_load(uint32_t s, const __nv_bfloat16 *g, size
 }
 
 #ifdef WG_SM90A /* (the compute_90 pass compiles the kernels as traps: no helpers) */
-__device__ __forceinline__ float wg_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
 /* wgmma shared-memory descriptor, 128-byte swizzle. */
 __device__ __forceinline__ uint64_t wg_desc(uint32_t saddr, uint32_t lbo, uint32_t sbo) {
     return (uint64_t)((saddr & 0x3FFFF) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32) |
