@@ -9,7 +9,7 @@
  * written, backward dy read, x read, dx written), and the host offload copies (pinned, GB/s each way, and a GEMM queue
  * timed alone and beside a concurrent offload + prefetch).
  * The frozen products of every projection of the three shapes (forward and input gradient).
- * Usage: unswag_gpu_bench [reps] [all|gemm|attn|mem|lora|proj|fuse|kpad|offload] */
+ * Usage: unswag_gpu_bench [reps] [all|gemm|attn|mem|lora|loraop|proj|fuse|kpad|offload] */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -177,6 +177,46 @@ int main(int argc, char **argv) {
                    T, in, out, n, tf * 1e6, bf / tf / 1e9, tb * 1e6, bb / tb / 1e9);
             be->free(be, x), be->free(be, y), be->free(be, dy), be->free(be, dx), be->free(be, A), be->free(be, B);
             be->free(be, dA), be->free(be, dB), be->free(be, u), be->free(be, du), be->free(be, tmp);
+        }
+    }
+    if (PART("loraop")) { /* each LoRA op of one layer as step.c runs it (r 16, LoRA folded), timed alone */
+        struct { const char *name; int T, D, Q, KV, F; } ss[] = {{"1b", 8192, 2048, 2048, 512, 8192}, {"8b", 2048, 4096, 4096, 1024, 14336}};
+        for (size_t i = 0; i < sizeof ss / sizeof ss[0]; i++) {
+            int T = ss[i].T, D = ss[i].D, F = ss[i].F, r = 16, big = F > D ? F : D;
+            void *x = rand_act((size_t)T * (big + 64), 1, 40), *y = rand_act((size_t)T * (big + 64), 1, 41);
+            void *res = rand_act((size_t)T * D, 1, 42);
+            float *A = be->alloc(be, (size_t)64 * big * 4), *B = be->alloc(be, (size_t)big * 64 * 4);
+            float *dW = be->alloc(be, (size_t)64 * big * 4), *u = be->alloc(be, (size_t)T * 64 * 4), *du = be->alloc(be, (size_t)T * 64 * 4);
+            void *tmp = rand_act((size_t)64 * big, 0.02f, 43);
+            be->act_to_f32(be, A, tmp, (size_t)64 * big), be->act_to_f32(be, B, tmp, (size_t)64 * big);
+            be->zero(be, dW, (size_t)64 * big * 4), be->zero(be, u, (size_t)T * 64 * 4), be->zero(be, du, (size_t)T * 64 * 4);
+            double tot = 0;
+#define OP(label, bytes, stmt) do { TIME(reps, stmt, sec); tot += sec; \
+            printf("loraop %s %-28s %7.1f us %5.0f GB/s\n", ss[i].name, label, sec * 1e6, (double)(bytes) / sec / 1e9); } while (0)
+            /* forward */
+            OP("down q+k+v R48 fold", 2.0 * T * D, be->lora_down(be, u, 48, x, D + 48, A, T, D, 48, true));
+            OP("down o R16", 2.0 * T * ss[i].Q, be->lora_down(be, u, 16, x, ss[i].Q, A, T, ss[i].Q, 16, false));
+            OP("up o (res)", 4.0 * T * D, be->lora_up(be, y, res, u, 16, B, 2.0f, T, D, r));
+            OP("down gate+up R32 fold", 2.0 * T * D, be->lora_down(be, u, 32, x, D + 32, A, T, D, 32, true));
+            OP("down down R16", 2.0 * T * F, be->lora_down(be, u, 16, x, F, A, T, F, 16, false));
+            OP("up down (res)", 4.0 * T * D, be->lora_up(be, y, res, u, 16, B, 2.0f, T, D, r));
+            double fwd = tot;
+            /* backward */
+            OP("bwd_dy down fold", 2.0 * T * D, be->lora_bwd_dy(be, du, 16, dW, y, D + 16, u, 16, B, 2.0f, T, D, r, true));
+            OP("bwd_x down dA", 2.0 * T * F, be->lora_bwd_x(be, NULL, NULL, dW, du, 16, x, F, A, T, F, 16));
+            OP("bwd_dy gate", 2.0 * T * F, be->lora_bwd_dy(be, du, 32, dW, y, F, u, 32, B, 2.0f, T, F, r, false));
+            OP("bwd_dy up", 2.0 * T * F, be->lora_bwd_dy(be, du + 16, 32, dW, y, F, u + 16, 32, B, 2.0f, T, F, r, false));
+            OP("bwd_x gate+up dx+dA", 4.0 * T * D, be->lora_bwd_x(be, res, NULL, dW, du, 32, x, D + 32, A, T, D, 32));
+            OP("bwd_dy o fold", 2.0 * T * D, be->lora_bwd_dy(be, du, 16, dW, y, D + 16, u, 16, B, 2.0f, T, D, r, true));
+            OP("bwd_x o dA", 2.0 * T * ss[i].Q, be->lora_bwd_x(be, NULL, NULL, dW, du, 16, x, ss[i].Q, A, T, ss[i].Q, 16));
+            OP("bwd_dy q", 2.0 * T * ss[i].Q, be->lora_bwd_dy(be, du, 48, dW, y, ss[i].Q, u, 48, B, 2.0f, T, ss[i].Q, r, false));
+            OP("bwd_dy k", 2.0 * T * ss[i].KV, be->lora_bwd_dy(be, du + 16, 48, dW, y, ss[i].KV, u + 16, 48, B, 2.0f, T, ss[i].KV, r, false));
+            OP("bwd_dy v", 2.0 * T * ss[i].KV, be->lora_bwd_dy(be, du + 32, 48, dW, y, ss[i].KV, u + 32, 48, B, 2.0f, T, ss[i].KV, r, false));
+            OP("bwd_x q+k+v dx+dA", 4.0 * T * D, be->lora_bwd_x(be, res, NULL, dW, du, 48, x, D + 48, A, T, D, 48));
+#undef OP
+            printf("loraop %s layer: forward %.1f us, backward %.1f us (one layer's LoRA ops)\n", ss[i].name, fwd * 1e6, (tot - fwd) * 1e6);
+            be->free(be, x), be->free(be, y), be->free(be, res), be->free(be, A), be->free(be, B), be->free(be, dW);
+            be->free(be, u), be->free(be, du), be->free(be, tmp);
         }
     }
     if (PART("proj")) { /* the frozen products of each benchmark shape: forward (x W^T) and input gradient (dy W) */
