@@ -900,14 +900,15 @@ static void cu_lora_down(us_backend *be, float *u, int ldu, const void *x, int l
                          int R, bool fold) {
     cuda_impl *c = CI(be);
     PROF(c, P_LORA_F);
-    if (lora_gemm_forced() || !us_cuda_lora_down_fast(c, u, ldu, x, ldx, A, T, in, R)) {
+    bool folded = false;
+    if (lora_gemm_forced() || !us_cuda_lora_down_fast(c, u, ldu, x, ldx, A, T, in, R, fold, &folded)) {
         bf16 *Ab = (bf16 *)us_cuda_scratch(c, SCR_LORA_A, (size_t)R * in * 2);
         if (!Ab) return;
         f32_to_bf16(c, Ab, A, (size_t)R * in);
         /* u^T (R x T) = A (R x in) x^T */
         gemm(c, true, false, R, T, in, 1.0f, Ab, BF, in, x, BF, ldx, 0.0f, u, F32, ldu);
     }
-    if (fold && T > 0) {
+    if (fold && !folded && T > 0) {
         k_lora_fold<<<grid_for(c, (size_t)T * R, 256), 256, 0, c->st>>>((bf16 *)x + in, ldx, u, ldu, T, R);
         CK_LAUNCH(c);
     }

@@ -139,7 +139,7 @@ static inline bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; 
 /* LoRA (cuda_lora.cu): false when the shape, rank or alignment is not covered (the caller then
  * takes the cuBLASLt path) */
 bool us_cuda_lora_down_fast(cuda_impl *c, float *u, int ldu, const void *x, int ldx, const float *A, int T, int in,
-                            int R);
+                            int R, bool fold, bool *folded);
 bool us_cuda_lora_up_fast(cuda_impl *c, void *y, const void *res, const float *u, int ldu, const float *B, float s,
                           int T, int out, int r);
 bool us_cuda_lora_bwd_dy_fast(cuda_impl *c, float *du, int lddu, float *dB, const void *dy, int ldy, const float *u, int ldu,

@@ -29,6 +29,9 @@
 #include "cuda_internal.cuh"
 #include "cuda_ptx.cuh"
 
+#include <cooperative_groups.h>
+namespace cg = cooperative_groups;
+
 namespace {
 
 __device__ __forceinline__ uint4 ldg16(const bf16 *p) { return __ldg(reinterpret_cast<const uint4 *>(p)); }
@@ -138,6 +141,142 @@ __global__ void __launch_bounds__(LT) k_lora_down(float *O, int ldo, const bf16 
                 else *reinterpret_cast<float2 *>(o) = make_float2(a, b);
             }
         }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* down, version 2 (u = x A^T with A [R, K] row-major f32; R in 16..64): the K range is split over
+ * a thread-block cluster (up to 8 CTAs along y) whose partial sums meet in distributed shared
+ * memory, so nothing is zeroed first and no atomics run; the CTA of each cluster rank writes its
+ * share of the rows once, as f32 u and, folded, as bf16 beside x. A CTA holds 64 rows; chunks of
+ * 64 columns of x (bf16, 128-byte rows swizzled for ldmatrix) and of A (f32, cp.async as is) pass
+ * through a D2_NS-stage cp.async pipeline; warp w reduces the chunk's columns 16w..16w+15 for all
+ * 64 rows (A is read from shared memory once per chunk), the four warps' sums are added at the
+ * end. The first version (k_lora_down above: one round of registers per 128 columns, W restaged
+ * through registers, K split by atomics into a zeroed u, the fold a separate kernel) remains for
+ * other widths and under US_CUDA_LORA_DOWN=1. */
+
+constexpr int D2_ROWS = 64, D2_KC = 64, D2_NS = 4, D2_APITCH = D2_KC + 8; /* A rows: 72 floats, conflict-free float2 */
+
+template <int R>
+struct Down2Smem {
+    static constexpr int RED = R + 4; /* f32 per row of the warps' partial sums */
+    static constexpr int PIPE = D2_NS * (D2_ROWS * D2_KC * 2 + R * D2_APITCH * 4);
+    static constexpr int BYTES = PIPE > 4 * D2_ROWS * RED * 4 ? PIPE : 4 * D2_ROWS * RED * 4;
+};
+
+__device__ __forceinline__ int swz64(int row, int col) { /* 8 chunks of 8 bf16 per 128-byte row */
+    return row * D2_KC + ((((col >> 3) ^ (row & 7))) << 3) + (col & 7);
+}
+
+template <int R>
+__global__ void __launch_bounds__(LT) k_lora_down2(float *O, int ldo, const bf16 *P, int ldp, int T, int K, const float *W,
+                                                   float scale, int kslice, bf16 *fold) {
+    constexpr int NT = R / 8;
+    using S = Down2Smem<R>;
+    extern __shared__ __align__(128) unsigned char down2_smem[];
+    bf16 *xs = reinterpret_cast<bf16 *>(down2_smem);                                       /* [NS][64 x 64] */
+    float *as = reinterpret_cast<float *>(down2_smem + D2_NS * D2_ROWS * D2_KC * 2);       /* [NS][R x 72] */
+    float *red = reinterpret_cast<float *>(down2_smem);                                    /* after the loop: [4][64][RED] */
+    cg::cluster_group cluster = cg::this_cluster();
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+    const int row0 = blockIdx.x * D2_ROWS, kb = blockIdx.y * kslice, ke = min(K, kb + kslice);
+    const int nch = ke > kb ? (ke - kb + D2_KC - 1) / D2_KC : 0;
+
+    auto issue = [&](int ch) {
+        const int st = ch % D2_NS, k0 = kb + ch * D2_KC;
+        bf16 *xst = xs + st * D2_ROWS * D2_KC;
+#pragma unroll
+        for (int i = 0; i < D2_ROWS * D2_KC / 8 / LT; i++) { /* 4 pieces of 16 bytes per thread */
+            const int c = tid + i * LT, r = c >> 3, cc = (c & 7) * 8;
+            const bool ok = row0 + r < T && k0 + cc < ke;
+            cp_async16(smem_u32(&xst[swz64(r, cc)]), ok ? (const void *)(P + (size_t)(row0 + r) * ldp + k0 + cc) : (const void *)P, ok);
+        }
+        float *ast = as + st * R * D2_APITCH;
+#pragma unroll
+        for (int i = 0; i < R * D2_KC / 4 / LT; i++) {
+            const int c = tid + i * LT, j = c / (D2_KC / 4), kk = (c % (D2_KC / 4)) * 4;
+            const bool ok = k0 + kk < ke;
+            cp_async16(smem_u32(&ast[j * D2_APITCH + kk]), ok ? (const void *)(W + (size_t)j * K + k0 + kk) : (const void *)W, ok);
+        }
+    };
+
+    float acc[4][NT][4];
+#pragma unroll
+    for (int m = 0; m < 4; m++)
+#pragma unroll
+        for (int n = 0; n < NT; n++) acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.0f;
+
+#pragma unroll
+    for (int s = 0; s < D2_NS - 1; s++) {
+        if (s < nch) issue(s);
+        cp_async_commit();
+    }
+    for (int ch = 0; ch < nch; ch++) {
+        cp_async_wait<D2_NS - 2>();
+        __syncthreads(); /* chunk ch landed for every thread; chunk ch-1's stage is free */
+        if (ch + D2_NS - 1 < nch) issue(ch + D2_NS - 1);
+        cp_async_commit();
+        const int st = ch % D2_NS;
+        const bf16 *xst = xs + st * D2_ROWS * D2_KC;
+        const float *ast = as + st * R * D2_APITCH;
+        const int kk = warp * 16;
+        uint32_t b[NT][2];
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+            const float2 w0 = *reinterpret_cast<const float2 *>(&ast[(n * 8 + g) * D2_APITCH + kk + tq * 2]);
+            const float2 w1 = *reinterpret_cast<const float2 *>(&ast[(n * 8 + g) * D2_APITCH + kk + tq * 2 + 8]);
+            b[n][0] = pack_bf16(w0.x, w0.y);
+            b[n][1] = pack_bf16(w1.x, w1.y);
+        }
+#pragma unroll
+        for (int m = 0; m < 4; m++) {
+            uint32_t a0, a1, a2, a3;
+            const int r = m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, cc = kk + (lane >> 4) * 8;
+            ldsm_x4(a0, a1, a2, a3, smem_u32(&xst[swz64(r, cc)]));
+#pragma unroll
+            for (int n = 0; n < NT; n++) mma16816(acc[m][n], a0, a1, a2, a3, b[n][0], b[n][1]);
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads(); /* the pipeline's buffers become the reduction's */
+    constexpr int RED = S::RED;
+#pragma unroll
+    for (int m = 0; m < 4; m++)
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                *reinterpret_cast<float2 *>(&red[(warp * D2_ROWS + m * 16 + g + h * 8) * RED + n * 8 + tq * 2]) =
+                    make_float2(acc[m][n][2 * h], acc[m][n][2 * h + 1]);
+    __syncthreads();
+    for (int i = tid; i < D2_ROWS * R / 2; i += LT) { /* the CTA's sum into warp 0's rows */
+        const int r = i / (R / 2), j = (i % (R / 2)) * 2;
+        float2 v = *reinterpret_cast<float2 *>(&red[r * RED + j]);
+#pragma unroll
+        for (int w = 1; w < 4; w++) {
+            const float2 o = *reinterpret_cast<float2 *>(&red[(w * D2_ROWS + r) * RED + j]);
+            v.x += o.x, v.y += o.y;
+        }
+        *reinterpret_cast<float2 *>(&red[r * RED + j]) = v;
+    }
+    cluster.sync(); /* every CTA's partial sums are in place */
+    const int cs = (int)cluster.num_blocks(), rank = (int)cluster.block_rank();
+    const int per = (D2_ROWS + cs - 1) / cs, ra = rank * per, rb = min(D2_ROWS, ra + per);
+    for (int i = tid; i < (rb - ra) * (R / 2); i += LT) {
+        const int r = ra + i / (R / 2), j = (i % (R / 2)) * 2, t = row0 + r;
+        float2 v = make_float2(0.0f, 0.0f);
+        for (int q = 0; q < cs; q++) {
+            const float *rp = cluster.map_shared_rank(red, q);
+            const float2 o = *reinterpret_cast<const float2 *>(&rp[r * RED + j]);
+            v.x += o.x, v.y += o.y;
+        }
+        if (t < T) {
+            v.x *= scale, v.y *= scale;
+            *reinterpret_cast<float2 *>(O + (size_t)t * ldo + j) = v;
+            if (fold) *reinterpret_cast<uint32_t *>(fold + (size_t)t * ldp + j) = pack_bf16(v.x, v.y);
+        }
+    }
+    cluster.sync(); /* no CTA leaves while another still reads its shared memory */
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -410,6 +549,45 @@ void down(cuda_impl *c, float *O, int ldo, const void *P, int ldp, int T, int K,
     CK_LAUNCH(c);
 }
 
+static int env_int(const char *name, int dflt) {
+    const char *e = getenv(name);
+    return e && *e ? atoi(e) : dflt;
+}
+
+/* version 2 of down (widths 16..64, A rows 16-byte aligned); false: the caller runs version 1 */
+template <int R>
+bool down2(cuda_impl *c, float *O, int ldo, const void *P, int ldp, int T, int K, const float *W, float scale,
+           bool fold) {
+    static int v1 = -1, ctas = 0;
+    if (v1 < 0) v1 = env_int("US_CUDA_LORA_DOWN", 2) == 1, ctas = env_int("US_CUDA_LORA_DOWN_CTAS", 0);
+    if (v1 || R < 16 || R > 64 || !aligned16(W) || K % 4) return false;
+    using S = Down2Smem<R>;
+    static bool attr_set = false; /* per instance; one device per process */
+    if (!attr_set) {
+        CK(c, cudaFuncSetAttribute(k_lora_down2<R>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::BYTES));
+        attr_set = true;
+    }
+    const int gx = (int)ceil_div_u(T, D2_ROWS), nchunk = (int)ceil_div_u(K, D2_KC);
+    int cs = (int)ceil_div_u(ctas > 0 ? ctas : target_ctas(c), gx);
+    cs = cs < 1 ? 1 : cs > 8 ? 8 : cs;
+    if (cs > nchunk) cs = nchunk;
+    const int kslice = (int)ceil_div_u(ceil_div_u(K, cs), D2_KC) * D2_KC;
+    cs = (int)ceil_div_u(K, kslice);
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(gx, cs);
+    cfg.blockDim = dim3(LT);
+    cfg.dynamicSmemBytes = S::BYTES;
+    cfg.stream = c->st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeClusterDimension;
+    at[0].val.clusterDim.x = 1, at[0].val.clusterDim.y = cs, at[0].val.clusterDim.z = 1;
+    cfg.attrs = at, cfg.numAttrs = 1;
+    CK(c, cudaLaunchKernelEx(&cfg, k_lora_down2<R>, O, ldo, (const bf16 *)P, ldp, T, K, W, scale, kslice,
+                             fold ? (bf16 *)P + K : (bf16 *)NULL));
+    CK_LAUNCH(c);
+    return true;
+}
+
 template <int R>
 void expand(cuda_impl *c, void *Y, const void *Res, int T, int N, const float *Q, int ldq, const float *W, int wsn,
             int wsj, float scale) {
@@ -446,8 +624,11 @@ void colred(cuda_impl *c, float *O, int osm, int osj, const void *P, int ldp, in
 /* The products at a width R known at compile time: R = n * r for a group of n projections. */
 template <int R>
 struct lora_at {
-    static void down_x(cuda_impl *c, float *u, int ldu, const void *x, int ldx, const float *A, int T, int in) {
-        down<R>(c, u, ldu, x, ldx, T, in, A, in, 1, 1.0f); /* u = x A^T   (A [R, in]) */
+    /* u = x A^T (A [R, in]); *folded: u was also written beside x */
+    static void down_x(cuda_impl *c, float *u, int ldu, const void *x, int ldx, const float *A, int T, int in, bool fold,
+                       bool *folded) {
+        if (down2<R>(c, u, ldu, x, ldx, T, in, A, 1.0f, fold)) *folded = fold;
+        else down<R>(c, u, ldu, x, ldx, T, in, A, in, 1, 1.0f);
     }
     static void up(cuda_impl *c, void *y, const void *res, const float *u, int ldu, const float *B, float s, int T,
                    int out) {
@@ -486,10 +667,11 @@ bool a8(const void *p) { return ((uintptr_t)p & 7u) == 0; }
 /* Tensor-core paths; false when a width, size or alignment is outside what the kernels take
  * (widths multiple of 8; the wide operands 16-byte aligned; u/du 8-byte aligned, even pitch). */
 bool us_cuda_lora_down_fast(cuda_impl *c, float *u, int ldu, const void *x, int ldx, const float *A, int T, int in,
-                            int R) {
+                            int R, bool fold, bool *folded) {
+    *folded = false;
     if (T <= 0) return true;
     if (!width_ok(R) || in % 8 || ldx % 8 || !aligned16(x) || !a8(u) || ldu % 2) return false;
-    LORA_DISPATCH(R, down_x(c, u, ldu, x, ldx, A, T, in));
+    LORA_DISPATCH(R, down_x(c, u, ldu, x, ldx, A, T, in, fold, folded));
     return true;
 }
 
