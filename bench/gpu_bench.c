@@ -9,7 +9,7 @@
  * written, backward dy read, x read, dx written), and the host offload copies (pinned, GB/s each way, and a GEMM queue
  * timed alone and beside a concurrent offload + prefetch).
  * The frozen products of every projection of the three shapes (forward and input gradient).
- * Usage: unswag_gpu_bench [reps] [all|gemm|attn|mem|lora|loraop|proj|fuse|kpad|offload] */
+ * Usage: unswag_gpu_bench [reps] [all|gemm|attn|mem|norm|lora|loraop|proj|fuse|kpad|offload] */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -177,6 +177,21 @@ int main(int argc, char **argv) {
                    T, in, out, n, tf * 1e6, bf / tf / 1e9, tb * 1e6, bb / tb / 1e9);
             be->free(be, x), be->free(be, y), be->free(be, dy), be->free(be, dx), be->free(be, A), be->free(be, B);
             be->free(be, dA), be->free(be, dB), be->free(be, u), be->free(be, du), be->free(be, tmp);
+        }
+    }
+    if (PART("norm")) { /* RMSNorm at each benchmark shape's rows (T x dim), backward accumulating as step.c runs it */
+        int ns[][2] = {{16384, 576}, {8192, 2048}, {2048, 4096}};
+        for (int i = 0; i < 3; i++) {
+            int T = ns[i][0], D = ns[i][1];
+            void *x = rand_act((size_t)T * D, 1, 50), *y = rand_act((size_t)T * D, 1, 51), *d = rand_act((size_t)T * D, 1, 52);
+            float *w = be->alloc(be, D * 4), *rs = be->alloc(be, T * 4);
+            be->act_to_f32(be, w, rand_act(D, 1, 53), D);
+            double tb;
+            TIME(reps, be->rmsnorm_fwd(be, y, D, rs, x, w, T, D, 1e-5f), sec);
+            TIME(reps, be->rmsnorm_bwd(be, d, D, true, NULL, y, x, rs, w, T, D), tb);
+            printf("rmsnorm %5dx%-5d fwd %6.1f us %5.0f GB/s  bwd(acc) %6.1f us %5.0f GB/s\n", T, D, sec * 1e6,
+                   4.0 * T * D / sec / 1e9, tb * 1e6, 8.0 * T * D / tb / 1e9);
+            be->free(be, x), be->free(be, y), be->free(be, d), be->free(be, w), be->free(be, rs);
         }
     }
     if (PART("loraop")) { /* each LoRA op of one layer as step.c runs it (r 16, LoRA folded), timed alone */

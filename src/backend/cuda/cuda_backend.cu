@@ -525,33 +525,53 @@ __device__ __forceinline__ void load_w8(const float *w, float f[8]) {
     f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
 }
 
-template <int NC>
-__global__ void k_rmsnorm_fwd_reg(bf16 *y, int ldy, float *rstd, const bf16 *x, const float *w, int T, int dim,
-                                  float eps) {
-    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= T) return;
+/* A row is spread over WPR warps of the 128-thread block (4 / WPR rows per block), each lane
+ * holding NC 16-byte chunks: wide rows (8B: 4096) keep few registers per thread and many blocks
+ * resident, instead of one warp holding a whole row (WPR = 1, which the narrow rows still use).
+ * row_sum() adds a row's partial sums across its warps. */
+template <int WPR>
+__device__ __forceinline__ float row_sum(float v, float *part) {
+    v = warp_sum(v);
+    if (WPR == 1) return v;
+    const int warp = threadIdx.x / 32, first = warp / WPR * WPR;
+    if (threadIdx.x % 32 == 0) part[warp] = v;
+    __syncthreads();
+    float s = 0;
+#pragma unroll
+    for (int k = 0; k < WPR; k++) s += part[first + k];
+    return s;
+}
+
+template <int NC, int WPR>
+__global__ void __launch_bounds__(128) k_rmsnorm_fwd_reg(bf16 *y, int ldy, float *rstd, const bf16 *x, const float *w,
+                                                         int T, int dim, float eps) {
+    __shared__ float part[4];
+    const int warp = threadIdx.x / 32, row = blockIdx.x * (4 / WPR) + warp / WPR;
+    const int sub = (warp % WPR) * 32 + threadIdx.x % 32, step = 32 * WPR;
+    const bool live = row < T; /* no early return: the block's rows meet in row_sum */
     const int nch = dim / 8;
     const uint4 *xr = reinterpret_cast<const uint4 *>(x + (size_t)row * dim);
     uint4 v[NC];
 #pragma unroll
     for (int i = 0; i < NC; i++)
-        if (lane + 32 * i < nch) v[i] = __ldg(xr + lane + 32 * i);
+        if (live && sub + step * i < nch) v[i] = __ldg(xr + sub + step * i);
     float ss = 0;
 #pragma unroll
     for (int i = 0; i < NC; i++)
-        if (lane + 32 * i < nch) {
+        if (live && sub + step * i < nch) {
             float f[8];
             unpack8(v[i], f);
 #pragma unroll
             for (int j = 0; j < 8; j++) ss += f[j] * f[j];
         }
-    ss = warp_sum(ss);
+    ss = row_sum<WPR>(ss, part);
+    if (!live) return;
     float r = 1.0f / sqrtf(ss / dim + eps);
-    if (lane == 0) rstd[row] = r;
+    if (sub == 0) rstd[row] = r;
     bf16 *yr = y + (size_t)row * ldy;
 #pragma unroll
     for (int i = 0; i < NC; i++) {
-        const int u = lane + 32 * i;
+        const int u = sub + step * i;
         if (u < nch) {
             float f[8], wf[8];
             unpack8(v[i], f);
@@ -563,41 +583,47 @@ __global__ void k_rmsnorm_fwd_reg(bf16 *y, int ldy, float *rstd, const bf16 *x, 
     }
 }
 
-template <int NC>
-__global__ void k_rmsnorm_bwd_reg(bf16 *dx, int ldx, bool acc, const bf16 *dy, const bf16 *x, const float *rstd,
-                                  const float *w, int T, int dim) {
-    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= T) return;
+template <int NC, int WPR>
+__global__ void __launch_bounds__(128) k_rmsnorm_bwd_reg(bf16 *dx, int ldx, bool acc, const bf16 *dy, const bf16 *x,
+                                                         const float *rstd, const float *w, int T, int dim) {
+    __shared__ float part[4];
+    const int warp = threadIdx.x / 32, row = blockIdx.x * (4 / WPR) + warp / WPR;
+    const int sub = (warp % WPR) * 32 + threadIdx.x % 32, step = 32 * WPR;
+    const bool live = row < T;
     const int nch = dim / 8;
     const uint4 *xr = reinterpret_cast<const uint4 *>(x + (size_t)row * dim);
     const uint4 *gr = reinterpret_cast<const uint4 *>(dy + (size_t)row * dim);
-    uint4 xv[NC], gv[NC];
+    bf16 *dr = dx + (size_t)row * ldx;
+    uint4 xv[NC], gv[NC], ov[NC]; /* ov: dx's old rows, fetched with the others when accumulating */
 #pragma unroll
     for (int i = 0; i < NC; i++)
-        if (lane + 32 * i < nch) xv[i] = __ldg(xr + lane + 32 * i), gv[i] = gr[lane + 32 * i]; /* dy may alias dx */
-    float r = rstd[row], dot = 0;
+        if (live && sub + step * i < nch) {
+            xv[i] = __ldg(xr + sub + step * i), gv[i] = gr[sub + step * i]; /* dy may alias dx */
+            if (acc) ov[i] = reinterpret_cast<const uint4 *>(dr)[sub + step * i];
+        }
+    float r = live ? rstd[row] : 0.0f, dot = 0;
 #pragma unroll
     for (int i = 0; i < NC; i++)
-        if (lane + 32 * i < nch) {
+        if (live && sub + step * i < nch) {
             float f[8], g[8], wf[8];
             unpack8(xv[i], f);
             unpack8(gv[i], g);
-            load_w8(w + (lane + 32 * i) * 8, wf);
+            load_w8(w + (sub + step * i) * 8, wf);
 #pragma unroll
             for (int j = 0; j < 8; j++) dot += g[j] * wf[j] * f[j];
         }
-    dot = warp_sum(dot);
+    dot = row_sum<WPR>(dot, part);
+    if (!live) return;
     float mean = dot * r / dim;
-    bf16 *dr = dx + (size_t)row * ldx;
 #pragma unroll
     for (int i = 0; i < NC; i++) {
-        const int u = lane + 32 * i;
+        const int u = sub + step * i;
         if (u < nch) {
             float f[8], g[8], wf[8], o[8];
             unpack8(xv[i], f);
             unpack8(gv[i], g);
             load_w8(w + u * 8, wf);
-            if (acc) load8(dr + u * 8, o);
+            if (acc) unpack8(ov[i], o);
 #pragma unroll
             for (int j = 0; j < 8; j++) {
                 float v = r * (g[j] * wf[j] - f[j] * r * mean);
@@ -607,6 +633,35 @@ __global__ void k_rmsnorm_bwd_reg(bf16 *dx, int ldx, bool acc, const bf16 *dy, c
         }
     }
 }
+
+/* Warps per row for the register kernels: US_CUDA_RMS_WPR=1 keeps a row in one warp (the first
+ * version, for comparison); by default rows past 1024 elements spread over 2 or 4 warps. */
+static int rms_wpr(int dim) {
+    static int forced = -1;
+    if (forced < 0) {
+        const char *e = getenv("US_CUDA_RMS_WPR");
+        forced = e && *e ? atoi(e) : 0;
+    }
+    if (forced == 1 || forced == 2 || forced == 4) return forced;
+    return dim <= 1024 ? 1 : dim <= 2048 ? 2 : 4;
+}
+
+/* Launches KERNEL<NC, WPR> for a register-resident row of dim elements (dim % 8 == 0, at most
+ * 8192); false when the row is too long. */
+#define RMS_REG_LAUNCH(KERNEL, dim, T, ...)                                                           \
+    [&]() -> bool {                                                                                   \
+        const int wpr_ = rms_wpr(dim), nc_ = (int)ceil_div_u((size_t)(dim) / 8, 32 * wpr_);          \
+        const dim3 g_(ceil_div_u((T), 4 / wpr_));                                                     \
+        if (wpr_ == 1 && nc_ <= 4) KERNEL<4, 1><<<g_, 128, 0, c->st>>>(__VA_ARGS__);                  \
+        else if (wpr_ == 1 && nc_ <= 8) KERNEL<8, 1><<<g_, 128, 0, c->st>>>(__VA_ARGS__);             \
+        else if (wpr_ == 1 && nc_ <= 16) KERNEL<16, 1><<<g_, 128, 0, c->st>>>(__VA_ARGS__);           \
+        else if (wpr_ == 2 && nc_ <= 4) KERNEL<4, 2><<<g_, 128, 0, c->st>>>(__VA_ARGS__);             \
+        else if (wpr_ == 2 && nc_ <= 8) KERNEL<8, 2><<<g_, 128, 0, c->st>>>(__VA_ARGS__);             \
+        else if (wpr_ == 4 && nc_ <= 4) KERNEL<4, 4><<<g_, 128, 0, c->st>>>(__VA_ARGS__);             \
+        else if (wpr_ == 4 && nc_ <= 8) KERNEL<8, 4><<<g_, 128, 0, c->st>>>(__VA_ARGS__);             \
+        else return false;                                                                            \
+        return true;                                                                                  \
+    }()
 
 /* Column sums over rows of a [T, dim] bf16 tensor: out[d] += sum_t a[t,d] (* b[t,d] * s[t]).
  * Block: 32 columns x 8 row lanes; grid.y splits the rows; one atomicAdd per column per block. */
@@ -642,16 +697,12 @@ static void cu_rmsnorm_fwd(us_backend *be, void *y, int ldy, float *rstd, const 
     PROF(c, P_RMSNORM_F);
     unsigned grid = ceil_div_u(T, 4);
     const bool vec = dim % 8 == 0 && ldy % 8 == 0 && aligned16(x) && aligned16(y) && aligned16(w);
-    if (vec && dim <= 1024)
-        k_rmsnorm_fwd_reg<4><<<grid, 128, 0, c->st>>>((bf16 *)y, ldy, rstd, (const bf16 *)x, w, T, dim, eps);
-    else if (vec && dim <= 2048)
-        k_rmsnorm_fwd_reg<8><<<grid, 128, 0, c->st>>>((bf16 *)y, ldy, rstd, (const bf16 *)x, w, T, dim, eps);
-    else if (vec && dim <= 4096)
-        k_rmsnorm_fwd_reg<16><<<grid, 128, 0, c->st>>>((bf16 *)y, ldy, rstd, (const bf16 *)x, w, T, dim, eps);
-    else if (dim % 8 == 0 && ldy % 8 == 0 && aligned16(x) && aligned16(y))
+    if (vec && RMS_REG_LAUNCH(k_rmsnorm_fwd_reg, dim, T, (bf16 *)y, ldy, rstd, (const bf16 *)x, w, T, dim, eps)) {
+    } else if (dim % 8 == 0 && ldy % 8 == 0 && aligned16(x) && aligned16(y)) {
         k_rmsnorm_fwd<true><<<grid, 128, 0, c->st>>>((bf16 *)y, ldy, rstd, (const bf16 *)x, w, T, dim, eps);
-    else
+    } else {
         k_rmsnorm_fwd<false><<<grid, 128, 0, c->st>>>((bf16 *)y, ldy, rstd, (const bf16 *)x, w, T, dim, eps);
+    }
     CK_LAUNCH(c);
 }
 
@@ -662,16 +713,13 @@ static void cu_rmsnorm_bwd(us_backend *be, void *dx, int ldx, bool acc, float *d
     unsigned grid = ceil_div_u(T, 4);
     if (dw) colsum(c, dw, dy, x, rstd, T, dim); /* before dx: dx may alias dy */
     const bool vec = dim % 8 == 0 && ldx % 8 == 0 && aligned16(x) && aligned16(dy) && aligned16(dx);
-    if (vec && aligned16(w) && dim <= 1024)
-        k_rmsnorm_bwd_reg<4><<<grid, 128, 0, c->st>>>((bf16 *)dx, ldx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
-    else if (vec && aligned16(w) && dim <= 2048)
-        k_rmsnorm_bwd_reg<8><<<grid, 128, 0, c->st>>>((bf16 *)dx, ldx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
-    else if (vec && aligned16(w) && dim <= 4096)
-        k_rmsnorm_bwd_reg<16><<<grid, 128, 0, c->st>>>((bf16 *)dx, ldx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
-    else if (vec)
+    if (vec && aligned16(w) &&
+        RMS_REG_LAUNCH(k_rmsnorm_bwd_reg, dim, T, (bf16 *)dx, ldx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim)) {
+    } else if (vec) {
         k_rmsnorm_bwd<true><<<grid, 128, 0, c->st>>>((bf16 *)dx, ldx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
-    else
+    } else {
         k_rmsnorm_bwd<false><<<grid, 128, 0, c->st>>>((bf16 *)dx, ldx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
+    }
     CK_LAUNCH(c);
 }
 

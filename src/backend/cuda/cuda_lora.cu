@@ -568,7 +568,8 @@ bool down2(cuda_impl *c, float *O, int ldo, const void *P, int ldp, int T, int K
         attr_set = true;
     }
     const int gx = (int)ceil_div_u(T, D2_ROWS), nchunk = (int)ceil_div_u(K, D2_KC);
-    int cs = (int)ceil_div_u(ctas > 0 ? ctas : target_ctas(c), gx);
+    /* one CTA per SM: at 2 per SM (more K splits) every benchmark adapter shape ran slower */
+    int cs = (int)ceil_div_u(ctas > 0 ? ctas : c->sm_count, gx);
     cs = cs < 1 ? 1 : cs > 8 ? 8 : cs;
     if (cs > nchunk) cs = nchunk;
     const int kslice = (int)ceil_div_u(ceil_div_u(K, cs), D2_KC) * D2_KC;
