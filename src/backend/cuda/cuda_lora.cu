@@ -28,6 +28,7 @@
  * Q/O (u, du) 8-byte aligned with an even pitch; otherwise the caller falls back to cuBLASLt. */
 #include "cuda_internal.cuh"
 #include "cuda_ptx.cuh"
+#include "cuda_lora_colred2.cuh"
 
 #include <cooperative_groups.h>
 namespace cg = cooperative_groups;
@@ -622,6 +623,22 @@ void colred(cuda_impl *c, float *O, int osm, int osj, const void *P, int ldp, in
     CK_LAUNCH(c);
 }
 
+/* colred by version 2 (cuda_lora_colred2.cuh: clusters exchanging du, a deeper cp.async ring, one
+ * wave of CTAs); US_CUDA_LORA_COLRED=1 runs version 1 above */
+template <int R>
+void colred_any(cuda_impl *c, float *O, int osm, int osj, const void *P, int ldp, int T, int M, const float *Q, int ldq,
+                float scale, float *Du = NULL, int lddu = 0, const float *Wd = NULL, float dscale = 0.0f) {
+    static int v1 = -1;
+    if (v1 < 0) v1 = env_int("US_CUDA_LORA_COLRED", 2) == 1;
+    if (v1) {
+        colred<R>(c, O, osm, osj, P, ldp, T, M, Q, ldq, scale, Du, lddu, Wd, dscale);
+        return;
+    }
+    CK(c, colred_v2_cfg<R>(c->st, c->sm_count, colred2_default_cfg(T, M, Du != NULL), O, osm, osj, (const bf16 *)P, ldp, T,
+                           M, Q, ldq, scale, Du, lddu, Wd, dscale));
+    CK_LAUNCH(c);
+}
+
 /* The products at a width R known at compile time: R = n * r for a group of n projections. */
 template <int R>
 struct lora_at {
@@ -638,11 +655,11 @@ struct lora_at {
     static void bwd_dy(cuda_impl *c, float *du, int lddu, float *dB, const void *dy, int ldy, const float *u, int ldu,
                        const float *B, float s, int T, int out) {
         /* one pass over dy: dB(o, j) += s sum_t dy[t, o] u[t, j] and du = s dy B */
-        colred<R>(c, dB, R, 1, dy, ldy, T, out, u, ldu, s, du, lddu, B, s);
+        colred_any<R>(c, dB, R, 1, dy, ldy, T, out, u, ldu, s, du, lddu, B, s);
     }
     static void bwd_x(cuda_impl *c, void *dx, const void *res, float *dA, const float *du, int lddu, const void *x,
                       int ldx, const float *A, int T, int in) {
-        if (dA) colred<R>(c, dA, 1, in, x, ldx, T, in, du, lddu, 1.0f); /* dA(i, j) += sum_t x[t, i] du[t, j] */
+        if (dA) colred_any<R>(c, dA, 1, in, x, ldx, T, in, du, lddu, 1.0f); /* dA(i, j) += sum_t x[t, i] du[t, j] */
         if (dx) expand<R>(c, dx, res, T, in, du, lddu, A, 1, in, 1.0f); /* dx = res + du A   (W(i, j) = A[j, i]) */
     }
 };
