@@ -21,8 +21,8 @@
  *    Four exchange buffers (two from R = 48), recycled through "empty" mbarriers that the owners
  *    arrive on remotely (relaxed): CTAs of a cluster may drift up to two chunks apart. A per-chunk
  *    barrier.cluster (release) was measured much slower: it stalled every chunk.
- *    cx: the power of two covering M when M <= 1024, else 2 (larger clusters measured slower at
- *    M >= 2048: fewer co-resident CTAs).
+ *    cx: the power of two covering M when M <= 1024 (at least 2), else 2 (larger clusters measured
+ *    slower at M >= 2048: fewer co-resident CTAs).
  *  - O: the per-CTA partials go through shared memory so that the atomics are 16-byte
  *    red.global.add.v4.f32 in both layouts (4 consecutive j for dB, 4 consecutive m for dA).
  * Requirements (as the library's): M % 8 == 0, ldp % 8 == 0, P 16-byte aligned, Q/Du 8-byte
@@ -397,7 +397,9 @@ cudaError_t colred2_launch(cudaStream_t st, int sm_count, Colred2Cfg cfg, float 
         attr_set = true;
     }
     if (T <= 0 || M <= 0) return cudaSuccess;
-    const int cx = DU ? cfg.cx : 1;
+    /* with Du at least 2: st.async into the CTA's own shared memory needs a cluster of two or more
+     * (compute-sanitizer flags a cluster of one); a CTA past M adds zeros */
+    const int cx = DU ? (cfg.cx < 2 ? 2 : cfg.cx) : 1;
     int lx = 0;
     while ((1 << lx) < cx) lx++;
     if ((1 << lx) != cx || lx > 4) return cudaErrorInvalidValue;
@@ -463,10 +465,9 @@ inline Colred2Cfg colred2_default_cfg(int T, int M, bool du) {
     const int gx0 = (M + C2_MB - 1) / C2_MB;
     int cx = 1;
     if (du) {
+        cx = 2;
         if (gx0 <= 8)
             while (cx < gx0) cx *= 2;
-        else
-            cx = 2;
     }
     return Colred2Cfg{cx, du ? 0 : 1};
 }
