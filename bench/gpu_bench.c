@@ -9,7 +9,7 @@
  * written, backward dy read, x read, dx written), and the host offload copies (pinned, GB/s each way, and a GEMM queue
  * timed alone and beside a concurrent offload + prefetch).
  * The frozen products of every projection of the three shapes (forward and input gradient).
- * Usage: unswag_gpu_bench [reps] [all|gemm|attn|mem|norm|lora|loraop|proj|fuse|kpad|offload] */
+ * Usage: unswag_gpu_bench [reps] [all|gemm|attn|mem|launch|norm|lora|loraop|proj|fuse|kpad|offload] */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -178,6 +178,12 @@ int main(int argc, char **argv) {
             be->free(be, x), be->free(be, y), be->free(be, dy), be->free(be, dx), be->free(be, A), be->free(be, B);
             be->free(be, dA), be->free(be, dB), be->free(be, u), be->free(be, du), be->free(be, tmp);
         }
+    }
+    if (PART("launch")) { /* the floor of one small op in a stream: 1000 dependent tiny adds, per op */
+        void *x = rand_act(64, 1, 60), *y = rand_act(64, 1, 61);
+        TIME(reps, for (int k = 0; k < 1000; k++) be->add(be, y, x, 64), sec);
+        printf("launch: a tiny kernel every %.2f us (1000 in a row, eager)\n", sec * 1e3);
+        be->free(be, x), be->free(be, y);
     }
     if (PART("norm")) { /* RMSNorm at each benchmark shape's rows (T x dim), backward accumulating as step.c runs it */
         int ns[][2] = {{16384, 576}, {8192, 2048}, {2048, 4096}};
