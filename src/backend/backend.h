@@ -200,6 +200,18 @@ struct us_backend {
     /* Compute issued after this waits until every copy issued before it has finished. */
     void (*copies_wait)(us_backend *be);
 
+    /* ---- step graphs (optional: NULL where a backend runs ops as they come) ---- */
+    /* A training step issues the same ops with the same arguments every time its batch shape and
+     * scale repeat; a backend that can record them replays the record instead (CUDA graphs: no
+     * launch overhead per kernel). graph_launch replays the step recorded under key (false: none);
+     * graph_begin starts recording the ops issued next instead of running them (false: not
+     * recording); graph_end stops, keeps the record under key and runs it (false: the recording
+     * failed, nothing ran, later graph_begin calls refuse: issue the ops again). Any free drops
+     * the record. */
+    bool (*graph_launch)(us_backend *be, uint64_t key);
+    bool (*graph_begin)(us_backend *be);
+    bool (*graph_end)(us_backend *be, uint64_t key);
+
     /* ---- planning (optional: NULL means 0) ---- */
     /* Device bytes the backend allocates on its own (workspaces, accumulators) for a step of T
      * tokens of attention shape sh (NULL: the fixed part only), beyond what the model allocates.

@@ -146,6 +146,7 @@ typedef struct us_model {
         float *rstd, *lora, *loss;
     } s;
     size_t backend_scratch; /* the backend's own buffers for a step (scratch_bytes op), if known */
+    uint64_t step_key;      /* the last training step's shape and scale (step.c: graph replay) */
 } us_model;
 
 /* The LoRA group of projection t: 0 q/k/v, 1 o, 2 gate/up, 3 down. */

@@ -278,14 +278,13 @@ static void head(us_model *m, const us_batch *b, bool train, float grad_scale, f
     if (train) be->rmsnorm_bwd(be, m->s.dres, m->dres_ld, false, m->g_norm_f, m->s.dh, m->s.xfin, m->s.rstd, m->norm_f, T, D);
 }
 
-static us_status run(us_model *m, const us_batch *b, bool train, float grad_scale, float *logits_host,
-                     double *loss_sum, us_err *e) {
+/* Every op of one step, from zeroing the loss to the last layer's backward. */
+static void issue(us_model *m, const us_batch *b, bool train, float grad_scale, float *logits_host) {
     us_backend *be = m->be;
     const us_config *c = &m->cfg;
     int T = b->batch * b->seq;
     size_t xin_bytes = (size_t)T * c->hidden * be->act_bytes;
     bool off = train && m->offload;
-    if (T > m->max_tokens) return us_fail(e, US_EINVAL, "batch of %d tokens exceeds the planned %d", T, m->max_tokens);
     be->zero(be, m->s.loss, 4);
     us_model_fold_refresh(m);
     be->embed_fwd(be, m->acts[0].xin, m->embed, b->ids, T, c->hidden);
@@ -333,6 +332,48 @@ static us_status run(us_model *m, const us_batch *b, bool train, float grad_scal
         }
         if (more && m->g_embed) be->embed_bwd(be, m->g_embed, m->s.dres, b->ids, T, c->hidden);
     }
+}
+
+/* What a recorded training step depends on beyond the model's fixed buffers: the batch's shape,
+ * its device buffers and the loss scale (FNV-1a over them). */
+static uint64_t step_key(const us_batch *b, float grad_scale) {
+    uint64_t h = 1469598103934665603ull;
+    uint64_t v[7] = {(uint64_t)b->batch, (uint64_t)b->seq, (uint64_t)(uintptr_t)b->ids, (uint64_t)(uintptr_t)b->targets,
+                     (uint64_t)(uintptr_t)b->pos, (uint64_t)(uintptr_t)b->seg_start, 0};
+    memcpy(&v[6], &grad_scale, sizeof grad_scale);
+    for (int i = 0; i < 7; i++)
+        for (int k = 0; k < 8; k++) h = (h ^ ((v[i] >> (8 * k)) & 0xff)) * 1099511628211ull;
+    return h | 1; /* never 0 ("none") */
+}
+
+/* A training step whose key repeats the previous step's is recorded once (backend graph_* ops)
+ * and replayed after; offloading plans (copies on a second stream, host buffers) always run op
+ * by op, as does a backend without graphs. A failed recording falls back to issuing the ops. */
+static void issue_step(us_model *m, const us_batch *b, float grad_scale) {
+    us_backend *be = m->be;
+    bool mlp_off = false;
+    for (int l = 0; l < m->cfg.layers; l++) mlp_off |= us_layer_mode(m, l) == US_OFFLOAD_MLP;
+    if (!be->graph_begin || m->offload || mlp_off) {
+        issue(m, b, true, grad_scale, NULL);
+        return;
+    }
+    uint64_t key = step_key(b, grad_scale), prev = m->step_key;
+    m->step_key = key;
+    if (key == prev && be->graph_launch(be, key)) return;
+    if (key == prev && be->graph_begin(be)) { /* the second step of this shape: record it */
+        issue(m, b, true, grad_scale, NULL);
+        if (be->graph_end(be, key)) return;
+    }
+    issue(m, b, true, grad_scale, NULL);
+}
+
+static us_status run(us_model *m, const us_batch *b, bool train, float grad_scale, float *logits_host,
+                     double *loss_sum, us_err *e) {
+    us_backend *be = m->be;
+    int T = b->batch * b->seq;
+    if (T > m->max_tokens) return us_fail(e, US_EINVAL, "batch of %d tokens exceeds the planned %d", T, m->max_tokens);
+    if (train) issue_step(m, b, grad_scale);
+    else issue(m, b, false, 0.0f, logits_host);
     float loss;
     be->download(be, &loss, m->s.loss, 4);
     *loss_sum = loss;

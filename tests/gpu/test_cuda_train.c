@@ -4,6 +4,7 @@
  *     with `--device cpu` (and with the PEFT reference) within 1e-2 relative at every step: the
  *     GPU computes in bf16 (weights, activations, products with fp32 accumulation), the CPU in
  *     fp32, and 1e-2 is the bf16 budget the issue sets for a trajectory;
+ *   - recorded steps replayed as CUDA graphs give the losses of running every op as it comes;
  *   - a short training run is clean under compute-sanitizer memcheck. */
 #include <cJSON.h>
 #include <stdlib.h>
@@ -137,6 +138,41 @@ TEST(cuda_train_memory_modes_match_default) {
                 CHECK(us_close(got[s2], ref[s2], 1e-3, 0), "%s %s step %d: loss %.6f, default plan %.6f", fx, modes[k],
                       s2 + 1, got[s2], ref[s2]);
         }
+    }
+}
+
+/* From the second step of a repeating shape the CUDA backend replays a recorded graph of the step
+ * (step.c issue_step): the losses equal running every op as it comes (US_CUDA_GRAPH=0; within
+ * 1e-3 relative: f32 atomics may add in another order), and the recording really is replayed —
+ * with gradient accumulation too (two micro-batches per step replay the same record). */
+TEST(cuda_train_graph_replays_match_op_by_op) {
+    static char out[1 << 16];
+    for (int i = 0; i < 2; i++) {
+        const char *fx = fixtures[i];
+        char path[512], cmd[4096], tag[64];
+        snprintf(path, sizeof path, "%s/%s/data.jsonl", FIXTURES, fx);
+        int rows = count_lines(path), steps = 6, accum = i + 1; /* --batch: rows per micro-batch */
+        double ref[8], got[8];
+        for (int g = 0; g < 2; g++) {
+            snprintf(tag, sizeof tag, "graph%d_%d", i, g);
+            train_cmd(cmd, sizeof cmd, g ? "US_CUDA_GRAPH_LOG=1" : "US_CUDA_GRAPH=0", "cuda", fx, 1e-3, 0.0, steps,
+                      rows, tag);
+            char more[64];
+            snprintf(more, sizeof more, " --grad-accum %d 2>&1", accum);
+            strncat(cmd, more, sizeof cmd - strlen(cmd) - 1);
+            int rc = us_test_run(cmd, out, sizeof out);
+            CHECK(rc == 0, "%s graph=%d: exit %d\n%.1000s", fx, g, rc, tail_of(out, 1000));
+            snprintf(path, sizeof path, "%s/m_%s.jsonl", us_test_tmpdir(), tag);
+            CHECK(read_losses(path, g ? got : ref, 8) == steps, "%s graph=%d: losses missing", fx, g);
+        }
+        const char *r = strstr(out, "replayed ");
+        long replays = r ? strtol(r + 9, NULL, 10) : -1;
+        /* the first micro-batch runs op by op, the second is recorded, every later one replays */
+        long want = (long)steps * accum - 2;
+        CHECK(replays == want, "%s: %ld graph replays, want %ld\n%.600s", fx, replays, want, tail_of(out, 600));
+        for (int s2 = 0; s2 < steps; s2++)
+            CHECK(us_close(got[s2], ref[s2], 1e-3, 0), "%s step %d: loss %.6f replayed, %.6f op by op", fx, s2 + 1,
+                  got[s2], ref[s2]);
     }
 }
 

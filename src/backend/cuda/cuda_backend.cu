@@ -21,8 +21,20 @@
 /* errors, allocation tracking, scratch                                                        */
 
 void us_cuda_report(cuda_impl *c, const char *what, const char *err, const char *file, int line) {
+    if (c->capturing) { /* the capture is dropped and the step issued again without it (graph_end) */
+        c->capture_bad = 1;
+        return;
+    }
     if (!c->failed) fprintf(stderr, "unswag: cuda error: %s: %s (%s:%d)\n", what, err, file, line);
     c->failed = 1;
+}
+
+/* A captured step holds device pointers: any free drops it (and a free inside a capture spoils
+ * that capture: nodes captured before it may use the memory). */
+static void graph_drop(cuda_impl *c) {
+    if (c->capturing) c->capture_bad = 1;
+    if (c->gexec) cudaGraphExecDestroy(c->gexec);
+    c->gexec = NULL;
 }
 
 static void track_add(cuda_impl *c, void *p, size_t n) {
@@ -52,6 +64,7 @@ static void *dev_alloc(cuda_impl *c, size_t bytes) {
 
 static void dev_free(cuda_impl *c, void *p) {
     if (!p) return;
+    graph_drop(c);
     for (size_t i = c->n_allocs; i-- > 0;)
         if (c->allocs[i].p == p) {
             c->in_use -= c->allocs[i].n;
@@ -1469,6 +1482,57 @@ static bool cu_nonfinite(us_backend *be, const float *x, size_t n) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* CUDA graph of a training step (backend.h: graph_begin / graph_end / graph_launch)            */
+
+/* Replays the step captured under key; false when there is none (the caller issues the ops). */
+static bool cu_graph_launch(us_backend *be, uint64_t key) {
+    cuda_impl *c = CI(be);
+    if (!c->gexec || c->gkey != key || c->failed) return false;
+    CK(c, cudaGraphLaunch(c->gexec, c->st));
+    c->graph_replays++;
+    return true;
+}
+
+/* Starts capturing the ops issued next instead of running them; false: not capturing (graphs off,
+ * profiling on, or the stream refused). */
+static bool cu_graph_begin(us_backend *be) {
+    cuda_impl *c = CI(be);
+    if (c->graph_off || c->prof || c->failed) return false;
+    graph_drop(c);
+    if (cudaStreamBeginCapture(c->st, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
+        (void)cudaGetLastError();
+        c->graph_off = 1;
+        return false;
+    }
+    c->capturing = 1, c->capture_bad = 0;
+    return true;
+}
+
+/* Ends the capture, instantiates it under key and launches it. false: the capture failed — nothing
+ * ran, graphs stay off from here, and the caller issues the step's ops again. */
+static bool cu_graph_end(us_backend *be, uint64_t key) {
+    cuda_impl *c = CI(be);
+    cudaGraph_t g = NULL;
+    cudaError_t e = cudaStreamEndCapture(c->st, &g);
+    c->capturing = 0;
+    cudaGraphExec_t ex = NULL;
+    if (e == cudaSuccess && g && !c->capture_bad) e = cudaGraphInstantiate(&ex, g, 0);
+    size_t nodes = 0;
+    if (g) cudaGraphGetNodes(g, NULL, &nodes), cudaGraphDestroy(g);
+    if (e != cudaSuccess || !ex || c->capture_bad) {
+        (void)cudaGetLastError();
+        if (ex) cudaGraphExecDestroy(ex);
+        c->graph_off = 1;
+        if (getenv("US_CUDA_GRAPH_LOG")) fprintf(stderr, "unswag: cuda graph capture failed (%s); steps run op by op\n",
+                                                 c->capture_bad ? "an op could not be captured" : cudaGetErrorString(e));
+        return false;
+    }
+    c->gexec = ex, c->gkey = key, c->graph_nodes = (int)nodes;
+    CK(c, cudaGraphLaunch(ex, c->st));
+    return true;
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* creation                                                                                    */
 
 static void cu_destroy(us_backend *be) {
@@ -1477,6 +1541,9 @@ static void cu_destroy(us_backend *be) {
     if (c) {
         cudaStreamSynchronize(c->st);
         prof_report(c);
+        if (getenv("US_CUDA_GRAPH_LOG"))
+            fprintf(stderr, "unswag: cuda graph: %d nodes, replayed %ld times\n", c->graph_nodes, c->graph_replays);
+        if (c->gexec) cudaGraphExecDestroy(c->gexec);
         for (int i = 0; i < c->n_plans; i++) {
             cublasLtMatrixLayoutDestroy(c->plans[i].la);
             cublasLtMatrixLayoutDestroy(c->plans[i].lb);
@@ -1553,6 +1620,8 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
         c->attn_bn = bn && atoi(bn) == 64 ? 64 : 128;
         const char *wg = getenv("US_CUDA_ATTN_WG");
         c->attn_wg = prop.major == 9 && prop.minor == 0 && !(wg && !strcmp(wg, "0"));
+        const char *gr = getenv("US_CUDA_GRAPH");
+        c->graph_off = gr && !strcmp(gr, "0");
     }
     c->ws = dev_alloc(c, WS_BYTES);
     if (!c->ws) {
@@ -1606,6 +1675,9 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
     be->offload = cu_offload;
     be->prefetch = cu_prefetch;
     be->copies_wait = cu_copies_wait;
+    be->graph_begin = cu_graph_begin;
+    be->graph_end = cu_graph_end;
+    be->graph_launch = cu_graph_launch;
     be->scratch_bytes = cu_scratch_bytes;
     *out = be;
     return US_OK;

@@ -71,6 +71,13 @@ typedef struct cuda_impl {
     int copies_pending;              /* a copy was issued since the last copies_wait */
     size_t attn_budget;              /* bytes for the attention backward's f32 accumulators */
     int attn_bn;                     /* keys per CTA of the attention backward, head_dim 64/128 */
+    /* CUDA graph of one training step (graph_begin/graph_end/graph_launch, backend.h) */
+    cudaGraphExec_t gexec;           /* the step captured last, or NULL */
+    uint64_t gkey;                   /* the caller's key for it */
+    int capturing, capture_bad;      /* inside a capture; something there could not be captured */
+    int graph_off;                   /* US_CUDA_GRAPH=0, or a capture failed once */
+    long graph_replays;
+    int graph_nodes;
 } cuda_impl;
 
 static inline cuda_impl *CI(us_backend *be) { return (cuda_impl *)be->impl; }
