@@ -453,7 +453,7 @@ TEST(ops_lora) {
     for (int i = 0; i < O2 * R; i++) want[i] = fd[i] + dB20[i];
     EXPECT_CLOSE("lora_bwd_dy dB2 (adds)", dB2, want, O2 * R, TOL);
     fill(&rg, dx, NULL, T * IN, 1); /* overwritten: res NULL */
-    be->lora_bwd_x(be, dx, NULL, dA, du, LD, xf, XP, A, T, IN, LD); /* pitched x */
+    be->lora_bwd_x(be, dx, NULL, dA, du, LD, xf, XP, NULL, NULL, A, T, IN, LD); /* pitched x */
     fd_grad(lora_loss, &c, xd, T * IN, FD_H, fd);
     EXPECT_CLOSE("lora_bwd_x dx = du [A1; A2]", dx, fd, T * IN, TOL);
     double fdA[LD * IN];
@@ -461,14 +461,29 @@ TEST(ops_lora) {
     for (int i = 0; i < LD * IN; i++) want[i] = fdA[i] + dA0[i];
     EXPECT_CLOSE("lora_bwd_x dA (adds)", dA, want, LD * IN, TOL);
     fill(&rg, dx, dx0, T * IN, 1); /* res == dx: adds */
-    be->lora_bwd_x(be, dx, dx, dA, du, LD, x, IN, A, T, IN, LD);
+    be->lora_bwd_x(be, dx, dx, dA, du, LD, x, IN, NULL, NULL, A, T, IN, LD);
     for (int i = 0; i < T * IN; i++) want[i] = dx0[i] + fd[i];
     EXPECT_CLOSE("lora_bwd_x dx += du A", dx, want, T * IN, TOL);
     for (int i = 0; i < LD * IN; i++) want[i] = 2 * fdA[i] + dA0[i];
     EXPECT_CLOSE("lora_bwd_x dA adds again", dA, want, LD * IN, TOL);
-    be->lora_bwd_x(be, NULL, NULL, dA, du, LD, x, IN, A, T, IN, LD); /* dx NULL: only dA */
+    be->lora_bwd_x(be, NULL, NULL, dA, du, LD, x, IN, NULL, NULL, A, T, IN, LD); /* dx NULL: only dA */
     for (int i = 0; i < LD * IN; i++) want[i] = 3 * fdA[i] + dA0[i];
     EXPECT_CLOSE("lora_bwd_x dx=NULL dA", dA, want, LD * IN, TOL);
+    { /* x an RMSNorm's input: dA from the normed rows x[t, i] rstd[t] w[i], never formed (float64 reference) */
+        float rs[T], nw[IN], dAn[LD * IN];
+        double wantn[LD * IN];
+        for (int t = 0; t < T; t++) rs[t] = 0.5f + 0.1f * (float)t;
+        for (int i = 0; i < IN; i++) nw[i] = 1.5f - 0.2f * (float)i;
+        for (int i = 0; i < LD * IN; i++) dAn[i] = (float)dA0[i];
+        be->lora_bwd_x(be, NULL, NULL, dAn, du, LD, xf, XP, rs, nw, A, T, IN, LD);
+        for (int j = 0; j < LD; j++)
+            for (int i = 0; i < IN; i++) {
+                double v = dA0[j * IN + i];
+                for (int t = 0; t < T; t++) v += (double)xf[t * XP + i] * rs[t] * nw[i] * du[t * LD + j];
+                wantn[j * IN + i] = v;
+            }
+        EXPECT_CLOSE("lora_bwd_x dA from an RMSNorm's input (rstd, w)", dAn, wantn, LD * IN, TOL);
+    }
     be->destroy(be);
 }
 

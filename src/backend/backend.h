@@ -127,8 +127,11 @@ struct us_backend {
                     int out, int r);
     void (*lora_bwd_dy)(us_backend *be, float *du, int lddu, float *dB, const void *dy, int ldy, const float *u, int ldu,
                         const float *B, float s, int T, int out, int r, bool fold);
+    /* lora_bwd_x with rstd (f32 [T]) and w (f32 [in]) not NULL: x is an RMSNorm's input and dA
+     * uses the normed rows x[t, i] * rstd[t] * w[i] without their being written anywhere (the
+     * model then need not rebuild them for backward). */
     void (*lora_bwd_x)(us_backend *be, void *dx, const void *res, float *dA, const float *du, int lddu, const void *x,
-                       int ldx, const float *A, int T, int in, int R);
+                       int ldx, const float *rstd, const float *w, const float *A, int T, int in, int R);
 
     /* In-place rotary embedding of x [T, nh, hd] (rotate-half layout, as Hugging Face): for pair
      * (i, i+hd/2) at position p = pos[t], angle p*inv_freq[i]. inverse rotates by -angle (the

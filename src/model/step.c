@@ -65,12 +65,22 @@ static void project(us_model *m, int l, int t, void *y, const void *res, const v
     be->linear_fwd(be, y, acc, x, ld, m->L[l].w[t], ld, m->L[l].b[t], T, in, out);
 }
 
-/* Backward of the n projections ts[] of one group, which all read x: dx (+)= sum dy_t W_t and
- * the LoRA terms (dx NULL: not needed), LoRA and full-weight gradients. The group's du is formed
- * once, its LoRA input gradient written into dx first; the frozen products add on top. x NULL
- * (LoRA only): dA is left for the caller, from du still in m->s.lora (down_dA). */
+/* The input a group's backward reads: x as the projections saw it (rows ld apart), or, with rstd
+ * and w set, an RMSNorm's input whose normed rows x * rstd * w the backend forms on the fly. */
+typedef struct {
+    const void *x;
+    int ld;
+    const float *rstd, *w;
+} group_in;
+
+/* Backward of the n projections ts[] of one group, which all read in.x: dx (+)= sum dy_t W_t and
+ * the LoRA terms (dx NULL: not needed), LoRA and full-weight gradients (full weights need the
+ * normed rows themselves). The group's du is formed once, its LoRA input gradient written into dx
+ * first; the frozen products add on top. in.x NULL (LoRA only): dA is left for the caller, from du
+ * still in m->s.lora (down_dA). */
 static void group_bwd(us_model *m, int l, const int *ts, int n, void *const *dys, int ldy, void *dx, bool acc,
-                      const void *x, int T, size_t r0) {
+                      group_in in_, int T, size_t r0) {
+    const void *x = in_.x;
     us_backend *be = m->be;
     const us_layer_weights *L = &m->L[l];
     int lead = m->lora_lead[ts[0]], in, out;
@@ -89,7 +99,7 @@ static void group_bwd(us_model *m, int l, const int *ts, int n, void *const *dys
         const us_lora_slot *s = &m->slot[l][lead];
         if (x || !fold_dx) {
             be->lora_bwd_x(be, fold_dx ? NULL : dx, acc ? dx : NULL, x ? m->grads + s->off_A : NULL, m->s.lora,
-                           m->lora_ld[lead], x, in_pitch(m, lead), m->params + s->off_A, T, s->in, m->lora_ld[lead]);
+                           m->lora_ld[lead], x, in_.ld, in_.rstd, in_.w, m->params + s->off_A, T, s->in, m->lora_ld[lead]);
             if (!fold_dx) acc = true;
         }
     }
@@ -202,20 +212,28 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
     }
     if (p->glu_bwd || down_trains) {
         static const int down[] = {US_T_DOWN};
-        group_bwd(m, l, down, 1, &dres, m->dres_ld, p->glu_bwd ? m->s.da : NULL, false, late_prod ? NULL : prod, n, r0);
+        group_in in_down = {late_prod ? NULL : prod, in_pitch(m, US_T_DOWN), NULL, NULL};
+        group_bwd(m, l, down, 1, &dres, m->dres_ld, p->glu_bwd ? m->s.da : NULL, false, in_down, n, r0);
     }
     if (!p->glu_bwd) return;
     be->glu_bwd(be, act, a->g, a->up, late_prod ? prod : NULL, m->s.da, a->g, a->up, a->bits, n, c->inter); /* dg, du in place */
     if (late_prod) { /* down's dA from its du (still in m->s.lora) and the product just formed */
         const us_lora_slot *s = &m->slot[l][US_T_DOWN];
         be->lora_bwd_x(be, NULL, NULL, m->grads + s->off_A, m->s.lora, m->lora_ld[US_T_DOWN], prod, in_pitch(m, US_T_DOWN),
-                       m->params + s->off_A, n, s->in, m->lora_ld[US_T_DOWN]);
+                       NULL, NULL, m->params + s->off_A, n, s->in, m->lora_ld[US_T_DOWN]);
     }
-    if ((mode == US_RECOMPUTE_NONE || mode == US_OFFLOAD_MLP) && gu_trains)
-        be->rmsnorm_fwd(be, h, hp, m->s.rstd, rows_at(m, a->xmid, r0, D), L->ln2, n, c->hidden, (float)c->rms_eps);
+    /* gate/up's dA reads h2: rebuilt above in the rebuilding modes; else formed from xmid on the fly
+     * (LoRA only; full weights need the rows themselves) */
+    group_in in_gu = {h, hp, NULL, NULL};
+    if ((mode == US_RECOMPUTE_NONE || mode == US_OFFLOAD_MLP) && gu_trains) {
+        if (L->gw[US_T_GATE] || L->gw[US_T_UP])
+            be->rmsnorm_fwd(be, h, hp, m->s.rstd, rows_at(m, a->xmid, r0, D), L->ln2, n, c->hidden, (float)c->rms_eps);
+        else
+            in_gu = (group_in){rows_at(m, a->xmid, r0, D), (int)D, a->rstd2 + r0, L->ln2};
+    }
     static const int gate_up[] = {US_T_GATE, US_T_UP};
     void *dgu[] = {a->g, a->up};
-    group_bwd(m, l, gate_up, 2, dgu, 0, p->prior_mlp ? dh : NULL, false, h, n, r0);
+    group_bwd(m, l, gate_up, 2, dgu, 0, p->prior_mlp ? dh : NULL, false, in_gu, n, r0);
     if (p->prior_mlp)
         be->rmsnorm_bwd(be, dres, m->dres_ld, true, L->gln2, dh, rows_at(m, a->xmid, r0, D), a->rstd2 + r0, L->ln2, n, c->hidden);
 }
@@ -237,15 +255,20 @@ static bool backward_layer(us_model *m, int l, const us_batch *b) {
     /* attention block */
     us_attn_shape sh = attn_shape(m, b);
     static const int o_proj[] = {US_T_O}, qkv[] = {US_T_Q, US_T_K, US_T_V};
-    if (p->save_att) group_bwd(m, l, o_proj, 1, &m->s.dres, m->dres_ld, p->attn_bwd ? m->s.datt : NULL, false, a->att, T, 0);
+    group_in in_o = {a->att, in_pitch(m, US_T_O), NULL, NULL};
+    if (p->save_att) group_bwd(m, l, o_proj, 1, &m->s.dres, m->dres_ld, p->attn_bwd ? m->s.datt : NULL, false, in_o, T, 0);
     if (p->attn_bwd) {
         be->attn_bwd(be, m->s.dq, m->s.dk, m->s.dv, m->s.datt, a->q, a->k, a->v, a->att, a->lse, b->seg_start, &sh);
         be->rope(be, m->s.dq, b->pos, m->inv_freq, T, c->heads, c->head_dim, true);
         be->rope(be, m->s.dk, b->pos, m->inv_freq, T, c->kv_heads, c->head_dim, true);
-        bool need_h1 = lora_on(m, l, US_T_Q) || lora_on(m, l, US_T_K) || lora_on(m, l, US_T_V) || L->gw[US_T_Q];
-        if (need_h1) be->rmsnorm_fwd(be, m->s.h, in_pitch(m, US_T_Q), m->s.rstd, a->xin, L->ln1, T, D, (float)c->rms_eps);
+        /* q/k/v's dA reads h1, formed from the layer input on the fly; full weights need the rows */
+        group_in in_qkv = {a->xin, D, a->rstd1, L->ln1};
+        if (L->gw[US_T_Q]) {
+            be->rmsnorm_fwd(be, m->s.h, in_pitch(m, US_T_Q), m->s.rstd, a->xin, L->ln1, T, D, (float)c->rms_eps);
+            in_qkv = (group_in){m->s.h, in_pitch(m, US_T_Q), NULL, NULL};
+        }
         void *dqkv[] = {m->s.dq, m->s.dk, m->s.dv};
-        group_bwd(m, l, qkv, 3, dqkv, 0, p->prior_attn ? m->s.dh : NULL, false, m->s.h, T, 0);
+        group_bwd(m, l, qkv, 3, dqkv, 0, p->prior_attn ? m->s.dh : NULL, false, in_qkv, T, 0);
         if (p->prior_attn) be->rmsnorm_bwd(be, m->s.dres, m->dres_ld, true, L->gln1, m->s.dh, a->xin, a->rstd1, L->ln1, T, D);
     }
     return p->prior_attn;

@@ -309,8 +309,8 @@ static int lora_case(gpair *pp, us_test_ctx *t, int T, int in, int out, int r, i
     float *gdu2 = g_bytes(&p, cdu, TR * 4);
     void *gdx = g_act(&p, dx0, TI), *cdx = c_f32(&p, dx0, TI);
     float *gdA = g_f32_at(&p, dA0, (size_t)R * in, off), *cdA = c_f32(&p, dA0, (size_t)R * in);
-    p.g->lora_bwd_x(p.g, gdx, gdx, gdA, gdu2, R, gx, ldx, gA, T, in, R);
-    p.c->lora_bwd_x(p.c, cdx, cdx, cdA, cdu, R, cx, in, cA, T, in, R);
+    p.g->lora_bwd_x(p.g, gdx, gdx, gdA, gdu2, R, gx, ldx, NULL, NULL, gA, T, in, R);
+    p.c->lora_bwd_x(p.c, cdx, cdx, cdA, cdu, R, cx, in, NULL, NULL, cA, T, in, R);
     double eA = err_f32(&p, gdA, cdA, (size_t)R * in);
     float *hdx = get_act(&p, gdx, TI);
     for (size_t i = 0; i < TI; i++) inc_g[i] = hdx[i] - dx0[i], inc_c[i] = ((float *)cdx)[i] - dx0[i];
@@ -319,16 +319,27 @@ static int lora_case(gpair *pp, us_test_ctx *t, int T, int in, int out, int r, i
     if (!(eA < TOL_MM && ex < 3e-2)) { snprintf(t->msg, sizeof t->msg, "lora_bwd_x %s: dA %g dx increment %g", what, eA, ex); t->failed = 1; return 0; }
     /* res NULL: dx written from nothing (poisoned first) */
     void *gdx2 = g_poison(&p, TI * 2);
-    p.g->lora_bwd_x(p.g, gdx2, NULL, gdA, gdu2, R, gx, ldx, gA, T, in, R);
+    p.g->lora_bwd_x(p.g, gdx2, NULL, gdA, gdu2, R, gx, ldx, NULL, NULL, gA, T, in, R);
     hdx = get_act(&p, gdx2, TI);
     for (size_t i = 0; i < TI; i++) inc_g[i] = hdx[i];
     ex = rel_l2(inc_g, inc_c, TI);
     free(hdx);
     if (!(ex < 3e-2)) { snprintf(t->msg, sizeof t->msg, "lora_bwd_x %s res NULL: dx %g", what, ex); t->failed = 1; return 0; }
     /* dx may be NULL */
-    p.g->lora_bwd_x(p.g, NULL, NULL, gdA, gdu2, R, gx, ldx, gA, T, in, R);
+    p.g->lora_bwd_x(p.g, NULL, NULL, gdA, gdu2, R, gx, ldx, NULL, NULL, gA, T, in, R);
     p.g->sync(p.g);
     if (p.g->nonfinite(p.g, gdA, (size_t)R * in)) { snprintf(t->msg, sizeof t->msg, "lora_bwd_x with dx NULL: non-finite dA"); t->failed = 1; return 0; }
+    { /* x an RMSNorm's input (rstd per row, w per column): dA from the normed rows formed on the fly */
+        float *rs = rnd((size_t)T, 0.5f, 11), *nw = rnd((size_t)in, 1.0f, 12);
+        float *gr = g_bytes(&p, rs, (size_t)T * 4), *gw = g_bytes(&p, nw, (size_t)in * 4);
+        float *cr = c_f32(&p, rs, (size_t)T), *cw = c_f32(&p, nw, (size_t)in);
+        float *gdA2 = g_f32_at(&p, dA0, (size_t)R * in, off), *cdA2 = c_f32(&p, dA0, (size_t)R * in);
+        p.g->lora_bwd_x(p.g, NULL, NULL, gdA2, gdu2, R, gx, ldx, gr, gw, gA, T, in, R);
+        p.c->lora_bwd_x(p.c, NULL, NULL, cdA2, cdu, R, cx, in, cr, cw, cA, T, in, R);
+        double eN = err_f32(&p, gdA2, cdA2, (size_t)R * in);
+        free(rs), free(nw);
+        if (!(eN < TOL_MM)) { snprintf(t->msg, sizeof t->msg, "lora_bwd_x %s, x normed on the fly: dA %g", what, eN); t->failed = 1; return 0; }
+    }
     free(x), free(A), free(B), free(y0), free(dy), free(dx0), free(dA0), free(dB0), free(inc_g), free(inc_c);
     return 1;
 }

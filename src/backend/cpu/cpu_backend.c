@@ -229,9 +229,24 @@ static void cpu_lora_bwd_dy(us_backend *be, float *du, int lddu, float *dB, cons
 }
 
 static void cpu_lora_bwd_x(us_backend *be, void *dx, const void *res, float *dA, const float *du, int lddu,
-                           const void *x, int ldx, const float *A, int T, int in, int R) {
+                           const void *x, int ldx, const float *rstd, const float *w, const float *A, int T, int in, int R) {
     (void)be;
-    if (dA) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, in, T, 1.0f, du, lddu, x, ldx, 1.0f, dA, in);
+    if (dA && rstd) { /* dA(j, i) += w[i] * sum_t x[t, i] * (rstd[t] du[t, j]): the normed rows never formed */
+        float *ds = malloc((size_t)T * R * sizeof *ds), *part = calloc((size_t)R * in, sizeof *part);
+        if (!ds || !part) { /* out of host memory: the op table has no error channel; poison dA */
+            for (size_t i = 0; i < (size_t)R * in; i++) dA[i] = NAN;
+            free(ds), free(part);
+        } else {
+            for (int t = 0; t < T; t++)
+                for (int j = 0; j < R; j++) ds[(size_t)t * R + j] = rstd[t] * du[(size_t)t * lddu + j];
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, in, T, 1.0f, ds, R, x, ldx, 0.0f, part, in);
+            for (int j = 0; j < R; j++)
+                for (int i = 0; i < in; i++) dA[(size_t)j * in + i] += w[i] * part[(size_t)j * in + i];
+            free(ds), free(part);
+        }
+    } else if (dA) {
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, in, T, 1.0f, du, lddu, x, ldx, 1.0f, dA, in);
+    }
     if (!dx) return;
     cpu_start_from(dx, res, (size_t)T, (size_t)in);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, R, 1.0f, du, lddu, A, in, 1.0f, dx, in);

@@ -1007,11 +1007,27 @@ static void cu_lora_bwd_dy(us_backend *be, float *du, int lddu, float *dB, const
     }
 }
 
+/* y[t, i] = bf16(x[t, i] * rstd[t] * w[i]): the normed rows, for the paths without scales */
+__global__ void k_norm_rows(bf16 *y, const bf16 *x, int ldx, const float *rstd, const float *w, int T, int in) {
+    GRID_STRIDE(i, (size_t)T * in) {
+        const size_t t = i / in, k = i % in;
+        y[i] = __float2bfloat16_rn(__bfloat162float(x[t * ldx + k]) * rstd[t] * w[k]);
+    }
+}
+
 static void cu_lora_bwd_x(us_backend *be, void *dx, const void *res, float *dA, const float *du, int lddu,
-                          const void *x, int ldx, const float *A, int T, int in, int R) {
+                          const void *x, int ldx, const float *rstd, const float *w, const float *A, int T, int in, int R) {
     cuda_impl *c = CI(be);
     PROF(c, P_LORA_B);
-    if (!lora_gemm_forced() && us_cuda_lora_bwd_x_fast(c, dx, res, dA, du, lddu, x, ldx, A, T, in, R)) return;
+    if (!lora_gemm_forced() && us_cuda_lora_bwd_x_fast(c, dx, res, dA, du, lddu, x, ldx, rstd, w, A, T, in, R)) return;
+    if (rstd && dA && T > 0) { /* form the normed rows in scratch (cuBLASLt fallback, or colred version 1) */
+        bf16 *xn = (bf16 *)us_cuda_scratch(c, SCR_NORM_ROWS, (size_t)T * in * 2);
+        if (!xn) return;
+        k_norm_rows<<<grid_for(c, (size_t)T * in, 256), 256, 0, c->st>>>(xn, (const bf16 *)x, ldx, rstd, w, T, in);
+        CK_LAUNCH(c);
+        x = xn, ldx = in;
+        if (!lora_gemm_forced() && us_cuda_lora_bwd_x_fast(c, dx, res, dA, du, lddu, x, ldx, NULL, NULL, A, T, in, R)) return;
+    }
     bf16 *dub = lora_bf16_rows(c, SCR_LORA_U, du, lddu, T, R);
     if (!dub) return;
     /* dA^T (in x R) += x^T (in x T) du (T x R) */

@@ -29,6 +29,7 @@ enum {
     SCR_ATTN_DKV,   /* attention backward (GQA): f32 dK, dV accumulators */
     SCR_TUNE,       /* GEMM autotuning: a scratch output (released after) */
     SCR_RED,        /* reductions: one double / int */
+    SCR_NORM_ROWS,  /* lora_bwd_x given an RMSNorm's input, on the paths without scales: the normed rows */
     SCR_COUNT
 };
 
@@ -152,7 +153,7 @@ bool us_cuda_lora_up_fast(cuda_impl *c, void *y, const void *res, const float *u
 bool us_cuda_lora_bwd_dy_fast(cuda_impl *c, float *du, int lddu, float *dB, const void *dy, int ldy, const float *u, int ldu,
                               const float *B, float s, int T, int out, int r);
 bool us_cuda_lora_bwd_x_fast(cuda_impl *c, void *dx, const void *res, float *dA, const float *du, int lddu,
-                             const void *x, int ldx, const float *A, int T, int in, int R);
+                             const void *x, int ldx, const float *rstd, const float *w, const float *A, int T, int in, int R);
 
 /* attention (cuda_attn.cu) */
 void us_cuda_attn_fwd(us_backend *be, void *o, float *lse, const void *q, const void *k, const void *v,

@@ -625,17 +625,23 @@ void colred(cuda_impl *c, float *O, int osm, int osj, const void *P, int ldp, in
 
 /* colred by version 2 (cuda_lora_colred2.cuh: clusters exchanging du, a deeper cp.async ring, one
  * wave of CTAs); US_CUDA_LORA_COLRED=1 runs version 1 above */
-template <int R>
-void colred_any(cuda_impl *c, float *O, int osm, int osj, const void *P, int ldp, int T, int M, const float *Q, int ldq,
-                float scale, float *Du = NULL, int lddu = 0, const float *Wd = NULL, float dscale = 0.0f) {
+static bool colred_v1(void) {
     static int v1 = -1;
     if (v1 < 0) v1 = env_int("US_CUDA_LORA_COLRED", 2) == 1;
-    if (v1) {
+    return v1;
+}
+
+/* qscale / oscale (version 2 only: the caller checks colred_v1() first) as colred_v2_cfg's */
+template <int R>
+void colred_any(cuda_impl *c, float *O, int osm, int osj, const void *P, int ldp, int T, int M, const float *Q, int ldq,
+                float scale, float *Du = NULL, int lddu = 0, const float *Wd = NULL, float dscale = 0.0f,
+                const float *qscale = NULL, const float *oscale = NULL) {
+    if (colred_v1()) {
         colred<R>(c, O, osm, osj, P, ldp, T, M, Q, ldq, scale, Du, lddu, Wd, dscale);
         return;
     }
     CK(c, colred_v2_cfg<R>(c->st, c->sm_count, colred2_default_cfg(T, M, Du != NULL), O, osm, osj, (const bf16 *)P, ldp, T,
-                           M, Q, ldq, scale, Du, lddu, Wd, dscale));
+                           M, Q, ldq, scale, Du, lddu, Wd, dscale, qscale, oscale));
     CK_LAUNCH(c);
 }
 
@@ -658,8 +664,9 @@ struct lora_at {
         colred_any<R>(c, dB, R, 1, dy, ldy, T, out, u, ldu, s, du, lddu, B, s);
     }
     static void bwd_x(cuda_impl *c, void *dx, const void *res, float *dA, const float *du, int lddu, const void *x,
-                      int ldx, const float *A, int T, int in) {
-        if (dA) colred_any<R>(c, dA, 1, in, x, ldx, T, in, du, lddu, 1.0f); /* dA(i, j) += sum_t x[t, i] du[t, j] */
+                      int ldx, const float *rstd, const float *w, const float *A, int T, int in) {
+        /* dA(i, j) += sum_t x[t, i] du[t, j] (normed: w[i] sum_t x[t, i] rstd[t] du[t, j]) */
+        if (dA) colred_any<R>(c, dA, 1, in, x, ldx, T, in, du, lddu, 1.0f, NULL, 0, NULL, 0.0f, rstd, w);
         if (dx) expand<R>(c, dx, res, T, in, du, lddu, A, 1, in, 1.0f); /* dx = res + du A   (W(i, j) = A[j, i]) */
     }
 };
@@ -710,11 +717,12 @@ bool us_cuda_lora_bwd_dy_fast(cuda_impl *c, float *du, int lddu, float *dB, cons
 }
 
 bool us_cuda_lora_bwd_x_fast(cuda_impl *c, void *dx, const void *res, float *dA, const float *du, int lddu,
-                             const void *x, int ldx, const float *A, int T, int in, int R) {
+                             const void *x, int ldx, const float *rstd, const float *w, const float *A, int T, int in, int R) {
     if (T <= 0) return true;
+    if (rstd && dA && colred_v1()) return false; /* version 1 has no scales */
     if (!width_ok(R) || in % 8 || ldx % 8 || !aligned16(x) || (dx && !aligned16(dx)) || (res && !aligned16(res)) || !a8(du) ||
         lddu % 2)
         return false;
-    LORA_DISPATCH(R, bwd_x(c, dx, res, dA, du, lddu, x, ldx, A, T, in));
+    LORA_DISPATCH(R, bwd_x(c, dx, res, dA, du, lddu, x, ldx, rstd, w, A, T, in));
     return true;
 }

@@ -110,7 +110,8 @@ struct C2Smem {
     static constexpr int NDB = R <= 32 ? 4 : 2;                   /* Du exchange buffers */
     static constexpr int D_OFF = B_OFF + (DU ? R * BP * 2 : 0); /* Du partials received: [NDB][64 rows][R] f32 */
     static constexpr int BAR_OFF = D_OFF + (DU ? NDB * C2_TC * R * 4 : 0); /* mbarriers full[NDB], empty[NDB] */
-    static constexpr int BYTES = BAR_OFF + (DU ? 16 * NDB : 0);
+    static constexpr int RS_OFF = BAR_OFF + (DU ? 16 * NDB : 0); /* per stage: the chunk's 64 token scales (qscale) */
+    static constexpr int BYTES = RS_OFF + NS * C2_TC * 4;
     static_assert(C2_MB * OP * 4 <= B_OFF, "O partials must fit the ring");
     static_assert(B_OFF % 16 == 0 && D_OFF % 16 == 0 && BAR_OFF % 8 == 0, "alignment");
 };
@@ -138,12 +139,14 @@ template <int R, int NS, bool DU>
 __global__ void __launch_bounds__(C2_LT, 2) k_lora_colred2(float *O, int osm, int osj, const __nv_bfloat16 *P, int ldp, int T,
                                                            int M, const float *Q, int ldq, float scale, int tpc, int vecq,
                                                            int omode, float *Du, int lddu, const float *Wd, float dscale,
-                                                           int du_mode, int duvec, int wvec) {
+                                                           int du_mode, int duvec, int wvec, const float *qscale,
+                                                           const float *oscale) {
     constexpr int NT = R / 8;
     using S = C2Smem<R, NS, DU>;
     extern __shared__ __align__(128) unsigned char c2_smem[];
     __nv_bfloat16 *Ps = reinterpret_cast<__nv_bfloat16 *>(c2_smem + S::P_OFF);
     float *Qs = reinterpret_cast<float *>(c2_smem + S::Q_OFF);
+    float *Rs = reinterpret_cast<float *>(c2_smem + S::RS_OFF);
     __nv_bfloat16 *Bs = reinterpret_cast<__nv_bfloat16 *>(c2_smem + S::B_OFF);
     float *Ds = reinterpret_cast<float *>(c2_smem + S::D_OFF);
     float *Os = reinterpret_cast<float *>(c2_smem); /* after the loop */
@@ -179,6 +182,10 @@ __global__ void __launch_bounds__(C2_LT, 2) k_lora_colred2(float *O, int osm, in
                        ok);
         }
         float *qs = Qs + st * (C2_TC * S::QP);
+        if (qscale && tid < C2_TC) {
+            const bool ok = tb + tid < t1;
+            cp_async4(smem_u32(Rs + st * C2_TC + tid), ok ? (const void *)(qscale + tb + tid) : (const void *)qscale, ok);
+        }
         if (vecq) {
 #pragma unroll
             for (int i = 0; i < (C2_TC * R / 4 + C2_LT - 1) / C2_LT; i++) {
@@ -291,8 +298,12 @@ __global__ void __launch_bounds__(C2_LT, 2) k_lora_colred2(float *O, int osm, in
         const int st = ch % NS;
         const __nv_bfloat16 *ps = Ps + st * (C2_TC * C2_MB);
         const float *qs = Qs + st * (C2_TC * S::QP);
+        const float *rs = Rs + st * C2_TC;
 #pragma unroll
         for (int ks = 0; ks < C2_TC / 16; ks++) {
+            const int t0r = ks * 16 + tq * 2; /* the token rows of this thread's B fragments: +0, +1, +8, +9 */
+            float s0 = 1.0f, s1 = 1.0f, s8 = 1.0f, s9 = 1.0f;
+            if (qscale) s0 = rs[t0r], s1 = rs[t0r + 1], s8 = rs[t0r + 8], s9 = rs[t0r + 9];
             uint32_t a[2][4];
 #pragma unroll
             for (int m = 0; m < 2; m++) {
@@ -304,8 +315,8 @@ __global__ void __launch_bounds__(C2_LT, 2) k_lora_colred2(float *O, int osm, in
 #pragma unroll
             for (int n = 0; n < NT; n++) {
                 const float *q = qs + (ks * 16 + tq * 2) * S::QP + n * 8 + g;
-                const uint32_t b0 = pack_bf16(q[0], q[S::QP]);
-                const uint32_t b1 = pack_bf16(q[8 * S::QP], q[9 * S::QP]);
+                const uint32_t b0 = pack_bf16(q[0] * s0, q[S::QP] * s1);
+                const uint32_t b1 = pack_bf16(q[8 * S::QP] * s8, q[9 * S::QP] * s9);
 #pragma unroll
                 for (int m = 0; m < 2; m++) mma16816(acc[m][n], a[m][0], a[m][1], a[m][2], a[m][3], b0, b1);
             }
@@ -352,9 +363,12 @@ __global__ void __launch_bounds__(C2_LT, 2) k_lora_colred2(float *O, int osm, in
 #pragma unroll
         for (int n = 0; n < NT; n++)
 #pragma unroll
-            for (int h = 0; h < 2; h++)
-                *reinterpret_cast<float2 *>(Os + (warp * 32 + m * 16 + g + h * 8) * S::OP + n * 8 + tq * 2) =
-                    make_float2(acc[m][n][2 * h] * scale, acc[m][n][2 * h + 1] * scale);
+            for (int h = 0; h < 2; h++) {
+                const int row = warp * 32 + m * 16 + g + h * 8;
+                const float sc = oscale && m0 + row < M ? scale * oscale[m0 + row] : scale;
+                *reinterpret_cast<float2 *>(Os + row * S::OP + n * 8 + tq * 2) =
+                    make_float2(acc[m][n][2 * h] * sc, acc[m][n][2 * h + 1] * sc);
+            }
     __syncthreads();
     if (omode == 1) { /* osj == 1: 4 consecutive j */
         for (int idx = tid; idx < C2_MB * (R / 4); idx += C2_LT) {
@@ -384,7 +398,7 @@ struct Colred2Cfg {
 template <int R, int NS, bool DU>
 cudaError_t colred2_launch(cudaStream_t st, int sm_count, Colred2Cfg cfg, float *O, int osm, int osj,
                            const __nv_bfloat16 *P, int ldp, int T, int M, const float *Q, int ldq, float scale, float *Du,
-                           int lddu, const float *Wd, float dscale) {
+                           int lddu, const float *Wd, float dscale, const float *qscale, const float *oscale) {
     using S = C2Smem<R, NS, DU>;
     auto kern = k_lora_colred2<R, NS, DU>;
     static bool attr_set = false;
@@ -453,7 +467,7 @@ cudaError_t colred2_launch(cudaStream_t st, int sm_count, Colred2Cfg cfg, float 
     lc.attrs = at;
     lc.numAttrs = 1;
     return cudaLaunchKernelEx(&lc, kern, O, osm, osj, P, ldp, T, M, Q, ldq, scale, tpc, vecq, omode, Du, lddu, Wd,
-                              dscale, du_mode, duvec, wvec);
+                              dscale, du_mode, duvec, wvec, qscale, oscale);
 }
 
 /* The default configuration (measured on an H100 at the shapes of the checker below). With Du:
@@ -472,15 +486,18 @@ inline Colred2Cfg colred2_default_cfg(int T, int M, bool du) {
     return Colred2Cfg{cx, du ? 0 : 1};
 }
 
+/* qscale (per token, f32 [T]) multiplies Q's rows and oscale (per column of P, f32 [M]) O's rows:
+ * O(m, j) += scale * oscale[m] * sum_t P[t, m] qscale[t] Q[t, j] — an RMSNorm's rstd and weight,
+ * so that P may be the norm's input (lora_bwd_x's dA from the un-normed rows). NULL: 1. */
 template <int R>
 cudaError_t colred_v2_cfg(cudaStream_t st, int sm_count, Colred2Cfg cfg, float *O, int osm, int osj,
                           const __nv_bfloat16 *P, int ldp, int T, int M, const float *Q, int ldq, float scale, float *Du,
-                          int lddu, const float *Wd, float dscale) {
+                          int lddu, const float *Wd, float dscale, const float *qscale = NULL, const float *oscale = NULL) {
     if (Du)
         return colred2_launch<R, c2_stages<R, true>(), true>(st, sm_count, cfg, O, osm, osj, P, ldp, T, M, Q, ldq, scale,
-                                                             Du, lddu, Wd, dscale);
+                                                             Du, lddu, Wd, dscale, qscale, oscale);
     return colred2_launch<R, c2_stages<R, false>(), false>(st, sm_count, cfg, O, osm, osj, P, ldp, T, M, Q, ldq, scale,
-                                                           Du, lddu, Wd, dscale);
+                                                           Du, lddu, Wd, dscale, qscale, oscale);
 }
 
 /* Drop-in launcher (errors: as any launch, through cudaGetLastError). */
