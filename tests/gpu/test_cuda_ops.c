@@ -508,8 +508,9 @@ TEST(cuda_add_and_xent) {
         double e = err_act(&p, gy, cy, n);
         CHECK(e < TOL_EW, "add: %g", e);
     }
-    int vocabs[] = {256, 1000, 1001, 49152};
-    for (int vi = 0; vi < 4; vi++) {
+    /* register rows (one CTA; 2 and 4 CTAs of a cluster at 128256 and 151936), 1001 the scalar path */
+    int vocabs[] = {256, 1000, 1001, 49152, 128256, 151936};
+    for (int vi = 0; vi < 6; vi++) {
         int rows = 9, V = vocabs[vi];
         size_t nl = (size_t)rows * V;
         float *L = rnd(nl, 3.0f, 10 + vi);
