@@ -12,9 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cooperative_groups.h>
 #include "cuda_internal.cuh"
-namespace cg = cooperative_groups;
 
 #define PIN_BYTES ((size_t)16 << 20)
 #define WS_BYTES ((size_t)32 << 20)
@@ -1400,128 +1398,11 @@ __global__ void __launch_bounds__(XENT_THREADS) k_xent(bf16 *logits, const int32
     }
 }
 
-/* The same with the row read once: a row's CS CTAs (a thread-block cluster when CS > 1) hold it in
- * registers, NC 16-byte chunks per thread, and meet their max/sum through distributed shared memory;
- * then dlogits are written from the registers (k_xent reads the row twice). vocab % 8 == 0. */
-template <int NC, int CS>
-__global__ void __launch_bounds__(XENT_THREADS, 1) k_xent_reg(bf16 *logits, const int32_t *labels, float *loss_sum,
-                                                              float grad_scale, int vocab) {
-    __shared__ float sm[XENT_THREADS / 32], ss[XENT_THREADS / 32], s_ms[2];
-    cg::cluster_group cluster = cg::this_cluster();
-    const int rank = CS > 1 ? (int)cluster.block_rank() : 0;
-    const int row = blockIdx.x / CS, lab = labels[row], nch = vocab / 8, per = (nch + CS - 1) / CS;
-    const int c0 = rank * per, c1 = min(nch, c0 + per);
-    const int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5;
-    uint4 *L = reinterpret_cast<uint4 *>(logits + (size_t)row * vocab);
-    const bool counted = lab >= 0 && lab < vocab;
-    uint4 v[NC];
-    float m = -INFINITY, target = 0;
-#pragma unroll
-    for (int k = 0; k < NC; k++) {
-        const int i = c0 + tid + k * XENT_THREADS;
-        if (counted && i < c1) {
-            v[k] = L[i];
-            float f[8];
-            unpack8(v[k], f);
-#pragma unroll
-            for (int j = 0; j < 8; j++) m = fmaxf(m, f[j]);
-        }
-    }
-    if (counted && rank == lab / 8 / per && tid == 0) target = __bfloat162float(logits[(size_t)row * vocab + lab]);
-    float s = 0;
-#pragma unroll
-    for (int k = 0; k < NC; k++)
-        if (counted && c0 + tid + k * XENT_THREADS < c1) {
-            float f[8];
-            unpack8(v[k], f);
-#pragma unroll
-            for (int j = 0; j < 8; j++) s += __expf(f[j] - m);
-        }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
-        ms_merge(m, s, m2, s2);
-    }
-    if (lane == 0) sm[wid] = m, ss[wid] = s;
-    __syncthreads();
-    if (tid == 0) {
-        float M = sm[0], S = ss[0];
-        for (int i = 1; i < XENT_THREADS / 32; i++) ms_merge(M, S, sm[i], ss[i]);
-        s_ms[0] = M, s_ms[1] = S;
-    }
-    if (CS > 1) cluster.sync(); /* every CTA's (max, sum) of the row is in place */
-    else __syncthreads();
-    float M = s_ms[0], S = s_ms[1];
-    if (CS > 1) {
-        for (int q = 0; q < CS; q++)
-            if (q != rank) {
-                const float *r = cluster.map_shared_rank(s_ms, q);
-                ms_merge(M, S, r[0], r[1]);
-            }
-        cluster.sync(); /* no CTA leaves while another reads its (max, sum) */
-    }
-    const float lse = M + logf(S);
-    if (counted && rank == lab / 8 / per && tid == 0) atomicAdd(loss_sum, lse - target);
-#pragma unroll
-    for (int k = 0; k < NC; k++) {
-        const int i = c0 + tid + k * XENT_THREADS;
-        if (i >= c1) continue;
-        if (!counted) {
-            L[i] = make_uint4(0, 0, 0, 0);
-            continue;
-        }
-        float f[8];
-        unpack8(v[k], f);
-#pragma unroll
-        for (int j = 0; j < 8; j++) f[j] = __expf(f[j] - lse) * grad_scale - (i * 8 + j == lab ? grad_scale : 0.0f);
-        store8(reinterpret_cast<bf16 *>(L + i), f);
-    }
-}
-
-/* k_xent_reg for this vocab: CTAs per row and chunks per thread; false when a row needs more than
- * 4 CTAs of 16 chunks per thread (then k_xent). US_CUDA_XENT=1 keeps k_xent. */
-static bool xent_reg(cuda_impl *c, bf16 *logits, const int32_t *labels, float *loss_sum, float grad_scale, int rows,
-                     int vocab) {
-    static int v1 = -1;
-    if (v1 < 0) {
-        const char *e = getenv("US_CUDA_XENT");
-        v1 = e && *e == '1';
-    }
-    if (v1) return false;
-    const int nch = vocab / 8;
-    int cs = 1;
-    while (cs < 4 && (nch + cs - 1) / cs > 16 * XENT_THREADS) cs *= 2;
-    const int per = (nch + cs - 1) / cs, nc = (per + XENT_THREADS - 1) / XENT_THREADS;
-    if (nc > 16) return false;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)rows * cs);
-    cfg.blockDim = dim3(XENT_THREADS);
-    cfg.stream = c->st;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeClusterDimension;
-    at[0].val.clusterDim.x = cs, at[0].val.clusterDim.y = 1, at[0].val.clusterDim.z = 1;
-    cfg.attrs = at, cfg.numAttrs = 1;
-#define XENT_REG(NC, CS) CK(c, cudaLaunchKernelEx(&cfg, k_xent_reg<NC, CS>, logits, labels, loss_sum, grad_scale, vocab))
-    const int k = nc <= 4 ? 4 : nc <= 8 ? 8 : nc <= 12 ? 12 : 16;
-    if (cs == 1) {
-        if (k == 4) XENT_REG(4, 1); else if (k == 8) XENT_REG(8, 1); else if (k == 12) XENT_REG(12, 1); else XENT_REG(16, 1);
-    } else if (cs == 2) {
-        if (k <= 8) XENT_REG(8, 2); else if (k == 12) XENT_REG(12, 2); else XENT_REG(16, 2);
-    } else {
-        if (k <= 8) XENT_REG(8, 4); else if (k == 12) XENT_REG(12, 4); else XENT_REG(16, 4);
-    }
-#undef XENT_REG
-    CK_LAUNCH(c);
-    return true;
-}
-
 static void cu_xent_fwd_bwd(us_backend *be, void *logits, const int32_t *labels, float *loss_sum, float grad_scale,
                             int rows, int vocab) {
     cuda_impl *c = CI(be);
     PROF(c, P_XENT);
     if (rows <= 0) return;
-    if (vocab % 8 == 0 && aligned16(logits) && xent_reg(c, (bf16 *)logits, labels, loss_sum, grad_scale, rows, vocab))
-        return;
     if (vocab % 8 == 0 && aligned16(logits))
         k_xent<true><<<rows, XENT_THREADS, 0, c->st>>>((bf16 *)logits, labels, loss_sum, grad_scale, vocab);
     else
