@@ -575,16 +575,8 @@ bool down2(cuda_impl *c, float *O, int ldo, const void *P, int ldp, int T, int K
     if (cs > nchunk) cs = nchunk;
     const int kslice = (int)ceil_div_u(ceil_div_u(K, cs), D2_KC) * D2_KC;
     cs = (int)ceil_div_u(K, kslice);
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(gx, cs);
-    cfg.blockDim = dim3(LT);
-    cfg.dynamicSmemBytes = S::BYTES;
-    cfg.stream = c->st;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeClusterDimension;
-    at[0].val.clusterDim.x = 1, at[0].val.clusterDim.y = cs, at[0].val.clusterDim.z = 1;
-    cfg.attrs = at, cfg.numAttrs = 1;
-    CK(c, cudaLaunchKernelEx(&cfg, k_lora_down2<R>, O, ldo, (const bf16 *)P, ldp, T, K, W, scale, kslice,
+    ClusterLaunch l(dim3(gx, cs), LT, S::BYTES, c->st, 1, cs);
+    CK(c, cudaLaunchKernelEx(&l.lc, k_lora_down2<R>, O, ldo, (const bf16 *)P, ldp, T, K, W, scale, kslice,
                              fold ? (bf16 *)P + K : (bf16 *)NULL));
     CK_LAUNCH(c);
     return true;

@@ -389,6 +389,20 @@ __global__ void __launch_bounds__(C2_LT, 2) k_lora_colred2(float *O, int osm, in
     }
 }
 
+/* A launch configuration for a grid of thread-block clusters of cx x cy CTAs (used in place: lc
+ * points at the object's own attribute) */
+struct ClusterLaunch {
+    cudaLaunchConfig_t lc;
+    cudaLaunchAttribute at[1];
+    ClusterLaunch(dim3 grid, int threads, size_t smem, cudaStream_t st, int cx, int cy = 1) : lc() {
+        at[0].id = cudaLaunchAttributeClusterDimension;
+        at[0].val.clusterDim.x = (unsigned)cx, at[0].val.clusterDim.y = (unsigned)cy, at[0].val.clusterDim.z = 1;
+        lc.gridDim = grid, lc.blockDim = dim3((unsigned)threads), lc.dynamicSmemBytes = smem, lc.stream = st;
+        lc.attrs = at, lc.numAttrs = 1;
+    }
+    ClusterLaunch(const ClusterLaunch &) = delete;
+};
+
 /* A launch configuration: clusters of cx CTAs along the columns (with Du: 1, 2, 4, 8 or 16);
  * per_sm > 0 caps the CTAs per SM the grid is sized for (0: as many as fit). */
 struct Colred2Cfg {
@@ -420,19 +434,9 @@ cudaError_t colred2_launch(cudaStream_t st, int sm_count, Colred2Cfg cfg, float 
     const int gx = (int)((M + C2_MB * cx - 1) / (C2_MB * cx)) * cx;
     int cap = cap_cache[lx];
     if (cap == 0) {
-        cudaLaunchConfig_t lc = {};
-        cudaLaunchAttribute at[1];
-        at[0].id = cudaLaunchAttributeClusterDimension;
-        at[0].val.clusterDim.x = cx;
-        at[0].val.clusterDim.y = 1;
-        at[0].val.clusterDim.z = 1;
-        lc.gridDim = dim3(cx * 64);
-        lc.blockDim = dim3(C2_LT);
-        lc.dynamicSmemBytes = S::BYTES;
-        lc.attrs = at;
-        lc.numAttrs = 1;
+        ClusterLaunch q(dim3(cx * 64), C2_LT, S::BYTES, 0, cx);
         int ncl = 0;
-        if (cudaOccupancyMaxActiveClusters(&ncl, (void *)kern, &lc) != cudaSuccess || ncl <= 0) {
+        if (cudaOccupancyMaxActiveClusters(&ncl, (void *)kern, &q.lc) != cudaSuccess || ncl <= 0) {
             (void)cudaGetLastError();
             ncl = (sm_count * 2) / cx;
         }
@@ -454,19 +458,8 @@ cudaError_t colred2_launch(cudaStream_t st, int sm_count, Colred2Cfg cfg, float 
     const int duvec = DU && ((uintptr_t)Du & 15u) == 0 && lddu % 4 == 0;
     const int wvec = DU && ((uintptr_t)Wd & 15u) == 0;
 
-    cudaLaunchConfig_t lc = {};
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeClusterDimension;
-    at[0].val.clusterDim.x = cx;
-    at[0].val.clusterDim.y = 1;
-    at[0].val.clusterDim.z = 1;
-    lc.gridDim = dim3(gx, gy);
-    lc.blockDim = dim3(C2_LT);
-    lc.dynamicSmemBytes = S::BYTES;
-    lc.stream = st;
-    lc.attrs = at;
-    lc.numAttrs = 1;
-    return cudaLaunchKernelEx(&lc, kern, O, osm, osj, P, ldp, T, M, Q, ldq, scale, tpc, vecq, omode, Du, lddu, Wd,
+    ClusterLaunch l(dim3(gx, gy), C2_LT, S::BYTES, st, cx);
+    return cudaLaunchKernelEx(&l.lc, kern, O, osm, osj, P, ldp, T, M, Q, ldq, scale, tpc, vecq, omode, Du, lddu, Wd,
                               dscale, du_mode, duvec, wvec, qscale, oscale);
 }
 
