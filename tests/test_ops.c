@@ -553,6 +553,48 @@ TEST(ops_rope) {
     be->destroy(be);
 }
 
+/* qkv_merge: [rope^-1(dq) | rope^-1(dk) | dv] rows, pitched; rope^-1 as finite differences of the
+ * forward rotation (rope_loss), the dv block a copy, the pitch's spare columns untouched */
+TEST(ops_qkv_merge) {
+    us_backend *be = cpu();
+    CHECK(be, "no cpu backend");
+    rng r = {16};
+    enum { T = 5, NQ = 4, NK = 2, HD = 8, LD = (NQ + 2 * NK) * HD + 3 };
+    const int32_t pos[T] = {3, 4, 0, 1, 90};
+    float inv[HD / 2];
+    for (int i = 0; i < HD / 2; i++) inv[i] = (float)pow(10000.0, -2.0 * i / HD);
+    float dq[T * NQ * HD], dk[T * NK * HD], dv[T * NK * HD], dst[T * LD];
+    double dqd[T * NQ * HD], dkd[T * NK * HD], fdq[T * NQ * HD], fdk[T * NK * HD];
+    double xq[T * NQ * HD], xk[T * NK * HD], yq[T * NQ * HD], yk[T * NK * HD];
+    fill(&r, dq, dqd, T * NQ * HD, 1);
+    fill(&r, dk, dkd, T * NK * HD, 1);
+    fill(&r, dv, NULL, T * NK * HD, 1);
+    fill(&r, NULL, xq, T * NQ * HD, 1);
+    fill(&r, NULL, xk, T * NK * HD, 1);
+    for (int i = 0; i < T * LD; i++) dst[i] = 1e30f;
+    be->qkv_merge(be, dst, LD, dq, dk, dv, pos, inv, T, NQ, NK, HD);
+    /* d/dx <w, rope(x)> = rope^-1(w): finite differences with w = dq (dk) */
+    rope_ctx cq = {xq, dqd, yq, pos, inv, T, NQ, HD}, ck = {xk, dkd, yk, pos, inv, T, NK, HD};
+    fd_grad(rope_loss, &cq, xq, T * NQ * HD, FD_H, fdq);
+    fd_grad(rope_loss, &ck, xk, T * NK * HD, FD_H, fdk);
+    float gq[T * NQ * HD], gk[T * NK * HD];
+    double wv[T * NK * HD];
+    float gv[T * NK * HD];
+    int spare_ok = 1;
+    for (int t = 0; t < T; t++) {
+        memcpy(gq + t * NQ * HD, dst + t * LD, NQ * HD * sizeof(float));
+        memcpy(gk + t * NK * HD, dst + t * LD + NQ * HD, NK * HD * sizeof(float));
+        memcpy(gv + t * NK * HD, dst + t * LD + (NQ + NK) * HD, NK * HD * sizeof(float));
+        for (int j = (NQ + 2 * NK) * HD; j < LD; j++) spare_ok &= dst[t * LD + j] == 1e30f;
+    }
+    for (int i = 0; i < T * NK * HD; i++) wv[i] = dv[i];
+    EXPECT_CLOSE("qkv_merge dq block = rope^-1(dq) (finite differences)", gq, fdq, T * NQ * HD, TOL);
+    EXPECT_CLOSE("qkv_merge dk block = rope^-1(dk) (finite differences)", gk, fdk, T * NK * HD, TOL);
+    EXPECT_CLOSE("qkv_merge dv block = dv", gv, wv, T * NK * HD, 0);
+    CHECK(spare_ok, "qkv_merge wrote past its (nq + 2 nkv) hd columns");
+    be->destroy(be);
+}
+
 /* ==== attention ==== */
 
 typedef struct attn_ctx {

@@ -139,6 +139,12 @@ struct us_backend {
     void (*rope)(us_backend *be, void *x, const int32_t *pos, const float *inv_freq, int T, int nh, int hd,
                  bool inverse);
 
+    /* Backward of q/k/v's rotation, out of place into one matrix: dst [T, (nq + 2 nkv) hd] (row
+     * pitch ld) = [rope^-1(dq) | rope^-1(dk) | dv], with dq [T, nq, hd], dk and dv [T, nkv, hd]
+     * as attn_bwd writes them — the input of one q/k/v input-gradient product. */
+    void (*qkv_merge)(us_backend *be, void *dst, int ld, const void *dq, const void *dk, const void *dv,
+                      const int32_t *pos, const float *inv_freq, int T, int nq, int nkv, int hd);
+
     /* Causal attention. Forward writes o and lse only (no score matrix is kept). */
     void (*attn_fwd)(us_backend *be, void *o, float *lse, const void *q, const void *k, const void *v,
                      const int32_t *seg_start, const us_attn_shape *sh);

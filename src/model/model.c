@@ -205,7 +205,7 @@ void us_model_free(us_model *m) {
         for (int l = 0; l < m->cfg.layers; l++) {
             us_layer_weights *L = &m->L[l];
             for (int t = 0; t < US_T_COUNT; t++) {
-                be->free(be, L->w[t]);
+                if (!(l < m->qkv_joint_layers && (t == US_T_K || t == US_T_V))) be->free(be, L->w[t]); /* in q's block */
                 if (!full) be->free(be, L->b[t]);
             }
             if (!full) {
@@ -321,6 +321,17 @@ static us_status fold_setup(us_model *m, us_err *e) {
         most = US_MAX(most, (size_t)in * out);
     }
     if (!most) return US_OK;
+    /* q, k and v folded alike: one block of rows, so that backward forms dx from [dq | dk | dv] in
+     * one product (step.c); US_QKV_JOINT=0 keeps three blocks */
+    const char *jenv = getenv("US_QKV_JOINT");
+    m->qkv_joint = m->fold[US_T_Q] && m->fold[US_T_K] && m->fold[US_T_V] && m->wld[US_T_Q] == m->wld[US_T_K] &&
+                   m->wld[US_T_K] == m->wld[US_T_V] && !(jenv && !strcmp(jenv, "0"));
+    int qkv_rows[3] = {0};
+    for (int t = US_T_Q; t <= US_T_V; t++) {
+        int in, out;
+        us_target_dims(c, t, &in, &out);
+        qkv_rows[t - US_T_Q] = out;
+    }
     float *tmp = be->alloc(be, most * 4);
     if (!tmp) return us_fail(e, US_ENOMEM, "out of %s memory for %zu floats", be->name, most);
     us_status st = US_OK;
@@ -330,7 +341,14 @@ static us_status fold_setup(us_model *m, us_err *e) {
             int in, out;
             us_target_dims(c, t, &in, &out);
             size_t extra = m->fold[t] ? (size_t)out * m->fold[t] : (size_t)m->fold_rows[t] * in;
-            void *w = be->alloc(be, ((size_t)out * in + extra) * be->weight_bytes);
+            void *w;
+            if (m->qkv_joint && (t == US_T_K || t == US_T_V)) /* rows of q's block (q comes first) */
+                w = (char *)m->L[l].w[US_T_Q] +
+                    (size_t)(qkv_rows[0] + (t == US_T_V ? qkv_rows[1] : 0)) * m->wld[t] * be->weight_bytes;
+            else if (m->qkv_joint && t == US_T_Q)
+                w = be->alloc(be, (size_t)(qkv_rows[0] + qkv_rows[1] + qkv_rows[2]) * m->wld[t] * be->weight_bytes);
+            else
+                w = be->alloc(be, ((size_t)out * in + extra) * be->weight_bytes);
             if (!w) {
                 st = us_fail(e, US_ENOMEM, "out of %s memory for layer %d's %s weights", be->name, l, us_target_name(t));
                 break;
@@ -344,6 +362,7 @@ static us_status fold_setup(us_model *m, us_err *e) {
             be->free(be, m->L[l].w[t]);
             m->L[l].w[t] = w;
             m->weight_bytes += extra * be->weight_bytes;
+            if (m->qkv_joint && t == US_T_V) m->qkv_joint_layers = l + 1;
         }
     be->free(be, tmp);
     return st ? st : fold_list(m, e);

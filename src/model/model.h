@@ -113,6 +113,11 @@ typedef struct us_model {
      * (row pitch dres_ld) that lora_bwd_dy fills with du, and the input-gradient product over
      * out + r rows computes dy W + du A in one pass. */
     int fold_rows[US_T_COUNT], dres_ld;
+    /* q, k, v folded alike lie in one block of rows (k's and v's matrices are q's next rows): the
+     * input gradient of the three is one product over [dq | dk | dv] (s.dqkv, row pitch
+     * (heads + 2 kv_heads) * head_dim; step.c) */
+    bool qkv_joint;
+    int qkv_joint_layers; /* layers whose k and v already lie in q's block (the rest: their own, on a failed load) */
     us_put *fold_list; /* backend memory: every folded s*B and A block, for us_model_fold_refresh */
     int n_fold;
     /* flat trainable state on the device */
@@ -142,7 +147,7 @@ typedef struct us_model {
     int head_chunk;        /* rows of logits formed at once */
     us_layer_acts *acts;   /* [layers] */
     struct us_scratch {
-        void *h, *a, *dres, *dh, *dq, *dk, *dv, *datt, *da, *logits, *xfin;
+        void *h, *a, *dres, *dh, *dq, *dk, *dv, *datt, *da, *logits, *xfin, *dqkv;
         float *rstd, *lora, *loss;
     } s;
     size_t backend_scratch; /* the backend's own buffers for a step (scratch_bytes op), if known */

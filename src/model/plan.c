@@ -173,8 +173,16 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
         s->dq = take(b, tt * H * hd * A);
         s->dk = take(b, tt * KV * hd * A);
         s->dv = take(b, tt * KV * hd * A);
+        size_t datt_at = b->off;
         s->datt = take(b, tt * H * hd * A);
         s->da = take(b, arows * F * A);
+        /* [dq | dk | dv] rows for the one q/k/v input-gradient product (model.h qkv_joint): over
+         * datt and da, dead by then (attention's backward has read datt, the MLP's is done), when
+         * they are large enough */
+        if (m->qkv_joint) {
+            size_t need = tt * (size_t)(H + 2 * KV) * hd * A;
+            s->dqkv = b->off - datt_at >= need ? (b->base ? b->base + datt_at : NULL) : take(b, need);
+        }
         s->lora = take(b, tt * ldmax * 4); /* du of one LoRA group */
     }
     size_t row = (size_t)c->vocab * A, room = US_MAX((size_t)64 << 20, b->off - group);

@@ -79,7 +79,7 @@ typedef struct {
  * first; the frozen products add on top. in.x NULL (LoRA only): dA is left for the caller, from du
  * still in m->s.lora (down_dA). */
 static void group_bwd(us_model *m, int l, const int *ts, int n, void *const *dys, int ldy, void *dx, bool acc,
-                      group_in in_, int T, size_t r0) {
+                      group_in in_, int T, size_t r0, bool joint) {
     const void *x = in_.x;
     us_backend *be = m->be;
     const us_layer_weights *L = &m->L[l];
@@ -102,6 +102,12 @@ static void group_bwd(us_model *m, int l, const int *ts, int n, void *const *dys
                            m->lora_ld[lead], x, in_.ld, in_.rstd, in_.w, m->params + s->off_A, T, s->in, m->lora_ld[lead]);
             if (!fold_dx) acc = true;
         }
+    }
+    if (joint) { /* q/k/v: dys are column blocks of one [T, ldy] matrix, W their rows in one block */
+        int rows = 0;
+        for (int i = 0; i < n; i++) rows += (us_target_dims(&m->cfg, ts[i], &in, &out), out);
+        if (dx) be->linear_bwd_x(be, dx, acc, dys[0], ldy, L->w[ts[0]], m->wld[ts[0]], T, in, rows);
+        return;
     }
     for (int i = 0; i < n; i++) {
         int t = ts[i];
@@ -213,7 +219,7 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
     if (p->glu_bwd || down_trains) {
         static const int down[] = {US_T_DOWN};
         group_in in_down = {late_prod ? NULL : prod, in_pitch(m, US_T_DOWN), NULL, NULL};
-        group_bwd(m, l, down, 1, &dres, m->dres_ld, p->glu_bwd ? m->s.da : NULL, false, in_down, n, r0);
+        group_bwd(m, l, down, 1, &dres, m->dres_ld, p->glu_bwd ? m->s.da : NULL, false, in_down, n, r0, false);
     }
     if (!p->glu_bwd) return;
     be->glu_bwd(be, act, a->g, a->up, late_prod ? prod : NULL, m->s.da, a->g, a->up, a->bits, n, c->inter); /* dg, du in place */
@@ -233,7 +239,7 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
     }
     static const int gate_up[] = {US_T_GATE, US_T_UP};
     void *dgu[] = {a->g, a->up};
-    group_bwd(m, l, gate_up, 2, dgu, 0, p->prior_mlp ? dh : NULL, false, in_gu, n, r0);
+    group_bwd(m, l, gate_up, 2, dgu, 0, p->prior_mlp ? dh : NULL, false, in_gu, n, r0, false);
     if (p->prior_mlp)
         be->rmsnorm_bwd(be, dres, m->dres_ld, true, L->gln2, dh, rows_at(m, a->xmid, r0, D), a->rstd2 + r0, L->ln2, n, c->hidden);
 }
@@ -256,19 +262,29 @@ static bool backward_layer(us_model *m, int l, const us_batch *b) {
     us_attn_shape sh = attn_shape(m, b);
     static const int o_proj[] = {US_T_O}, qkv[] = {US_T_Q, US_T_K, US_T_V};
     group_in in_o = {a->att, in_pitch(m, US_T_O), NULL, NULL};
-    if (p->save_att) group_bwd(m, l, o_proj, 1, &m->s.dres, m->dres_ld, p->attn_bwd ? m->s.datt : NULL, false, in_o, T, 0);
+    if (p->save_att)
+        group_bwd(m, l, o_proj, 1, &m->s.dres, m->dres_ld, p->attn_bwd ? m->s.datt : NULL, false, in_o, T, 0, false);
     if (p->attn_bwd) {
         be->attn_bwd(be, m->s.dq, m->s.dk, m->s.dv, m->s.datt, a->q, a->k, a->v, a->att, a->lse, b->seg_start, &sh);
-        be->rope(be, m->s.dq, b->pos, m->inv_freq, T, c->heads, c->head_dim, true);
-        be->rope(be, m->s.dk, b->pos, m->inv_freq, T, c->kv_heads, c->head_dim, true);
+        int qd = c->heads * c->head_dim, kd = c->kv_heads * c->head_dim, ldqkv = qd + 2 * kd;
+        void *dqkv[] = {m->s.dq, m->s.dk, m->s.dv};
+        if (m->qkv_joint) { /* [dq | dk | dv] rows for the one input-gradient product */
+            be->qkv_merge(be, m->s.dqkv, ldqkv, m->s.dq, m->s.dk, m->s.dv, b->pos, m->inv_freq, T, c->heads,
+                          c->kv_heads, c->head_dim);
+            size_t ab = be->act_bytes;
+            dqkv[0] = m->s.dqkv, dqkv[1] = (char *)m->s.dqkv + qd * ab, dqkv[2] = (char *)m->s.dqkv + (qd + kd) * ab;
+        } else {
+            be->rope(be, m->s.dq, b->pos, m->inv_freq, T, c->heads, c->head_dim, true);
+            be->rope(be, m->s.dk, b->pos, m->inv_freq, T, c->kv_heads, c->head_dim, true);
+        }
         /* q/k/v's dA reads h1, formed from the layer input on the fly; full weights need the rows */
         group_in in_qkv = {a->xin, D, a->rstd1, L->ln1};
         if (L->gw[US_T_Q]) {
             be->rmsnorm_fwd(be, m->s.h, in_pitch(m, US_T_Q), m->s.rstd, a->xin, L->ln1, T, D, (float)c->rms_eps);
             in_qkv = (group_in){m->s.h, in_pitch(m, US_T_Q), NULL, NULL};
         }
-        void *dqkv[] = {m->s.dq, m->s.dk, m->s.dv};
-        group_bwd(m, l, qkv, 3, dqkv, 0, p->prior_attn ? m->s.dh : NULL, false, in_qkv, T, 0);
+        group_bwd(m, l, qkv, 3, dqkv, m->qkv_joint ? ldqkv : 0, p->prior_attn ? m->s.dh : NULL, false, in_qkv, T, 0,
+                  m->qkv_joint);
         if (p->prior_attn) be->rmsnorm_bwd(be, m->s.dres, m->dres_ld, true, L->gln1, m->s.dh, a->xin, a->rstd1, L->ln1, T, D);
     }
     return p->prior_attn;

@@ -365,6 +365,41 @@ TEST(cuda_rope) {
     gpair_close(&p);
 }
 
+/* qkv_merge: GPU against CPU, 16-byte path (hd 64, 128) and scalar path (hd 24), head counts not a
+ * multiple of the kernel's 4, the pitch's spare columns left as they were (NaN) */
+TEST(cuda_qkv_merge) {
+    OPEN_PAIR(p);
+    int cases[][4] = {{70, 9, 3, 64}, {33, 32, 8, 128}, {17, 5, 1, 24}};
+    for (int k = 0; k < 3; k++) {
+        int T = cases[k][0], nq = cases[k][1], nkv = cases[k][2], hd = cases[k][3], ld = (nq + 2 * nkv) * hd + 8;
+        size_t nqe = (size_t)T * nq * hd, nke = (size_t)T * nkv * hd, nd = (size_t)T * ld;
+        float *q = rnd(nqe, 1.0f, 40 + k), *kk = rnd(nke, 1.0f, 50 + k), *v = rnd(nke, 1.0f, 60 + k);
+        float *inv = malloc((size_t)hd / 2 * 4), *nan = malloc(nd * 4);
+        int32_t *pos = malloc((size_t)T * 4);
+        for (int i = 0; i < hd / 2; i++) inv[i] = (float)pow(10000.0, -2.0 * i / hd);
+        for (int t = 0; t < T; t++) pos[t] = (t * 53) % 4096;
+        for (size_t i = 0; i < nd; i++) nan[i] = NAN;
+        void *gd = g_act(&p, nan, nd), *cd = c_f32(&p, nan, nd);
+        p.g->qkv_merge(p.g, gd, ld, g_act(&p, q, nqe), g_act(&p, kk, nke), g_act(&p, v, nke), g_bytes(&p, pos, (size_t)T * 4),
+                       g_bytes(&p, inv, (size_t)hd / 2 * 4), T, nq, nkv, hd);
+        p.c->qkv_merge(p.c, cd, ld, c_f32(&p, q, nqe), c_f32(&p, kk, nke), c_f32(&p, v, nke), c_bytes(&p, pos, (size_t)T * 4),
+                       c_f32(&p, inv, (size_t)hd / 2), T, nq, nkv, hd);
+        float *h = get_act(&p, gd, nd), *hw = malloc(nd * 4), *cw = malloc(nd * 4);
+        size_t n = 0, spare_nan = 0;
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < ld; j++) {
+                float gv = h[(size_t)t * ld + j], cv = ((float *)cd)[(size_t)t * ld + j];
+                if (j < (nq + 2 * nkv) * hd) hw[n] = gv, cw[n++] = cv;
+                else spare_nan += isnan(gv);
+            }
+        double e = rel_l2(hw, cw, n);
+        free(q), free(kk), free(v), free(inv), free(nan), free(pos), free(h), free(hw), free(cw);
+        CHECK(e < TOL_EW && spare_nan == (size_t)T * 8, "qkv_merge T=%d nq=%d nkv=%d hd=%d: %g, spare columns kept %zu of %d",
+              T, nq, nkv, hd, e, spare_nan, T * 8);
+    }
+    gpair_close(&p);
+}
+
 static int attn_case(gpair *p, us_test_ctx *t, int batch, int seq, int H, int KV, int hd, int use_seg) {
     us_attn_shape sh = {batch, seq, H, KV, hd, 1.0f / sqrtf((float)hd)};
     size_t T = (size_t)batch * seq, nq = T * H * hd, nk = T * KV * hd;

@@ -252,6 +252,33 @@ static void cpu_lora_bwd_x(us_backend *be, void *dx, const void *res, float *dA,
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, R, 1.0f, du, lddu, A, in, 1.0f, dx, in);
 }
 
+static void cpu_qkv_merge(us_backend *be, void *dst, int ld, const void *dq, const void *dk, const void *dv,
+                          const int32_t *pos, const float *inv_freq, int T, int nq, int nkv, int hd) {
+    (void)be;
+    int half = hd / 2;
+    #pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        float c[512], sn[512]; /* head_dim <= 1024 is checked when the model is built */
+        for (int i = 0; i < half; i++) {
+            float ang = (float)pos[t] * inv_freq[i];
+            c[i] = cosf(ang);
+            sn[i] = -sinf(ang); /* the inverse rotation */
+        }
+        float *row = (float *)dst + (size_t)t * ld;
+        for (int h = 0; h < nq + nkv; h++) {
+            const float *r = h < nq ? (const float *)dq + ((size_t)t * nq + h) * hd
+                                    : (const float *)dk + ((size_t)t * nkv + (h - nq)) * hd;
+            float *o = row + (size_t)h * hd;
+            for (int i = 0; i < half; i++) {
+                float a = r[i], b = r[i + half];
+                o[i] = a * c[i] - b * sn[i];
+                o[i + half] = b * c[i] + a * sn[i];
+            }
+        }
+        memcpy(row + (size_t)(nq + nkv) * hd, (const float *)dv + (size_t)t * nkv * hd, (size_t)nkv * hd * sizeof(float));
+    }
+}
+
 static void cpu_rope(us_backend *be, void *x, const int32_t *pos, const float *inv_freq, int T, int nh, int hd,
                      bool inverse) {
     (void)be;
@@ -568,7 +595,7 @@ us_status us_backend_cpu_create(int threads, us_backend **out, us_err *e) {
         .rmsnorm_fwd = cpu_rmsnorm_fwd, .rmsnorm_bwd = cpu_rmsnorm_bwd,
         .linear_fwd = cpu_linear_fwd, .linear_bwd_x = cpu_linear_bwd_x, .linear_bwd_w = cpu_linear_bwd_w,
         .lora_down = cpu_lora_down, .lora_up = cpu_lora_up,
-        .lora_bwd_dy = cpu_lora_bwd_dy, .lora_bwd_x = cpu_lora_bwd_x, .rope = cpu_rope,
+        .lora_bwd_dy = cpu_lora_bwd_dy, .lora_bwd_x = cpu_lora_bwd_x, .rope = cpu_rope, .qkv_merge = cpu_qkv_merge,
         .attn_fwd = cpu_attn_fwd, .attn_bwd = cpu_attn_bwd, .glu_fwd = cpu_glu_fwd, .glu_bwd = cpu_glu_bwd,
         .add = cpu_add, .xent_fwd_bwd = cpu_xent_fwd_bwd, .adamw = cpu_adamw, .sumsq = cpu_sumsq,
         .scale = cpu_scale, .nonfinite = cpu_nonfinite, .destroy = cpu_destroy,

@@ -1100,6 +1100,81 @@ __global__ void k_rope8(bf16 *x, const int32_t *pos, const float *inv_freq, int 
     }
 }
 
+/* qkv_merge (backend.h): rope^-1 of dq and dk and a copy of dv into one pitched matrix. A thread
+ * takes 8 frequencies of one token for RH heads of q or k (as k_rope8, out of place), or 8
+ * elements of a head of v; VEC: 16-byte accesses (hd % 16 == 0, dst/ld 16-byte aligned). */
+template <bool VEC>
+__global__ void k_qkv_merge(bf16 *dst, int ld, const bf16 *dq, const bf16 *dk, const bf16 *dv, const int32_t *pos,
+                            const float *inv_freq, int T, int nq, int nkv, int hd) {
+    const int half = hd / 2, ng = VEC ? half / 8 : half, gq = (nq + RH - 1) / RH, gk = (nkv + RH - 1) / RH;
+    const int vper = VEC ? nkv * hd / 8 : nkv * hd; /* v units per token */
+    const int per = (gq + gk) * ng + vper;
+    const long long n = (long long)T * per;
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n; idx += (long long)gridDim.x * blockDim.x) {
+        const int t = (int)(idx / per), rem = (int)(idx - (long long)t * per);
+        bf16 *row = dst + (size_t)t * ld;
+        if (rem >= (gq + gk) * ng) { /* dv */
+            const int u = rem - (gq + gk) * ng;
+            if (VEC)
+                *reinterpret_cast<uint4 *>(row + (size_t)(nq + nkv) * hd + u * 8) =
+                    *reinterpret_cast<const uint4 *>(dv + (size_t)t * nkv * hd + u * 8);
+            else
+                row[(size_t)(nq + nkv) * hd + u] = dv[(size_t)t * nkv * hd + u];
+            continue;
+        }
+        const int hg = rem / ng, i0 = (rem % ng) * (VEC ? 8 : 1);
+        const bool isq = hg < gq;
+        const int h0 = (isq ? hg : hg - gq) * RH, nh = isq ? nq : nkv;
+        const bf16 *src = (isq ? dq + (size_t)t * nq * hd : dk + (size_t)t * nkv * hd) + (size_t)h0 * hd + i0;
+        bf16 *out = row + (size_t)(isq ? h0 : nq + h0) * hd + i0;
+        constexpr int W = VEC ? 8 : 1;
+        float sn[W], cs[W];
+        const float p = (float)pos[t];
+#pragma unroll
+        for (int j = 0; j < W; j++) {
+            sincosf(p * inv_freq[i0 + j], &sn[j], &cs[j]);
+            sn[j] = -sn[j];
+        }
+#pragma unroll
+        for (int k = 0; k < RH; k++) {
+            if (h0 + k >= nh) break;
+            float fa[W], fb[W], oa[W], ob[W];
+            if (VEC) {
+                unpack8(*reinterpret_cast<const uint4 *>(src + k * hd), fa);
+                unpack8(*reinterpret_cast<const uint4 *>(src + k * hd + half), fb);
+            } else {
+                fa[0] = __bfloat162float(src[k * hd]), fb[0] = __bfloat162float(src[k * hd + half]);
+            }
+#pragma unroll
+            for (int j = 0; j < W; j++) oa[j] = fa[j] * cs[j] - fb[j] * sn[j], ob[j] = fb[j] * cs[j] + fa[j] * sn[j];
+            if (VEC) {
+                store8(out + k * hd, oa);
+                store8(out + k * hd + half, ob);
+            } else {
+                out[k * hd] = __float2bfloat16_rn(oa[0]), out[k * hd + half] = __float2bfloat16_rn(ob[0]);
+            }
+        }
+    }
+}
+
+static void cu_qkv_merge(us_backend *be, void *dst, int ld, const void *dq, const void *dk, const void *dv,
+                         const int32_t *pos, const float *inv_freq, int T, int nq, int nkv, int hd) {
+    cuda_impl *c = CI(be);
+    PROF(c, P_ROPE);
+    if (T <= 0) return;
+    const bool vec = hd % 16 == 0 && ld % 8 == 0 && aligned16(dst) && aligned16(dq) && aligned16(dk) && aligned16(dv);
+    const size_t ng = vec ? hd / 16 : hd / 2, per = ((nq + RH - 1) / RH + (nkv + RH - 1) / RH) * ng +
+                                                      (size_t)nkv * hd / (vec ? 8 : 1);
+    const size_t n = (size_t)T * per;
+    if (vec)
+        k_qkv_merge<true><<<grid_for(c, n, 256), 256, 0, c->st>>>((bf16 *)dst, ld, (const bf16 *)dq, (const bf16 *)dk,
+                                                                 (const bf16 *)dv, pos, inv_freq, T, nq, nkv, hd);
+    else
+        k_qkv_merge<false><<<grid_for(c, n, 256), 256, 0, c->st>>>((bf16 *)dst, ld, (const bf16 *)dq, (const bf16 *)dk,
+                                                                  (const bf16 *)dv, pos, inv_freq, T, nq, nkv, hd);
+    CK_LAUNCH(c);
+}
+
 static void cu_rope(us_backend *be, void *x, const int32_t *pos, const float *inv_freq, int T, int nh, int hd,
                     bool inverse) {
     cuda_impl *c = CI(be);
@@ -1675,6 +1750,7 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
     be->lora_bwd_dy = cu_lora_bwd_dy;
     be->lora_bwd_x = cu_lora_bwd_x;
     be->rope = cu_rope;
+    be->qkv_merge = cu_qkv_merge;
     be->attn_fwd = us_cuda_attn_fwd;
     be->attn_bwd = us_cuda_attn_bwd;
     be->glu_fwd = cu_glu_fwd;
