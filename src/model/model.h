@@ -118,6 +118,7 @@ typedef struct us_model {
      * (heads + 2 kv_heads) * head_dim; step.c) */
     bool qkv_joint;
     int qkv_joint_layers; /* layers whose k and v already lie in q's block (the rest: their own, on a failed load) */
+    bool qkv_merge;       /* training merges dq, dk, dv into s.dqkv (it fits over datt and da: plan.c) */
     us_put *fold_list; /* backend memory: every folded s*B and A block, for us_model_fold_refresh */
     int n_fold;
     /* flat trainable state on the device */

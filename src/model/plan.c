@@ -169,6 +169,7 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
      * more rows when that scratch is larger (fewer, more efficient head products) */
     size_t group = b->off;
     s->a = take(b, arows * F * A);
+    m->qkv_merge = false, s->dqkv = NULL;
     if (train) {
         s->dq = take(b, tt * H * hd * A);
         s->dk = take(b, tt * KV * hd * A);
@@ -178,11 +179,9 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
         s->da = take(b, arows * F * A);
         /* [dq | dk | dv] rows for the one q/k/v input-gradient product (model.h qkv_joint): over
          * datt and da, dead by then (attention's backward has read datt, the MLP's is done), when
-         * they are large enough */
-        if (m->qkv_joint) {
-            size_t need = tt * (size_t)(H + 2 * KV) * hd * A;
-            s->dqkv = b->off - datt_at >= need ? (b->base ? b->base + datt_at : NULL) : take(b, need);
-        }
+         * they are large enough; else (da a rebuilt MLP's chunk) three products, no more memory */
+        m->qkv_merge = m->qkv_joint && b->off - datt_at >= tt * (size_t)(H + 2 * KV) * hd * A;
+        s->dqkv = m->qkv_merge && b->base ? b->base + datt_at : NULL;
         s->lora = take(b, tt * ldmax * 4); /* du of one LoRA group */
     }
     size_t row = (size_t)c->vocab * A, room = US_MAX((size_t)64 << 20, b->off - group);

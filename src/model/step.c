@@ -268,7 +268,7 @@ static bool backward_layer(us_model *m, int l, const us_batch *b) {
         be->attn_bwd(be, m->s.dq, m->s.dk, m->s.dv, m->s.datt, a->q, a->k, a->v, a->att, a->lse, b->seg_start, &sh);
         int qd = c->heads * c->head_dim, kd = c->kv_heads * c->head_dim, ldqkv = qd + 2 * kd;
         void *dqkv[] = {m->s.dq, m->s.dk, m->s.dv};
-        if (m->qkv_joint) { /* [dq | dk | dv] rows for the one input-gradient product */
+        if (m->qkv_merge) { /* [dq | dk | dv] rows for the one input-gradient product */
             be->qkv_merge(be, m->s.dqkv, ldqkv, m->s.dq, m->s.dk, m->s.dv, b->pos, m->inv_freq, T, c->heads,
                           c->kv_heads, c->head_dim);
             size_t ab = be->act_bytes;
@@ -283,8 +283,8 @@ static bool backward_layer(us_model *m, int l, const us_batch *b) {
             be->rmsnorm_fwd(be, m->s.h, in_pitch(m, US_T_Q), m->s.rstd, a->xin, L->ln1, T, D, (float)c->rms_eps);
             in_qkv = (group_in){m->s.h, in_pitch(m, US_T_Q), NULL, NULL};
         }
-        group_bwd(m, l, qkv, 3, dqkv, m->qkv_joint ? ldqkv : 0, p->prior_attn ? m->s.dh : NULL, false, in_qkv, T, 0,
-                  m->qkv_joint);
+        group_bwd(m, l, qkv, 3, dqkv, m->qkv_merge ? ldqkv : 0, p->prior_attn ? m->s.dh : NULL, false, in_qkv, T, 0,
+                  m->qkv_merge);
         if (p->prior_attn) be->rmsnorm_bwd(be, m->s.dres, m->dres_ld, true, L->gln1, m->s.dh, a->xin, a->rstd1, L->ln1, T, D);
     }
     return p->prior_attn;
