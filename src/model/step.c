@@ -79,8 +79,11 @@ typedef struct {
  * first; the frozen products add on top. in.x NULL (LoRA only): dA is left for the caller, from du
  * still in m->s.lora (down_dA). */
 static void group_bwd(us_model *m, int l, const int *ts, int n, void *const *dys, int ldy, void *dx, bool acc,
-                      group_in in_, int T, size_t r0, bool joint) {
+                      group_in in_, int T, size_t r0) {
     const void *x = in_.x;
+    /* q/k/v merged (backward_layer): dys are column blocks of one [T, ldy] matrix, W their rows in
+     * one block, and one product forms dx */
+    bool joint = ts[0] == US_T_Q && m->qkv_merge;
     us_backend *be = m->be;
     const us_layer_weights *L = &m->L[l];
     int lead = m->lora_lead[ts[0]], in, out;
@@ -103,9 +106,12 @@ static void group_bwd(us_model *m, int l, const int *ts, int n, void *const *dys
             if (!fold_dx) acc = true;
         }
     }
-    if (joint) { /* q/k/v: dys are column blocks of one [T, ldy] matrix, W their rows in one block */
+    if (joint) {
         int rows = 0;
-        for (int i = 0; i < n; i++) rows += (us_target_dims(&m->cfg, ts[i], &in, &out), out);
+        for (int i = 0; i < n; i++) {
+            us_target_dims(&m->cfg, ts[i], &in, &out);
+            rows += out;
+        }
         if (dx) be->linear_bwd_x(be, dx, acc, dys[0], ldy, L->w[ts[0]], m->wld[ts[0]], T, in, rows);
         return;
     }
@@ -219,7 +225,7 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
     if (p->glu_bwd || down_trains) {
         static const int down[] = {US_T_DOWN};
         group_in in_down = {late_prod ? NULL : prod, in_pitch(m, US_T_DOWN), NULL, NULL};
-        group_bwd(m, l, down, 1, &dres, m->dres_ld, p->glu_bwd ? m->s.da : NULL, false, in_down, n, r0, false);
+        group_bwd(m, l, down, 1, &dres, m->dres_ld, p->glu_bwd ? m->s.da : NULL, false, in_down, n, r0);
     }
     if (!p->glu_bwd) return;
     be->glu_bwd(be, act, a->g, a->up, late_prod ? prod : NULL, m->s.da, a->g, a->up, a->bits, n, c->inter); /* dg, du in place */
@@ -239,7 +245,7 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
     }
     static const int gate_up[] = {US_T_GATE, US_T_UP};
     void *dgu[] = {a->g, a->up};
-    group_bwd(m, l, gate_up, 2, dgu, 0, p->prior_mlp ? dh : NULL, false, in_gu, n, r0, false);
+    group_bwd(m, l, gate_up, 2, dgu, 0, p->prior_mlp ? dh : NULL, false, in_gu, n, r0);
     if (p->prior_mlp)
         be->rmsnorm_bwd(be, dres, m->dres_ld, true, L->gln2, dh, rows_at(m, a->xmid, r0, D), a->rstd2 + r0, L->ln2, n, c->hidden);
 }
@@ -263,7 +269,7 @@ static bool backward_layer(us_model *m, int l, const us_batch *b) {
     static const int o_proj[] = {US_T_O}, qkv[] = {US_T_Q, US_T_K, US_T_V};
     group_in in_o = {a->att, in_pitch(m, US_T_O), NULL, NULL};
     if (p->save_att)
-        group_bwd(m, l, o_proj, 1, &m->s.dres, m->dres_ld, p->attn_bwd ? m->s.datt : NULL, false, in_o, T, 0, false);
+        group_bwd(m, l, o_proj, 1, &m->s.dres, m->dres_ld, p->attn_bwd ? m->s.datt : NULL, false, in_o, T, 0);
     if (p->attn_bwd) {
         be->attn_bwd(be, m->s.dq, m->s.dk, m->s.dv, m->s.datt, a->q, a->k, a->v, a->att, a->lse, b->seg_start, &sh);
         int qd = c->heads * c->head_dim, kd = c->kv_heads * c->head_dim, ldqkv = qd + 2 * kd;
@@ -283,8 +289,7 @@ static bool backward_layer(us_model *m, int l, const us_batch *b) {
             be->rmsnorm_fwd(be, m->s.h, in_pitch(m, US_T_Q), m->s.rstd, a->xin, L->ln1, T, D, (float)c->rms_eps);
             in_qkv = (group_in){m->s.h, in_pitch(m, US_T_Q), NULL, NULL};
         }
-        group_bwd(m, l, qkv, 3, dqkv, m->qkv_merge ? ldqkv : 0, p->prior_attn ? m->s.dh : NULL, false, in_qkv, T, 0,
-                  m->qkv_merge);
+        group_bwd(m, l, qkv, 3, dqkv, m->qkv_merge ? ldqkv : 0, p->prior_attn ? m->s.dh : NULL, false, in_qkv, T, 0);
         if (p->prior_attn) be->rmsnorm_bwd(be, m->s.dres, m->dres_ld, true, L->gln1, m->s.dh, a->xin, a->rstd1, L->ln1, T, D);
     }
     return p->prior_attn;
@@ -390,9 +395,7 @@ static uint64_t step_key(const us_batch *b, float grad_scale) {
  * by op, as does a backend without graphs. A failed recording falls back to issuing the ops. */
 static void issue_step(us_model *m, const us_batch *b, float grad_scale) {
     us_backend *be = m->be;
-    bool mlp_off = false;
-    for (int l = 0; l < m->cfg.layers; l++) mlp_off |= us_layer_mode(m, l) == US_OFFLOAD_MLP;
-    if (!be->graph_begin || m->offload || mlp_off) {
+    if (!be->graph_begin || m->offload || m->offload_mlp > 0) {
         issue(m, b, true, grad_scale, NULL);
         return;
     }

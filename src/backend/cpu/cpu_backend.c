@@ -252,30 +252,21 @@ static void cpu_lora_bwd_x(us_backend *be, void *dx, const void *res, float *dA,
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, R, 1.0f, du, lddu, A, in, 1.0f, dx, in);
 }
 
-static void cpu_qkv_merge(us_backend *be, void *dst, int ld, const void *dq, const void *dk, const void *dv,
-                          const int32_t *pos, const float *inv_freq, int T, int nq, int nkv, int hd) {
-    (void)be;
-    int half = hd / 2;
-    #pragma omp parallel for schedule(static)
-    for (int t = 0; t < T; t++) {
-        float c[512], sn[512]; /* head_dim <= 1024 is checked when the model is built */
-        for (int i = 0; i < half; i++) {
-            float ang = (float)pos[t] * inv_freq[i];
-            c[i] = cosf(ang);
-            sn[i] = -sinf(ang); /* the inverse rotation */
-        }
-        float *row = (float *)dst + (size_t)t * ld;
-        for (int h = 0; h < nq + nkv; h++) {
-            const float *r = h < nq ? (const float *)dq + ((size_t)t * nq + h) * hd
-                                    : (const float *)dk + ((size_t)t * nkv + (h - nq)) * hd;
-            float *o = row + (size_t)h * hd;
-            for (int i = 0; i < half; i++) {
-                float a = r[i], b = r[i + half];
-                o[i] = a * c[i] - b * sn[i];
-                o[i + half] = b * c[i] + a * sn[i];
-            }
-        }
-        memcpy(row + (size_t)(nq + nkv) * hd, (const float *)dv + (size_t)t * nkv * hd, (size_t)nkv * hd * sizeof(float));
+/* RoPE's angles at position p: c[i], sn[i] for i < hd/2 (sn negated for the inverse rotation). */
+static void rope_angles(float *c, float *sn, int32_t p, const float *inv_freq, int half, bool inverse) {
+    for (int i = 0; i < half; i++) {
+        float ang = (float)p * inv_freq[i]; /* f32 product, as transformers computes it */
+        c[i] = cosf(ang);
+        sn[i] = inverse ? -sinf(ang) : sinf(ang);
+    }
+}
+
+/* One head rotated from r into o (o may be r). */
+static void rope_head(float *o, const float *r, const float *c, const float *sn, int half) {
+    for (int i = 0; i < half; i++) {
+        float a = r[i], b = r[i + half];
+        o[i] = a * c[i] - b * sn[i];
+        o[i + half] = b * c[i] + a * sn[i];
     }
 }
 
@@ -287,19 +278,29 @@ static void cpu_rope(us_backend *be, void *x, const int32_t *pos, const float *i
     #pragma omp parallel for schedule(static)
     for (int t = 0; t < T; t++) {
         float c[512], sn[512]; /* head_dim <= 1024 is checked when the model is built */
-        for (int i = 0; i < half; i++) {
-            float ang = (float)pos[t] * inv_freq[i]; /* f32 product, as transformers computes it */
-            c[i] = cosf(ang);
-            sn[i] = inverse ? -sinf(ang) : sinf(ang);
-        }
+        rope_angles(c, sn, pos[t], inv_freq, half, inverse);
         for (int h = 0; h < nh; h++) {
             float *r = v + ((size_t)t * nh + h) * hd;
-            for (int i = 0; i < half; i++) {
-                float a = r[i], b = r[i + half];
-                r[i] = a * c[i] - b * sn[i];
-                r[i + half] = b * c[i] + a * sn[i];
-            }
+            rope_head(r, r, c, sn, half);
         }
+    }
+}
+
+static void cpu_qkv_merge(us_backend *be, void *dst, int ld, const void *dq, const void *dk, const void *dv,
+                          const int32_t *pos, const float *inv_freq, int T, int nq, int nkv, int hd) {
+    (void)be;
+    int half = hd / 2;
+    #pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        float c[512], sn[512];
+        rope_angles(c, sn, pos[t], inv_freq, half, true);
+        float *row = (float *)dst + (size_t)t * ld;
+        for (int h = 0; h < nq + nkv; h++) {
+            const float *r = h < nq ? (const float *)dq + ((size_t)t * nq + h) * hd
+                                    : (const float *)dk + ((size_t)t * nkv + (h - nq)) * hd;
+            rope_head(row + (size_t)h * hd, r, c, sn, half);
+        }
+        memcpy(row + (size_t)(nq + nkv) * hd, (const float *)dv + (size_t)t * nkv * hd, (size_t)nkv * hd * sizeof(float));
     }
 }
 

@@ -216,21 +216,20 @@ __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
         const uint32_t sQ = sb + L::Q + stage * WG_BQ * HD * 2, sdO = sb + L::DO + stage * WG_BQ * HD * 2;
 
         float sacc[WG_BQ / 2], pacc[WG_BQ / 2];
+        /* acc = (this warpgroup's 64 keys of the K or V tile at kv) x (the Q or dO tile at qo)^T, both
+         * K-major in 128-byte swizzled column slabs; committed as one wgmma group */
+        auto kv_by_q = [&](float(&acc)[WG_BQ / 2], uint32_t kv, uint32_t qo) {
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; kk++) {
+                const uint32_t a = kv + (kk >> 2) * WG_BN * 128 + wg * 64 * 128 + (kk & 3) * 32;
+                const uint32_t b = qo + (kk >> 2) * WG_BQ * 128 + (kk & 3) * 32;
+                wg_ss<WG_BQ, 0, 0>(acc, wg_desc(a, 16, 1024), wg_desc(b, 16, 1024), kk);
+            }
+            wg_commit();
+        };
         wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < HD / 16; kk++) {
-            const uint32_t ka = sb + L::K + (kk >> 2) * WG_BN * 128 + wg * 64 * 128 + (kk & 3) * 32;
-            const uint32_t qa = sQ + (kk >> 2) * WG_BQ * 128 + (kk & 3) * 32;
-            wg_ss<WG_BQ, 0, 0>(sacc, wg_desc(ka, 16, 1024), wg_desc(qa, 16, 1024), kk);
-        }
-        wg_commit();
-#pragma unroll
-        for (int kk = 0; kk < HD / 16; kk++) {
-            const uint32_t va = sb + L::V + (kk >> 2) * WG_BN * 128 + wg * 64 * 128 + (kk & 3) * 32;
-            const uint32_t oa = sdO + (kk >> 2) * WG_BQ * 128 + (kk & 3) * 32;
-            wg_ss<WG_BQ, 0, 0>(pacc, wg_desc(va, 16, 1024), wg_desc(oa, 16, 1024), kk);
-        }
-        wg_commit();
+        kv_by_q(sacc, sb + L::K, sQ);  /* S^T = K Q^T */
+        kv_by_q(pacc, sb + L::V, sdO); /* dP^T = V dO^T */
         wg_wait<1>();
         reg_pin(sacc);
 

@@ -529,10 +529,11 @@ __global__ void k_rmsnorm_bwd(bf16 *dx, int ldx, bool acc, const bf16 *dy, const
     }
 }
 
-/* Register-resident variants for rows of at most 256*NC elements (dim % 8 == 0, 16-byte
+/* Register-resident variants for rows of at most 256*NC*WPR elements (dim % 8 == 0, 16-byte
  * aligned): each lane issues all of its row's 16-byte loads at once and keeps them, so the row is
  * read from memory once and many loads are in flight (the loop kernels above re-read the row and
- * wait on one load at a time). Same arithmetic, in the same order, as the loop kernels. */
+ * wait on one load at a time). The loop kernels' arithmetic; a row over several warps sums its
+ * partial sums in another order. */
 __device__ __forceinline__ void load_w8(const float *w, float f[8]) {
     const float4 a = __ldg(reinterpret_cast<const float4 *>(w)), b = __ldg(reinterpret_cast<const float4 *>(w) + 1);
     f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
@@ -647,15 +648,10 @@ __global__ void __launch_bounds__(128) k_rmsnorm_bwd_reg(bf16 *dx, int ldx, bool
     }
 }
 
-/* Warps per row for the register kernels: US_CUDA_RMS_WPR=1 keeps a row in one warp (the first
- * version, for comparison); by default rows past 1024 elements spread over 2 or 4 warps. */
-static int rms_wpr(int dim) {
-    static int forced = -1;
-    if (forced < 0) {
-        const char *e = getenv("US_CUDA_RMS_WPR");
-        forced = e && *e ? atoi(e) : 0;
-    }
-    if (forced == 1 || forced == 2 || forced == 4) return forced;
+/* Warps per row for the register kernels: c->rms_wpr (US_CUDA_RMS_WPR=1 keeps a row in one warp,
+ * the first version) or, by default, 1 up to 1024 elements, 2 up to 2048, else 4. */
+static int rms_wpr(const cuda_impl *c, int dim) {
+    if (c->rms_wpr == 1 || c->rms_wpr == 2 || c->rms_wpr == 4) return c->rms_wpr;
     return dim <= 1024 ? 1 : dim <= 2048 ? 2 : 4;
 }
 
@@ -663,7 +659,7 @@ static int rms_wpr(int dim) {
  * 8192); false when the row is too long. */
 #define RMS_REG_LAUNCH(KERNEL, dim, T, ...)                                                           \
     [&]() -> bool {                                                                                   \
-        const int wpr_ = rms_wpr(dim), nc_ = (int)ceil_div_u((size_t)(dim) / 8, 32 * wpr_);          \
+        const int wpr_ = rms_wpr(c, dim), nc_ = (int)ceil_div_u((size_t)(dim) / 8, 32 * wpr_);          \
         const dim3 g_(ceil_div_u((T), 4 / wpr_));                                                     \
         if (wpr_ == 1 && nc_ <= 4) KERNEL<4, 1><<<g_, 128, 0, c->st>>>(__VA_ARGS__);                  \
         else if (wpr_ == 1 && nc_ <= 8) KERNEL<8, 1><<<g_, 128, 0, c->st>>>(__VA_ARGS__);             \
@@ -710,12 +706,11 @@ static void cu_rmsnorm_fwd(us_backend *be, void *y, int ldy, float *rstd, const 
     PROF(c, P_RMSNORM_F);
     unsigned grid = ceil_div_u(T, 4);
     const bool vec = dim % 8 == 0 && ldy % 8 == 0 && aligned16(x) && aligned16(y) && aligned16(w);
-    if (vec && RMS_REG_LAUNCH(k_rmsnorm_fwd_reg, dim, T, (bf16 *)y, ldy, rstd, (const bf16 *)x, w, T, dim, eps)) {
-    } else if (dim % 8 == 0 && ldy % 8 == 0 && aligned16(x) && aligned16(y)) {
+    const bool reg = vec && RMS_REG_LAUNCH(k_rmsnorm_fwd_reg, dim, T, (bf16 *)y, ldy, rstd, (const bf16 *)x, w, T, dim, eps);
+    if (!reg && dim % 8 == 0 && ldy % 8 == 0 && aligned16(x) && aligned16(y))
         k_rmsnorm_fwd<true><<<grid, 128, 0, c->st>>>((bf16 *)y, ldy, rstd, (const bf16 *)x, w, T, dim, eps);
-    } else {
+    else if (!reg)
         k_rmsnorm_fwd<false><<<grid, 128, 0, c->st>>>((bf16 *)y, ldy, rstd, (const bf16 *)x, w, T, dim, eps);
-    }
     CK_LAUNCH(c);
 }
 
@@ -726,13 +721,12 @@ static void cu_rmsnorm_bwd(us_backend *be, void *dx, int ldx, bool acc, float *d
     unsigned grid = ceil_div_u(T, 4);
     if (dw) colsum(c, dw, dy, x, rstd, T, dim); /* before dx: dx may alias dy */
     const bool vec = dim % 8 == 0 && ldx % 8 == 0 && aligned16(x) && aligned16(dy) && aligned16(dx);
-    if (vec && aligned16(w) &&
-        RMS_REG_LAUNCH(k_rmsnorm_bwd_reg, dim, T, (bf16 *)dx, ldx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim)) {
-    } else if (vec) {
+    const bool reg = vec && aligned16(w) &&
+                     RMS_REG_LAUNCH(k_rmsnorm_bwd_reg, dim, T, (bf16 *)dx, ldx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
+    if (!reg && vec)
         k_rmsnorm_bwd<true><<<grid, 128, 0, c->st>>>((bf16 *)dx, ldx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
-    } else {
+    else if (!reg)
         k_rmsnorm_bwd<false><<<grid, 128, 0, c->st>>>((bf16 *)dx, ldx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
-    }
     CK_LAUNCH(c);
 }
 
@@ -1063,97 +1057,88 @@ __global__ void k_rope(bf16 *x, const int32_t *pos, const float *inv_freq, int T
     }
 }
 
-/* The same rotation 16 bytes at a time: a thread takes 8 frequencies of one token for RH heads,
- * forms their sines and cosines once and issues every load before its first store (k_rope's head
- * loop waits on one load per head, as its stores may alias the next head's loads). Needs
- * hd % 16 == 0 and x 16-byte aligned. */
+/* Rotation of RH heads by W frequencies each (W = 8: 16-byte accesses; W = 1: scalar): the heads'
+ * first halves start hd apart at src / dst, their second halves hd/2 further; only the first nh
+ * of them exist. Every load comes before the first store, so dst may be src (in place). */
 constexpr int RH = 4;
-__global__ void k_rope8(bf16 *x, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, float sgn) {
-    const int half = hd / 2, ng = half / 8, hgs = (nh + RH - 1) / RH;
-    const long long n = (long long)T * hgs * ng;
-    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n; idx += (long long)gridDim.x * blockDim.x) {
-        const int t = (int)(idx / ((long long)hgs * ng)), rem = (int)(idx - (long long)t * hgs * ng);
-        const int h0 = rem / ng * RH, i0 = rem % ng * 8;
-        float sn[8], cs[8];
-        const float p = (float)pos[t];
+template <int W>
+__device__ __forceinline__ void rope_heads(bf16 *dst, const bf16 *src, int hd, int nh, const int32_t *pos, int t,
+                                           const float *inv_freq, float sgn) {
+    const int half = hd / 2;
+    float sn[W], cs[W];
+    const float p = (float)pos[t];
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
-            sincosf(p * inv_freq[i0 + j], &sn[j], &cs[j]);
-            sn[j] *= sgn;
+    for (int j = 0; j < W; j++) {
+        sincosf(p * inv_freq[j], &sn[j], &cs[j]);
+        sn[j] *= sgn;
+    }
+    using V = typename std::conditional<W == 8, uint4, bf16>::type; /* W bf16, kept packed until used */
+    V ra[RH], rb[RH];
+#pragma unroll
+    for (int k = 0; k < RH; k++) {
+        if (k >= nh) break;
+        ra[k] = *reinterpret_cast<const V *>(src + k * hd), rb[k] = *reinterpret_cast<const V *>(src + k * hd + half);
+    }
+#pragma unroll
+    for (int k = 0; k < RH; k++) {
+        if (k >= nh) break;
+        float fa[W], fb[W], oa[W], ob[W];
+        if constexpr (W == 8) {
+            unpack8(*reinterpret_cast<const uint4 *>(&ra[k]), fa);
+            unpack8(*reinterpret_cast<const uint4 *>(&rb[k]), fb);
+        } else {
+            fa[0] = __bfloat162float(*reinterpret_cast<const bf16 *>(&ra[k]));
+            fb[0] = __bfloat162float(*reinterpret_cast<const bf16 *>(&rb[k]));
         }
-        bf16 *r = x + ((size_t)t * nh + h0) * hd + i0;
-        uint4 a[RH], b[RH];
 #pragma unroll
-        for (int k = 0; k < RH; k++)
-            if (h0 + k < nh) a[k] = *reinterpret_cast<const uint4 *>(r + k * hd), b[k] = *reinterpret_cast<const uint4 *>(r + k * hd + half);
-#pragma unroll
-        for (int k = 0; k < RH; k++) {
-            if (h0 + k >= nh) break;
-            float fa[8], fb[8], oa[8], ob[8];
-            unpack8(a[k], fa);
-            unpack8(b[k], fb);
-#pragma unroll
-            for (int j = 0; j < 8; j++) oa[j] = fa[j] * cs[j] - fb[j] * sn[j], ob[j] = fb[j] * cs[j] + fa[j] * sn[j];
-            store8(r + k * hd, oa);
-            store8(r + k * hd + half, ob);
+        for (int j = 0; j < W; j++) oa[j] = fa[j] * cs[j] - fb[j] * sn[j], ob[j] = fb[j] * cs[j] + fa[j] * sn[j];
+        if constexpr (W == 8) {
+            store8(dst + k * hd, oa);
+            store8(dst + k * hd + half, ob);
+        } else {
+            dst[k * hd] = __float2bfloat16_rn(oa[0]), dst[k * hd + half] = __float2bfloat16_rn(ob[0]);
         }
     }
 }
 
+/* The rotation in place, 16 bytes at a time: a thread takes 8 frequencies of one token for RH heads
+ * and issues every load before its first store (k_rope's head loop waits on one load per head, as
+ * its stores may alias the next head's loads). Needs hd % 16 == 0 and x 16-byte aligned. */
+__global__ void k_rope8(bf16 *x, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, float sgn) {
+    const int ng = hd / 16, hgs = (nh + RH - 1) / RH;
+    const long long n = (long long)T * hgs * ng;
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n; idx += (long long)gridDim.x * blockDim.x) {
+        const int t = (int)(idx / ((long long)hgs * ng)), rem = (int)(idx - (long long)t * hgs * ng);
+        const int h0 = rem / ng * RH, i0 = rem % ng * 8;
+        bf16 *r = x + ((size_t)t * nh + h0) * hd + i0;
+        rope_heads<8>(r, r, hd, nh - h0, pos, t, inv_freq + i0, sgn);
+    }
+}
+
 /* qkv_merge (backend.h): rope^-1 of dq and dk and a copy of dv into one pitched matrix. A thread
- * takes 8 frequencies of one token for RH heads of q or k (as k_rope8, out of place), or 8
- * elements of a head of v; VEC: 16-byte accesses (hd % 16 == 0, dst/ld 16-byte aligned). */
-template <bool VEC>
+ * takes W frequencies of one token for RH heads of q or k (out of place), or W elements of v;
+ * W = 8: 16-byte accesses (hd % 16 == 0, everything 16-byte aligned), else 1. */
+template <int W>
 __global__ void k_qkv_merge(bf16 *dst, int ld, const bf16 *dq, const bf16 *dk, const bf16 *dv, const int32_t *pos,
                             const float *inv_freq, int T, int nq, int nkv, int hd) {
-    const int half = hd / 2, ng = VEC ? half / 8 : half, gq = (nq + RH - 1) / RH, gk = (nkv + RH - 1) / RH;
-    const int vper = VEC ? nkv * hd / 8 : nkv * hd; /* v units per token */
-    const int per = (gq + gk) * ng + vper;
+    const int ng = hd / 2 / W, gq = (nq + RH - 1) / RH, gk = (nkv + RH - 1) / RH;
+    const int per = (gq + gk) * ng + nkv * hd / W; /* units per token: rotations, then v */
     const long long n = (long long)T * per;
     for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n; idx += (long long)gridDim.x * blockDim.x) {
         const int t = (int)(idx / per), rem = (int)(idx - (long long)t * per);
         bf16 *row = dst + (size_t)t * ld;
         if (rem >= (gq + gk) * ng) { /* dv */
-            const int u = rem - (gq + gk) * ng;
-            if (VEC)
-                *reinterpret_cast<uint4 *>(row + (size_t)(nq + nkv) * hd + u * 8) =
-                    *reinterpret_cast<const uint4 *>(dv + (size_t)t * nkv * hd + u * 8);
-            else
-                row[(size_t)(nq + nkv) * hd + u] = dv[(size_t)t * nkv * hd + u];
+            const int u = (rem - (gq + gk) * ng) * W;
+            const bf16 *v = dv + (size_t)t * nkv * hd + u;
+            if constexpr (W == 8) *reinterpret_cast<uint4 *>(row + (size_t)(nq + nkv) * hd + u) = *reinterpret_cast<const uint4 *>(v);
+            else row[(size_t)(nq + nkv) * hd + u] = *v;
             continue;
         }
-        const int hg = rem / ng, i0 = (rem % ng) * (VEC ? 8 : 1);
+        const int hg = rem / ng, i0 = (rem % ng) * W;
         const bool isq = hg < gq;
         const int h0 = (isq ? hg : hg - gq) * RH, nh = isq ? nq : nkv;
         const bf16 *src = (isq ? dq + (size_t)t * nq * hd : dk + (size_t)t * nkv * hd) + (size_t)h0 * hd + i0;
-        bf16 *out = row + (size_t)(isq ? h0 : nq + h0) * hd + i0;
-        constexpr int W = VEC ? 8 : 1;
-        float sn[W], cs[W];
-        const float p = (float)pos[t];
-#pragma unroll
-        for (int j = 0; j < W; j++) {
-            sincosf(p * inv_freq[i0 + j], &sn[j], &cs[j]);
-            sn[j] = -sn[j];
-        }
-#pragma unroll
-        for (int k = 0; k < RH; k++) {
-            if (h0 + k >= nh) break;
-            float fa[W], fb[W], oa[W], ob[W];
-            if (VEC) {
-                unpack8(*reinterpret_cast<const uint4 *>(src + k * hd), fa);
-                unpack8(*reinterpret_cast<const uint4 *>(src + k * hd + half), fb);
-            } else {
-                fa[0] = __bfloat162float(src[k * hd]), fb[0] = __bfloat162float(src[k * hd + half]);
-            }
-#pragma unroll
-            for (int j = 0; j < W; j++) oa[j] = fa[j] * cs[j] - fb[j] * sn[j], ob[j] = fb[j] * cs[j] + fa[j] * sn[j];
-            if (VEC) {
-                store8(out + k * hd, oa);
-                store8(out + k * hd + half, ob);
-            } else {
-                out[k * hd] = __float2bfloat16_rn(oa[0]), out[k * hd + half] = __float2bfloat16_rn(ob[0]);
-            }
-        }
+        rope_heads<W>(row + (size_t)(isq ? h0 : nq + h0) * hd + i0, src, hd, nh - h0, pos, t, inv_freq + i0, -1.0f);
     }
 }
 
@@ -1163,15 +1148,15 @@ static void cu_qkv_merge(us_backend *be, void *dst, int ld, const void *dq, cons
     PROF(c, P_ROPE);
     if (T <= 0) return;
     const bool vec = hd % 16 == 0 && ld % 8 == 0 && aligned16(dst) && aligned16(dq) && aligned16(dk) && aligned16(dv);
-    const size_t ng = vec ? hd / 16 : hd / 2, per = ((nq + RH - 1) / RH + (nkv + RH - 1) / RH) * ng +
-                                                      (size_t)nkv * hd / (vec ? 8 : 1);
+    const int w = vec ? 8 : 1;
+    const size_t per = ((nq + RH - 1) / RH + (nkv + RH - 1) / RH) * (size_t)(hd / 2 / w) + (size_t)nkv * hd / w;
     const size_t n = (size_t)T * per;
     if (vec)
-        k_qkv_merge<true><<<grid_for(c, n, 256), 256, 0, c->st>>>((bf16 *)dst, ld, (const bf16 *)dq, (const bf16 *)dk,
-                                                                 (const bf16 *)dv, pos, inv_freq, T, nq, nkv, hd);
+        k_qkv_merge<8><<<grid_for(c, n, 256), 256, 0, c->st>>>((bf16 *)dst, ld, (const bf16 *)dq, (const bf16 *)dk,
+                                                              (const bf16 *)dv, pos, inv_freq, T, nq, nkv, hd);
     else
-        k_qkv_merge<false><<<grid_for(c, n, 256), 256, 0, c->st>>>((bf16 *)dst, ld, (const bf16 *)dq, (const bf16 *)dk,
-                                                                  (const bf16 *)dv, pos, inv_freq, T, nq, nkv, hd);
+        k_qkv_merge<1><<<grid_for(c, n, 256), 256, 0, c->st>>>((bf16 *)dst, ld, (const bf16 *)dq, (const bf16 *)dk,
+                                                              (const bf16 *)dv, pos, inv_freq, T, nq, nkv, hd);
     CK_LAUNCH(c);
 }
 
@@ -1181,12 +1166,7 @@ static void cu_rope(us_backend *be, void *x, const int32_t *pos, const float *in
     PROF(c, P_ROPE);
     size_t n = (size_t)T * (hd / 2);
     if (!n || !nh) return;
-    static int v1 = -1; /* US_CUDA_ROPE=1: the first kernel, for comparison */
-    if (v1 < 0) {
-        const char *e = getenv("US_CUDA_ROPE");
-        v1 = e && *e == '1';
-    }
-    if (!v1 && hd % 16 == 0 && aligned16(x)) {
+    if (!c->rope_v1 && hd % 16 == 0 && aligned16(x)) {
         size_t n8 = (size_t)T * ((nh + RH - 1) / RH) * (hd / 16);
         k_rope8<<<grid_for(c, n8, 256), 256, 0, c->st>>>((bf16 *)x, pos, inv_freq, T, nh, hd, inverse ? -1.0f : 1.0f);
     } else {
@@ -1614,7 +1594,7 @@ static bool cu_graph_end(us_backend *be, uint64_t key) {
         (void)cudaGetLastError();
         if (ex) cudaGraphExecDestroy(ex);
         c->graph_off = 1;
-        if (getenv("US_CUDA_GRAPH_LOG")) fprintf(stderr, "unswag: cuda graph capture failed (%s); steps run op by op\n",
+        if (c->graph_log) fprintf(stderr, "unswag: cuda graph capture failed (%s); steps run op by op\n",
                                                  c->capture_bad ? "an op could not be captured" : cudaGetErrorString(e));
         return false;
     }
@@ -1632,7 +1612,7 @@ static void cu_destroy(us_backend *be) {
     if (c) {
         cudaStreamSynchronize(c->st);
         prof_report(c);
-        if (getenv("US_CUDA_GRAPH_LOG"))
+        if (c->graph_log)
             fprintf(stderr, "unswag: cuda graph: %d nodes, replayed %ld times\n", c->graph_nodes, c->graph_replays);
         if (c->gexec) cudaGraphExecDestroy(c->gexec);
         for (int i = 0; i < c->n_plans; i++) {
@@ -1661,6 +1641,11 @@ static void cu_destroy(us_backend *be) {
         free(c);
     }
     free(be);
+}
+
+static int env_int(const char *name, int dflt) {
+    const char *e = getenv(name);
+    return e && *e ? atoi(e) : dflt;
 }
 
 extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
@@ -1713,6 +1698,12 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
         c->attn_wg = prop.major == 9 && prop.minor == 0 && !(wg && !strcmp(wg, "0"));
         const char *gr = getenv("US_CUDA_GRAPH");
         c->graph_off = gr && !strcmp(gr, "0");
+        c->graph_log = env_int("US_CUDA_GRAPH_LOG", 0) != 0;
+        c->rms_wpr = env_int("US_CUDA_RMS_WPR", 0);
+        c->rope_v1 = env_int("US_CUDA_ROPE", 0) == 1;
+        c->lora_down_v1 = env_int("US_CUDA_LORA_DOWN", 2) == 1;
+        c->lora_colred_v1 = env_int("US_CUDA_LORA_COLRED", 2) == 1;
+        c->lora_down_ctas = env_int("US_CUDA_LORA_DOWN_CTAS", 0);
     }
     c->ws = dev_alloc(c, WS_BYTES);
     if (!c->ws) {

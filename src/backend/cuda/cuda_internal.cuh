@@ -79,6 +79,12 @@ typedef struct cuda_impl {
     int graph_off;                   /* US_CUDA_GRAPH=0, or a capture failed once */
     long graph_replays;
     int graph_nodes;
+    bool graph_log;                  /* US_CUDA_GRAPH_LOG: say what the graphs did */
+    /* earlier kernel versions and their knobs, for comparison (docs/GPU.md, "Knobs") */
+    int rms_wpr;                     /* US_CUDA_RMS_WPR: warps per RMSNorm row (0: by width) */
+    bool rope_v1;                    /* US_CUDA_ROPE=1 */
+    bool lora_down_v1, lora_colred_v1; /* US_CUDA_LORA_DOWN=1, US_CUDA_LORA_COLRED=1 */
+    int lora_down_ctas;              /* US_CUDA_LORA_DOWN_CTAS (0: one per SM) */
 } cuda_impl;
 
 static inline cuda_impl *CI(us_backend *be) { return (cuda_impl *)be->impl; }

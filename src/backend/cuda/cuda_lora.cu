@@ -550,18 +550,11 @@ void down(cuda_impl *c, float *O, int ldo, const void *P, int ldp, int T, int K,
     CK_LAUNCH(c);
 }
 
-static int env_int(const char *name, int dflt) {
-    const char *e = getenv(name);
-    return e && *e ? atoi(e) : dflt;
-}
-
 /* version 2 of down (widths 16..64, A rows 16-byte aligned); false: the caller runs version 1 */
 template <int R>
 bool down2(cuda_impl *c, float *O, int ldo, const void *P, int ldp, int T, int K, const float *W, float scale,
            bool fold) {
-    static int v1 = -1, ctas = 0;
-    if (v1 < 0) v1 = env_int("US_CUDA_LORA_DOWN", 2) == 1, ctas = env_int("US_CUDA_LORA_DOWN_CTAS", 0);
-    if (v1 || R < 16 || R > 64 || !aligned16(W) || K % 4) return false;
+    if (c->lora_down_v1 || R < 16 || R > 64 || !aligned16(W) || K % 4) return false;
     using S = Down2Smem<R>;
     static bool attr_set = false; /* per instance; one device per process */
     if (!attr_set) {
@@ -570,7 +563,7 @@ bool down2(cuda_impl *c, float *O, int ldo, const void *P, int ldp, int T, int K
     }
     const int gx = (int)ceil_div_u(T, D2_ROWS), nchunk = (int)ceil_div_u(K, D2_KC);
     /* one CTA per SM: at 2 per SM (more K splits) every benchmark adapter shape ran slower */
-    int cs = (int)ceil_div_u(ctas > 0 ? ctas : c->sm_count, gx);
+    int cs = (int)ceil_div_u(c->lora_down_ctas > 0 ? c->lora_down_ctas : c->sm_count, gx);
     cs = cs < 1 ? 1 : cs > 8 ? 8 : cs;
     if (cs > nchunk) cs = nchunk;
     const int kslice = (int)ceil_div_u(ceil_div_u(K, cs), D2_KC) * D2_KC;
@@ -617,18 +610,12 @@ void colred(cuda_impl *c, float *O, int osm, int osj, const void *P, int ldp, in
 
 /* colred by version 2 (cuda_lora_colred2.cuh: clusters exchanging du, a deeper cp.async ring, one
  * wave of CTAs); US_CUDA_LORA_COLRED=1 runs version 1 above */
-static bool colred_v1(void) {
-    static int v1 = -1;
-    if (v1 < 0) v1 = env_int("US_CUDA_LORA_COLRED", 2) == 1;
-    return v1;
-}
-
-/* qscale / oscale (version 2 only: the caller checks colred_v1() first) as colred_v2_cfg's */
+/* qscale / oscale (version 2 only: the caller checks c->lora_colred_v1 first) as colred_v2_cfg's */
 template <int R>
 void colred_any(cuda_impl *c, float *O, int osm, int osj, const void *P, int ldp, int T, int M, const float *Q, int ldq,
                 float scale, float *Du = NULL, int lddu = 0, const float *Wd = NULL, float dscale = 0.0f,
                 const float *qscale = NULL, const float *oscale = NULL) {
-    if (colred_v1()) {
+    if (c->lora_colred_v1) {
         colred<R>(c, O, osm, osj, P, ldp, T, M, Q, ldq, scale, Du, lddu, Wd, dscale);
         return;
     }
@@ -711,7 +698,7 @@ bool us_cuda_lora_bwd_dy_fast(cuda_impl *c, float *du, int lddu, float *dB, cons
 bool us_cuda_lora_bwd_x_fast(cuda_impl *c, void *dx, const void *res, float *dA, const float *du, int lddu,
                              const void *x, int ldx, const float *rstd, const float *w, const float *A, int T, int in, int R) {
     if (T <= 0) return true;
-    if (rstd && dA && colred_v1()) return false; /* version 1 has no scales */
+    if (rstd && dA && c->lora_colred_v1) return false; /* version 1 has no scales */
     if (!width_ok(R) || in % 8 || ldx % 8 || !aligned16(x) || (dx && !aligned16(dx)) || (res && !aligned16(res)) || !a8(du) ||
         lddu % 2)
         return false;
