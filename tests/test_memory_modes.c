@@ -1,7 +1,7 @@
 /* test_memory_modes.c — recomputing and offloading change where tensors live, never the result.
  *
  * For every parity fixture, one step's loss and gradients with up rebuilt in the first layer,
- * the top layer's MLP tensors offloaded to host memory (alone, then beside that), the MLP rebuilt
+ * one layer's MLP tensors offloaded to host memory (alone, then beside that), the MLP rebuilt
  * in the first layer and up in the second, --recompute mlp, --recompute layer and --offload (CPU: synchronous copies) must equal those of the default plan, with the
  * MLP processed in chunks of 5 tokens (so chunk boundaries fall inside rows). The same holds for
  * full fine-tuning. And the saved bytes per token must shrink in that order. The default plan
@@ -64,7 +64,7 @@ static int run_mode(us_test_ctx *t, const char *fx, bool full, const us_memory_m
     return 0;
 }
 
-static void compare_modes(us_test_ctx *t, const char *fx, bool full) {
+static void compare_modes(us_test_ctx *t, const char *fx, bool full, bool untied) {
     result ref, r;
     static const us_memory_mode none = {.mlp_chunk_rows = 5};
     if (run_mode(t, fx, full, &none, &ref)) return;
@@ -75,7 +75,7 @@ static void compare_modes(us_test_ctx *t, const char *fx, bool full) {
      * --max-memory may pick on a GPU) */
     static const struct { us_memory_mode mm; const char *name; bool ordered; } modes[] = {
         {{.up_layers = 1, .mlp_chunk_rows = 5}, "recompute up in layer 0", true},
-        {{.offload_mlp = 1, .mlp_chunk_rows = 5}, "mlp offloaded in layer 1", true},
+        {{.offload_mlp = 1, .mlp_chunk_rows = 5}, "mlp offloaded in layer 0", true},
         {{.up_layers = 1, .offload_mlp = 1, .mlp_chunk_rows = 5}, "recompute up in layer 0, mlp offloaded in layer 1", true},
         {{.recompute = US_RECOMPUTE_MLP, .mlp_layers = 1, .up_layers = 1, .mlp_chunk_rows = 5},
          "recompute mlp in layer 0, up in layer 1", true},
@@ -84,8 +84,13 @@ static void compare_modes(us_test_ctx *t, const char *fx, bool full) {
         {{.recompute = US_RECOMPUTE_LAYER, .offload = true, .mlp_chunk_rows = 5}, "offload", true},
         {{.mlp_chunk_rows = 5, .head_chunk_rows = 3}, "head in 3-row chunks", false},
         {{.recompute = US_RECOMPUTE_MLP, .mlp_layers = 1, .offload_mlp = 1, .mlp_chunk_rows = 5},
-         "recompute mlp in layer 0, mlp offloaded in layer 1", false}};
+         "recompute mlp in layer 0, mlp offloaded in layer 1", false},
+        /* every layer offloaded: two device slots no layer keeps, each layer's own */
+        {{.offload_mlp = 2, .mlp_chunk_rows = 5}, "mlp offloaded in layers 0 and 1", false},
+        /* the embedding table in host memory (untied LoRA only), beside an offloaded MLP */
+        {{.embed_host = true, .offload_mlp = 1, .mlp_chunk_rows = 5}, "embedding in host memory", false}};
     for (size_t k = 0; k < sizeof modes / sizeof modes[0]; k++) {
+        if (modes[k].mm.embed_host && (full || !untied)) continue; /* refused: memory_modes_embed_host_refused */
         if (run_mode(t, fx, full, &modes[k].mm, &r)) break;
         double maxg = 0, diff = 0;
         for (size_t i = 0; i < ref.n; i++) {
@@ -104,11 +109,134 @@ static void compare_modes(us_test_ctx *t, const char *fx, bool full) {
     free(ref.grads);
 }
 
-TEST(memory_modes_llama_silu_gqa_tied) { compare_modes(t, "llama_silu_gqa_tied", false); }
-TEST(memory_modes_qwen2_bias_bf16) { compare_modes(t, "qwen2_bias_bf16", false); }
-TEST(memory_modes_llama_relu_f16_sharded) { compare_modes(t, "llama_relu_f16_sharded", false); }
-TEST(memory_modes_mistral_mlp) { compare_modes(t, "mistral_mlp", false); }
-TEST(memory_modes_full_finetuning) { compare_modes(t, "qwen2_bias_bf16", true); }
+TEST(memory_modes_llama_silu_gqa_tied) { compare_modes(t, "llama_silu_gqa_tied", false, false); }
+TEST(memory_modes_qwen2_bias_bf16) { compare_modes(t, "qwen2_bias_bf16", false, true); }
+TEST(memory_modes_llama_relu_f16_sharded) { compare_modes(t, "llama_relu_f16_sharded", false, true); }
+TEST(memory_modes_mistral_mlp) { compare_modes(t, "mistral_mlp", false, true); }
+TEST(memory_modes_full_finetuning) { compare_modes(t, "qwen2_bias_bf16", true, true); }
+
+/* The gate/up pool over many layers (plan.c): offloaded layers from the bottom share device slots
+ * with the keeping layers above them, round robin, and come back after those layers' backward. A
+ * 7-layer random model (untied), LoRA on every projection with random A and B, one step: every
+ * split between offloaded, up-rebuilt, MLP-rebuilt and kept layers — chains of two and three
+ * layers per slot, one or two slots no layer keeps — must give the default plan's loss and
+ * gradients, with the embedding in host memory too. */
+static int deep_step(us_test_ctx *t, const us_memory_mode *mm, result *out) {
+    const char *dir = us_test_tmpdir();
+    us_err e = {{0}};
+    us_backend *be;
+    us_model *m;
+    if (us_backend_create("cpu", 1, &be, &e)) return snprintf(t->msg, sizeof t->msg, "%s", e.msg), t->failed = 1;
+    us_status st = us_model_load(&m, be, dir, true, 0.05f, 7, &e);
+    if (st) {
+        be->destroy(be);
+        return snprintf(t->msg, sizeof t->msg, "%s", e.msg), t->failed = 1;
+    }
+    us_train_spec spec = {.lora = {.r = 4, .alpha = 8, .targets = (1u << US_T_COUNT) - 1}};
+    st = us_model_setup_training(m, &spec, 3, &e);
+    if (!st) {
+        float *p = malloc(m->n_params * 4);
+        for (size_t i = 0; i < m->n_params; i++) p[i] = 0.1f * us_rand_normal(11, 0, i);
+        be->upload(be, m->params, p, m->n_params * 4);
+        free(p);
+    }
+    enum { B = 2, S = 12 };
+    us_token_dataset ds = {0};
+    us_example ex[B];
+    int32_t ids[B][S];
+    for (int r = 0; r < B; r++) {
+        for (int i = 0; i < S; i++) ids[r][i] = (int32_t)((r * 37 + i * 11 + 5) % 64);
+        ex[r] = (us_example){.ids = ids[r], .labels = ids[r], .n = S};
+    }
+    ds.ex = ex, ds.n = B;
+    if (!st) st = us_model_set_memory_mode(m, mm, &e);
+    if (!st) st = us_model_prepare(m, B * S, &e);
+    if (!st) {
+        us_batch b;
+        int counted = us_test_fixture_batch(be, &ds, &b);
+        be->zero(be, m->grads, m->n_params * 4);
+        st = us_model_step(m, &b, 1.0f / counted, &out->loss, &e);
+        out->n = m->n_params;
+        out->grads = malloc(m->n_params * 4);
+        be->download(be, out->grads, m->grads, m->n_params * 4);
+        out->per_token = m->plan.total_per_token;
+        us_test_batch_free(be, &b);
+    }
+    us_model_free(m);
+    be->destroy(be);
+    if (st) return snprintf(t->msg, sizeof t->msg, "%s", e.msg), t->failed = 1;
+    return 0;
+}
+
+TEST(memory_modes_mlp_pool_deep) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/config.json", us_test_tmpdir());
+    static const char cfg[] =
+        "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 32, \"intermediate_size\": 48,"
+        " \"num_hidden_layers\": 7, \"num_attention_heads\": 2, \"num_key_value_heads\": 1, \"head_dim\": 16,"
+        " \"vocab_size\": 64, \"max_position_embeddings\": 64, \"rms_norm_eps\": 1e-5, \"hidden_act\": \"silu\","
+        " \"tie_word_embeddings\": false}";
+    us_test_write(path, cfg, sizeof cfg - 1);
+    result ref, r;
+    us_memory_mode none = {0};
+    if (deep_step(t, &none, &ref)) return;
+    static const struct { int mlp, up, off; bool embed; } cases[] = {
+        {0, 0, 1, false}, {0, 0, 2, false}, {0, 0, 3, false}, {0, 0, 4, false}, {0, 0, 5, true}, {0, 0, 6, false},
+        {0, 0, 7, false}, {0, 2, 3, false}, {1, 1, 4, true}, {2, 0, 5, false}, {0, 0, 0, true}};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        us_memory_mode mm = {.recompute = cases[k].mlp ? US_RECOMPUTE_MLP : US_RECOMPUTE_NONE, .mlp_layers = cases[k].mlp,
+                             .up_layers = cases[k].up, .offload_mlp = cases[k].off, .embed_host = cases[k].embed};
+        if (deep_step(t, &mm, &r)) break;
+        double maxg = 0, diff = 0;
+        for (size_t i = 0; i < ref.n; i++) {
+            maxg = fmax(maxg, fabs(ref.grads[i]));
+            diff = fmax(diff, fabs((double)r.grads[i] - ref.grads[i]));
+        }
+        free(r.grads);
+        CHECK(fabs(r.loss - ref.loss) <= 1e-6 * fabs(ref.loss), "mlp %d up %d offload %d: loss %.9g vs %.9g",
+              cases[k].mlp, cases[k].up, cases[k].off, r.loss, ref.loss);
+        CHECK(maxg > 0 && diff <= 1e-5 * maxg, "mlp %d up %d offload %d: gradients differ by %.3g of their scale",
+              cases[k].mlp, cases[k].up, cases[k].off, diff / maxg);
+    }
+    free(ref.grads);
+}
+
+/* The embedding table moves to host memory (the weights on the device shrink by exactly its
+ * bytes) and back; a tied table (the LM head reads all of it) and a training one are refused with
+ * the reason. */
+TEST(memory_modes_embed_host_refused) {
+    static const struct { const char *fx; bool full; const char *why; } cases[] = {
+        {"llama_silu_gqa_tied", false, "tied to the LM head"},
+        {"qwen2_bias_bf16", true, "with --full the embedding trains"},
+        {"qwen2_bias_bf16", false, NULL}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char p[512];
+        us_err e = {{0}};
+        us_backend *be;
+        us_model *m;
+        CHECK(!us_backend_create("cpu", 1, &be, &e), "%s", e.msg);
+        snprintf(p, sizeof p, FIXTURES "/%s/model", cases[i].fx);
+        CHECK(!us_model_load(&m, be, p, false, 0, 0, &e), "%s", e.msg);
+        us_train_spec spec = {.full = cases[i].full, .lora = {.r = 4, .alpha = 8, .targets = 1u << US_T_Q}};
+        CHECK(!us_model_setup_training(m, &spec, 0, &e), "%s", e.msg);
+        size_t w0 = m->weight_bytes, table = (size_t)m->cfg.vocab * m->cfg.hidden * be->weight_bytes;
+        us_memory_mode mm = {.embed_host = true};
+        us_status st = us_model_set_memory_mode(m, &mm, &e);
+        if (cases[i].why) {
+            CHECK(st == US_EUNSUPPORTED && strstr(e.msg, cases[i].why), "%s: %s", cases[i].fx, e.msg);
+        } else {
+            CHECK(!st, "%s", e.msg);
+            CHECK(us_model_device_weight_bytes(m) == w0 - table, "planned %zu, want %zu", us_model_device_weight_bytes(m),
+                  w0 - table);
+            CHECK(!us_model_prepare(m, 8, &e) && m->embed_on_host && m->weight_bytes == w0 - table, "%s", e.msg);
+            mm.embed_host = false; /* and back */
+            CHECK(!us_model_set_memory_mode(m, &mm, &e) && !us_model_prepare(m, 8, &e), "%s", e.msg);
+            CHECK(!m->embed_on_host && m->weight_bytes == w0, "weights %zu after moving back, want %zu", m->weight_bytes, w0);
+        }
+        us_model_free(m);
+        be->destroy(be);
+    }
+}
 
 /* ---- --max-memory: the fastest plan that fits, the same training ---- */
 

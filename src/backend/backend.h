@@ -203,11 +203,15 @@ struct us_backend {
     void *(*host_alloc)(us_backend *be, size_t bytes);
     void (*host_free)(us_backend *be, void *p);
     /* Device -> host and host -> device copies on a copy stream, each ordered after all compute
-     * issued before it, overlapping compute issued after it. */
-    void (*offload)(us_backend *be, void *host_dst, const void *dev_src, size_t bytes);
-    void (*prefetch)(us_backend *be, void *dev_dst, const void *host_src, size_t bytes);
+     * issued before it, overlapping compute issued after it, and after every copy issued before
+     * it. Each returns a ticket (> 0) that copy_wait takes. */
+    int (*offload)(us_backend *be, void *host_dst, const void *dev_src, size_t bytes);
+    int (*prefetch)(us_backend *be, void *dev_dst, const void *host_src, size_t bytes);
     /* Compute issued after this waits until every copy issued before it has finished. */
     void (*copies_wait)(us_backend *be);
+    /* Compute issued after this waits until copy `ticket` (and every copy before it) has finished,
+     * not for the copies issued after it (0: nothing to wait for). */
+    void (*copy_wait)(us_backend *be, int ticket);
 
     /* ---- step graphs (optional: NULL where a backend runs ops as they come) ---- */
     /* A training step issues the same ops with the same arguments every time its batch shape and

@@ -44,11 +44,14 @@ static const char *usage =
     "                         MLP's bytes for one product), the MLP, or whole layers; up:K / mlp:K in the\n"
     "                         first K layers only\n"
     "  --offload              keep layer inputs in pinned host memory (implies --recompute layer)\n"
-    "  --offload-mlp K        keep the MLP gate and up of K layers (every other one from the top) in pinned\n"
-    "                         host memory, copied out and back beside the compute (pays where the host link\n"
-    "                         keeps up with the layers between offloaded ones)\n"
+    "  --offload-mlp K        keep the MLP gate and up of K layers (from the bottom) in pinned host memory,\n"
+    "                         copied out and back beside the compute (pays where the host link keeps up\n"
+    "                         with the layers' compute)\n"
+    "  --offload-embed        keep the token-embedding table in pinned host memory; the GPU reads the step's\n"
+    "                         rows from there (LoRA on a model whose LM head is not tied to it)\n"
     "  --max-memory GIB       pick the fastest plan whose planned device memory fits: smaller micro-batches\n"
-    "                         (the rest as --grad-accum: the same update), then rebuilt MLPs, layers, offload\n"
+    "                         (the rest as --grad-accum: the same update), then the embedding, MLPs\n"
+    "                         offloaded or rebuilt, layers, offload\n"
     "  --report FILE.html     a self-contained page: loss/lr/tokens-per-s curves, configuration, memory plan\n"
     "  --eval-data FILE       held-out rows scored every --eval-every N steps (10% of the run) and at the end:\n"
     "                         eval_loss and eval_perplexity in --metrics, the eval curve in --report\n"
@@ -109,6 +112,7 @@ int cmd_train(int argc, char **argv) {
             }
         }
         else if (!strcmp(a, "--offload")) o.offload = true;
+        else if (!strcmp(a, "--offload-embed")) o.offload_embed = true;
         else if (!strcmp(a, "--offload-mlp")) { if (!VAL() || !us_arg_int(a, v, 1, 1 << 20, &o.offload_mlp)) return 2; }
         else if (!strcmp(a, "--tokenizer")) { if (!VAL()) return 2; o.tokenizer_path = v; }
         else if (!strcmp(a, "--chat-template")) { if (!VAL()) return 2; o.chat_template = v; }

@@ -216,7 +216,8 @@ void us_model_free(us_model *m) {
         free(m->L);
     }
     if (m->lm_head != m->embed) be->free(be, m->lm_head);
-    be->free(be, m->embed);
+    if (m->embed_on_host) be->host_free(be, m->embed);
+    else be->free(be, m->embed);
     if (!full) be->free(be, m->norm_f);
     be->free(be, m->inv_freq);
     be->free(be, m->fold_list);
@@ -232,6 +233,7 @@ void us_model_free(us_model *m) {
     free(m->plist);
     free(m->slot);
     free(m->acts);
+    free(m->mlp_prev); /* mlp_ticket lies in the same block */
     free(m->plan.layer);
     free(m);
 }

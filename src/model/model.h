@@ -135,11 +135,17 @@ typedef struct us_model {
     int up_layers;         /* the next this many rebuild only their up projection */
     int offload_mlp;       /* this many others (every other layer from the top) keep gate/up on the host */
     void **host_mlp;       /* per layer: pinned host gate and up (NULL where not offloaded) */
+    /* per layer: the layer whose gate and up used the same device slot before it in the forward
+     * (-1: none) — offloaded layers and the keeping layers above them share a pool of slots
+     * (plan.c); and the ticket of the copy (backend.h) that last moved this layer's gate/up */
+    int *mlp_prev, *mlp_ticket;
     bool offload;
     int mlp_rows;          /* MLP rows processed at once (T unless recomputing) */
     int mlp_chunk_rows;    /* requested chunk when recomputing (0: chunk buffers within 256 MiB) */
     int head_chunk_rows;   /* requested LM-head chunk (0: as the layout allows, at least 64 MiB of logits) */
     void **host_xin;       /* offload: pinned host copies of each layer's input */
+    bool embed_host;       /* wanted: the embedding table in pinned host memory (us_memory_mode) */
+    bool embed_on_host;    /* where m->embed is now (us_model_prepare moves it) */
     size_t weight_bytes;   /* frozen weights on the backend */
     /* per-step buffers, sized for max_tokens */
     int max_tokens;
@@ -196,18 +202,21 @@ enum { US_RECOMPUTE_NONE = 0, US_RECOMPUTE_MLP = 1, US_RECOMPUTE_LAYER = 2,
  *   mlp_layers: with US_RECOMPUTE_MLP, only the first mlp_layers layers rebuild their MLP (0: all);
  *   up_layers: the next up_layers layers keep the gate but rebuild the up projection (one product
  *     instead of the MLP's two, half the MLP's bytes);
- *   offload_mlp: that many of the remaining layers, every other one from the top, keep gate and
- *     up in pinned host memory: copied out after the layer's forward and back one layer ahead of
- *     its backward, overlapped with compute (one device staging pair serves them all);
+ *   offload_mlp: the next that many layers keep gate and up in pinned host memory: copied out
+ *     after the layer's forward into the slot a higher layer then takes, and back once that
+ *     layer's backward is done, overlapped with compute (plan.c: the gate/up pool);
  *   offload: implies US_RECOMPUTE_LAYER; each layer's input goes to pinned host memory during the
  *     forward and comes back, one layer ahead, during backward;
  *   mlp_chunk_rows: tokens of the MLP processed at once in MLP-rebuilding layers (0: as many as
  *     keep its four chunk buffers within 256 MiB);
  *   head_chunk_rows: tokens whose logits the LM head forms at once (0: as many as fit in the
- *     layer scratch the logits lie over, at least 64 MiB of logits). */
+ *     layer scratch the logits lie over, at least 64 MiB of logits);
+ *   embed_host: the token-embedding table lives in pinned host memory, where the embedding op
+ *     reads the step's rows (a GPU reads them over the host link: T rows, not the table); only
+ *     for a frozen table that is not also the LM head (LoRA, untied embeddings). */
 typedef struct us_memory_mode {
     int recompute, mlp_layers, up_layers, offload_mlp;
-    bool offload;
+    bool offload, embed_host;
     int mlp_chunk_rows, head_chunk_rows;
 } us_memory_mode;
 us_status us_model_set_memory_mode(us_model *m, const us_memory_mode *mm, us_err *e);
@@ -218,6 +227,9 @@ void us_memory_mode_describe(const us_model *m, char *buf, size_t n);
 /* "none" | "mlp" | "layer" | "up" (US_RECOMPUTE_UP: give it to us_model_set_memory_mode as up_layers) */
 bool us_recompute_parse(const char *name, int *out);
 
+/* Bytes of frozen weights on the device once the memory mode is applied (embed_host moves the
+ * embedding table off it at us_model_prepare). */
+size_t us_model_device_weight_bytes(const us_model *m);
 /* Computes the plan for the current training spec and sizes the arena for max_tokens. */
 us_status us_model_prepare(us_model *m, int max_tokens, us_err *e);
 /* The arena bytes a step of `tokens` tokens needs, without allocating (preflight). */

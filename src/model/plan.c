@@ -71,8 +71,9 @@ typedef struct keep_flags {
 
 /* The memory mode of layer l. US_RECOMPUTE_LAYER applies to every layer; otherwise, from the
  * bottom, the first recompute_layers layers rebuild their MLP (all of them when 0, with
- * US_RECOMPUTE_MLP), the next up_layers rebuild only up, and of the rest every other layer from
- * the top keeps gate/up on the host, offload_mlp of them. */
+ * US_RECOMPUTE_MLP), the next up_layers rebuild only up, the next offload_mlp keep gate/up on
+ * the host, and the rest keep them. The lowest layers are offloaded: their copies out start
+ * earliest in the forward and they come back last in backward. */
 int us_layer_mode(const us_model *m, int l) {
     if (m->recompute == US_RECOMPUTE_LAYER) return US_RECOMPUTE_LAYER;
     int L = m->cfg.layers;
@@ -81,8 +82,7 @@ int us_layer_mode(const us_model *m, int l) {
     /* rebuilding or offloading gate/up only matters where the gate/up backward runs */
     bool gu = m->plan.layer && m->plan.layer[l].glu_bwd;
     if (l < kmlp + m->up_layers) return gu ? US_RECOMPUTE_UP : US_RECOMPUTE_NONE;
-    /* offloaded: L-1, L-3, ... down to the rebuilt layers (never two in a row: one staging pair) */
-    if (gu && (L - 1 - l) % 2 == 0 && (L - 1 - l) / 2 < m->offload_mlp) return US_OFFLOAD_MLP;
+    if (l < kmlp + m->up_layers + m->offload_mlp) return gu ? US_OFFLOAD_MLP : US_RECOMPUTE_NONE;
     return US_RECOMPUTE_NONE;
 }
 
@@ -121,8 +121,13 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
     /* which scratch some layer needs: the final output's buffer always, the rest when not kept */
     bool need_res[2] = {false, false}, need_mid = false, need_attn = false, need_att = false, need_mlp = false;
     bool need_up = false;  /* a layer rebuilding only up: a whole [T, inter] buffer */
-    bool need_off = false; /* offloaded gate/up: one [T, inter] staging pair */
     double host = 0;       /* bytes per token in pinned host memory */
+    /* The gate/up pool (model.h mlp_prev): the layers that keep gate and up on the device or
+     * offload them, in forward order, take P device slots round robin, P = the keeping layers
+     * (at least 2 when some offload): a keeping layer's slot is its own saved pair, which the
+     * offloaded layers below it used first (and get back, in backward, once it is done). */
+    int users = 0, kept = 0, *user_layer = m->mlp_prev ? calloc((size_t)c->layers, sizeof(int)) : NULL;
+    for (int l = 0; m->mlp_prev && l < c->layers; l++) m->mlp_prev[l] = -1;
     bool need_u[US_T_COUNT] = {false};
     need_res[c->layers % 2] = true;
     size_t arows = mr; /* rows of the MLP product buffers: a layer that keeps its MLP runs it whole */
@@ -130,7 +135,11 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
         keep_flags k = layer_keeps(m, l, train);
         if (k.mode == US_RECOMPUTE_NONE || k.mode == US_RECOMPUTE_UP || k.mode == US_OFFLOAD_MLP) arows = tt;
         need_up |= k.mode == US_RECOMPUTE_UP;
-        if (k.mode == US_OFFLOAD_MLP) need_off = true, host += 2.0 * (double)(F * A);
+        if (k.mode == US_OFFLOAD_MLP) host += 2.0 * (double)(F * A);
+        if (k.mode == US_OFFLOAD_MLP || k.up) { /* k.up: both kept (a layer rebuilding up keeps only the gate) */
+            if (user_layer) user_layer[users] = l;
+            users++, kept += k.up;
+        }
         if (train && m->offload) host += (double)(D * A);
         need_res[l % 2] |= !k.xin;
         need_mid |= !k.xmid;
@@ -147,7 +156,9 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
     void *sg = SCRATCH(need_mlp, mr * F * A), *su = SCRATCH(need_mlp || need_up, (need_up ? tt : mr) * F * A);
     float *srstd1 = SCRATCH(need_attn, tt * 4), *srstd2 = SCRATCH(need_mlp, tt * 4), *slse = SCRATCH(need_attn, tt * H * 4);
     uint32_t *sbits = SCRATCH(need_mlp && c->act == US_ACT_RELU, mr * words * 4);
-    void *off_g = SCRATCH(need_off, tt * F * A), *off_u = SCRATCH(need_off, tt * F * A);
+    int pool = users > kept ? US_MIN(users, US_MAX(kept, 2)) : kept; /* device slots of the gate/up pool */
+    void *pool_g[2] = {NULL, NULL}, *pool_u[2] = {NULL, NULL}; /* slots no keeping layer owns (pool - kept <= 2) */
+    for (int i = 0; i < pool - kept; i++) pool_g[i] = take(b, tt * F * A), pool_u[i] = take(b, tt * F * A);
     m->plan.host_per_token = host;
     float *su_lora[US_T_COUNT] = {0}; /* per LoRA group (at its lead target): u of all its members */
     size_t ldmax = 1;
@@ -206,9 +217,8 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
         a->att = SLOT(k.att, US_SAVE_ATTN_OUT, H * hd * A, satt);
         a->xmid = SLOT(k.xmid, US_SAVE_RESIDUAL, D * A, mid);
         a->rstd2 = SLOT(k.mlp, US_SAVE_NORM_STATS, 4, srstd2);
-        bool off = k.mode == US_OFFLOAD_MLP;
-        a->g = SLOT(k.gate, US_SAVE_MLP, F * A, off ? off_g : sg);
-        a->up = SLOT(k.up, US_SAVE_MLP, F * A, off ? off_u : su);
+        a->g = SLOT(k.gate, US_SAVE_MLP, F * A, sg);
+        a->up = SLOT(k.up, US_SAVE_MLP, F * A, su);
         a->bits = SLOT(k.mlp && c->act == US_ACT_RELU, US_SAVE_MLP_MASK, words * 4, sbits);
         a->a = SLOT(k.a, US_SAVE_MLP_DOWN_IN, F * A, s->a);
         for (int t = 0; t < US_T_COUNT; t++) /* a group's block at its lead; members are column blocks of it */
@@ -222,6 +232,20 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
                 a->u[t] = a->u[m->lora_lead[t]] + m->lora_col[t];
 #undef SLOT
     }
+    /* the pool: user i takes slot i % pool after user i - pool, the slot's last user owns it (the
+     * last `pool` users: the keeping layers, then offloading ones on the two unowned slots) */
+    for (int i = users - 1; user_layer && i >= 0; i--) {
+        int l = user_layer[i], owner = i + (users - 1 - i) / pool * pool;
+        us_layer_acts *a = &m->acts[l], *o = &m->acts[user_layer[owner]];
+        m->mlp_prev[l] = i >= pool ? user_layer[i - pool] : -1;
+        if (us_layer_mode(m, user_layer[owner]) == US_OFFLOAD_MLP) { /* an unowned slot */
+            int spare = (users - 1 - owner) - kept;                  /* 0 or 1 */
+            a->g = pool_g[spare], a->up = pool_u[spare];
+        } else if (l != user_layer[owner]) {
+            a->g = o->g, a->up = o->up;
+        }
+    }
+    free(user_layer);
     s->xfin = res[c->layers % 2];
 }
 
@@ -251,9 +275,12 @@ static us_status measure(us_model *m, int max_tokens, size_t *bytes, us_err *e) 
     if (max_tokens <= 0) return us_fail(e, US_EINVAL, "no tokens per step");
     free(m->plan.layer);
     free(m->acts);
+    free(m->mlp_prev);
     m->plan.layer = calloc((size_t)c->layers, sizeof *m->plan.layer);
     m->acts = calloc((size_t)c->layers, sizeof *m->acts);
-    if (!m->plan.layer || !m->acts) return us_fail(e, US_ENOMEM, "out of memory");
+    m->mlp_prev = calloc(2 * (size_t)c->layers, sizeof *m->mlp_prev);
+    if (!m->plan.layer || !m->acts || !m->mlp_prev) return us_fail(e, US_ENOMEM, "out of memory");
+    m->mlp_ticket = m->mlp_prev + c->layers;
     compute_flags(m);
     bool train = m->params != NULL;
     /* MLP chunk when rebuilding: its four [rows, inter] buffers (gate, up, product, its gradient)
@@ -281,12 +308,37 @@ us_status us_model_step_bytes(us_model *m, int tokens, size_t *bytes, us_err *e)
     return st;
 }
 
+static size_t embed_bytes(const us_model *m) { return (size_t)m->cfg.vocab * m->cfg.hidden * m->be->weight_bytes; }
+
+size_t us_model_device_weight_bytes(const us_model *m) {
+    if (m->embed_host == m->embed_on_host) return m->weight_bytes;
+    return m->embed_host ? m->weight_bytes - embed_bytes(m) : m->weight_bytes + embed_bytes(m);
+}
+
+/* Moves the embedding table to pinned host memory or back, as the memory mode wants. */
+static us_status place_embedding(us_model *m, us_err *e) {
+    us_backend *be = m->be;
+    if (m->embed_host == m->embed_on_host) return US_OK;
+    size_t n = embed_bytes(m);
+    void *to = m->embed_host ? be->host_alloc(be, n) : be->alloc(be, n);
+    if (!to)
+        return us_fail(e, US_ENOMEM, "cannot move the embedding table (%.1f MiB) to %s memory", n / 1048576.0,
+                       m->embed_host ? "pinned host" : be->name);
+    if (m->embed_host) be->download(be, to, m->embed, n), be->free(be, m->embed);
+    else be->upload(be, to, m->embed, n), be->host_free(be, m->embed);
+    m->embed = to;
+    m->embed_on_host = m->embed_host;
+    m->weight_bytes = m->embed_host ? m->weight_bytes - n : m->weight_bytes + n;
+    return US_OK;
+}
+
 us_status us_model_prepare(us_model *m, int max_tokens, us_err *e) {
     const us_config *c = &m->cfg;
     us_backend *be = m->be;
     bool train = m->params != NULL;
     size_t bytes;
-    us_status st = measure(m, max_tokens, &bytes, e);
+    us_status st = place_embedding(m, e);
+    if (!st) st = measure(m, max_tokens, &bytes, e);
     if (st) return st;
     bump meas = {.off = bytes};
     be->free(be, m->arena);
@@ -338,6 +390,14 @@ us_status us_model_set_memory_mode(us_model *m, const us_memory_mode *mm, us_err
                        mm->offload_mlp);
     if (mm->recompute < 0 || mm->recompute > US_RECOMPUTE_LAYER)
         return us_fail(e, US_EINVAL, "unknown recompute mode %d", mm->recompute);
+    if (mm->embed_host) {
+        const char *why = m->spec.full               ? "with --full the embedding trains"
+                          : m->lm_head == m->embed     ? "the embedding is tied to the LM head, which reads all of it every step"
+                          : !m->be->host_alloc         ? "this backend has no host memory of its own"
+                                                       : NULL;
+        if (why) return us_fail(e, US_EUNSUPPORTED, "the embedding table cannot stay in host memory: %s", why);
+    }
+    m->embed_host = mm->embed_host;
     bool layers = mm->offload || mm->recompute == US_RECOMPUTE_LAYER;
     m->mlp_chunk_rows = mm->mlp_chunk_rows;
     m->head_chunk_rows = mm->head_chunk_rows;
@@ -361,24 +421,24 @@ bool us_recompute_parse(const char *name, int *out) {
 
 void us_memory_mode_describe(const us_model *m, char *buf, size_t n) {
     int L = m->cfg.layers, count[5] = {0};
-    if (m->offload) {
-        snprintf(buf, n, "recompute layer, layer inputs offloaded to host");
-        return;
-    }
-    if (m->recompute == US_RECOMPUTE_LAYER) {
-        snprintf(buf, n, "recompute layer");
-        return;
-    }
-    for (int l = 0; l < L; l++) count[us_layer_mode(m, l)]++;
-    static const char *what[5] = {NULL, "recompute mlp", NULL, "recompute up", "mlp offloaded to host"};
     size_t at = 0;
     buf[0] = 0;
-    for (int k = 1; k < 5; k++) {
-        if (!what[k] || !count[k]) continue;
-        int w = snprintf(buf + at, n > at ? n - at : 0, "%s%s in %d of %d layers", at ? ", " : "", what[k], count[k], L);
-        if (w > 0) at += (size_t)w;
+#define SAY(...)                                                          \
+    do {                                                                  \
+        int w_ = snprintf(buf + at, n > at ? n - at : 0, __VA_ARGS__);   \
+        if (w_ > 0) at = US_MIN(n ? n - 1 : 0, at + (size_t)w_);          \
+    } while (0)
+    if (m->offload) SAY("recompute layer, layer inputs offloaded to host");
+    else if (m->recompute == US_RECOMPUTE_LAYER) SAY("recompute layer");
+    else {
+        for (int l = 0; l < L; l++) count[us_layer_mode(m, l)]++;
+        static const char *what[5] = {NULL, "recompute mlp", NULL, "recompute up", "mlp offloaded to host"};
+        for (int k = 1; k < 5; k++)
+            if (what[k] && count[k]) SAY("%s%s in %d of %d layers", at ? ", " : "", what[k], count[k], L);
     }
-    if (!at) snprintf(buf, n, "keep the plan's set");
+    if (m->embed_host) SAY("%sembedding in host memory", at ? ", " : "");
+    if (!at) SAY("keep the plan's set");
+#undef SAY
 }
 
 void us_plan_print(const us_model *m, FILE *f) {
@@ -396,6 +456,7 @@ void us_plan_print(const us_model *m, FILE *f) {
     double params = (double)m->n_params * 4 * 4; /* values, gradients, AdamW m and v */
     fprintf(f, "  step arena %.1f MiB for %d tokens (saved %.1f MiB + scratch)\n", m->arena_bytes / 1048576.0,
             m->max_tokens, m->saved_bytes / 1048576.0);
+    if (m->embed_on_host) fprintf(f, "  embedding table %.1f MiB in pinned host memory\n", embed_bytes(m) / 1048576.0);
     fprintf(f, "  planned %s memory: weights %.1f + parameters, gradients, AdamW %.1f + arena %.1f + backend %.1f = %.1f MiB\n",
             m->be->name, m->weight_bytes / 1048576.0, params / 1048576.0, m->arena_bytes / 1048576.0,
             m->backend_scratch / 1048576.0,

@@ -250,6 +250,22 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
         be->rmsnorm_bwd(be, dres, m->dres_ld, true, L->gln2, dh, rows_at(m, a->xmid, r0, D), a->rstd2 + r0, L->ln2, n, c->hidden);
 }
 
+/* An offloaded layer's gate and up, out to its pinned host buffer after its forward (back: in
+ * again, into the device slot it shares); the ticket of the last copy goes to mlp_ticket[l]. */
+static void mlp_move(us_model *m, int l, int T, bool back) {
+    us_backend *be = m->be;
+    size_t bytes = (size_t)T * m->cfg.inter * be->act_bytes;
+    us_layer_acts *a = &m->acts[l];
+    char *host = m->host_mlp[l];
+    if (back) {
+        be->prefetch(be, a->g, host, bytes);
+        m->mlp_ticket[l] = be->prefetch(be, a->up, host + bytes, bytes);
+    } else {
+        be->offload(be, host, a->g, bytes);
+        m->mlp_ticket[l] = be->offload(be, host + bytes, a->up, bytes);
+    }
+}
+
 /* dres holds d(layer output); on return d(layer input). Returns false when nothing below needs it. */
 static bool backward_layer(us_model *m, int l, const us_batch *b) {
     us_backend *be = m->be;
@@ -262,6 +278,9 @@ static bool backward_layer(us_model *m, int l, const us_batch *b) {
     if (m->recompute == US_RECOMPUTE_LAYER) forward_attn(m, l, b); /* rebuild attention and xmid */
     int rows = mlp_chunk(m, l, T);
     for (int r0 = 0; r0 < T; r0 += rows) mlp_backward(m, l, (size_t)r0, US_MIN(rows, T - r0));
+    /* the gate/up slot is free now: bring back the offloaded layer that used it before this one
+     * (a pool's length of layers below), overlapping the rest of the backward */
+    if (m->mlp_prev[l] >= 0) mlp_move(m, m->mlp_prev[l], T, true);
     if (!p->prior_mlp) return false;
 
     /* attention block */
@@ -332,24 +351,17 @@ static void issue(us_model *m, const us_batch *b, bool train, float grad_scale, 
     be->zero(be, m->s.loss, 4);
     us_model_fold_refresh(m);
     be->embed_fwd(be, m->acts[0].xin, m->embed, b->ids, T, c->hidden);
-    /* offloaded MLP tensors (every other layer from the top): gate and up pass through one device
-     * staging pair; `staged` is the layer whose tensors it holds */
-    size_t gu_bytes = (size_t)T * c->inter * be->act_bytes;
-    int staged = -1;
     for (int l = 0; l < c->layers; l++) {
-        bool mlp_off = train && us_layer_mode(m, l) == US_OFFLOAD_MLP;
         if (off) { /* the buffer this layer writes held the input of layer l-1: its copy must be done */
             be->copies_wait(be);
             be->offload(be, m->host_xin[l], m->acts[l].xin, xin_bytes);
         }
         forward_attn(m, l, b);
-        if (mlp_off) be->copies_wait(be); /* the staging pair's last copy-out is done (as late as possible) */
+        /* gate/up pool (plan.c): the slot's last user has been copied out before this layer writes it */
+        int prev = train ? m->mlp_prev[l] : -1;
+        if (prev >= 0) be->copy_wait(be, m->mlp_ticket[prev]);
         mlp_forward(m, l, T, l + 1 < c->layers ? m->acts[l + 1].xin : m->s.xfin);
-        if (mlp_off) {
-            be->offload(be, m->host_mlp[l], m->acts[l].g, gu_bytes);
-            be->offload(be, (char *)m->host_mlp[l] + gu_bytes, m->acts[l].up, gu_bytes);
-            staged = l;
-        }
+        if (train && us_layer_mode(m, l) == US_OFFLOAD_MLP) mlp_move(m, l, T, false);
     }
     head(m, b, train, grad_scale, logits_host);
     if (train) {
@@ -359,20 +371,8 @@ static void issue(us_model *m, const us_batch *b, bool train, float grad_scale, 
                 be->copies_wait(be);
                 if (l - 1 >= m->plan.first_layer_bwd) be->prefetch(be, m->acts[l - 1].xin, m->host_xin[l - 1], xin_bytes);
             }
-            bool mlp_off = us_layer_mode(m, l) == US_OFFLOAD_MLP;
-            if (mlp_off && staged != l) { /* not fetched ahead (cannot happen with alternate layers) */
-                be->prefetch(be, m->acts[l].g, m->host_mlp[l], gu_bytes);
-                be->prefetch(be, m->acts[l].up, (char *)m->host_mlp[l] + gu_bytes, gu_bytes);
-            }
-            if (mlp_off) be->copies_wait(be);
+            if (us_layer_mode(m, l) == US_OFFLOAD_MLP) be->copy_wait(be, m->mlp_ticket[l]); /* fetched back */
             more = backward_layer(m, l, b);
-            /* the staging pair is free once this layer's backward has run: fetch the next offloaded
-             * layer's tensors now, a layer ahead (ordered after the compute issued above) */
-            if (mlp_off && more && l - 2 >= m->plan.first_layer_bwd && us_layer_mode(m, l - 2) == US_OFFLOAD_MLP) {
-                be->prefetch(be, m->acts[l - 2].g, m->host_mlp[l - 2], gu_bytes);
-                be->prefetch(be, m->acts[l - 2].up, (char *)m->host_mlp[l - 2] + gu_bytes, gu_bytes);
-                staged = l - 2;
-            }
         }
         if (more && m->g_embed) be->embed_bwd(be, m->g_embed, m->s.dres, b->ids, T, c->hidden);
     }
@@ -391,11 +391,11 @@ static uint64_t step_key(const us_batch *b, float grad_scale) {
 }
 
 /* A training step whose key repeats the previous step's is recorded once (backend graph_* ops)
- * and replayed after; offloading plans (copies on a second stream, host buffers) always run op
- * by op, as does a backend without graphs. A failed recording falls back to issuing the ops. */
+ * and replayed after — offloading plans too: their copies and the waits on them are part of the
+ * record. A backend without graphs runs op by op; a failed recording falls back to issuing the ops. */
 static void issue_step(us_model *m, const us_batch *b, float grad_scale) {
     us_backend *be = m->be;
-    if (!be->graph_begin || m->offload || m->offload_mlp > 0) {
+    if (!be->graph_begin) {
         issue(m, b, true, grad_scale, NULL);
         return;
     }

@@ -34,6 +34,7 @@ us_status us_preflight_memory(us_model *m, int batch, int seq, int grad_accum, u
                        "or --seq-len", batch, seq, grad_accum, (long long)(tokens * grad_accum));
     size_t loaded = 0, total = 0;
     be->mem_info(be, &loaded, NULL, &total); /* weights, parameters and gradients so far */
+    loaded -= m->weight_bytes - US_MIN(m->weight_bytes, us_model_device_weight_bytes(m)); /* a table leaving */
     size_t step_bytes;
     us_status st = us_model_step_bytes(m, (int)tokens, &step_bytes, e);
     if (st) return st;
@@ -63,22 +64,20 @@ static us_status planned_bytes(us_model *m, int tokens, double *out, us_err *e) 
     size_t step;
     us_status st = us_model_step_bytes(m, tokens, &step, e);
     if (st) return st;
-    *out = (double)m->weight_bytes + (double)m->n_params * 16 + (double)step + (double)m->backend_scratch;
+    *out = (double)us_model_device_weight_bytes(m) + (double)m->n_params * 16 + (double)step + (double)m->backend_scratch;
     return US_OK;
 }
 
-/* Relative extra time of a plan, from a coarse model of a step on a GPU: matrix products at an
- * effective 400 TFLOP/s (fpt FLOPs per token: 4N + attention, as bench/gpu_bench.sh counts) and
- * about 50 kernel launches of 4 us per layer and micro-step. Splitting the batch repeats the
- * launches; rebuilding up repeats one [D -> F] product per token, the MLP two (at 0.65 of the
- * product rate: what the H100 measurements of --recompute up / mlp came to). An offloaded MLP
- * layer (--offload-mlp: gate and up over PCIe at ~50 GB/s each way, alternate layers) costs what
- * its copies cannot hide behind one layer's forward (a third of a layer's time) and backward (two
- * thirds), plus a quarter of an up rebuild: conservative against the H100 measurements (16 of 32
- * layers of the 8B shape cost 1.2% of the step; 8 of 16 layers of the 1B shape at 4 x 2048 tokens,
- * whose copies take longer than its layers, 18%). Only the order of the candidates matters. */
+/* Extra time of a plan, from a coarse model of a step on a GPU: matrix products at an effective
+ * 400 TFLOP/s (fpt FLOPs per token: 4N + attention, as bench/gpu_bench.sh counts) and about 50
+ * kernel launches of 4 us per layer and micro-step. Splitting the batch repeats the launches;
+ * rebuilding up repeats one [D -> F] product per token, the MLP two (at 0.65 of the product
+ * rate: what the H100 measurements of --recompute up / mlp came to). Offloaded MLP layers
+ * (gate and up over PCIe at ~50 GB/s each way) cost what their copies cannot hide behind the
+ * forward (0.3 of the step) or the backward (0.6), plus 50 us each; the embedding table in host
+ * memory costs reading the step's rows at ~25 GB/s. Only the order of the candidates matters. */
 typedef struct cost_model {
-    double base, launch, up_layer, mlp_layer, off_layer;
+    double base, launch, up_layer, mlp_layer, copy_layer, embed;
 } cost_model;
 
 static cost_model cost_model_for(const us_model *m, int tokens, int seq) {
@@ -86,26 +85,27 @@ static cost_model cost_model_for(const us_model *m, int tokens, int seq) {
     double D = c->hidden, F = c->inter, L = c->layers, H = c->heads, KV = c->kv_heads, hd = c->head_dim, V = c->vocab;
     double N = L * (D * H * hd + 2 * D * KV * hd + H * hd * D + 3 * D * F) + V * D;
     double fpt = 4 * N + 7.0 * seq * L * H * hd, rate = 4e14; /* attention: each token sees its row */
+    double A = (double)m->be->act_bytes;
     cost_model k;
     k.launch = 50 * L * 4e-6;
     k.base = fpt * tokens / rate + k.launch;
     k.up_layer = 0.65 * 2 * D * F * tokens / rate;
     k.mlp_layer = 2 * k.up_layer;
-    double copy = 2.0 * tokens * F * (double)m->be->act_bytes / 50e9, layer = k.base / L;
-    k.off_layer = US_MAX(0.0, copy - layer / 3) + US_MAX(0.0, copy - 2 * layer / 3) + 0.25 * k.up_layer;
+    k.copy_layer = 2.0 * tokens * F * A / 50e9;
+    k.embed = tokens * D * A / 25e9;
     return k;
 }
 
-/* Memory mode of candidate `mode` (0: up rebuilt in the first n layers; 1: the MLP in the first
- * n and up in the rest; 2: whole layers; 3: offload; 4: up rebuilt in the first n layers and
- * every other one of the rest offloaded from the top; 5: the same with the MLP rebuilt). */
-static us_memory_mode candidate(int mode, int n, int L) {
-    us_memory_mode mm = {0};
-    if (mode == 0 || mode == 4) mm.up_layers = n, mm.offload_mlp = mode == 4 ? (L - n + 1) / 2 : 0;
-    else if (mode == 5) mm.recompute = US_RECOMPUTE_MLP, mm.mlp_layers = n, mm.offload_mlp = (L - n + 1) / 2;
-    else if (mode == 1) mm.recompute = US_RECOMPUTE_MLP, mm.mlp_layers = n, mm.up_layers = L - n;
-    else mm.recompute = US_RECOMPUTE_LAYER, mm.offload = mode == 3;
-    return mm;
+static double offload_cost(const cost_model *k, int n) {
+    double copies = n * k->copy_layer;
+    return US_MAX(0.0, copies - 0.3 * k->base) + US_MAX(0.0, copies - 0.6 * k->base) + n * 50e-6;
+}
+
+/* One candidate: its planned bytes (need) for `tokens` a micro-step. */
+static us_status try_mode(us_model *m, const us_memory_mode *mm, int tokens, double *need, us_err *e) {
+    us_status st = us_model_set_memory_mode(m, mm, e);
+    if (!st) st = planned_bytes(m, tokens, need, e);
+    return st;
 }
 
 us_status us_fit_memory(us_model *m, int seq, double budget, int *batch, int *grad_accum, double *planned, us_err *e) {
@@ -114,32 +114,48 @@ us_status us_fit_memory(us_model *m, int seq, double budget, int *batch, int *gr
     double best_cost = 1e30, smallest = 1e300;
     int best_split = 0;
     us_memory_mode best = {0};
+    /* host memory is the CPU backend's device memory: moving tensors there saves nothing */
+    bool gpu = strcmp(m->be->name, "cpu") != 0;
+    bool embed_ok = gpu && !m->spec.full && m->lm_head != m->embed && m->be->host_alloc;
+    us_status st;
     for (int split = 1; split <= *batch; split++) {
         if (*batch % split) continue;
         int tokens = *batch / split * seq;
         double split_cost = (split - 1) * k.launch;
-        /* host memory is the CPU backend's device memory: moving the MLP there saves nothing */
-        int modes = strcmp(m->be->name, "cpu") ? 6 : 4;
-        for (int mode = 0; mode < modes; mode++) {
-            int n0 = mode == 1 || mode == 5 ? 1 : 0, n1 = mode < 2 || mode >= 4 ? L : 0;
-            for (int n = n0; n <= n1; n++) {
-                us_memory_mode mm = candidate(mode, n, L);
-                double need = 0;
-                us_status st = us_model_set_memory_mode(m, &mm, e);
-                if (!st) st = planned_bytes(m, tokens, &need, e);
-                if (st) return st;
-                if (need < smallest) smallest = need;
-                if (need > budget) continue;
-                double extra = mode == 0   ? n * k.up_layer
-                             : mode == 1 ? n * k.mlp_layer + (L - n) * k.up_layer
-                             : mode == 2 ? 0.33 * k.base
-                             : mode == 3 ? 0.40 * k.base
-                             : mode == 4 ? n * k.up_layer + mm.offload_mlp * k.off_layer
-                                         : n * k.mlp_layer + mm.offload_mlp * k.off_layer;
-                double cost = split_cost + extra;
-                if (cost < best_cost) best_cost = cost, best_split = split, best = mm, *planned = need;
-                break; /* more rebuilt layers only cost more */
+        for (int eh = 0; eh <= embed_ok; eh++) {
+            double fixed = split_cost + eh * k.embed;
+            us_memory_mode mm = {.embed_host = eh};
+            double need;
+            /* whole layers rebuilt, or offloaded */
+            for (int off = 0; off <= gpu; off++) {
+                mm.recompute = US_RECOMPUTE_LAYER, mm.offload = off;
+                if ((st = try_mode(m, &mm, tokens, &need, e))) return st;
+                smallest = US_MIN(smallest, need);
+                double cost = fixed + (off ? 0.40 : 0.33) * k.base;
+                if (need <= budget && cost < best_cost) best_cost = cost, best_split = split, best = mm, *planned = need;
             }
+            mm.offload = false;
+            /* from the bottom: the MLP rebuilt in nm layers, up in nu, gate and up offloaded in the
+             * fewest that fit (a binary search: more offloaded layers only need less) */
+            for (int nm = 0; nm <= L; nm++)
+                for (int nu = 0; nm + nu <= L; nu++) {
+                    mm.recompute = nm ? US_RECOMPUTE_MLP : US_RECOMPUTE_NONE, mm.mlp_layers = nm, mm.up_layers = nu;
+                    double base_cost = fixed + nm * k.mlp_layer + nu * k.up_layer;
+                    if (base_cost >= best_cost) continue;
+                    int lo = 0, hi = gpu ? L - nm - nu : 0, fit = -1;
+                    double fit_need = 0;
+                    while (lo <= hi) {
+                        mm.offload_mlp = (lo + hi) / 2;
+                        if ((st = try_mode(m, &mm, tokens, &need, e))) return st;
+                        smallest = US_MIN(smallest, need);
+                        if (need <= budget) fit = mm.offload_mlp, fit_need = need, hi = mm.offload_mlp - 1;
+                        else lo = mm.offload_mlp + 1;
+                    }
+                    if (fit < 0) continue;
+                    double cost = base_cost + offload_cost(&k, fit);
+                    if (cost < best_cost)
+                        best_cost = cost, best_split = split, best = mm, best.offload_mlp = fit, *planned = fit_need;
+                }
         }
     }
     if (!best_split)
@@ -147,8 +163,7 @@ us_status us_fit_memory(us_model *m, int seq, double budget, int *batch, int *gr
                        "--max-memory %.4g GiB: no plan fits; the smallest (one row per micro-step, the least kept) "
                        "needs %.4g GiB (%.1f MiB). Lower --seq-len, --lora-r or the --lora-targets, or raise --max-memory.",
                        budget / (MIB * 1024), smallest / (MIB * 1024), smallest / MIB);
-    us_status st = us_model_set_memory_mode(m, &best, e);
-    if (st) return st;
+    if ((st = us_model_set_memory_mode(m, &best, e))) return st;
     *grad_accum *= best_split;
     *batch /= best_split;
     return US_OK;

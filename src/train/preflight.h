@@ -18,11 +18,11 @@ us_status us_preflight_memory(us_model *m, int batch, int seq, int grad_accum, u
 /* --max-memory: chooses the cheapest memory plan whose planned device bytes (weights, trainable
  * parameters with gradients and AdamW moments, step arena, the backend's buffers: the trainer's
  * "planned" line) fit in budget. Candidates: a micro-batch that divides *batch (the rest becomes
- * gradient accumulation: the same update) with, for each, the up projection rebuilt in the first
- * k layers, or the MLP rebuilt in the first k and up in the rest, or whole layers rebuilt, or
- * offload;
- * the one with the least estimated extra time wins (a coarse model: repeated kernel launches for
- * a split, repeated products for a rebuild). Sets the model's memory mode and *batch /
+ * gradient accumulation: the same update) with, for each, the embedding table in host memory or
+ * not (GPU, untied LoRA), then from the bottom the MLP rebuilt in some layers, up in the next and
+ * gate/up offloaded to host in the next (GPU) — or whole layers rebuilt, or offload; the one with
+ * the least estimated extra time wins (a coarse model: repeated kernel launches for a split,
+ * repeated products for a rebuild, copies the compute cannot hide). Sets the model's memory mode and *batch /
  * *grad_accum, and the chosen plan's bytes in *planned. When nothing fits, fails naming the
  * smallest plan's need. */
 us_status us_fit_memory(us_model *m, int seq, double budget, int *batch, int *grad_accum, double *planned, us_err *e);

@@ -211,6 +211,7 @@ us_status us_train(const us_train_opts *o, us_err *e) {
                              .mlp_layers = up ? 0 : o->recompute_layers,
                              .up_layers = up ? (o->recompute_layers ? o->recompute_layers : m->cfg.layers) : 0,
                              .offload_mlp = o->offload_mlp,
+                             .embed_host = o->offload_embed,
                              .offload = o->offload};
         if ((st = us_model_set_memory_mode(m, &mm, e))) goto out;
     }

@@ -566,7 +566,12 @@ static bool cpu_nonfinite(us_backend *be, const float *x, size_t n) {
 
 /* host offload: the CPU's "device" is host memory, so copies are plain and synchronous */
 static void *cpu_host_alloc(us_backend *be, size_t bytes) { return cpu_alloc(be, bytes); }
+static int cpu_host_copy(us_backend *be, void *dst, const void *src, size_t bytes) {
+    cpu_copy(be, dst, src, bytes);
+    return 1;
+}
 static void cpu_copies_wait(us_backend *be) { (void)be; }
+static void cpu_copy_wait(us_backend *be, int ticket) { (void)be, (void)ticket; }
 
 static void cpu_destroy(us_backend *be) {
     if (!be) return;
@@ -600,8 +605,8 @@ us_status us_backend_cpu_create(int threads, us_backend **out, us_err *e) {
         .attn_fwd = cpu_attn_fwd, .attn_bwd = cpu_attn_bwd, .glu_fwd = cpu_glu_fwd, .glu_bwd = cpu_glu_bwd,
         .add = cpu_add, .xent_fwd_bwd = cpu_xent_fwd_bwd, .adamw = cpu_adamw, .sumsq = cpu_sumsq,
         .scale = cpu_scale, .nonfinite = cpu_nonfinite, .destroy = cpu_destroy,
-        .host_alloc = cpu_host_alloc, .host_free = cpu_free, .offload = cpu_copy, .prefetch = cpu_copy,
-        .copies_wait = cpu_copies_wait,
+        .host_alloc = cpu_host_alloc, .host_free = cpu_free, .offload = cpu_host_copy, .prefetch = cpu_host_copy,
+        .copies_wait = cpu_copies_wait, .copy_wait = cpu_copy_wait,
     };
     us_cpu_decode_install(be);
     *out = be;

@@ -233,24 +233,36 @@ static void *cu_host_alloc(us_backend *be, size_t bytes) {
 }
 
 static void cu_host_free(us_backend *be, void *p) {
-    if (p) CK(CI(be), cudaFreeHost(p));
+    if (!p) return;
+    graph_drop(CI(be)); /* a recorded step may copy from or to it */
+    CK(CI(be), cudaFreeHost(p));
 }
 
-static void copy_after_compute(cuda_impl *c, void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
-    if (!bytes) return;
+/* The copy's ticket t records ev_ring[t % COPY_RING]; a ticket whose event a later copy has
+ * recorded again is covered by that later record (the copy stream runs in order). */
+static int copy_after_compute(cuda_impl *c, void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
     CK(c, cudaEventRecord(c->ev_compute, c->st));
     CK(c, cudaStreamWaitEvent(c->cst, c->ev_compute, 0));
-    CK(c, cudaMemcpyAsync(dst, src, bytes, kind, c->cst));
+    if (bytes) CK(c, cudaMemcpyAsync(dst, src, bytes, kind, c->cst));
+    int t = ++c->copy_seq;
+    if (c->copy_seq >= (1 << 30)) c->copy_seq = COPY_RING; /* keeps t % COPY_RING in step */
+    CK(c, cudaEventRecord(c->ev_ring[t % COPY_RING], c->cst));
     CK(c, cudaEventRecord(c->ev_copy, c->cst));
     c->copies_pending = 1;
+    return t;
 }
 
-static void cu_offload(us_backend *be, void *host_dst, const void *dev_src, size_t bytes) {
-    copy_after_compute(CI(be), host_dst, dev_src, bytes, cudaMemcpyDeviceToHost);
+static int cu_offload(us_backend *be, void *host_dst, const void *dev_src, size_t bytes) {
+    return copy_after_compute(CI(be), host_dst, dev_src, bytes, cudaMemcpyDeviceToHost);
 }
 
-static void cu_prefetch(us_backend *be, void *dev_dst, const void *host_src, size_t bytes) {
-    copy_after_compute(CI(be), dev_dst, host_src, bytes, cudaMemcpyHostToDevice);
+static int cu_prefetch(us_backend *be, void *dev_dst, const void *host_src, size_t bytes) {
+    return copy_after_compute(CI(be), dev_dst, host_src, bytes, cudaMemcpyHostToDevice);
+}
+
+static void cu_copy_wait(us_backend *be, int ticket) {
+    cuda_impl *c = CI(be);
+    if (ticket > 0) CK(c, cudaStreamWaitEvent(c->st, c->ev_ring[ticket % COPY_RING], 0));
 }
 
 /* What the backend allocates beyond the model's buffers for a step of T tokens: the cuBLASLt
@@ -1636,6 +1648,8 @@ static void cu_destroy(us_backend *be) {
         }
         if (c->ev_compute) cudaEventDestroy(c->ev_compute);
         if (c->ev_copy) cudaEventDestroy(c->ev_copy);
+        for (int i = 0; i < COPY_RING; i++)
+            if (c->ev_ring[i]) cudaEventDestroy(c->ev_ring[i]);
         if (c->lt) cublasLtDestroy(c->lt);
         if (c->st) cudaStreamDestroy(c->st);
         free(c);
@@ -1675,6 +1689,8 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
     else if ((err = cudaStreamCreateWithFlags(&c->cst, cudaStreamNonBlocking)) != cudaSuccess) what = "cudaStreamCreate";
     else if ((err = cudaEventCreateWithFlags(&c->ev_compute, cudaEventDisableTiming)) != cudaSuccess) what = "cudaEventCreate";
     else if ((err = cudaEventCreateWithFlags(&c->ev_copy, cudaEventDisableTiming)) != cudaSuccess) what = "cudaEventCreate";
+    for (int i = 0; i < COPY_RING && !what; i++)
+        if ((err = cudaEventCreateWithFlags(&c->ev_ring[i], cudaEventDisableTiming)) != cudaSuccess) what = "cudaEventCreate";
     if (what) {
         us_status st = us_fail(e, US_EDEVICE, "--device cuda: %s: %s", what, cudaGetErrorString(err));
         cu_destroy(be);
@@ -1758,6 +1774,7 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
     be->offload = cu_offload;
     be->prefetch = cu_prefetch;
     be->copies_wait = cu_copies_wait;
+    be->copy_wait = cu_copy_wait;
     be->graph_begin = cu_graph_begin;
     be->graph_end = cu_graph_end;
     be->graph_launch = cu_graph_launch;

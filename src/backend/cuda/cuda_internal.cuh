@@ -43,6 +43,8 @@ enum {
 };
 struct prof_state;
 
+#define COPY_RING 256 /* copy tickets whose events are kept apart (backend.h copy_wait) */
+
 typedef struct cuda_impl {
     int device;
     cudaStream_t st;
@@ -70,6 +72,8 @@ typedef struct cuda_impl {
     cudaStream_t cst;
     cudaEvent_t ev_compute, ev_copy; /* last record on each stream (for the other to wait on) */
     int copies_pending;              /* a copy was issued since the last copies_wait */
+    cudaEvent_t ev_ring[COPY_RING];  /* copy ticket t recorded ev_ring[t % COPY_RING] after it */
+    int copy_seq;                    /* tickets handed out so far */
     size_t attn_budget;              /* bytes for the attention backward's f32 accumulators */
     int attn_bn;                     /* keys per CTA of the attention backward, head_dim 64/128 */
     /* CUDA graph of one training step (graph_begin/graph_end/graph_launch, backend.h) */
