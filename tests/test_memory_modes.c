@@ -71,12 +71,12 @@ static void compare_modes(us_test_ctx *t, const char *fx, bool full, bool untied
     double prev = ref.per_token;
     /* the ordered modes each keep fewer bytes per token on the device than the one before; the
      * others only train the same: the LM head in chunks of 3 rows (the default forms a fixture's
-     * logits at once), and the MLP rebuilt in layer 0 beside layer 1's offloaded (a plan
+     * logits at once), and the MLP rebuilt in layer 1 above layer 0's offloaded (a plan
      * --max-memory may pick on a GPU) */
     static const struct { us_memory_mode mm; const char *name; bool ordered; } modes[] = {
         {{.up_layers = 1, .mlp_chunk_rows = 5}, "recompute up in layer 0", true},
         {{.offload_mlp = 1, .mlp_chunk_rows = 5}, "mlp offloaded in layer 0", true},
-        {{.up_layers = 1, .offload_mlp = 1, .mlp_chunk_rows = 5}, "recompute up in layer 0, mlp offloaded in layer 1", true},
+        {{.up_layers = 1, .offload_mlp = 1, .mlp_chunk_rows = 5}, "mlp offloaded in layer 0, recompute up in layer 1", true},
         {{.recompute = US_RECOMPUTE_MLP, .mlp_layers = 1, .up_layers = 1, .mlp_chunk_rows = 5},
          "recompute mlp in layer 0, up in layer 1", true},
         {{.recompute = US_RECOMPUTE_MLP, .mlp_chunk_rows = 5}, "recompute mlp", true},
@@ -84,7 +84,7 @@ static void compare_modes(us_test_ctx *t, const char *fx, bool full, bool untied
         {{.recompute = US_RECOMPUTE_LAYER, .offload = true, .mlp_chunk_rows = 5}, "offload", true},
         {{.mlp_chunk_rows = 5, .head_chunk_rows = 3}, "head in 3-row chunks", false},
         {{.recompute = US_RECOMPUTE_MLP, .mlp_layers = 1, .offload_mlp = 1, .mlp_chunk_rows = 5},
-         "recompute mlp in layer 0, mlp offloaded in layer 1", false},
+         "mlp offloaded in layer 0, recompute mlp in layer 1", false},
         /* every layer offloaded: two device slots no layer keeps, each layer's own */
         {{.offload_mlp = 2, .mlp_chunk_rows = 5}, "mlp offloaded in layers 0 and 1", false},
         /* the embedding table in host memory (untied LoRA only), beside an offloaded MLP */

@@ -199,12 +199,14 @@ enum { US_RECOMPUTE_NONE = 0, US_RECOMPUTE_MLP = 1, US_RECOMPUTE_LAYER = 2,
 /* What backward recomputes or fetches instead of keeping (us_model_set_memory_mode, before
  * us_model_prepare).
  *   recompute: US_RECOMPUTE_NONE, _MLP or _LAYER for the whole model;
- *   mlp_layers: with US_RECOMPUTE_MLP, only the first mlp_layers layers rebuild their MLP (0: all);
+ *   mlp_layers: with US_RECOMPUTE_MLP, only the first mlp_layers layers (above the offloaded ones)
+ *     rebuild their MLP (0: all);
  *   up_layers: the next up_layers layers keep the gate but rebuild the up projection (one product
  *     instead of the MLP's two, half the MLP's bytes);
- *   offload_mlp: the next that many layers keep gate and up in pinned host memory: copied out
- *     after the layer's forward into the slot a higher layer then takes, and back once that
- *     layer's backward is done, overlapped with compute (plan.c: the gate/up pool);
+ *   offload_mlp: that many layers, the lowest (below the rebuilding ones), keep gate and up in
+ *     pinned host memory: copied out after the layer's forward from the slot a higher layer then
+ *     takes, and back once that layer's backward is done, overlapped with compute (plan.c: the
+ *     gate/up pool);
  *   offload: implies US_RECOMPUTE_LAYER; each layer's input goes to pinned host memory during the
  *     forward and comes back, one layer ahead, during backward;
  *   mlp_chunk_rows: tokens of the MLP processed at once in MLP-rebuilding layers (0: as many as

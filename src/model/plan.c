@@ -70,19 +70,20 @@ typedef struct keep_flags {
 } keep_flags;
 
 /* The memory mode of layer l. US_RECOMPUTE_LAYER applies to every layer; otherwise, from the
- * bottom, the first recompute_layers layers rebuild their MLP (all of them when 0, with
- * US_RECOMPUTE_MLP), the next up_layers rebuild only up, the next offload_mlp keep gate/up on
- * the host, and the rest keep them. The lowest layers are offloaded: their copies out start
- * earliest in the forward and they come back last in backward. */
+ * bottom, the first offload_mlp layers keep gate/up on the host, the next recompute_layers
+ * rebuild their MLP (all the rest when 0, with US_RECOMPUTE_MLP), the next up_layers rebuild only
+ * up, and the rest keep them. The offloaded layers lie lowest: their copies out start earliest in
+ * the forward, they come back last in backward, and the most layers lie between them and the
+ * keeping layers whose device slots they share (plan.c layout). */
 int us_layer_mode(const us_model *m, int l) {
     if (m->recompute == US_RECOMPUTE_LAYER) return US_RECOMPUTE_LAYER;
-    int L = m->cfg.layers;
-    int kmlp = m->recompute != US_RECOMPUTE_MLP ? 0 : m->recompute_layers > 0 ? m->recompute_layers : L;
-    if (l < kmlp) return US_RECOMPUTE_MLP;
+    int L = m->cfg.layers, off = US_MIN(m->offload_mlp, L);
     /* rebuilding or offloading gate/up only matters where the gate/up backward runs */
     bool gu = m->plan.layer && m->plan.layer[l].glu_bwd;
-    if (l < kmlp + m->up_layers) return gu ? US_RECOMPUTE_UP : US_RECOMPUTE_NONE;
-    if (l < kmlp + m->up_layers + m->offload_mlp) return gu ? US_OFFLOAD_MLP : US_RECOMPUTE_NONE;
+    if (l < off) return gu ? US_OFFLOAD_MLP : US_RECOMPUTE_NONE;
+    int kmlp = m->recompute != US_RECOMPUTE_MLP ? 0 : m->recompute_layers > 0 ? m->recompute_layers : L;
+    if (l < off + kmlp) return US_RECOMPUTE_MLP;
+    if (l < off + kmlp + m->up_layers) return gu ? US_RECOMPUTE_UP : US_RECOMPUTE_NONE;
     return US_RECOMPUTE_NONE;
 }
 
