@@ -1338,7 +1338,8 @@ __global__ void k_glu_bwd(int act, bf16 *dg, bf16 *du, bf16 *pa, const bf16 *da,
  * blocks of one strip add up). R <= 16: the rank of the down projection's adapter. */
 #define GDA_COLS 64
 #define GDA_R 16
-__device__ __forceinline__ void unpack4(const uint2 &v, float f[4]) {
+__device__ __forceinline__ void load4(const bf16 *p, float f[4]) {
+    uint2 v = *reinterpret_cast<const uint2 *>(p);
     const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&v);
     float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
     f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y;
@@ -1364,59 +1365,45 @@ __global__ void __launch_bounds__(256, 2)
     for (int c = 0; c < 4; c++)
 #pragma unroll
         for (int j = 0; j < GDA_R; j++) acc[c][j] = 0.0f;
-    /* two rows a step (r and r + 16), both rows' loads issued before either is used: twice the
-     * bytes in flight of one row a step, which left the kernel waiting on memory */
     if (c0 < cols)
-        for (int r = r0 + rg; r < r1; r += 32) {
-            const bool two = r + 16 < r1;
-            const size_t off0 = (size_t)r * cols + c0, off1 = two ? off0 + (size_t)16 * cols : off0;
-            const uint2 g0 = *reinterpret_cast<const uint2 *>(g + off0), u0 = *reinterpret_cast<const uint2 *>(u + off0),
-                        d0 = *reinterpret_cast<const uint2 *>(da + off0);
-            const uint2 g1 = *reinterpret_cast<const uint2 *>(g + off1), u1 = *reinterpret_cast<const uint2 *>(u + off1),
-                        d1 = *reinterpret_cast<const uint2 *>(da + off1);
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                if (h && !two) break;
-                const int rr = r + 16 * h;
-                const size_t off = h ? off1 : off0;
-                float gf[4], uf[4], df[4], og[4], ou[4], p[4], dv[GDA_R];
-                unpack4(h ? g1 : g0, gf);
-                unpack4(h ? u1 : u0, uf);
-                unpack4(h ? d1 : d0, df);
-                uint32_t nib = 0xfu;
-                if (act == US_GLU_RELU) {
-                    if (bits) {
-                        nib = (bits[(size_t)rr * W + c0 / 32] >> (c0 & 31)) & 0xfu;
-                    } else {
-                        nib = 0;
-#pragma unroll
-                        for (int q = 0; q < 4; q++) nib |= (gf[q] > 0.0f ? 1u : 0u) << q;
-                    }
-                }
-#pragma unroll
-                for (int q = 0; q < 4; q++) {
-                    glu_grad(act, df[q], gf[q], uf[q], (nib >> q) & 1u, og[q], ou[q]);
-                    /* rounded to bf16 as the written product would be: the same dA as the two passes */
-                    p[q] = __bfloat162float(__float2bfloat16_rn(glu_prod(act, gf[q], uf[q])));
-                }
-                store4(dg + off, og);
-                store4(du + off, ou);
-                const float *dr = dud + (size_t)rr * ldd;
-                if (VEC_DU) {
-#pragma unroll
-                    for (int q = 0; q < GDA_R / 4; q++) {
-                        float4 v = __ldg(reinterpret_cast<const float4 *>(dr) + q);
-                        dv[4 * q] = v.x, dv[4 * q + 1] = v.y, dv[4 * q + 2] = v.z, dv[4 * q + 3] = v.w;
-                    }
+        for (int r = r0 + rg; r < r1; r += 16) {
+            const size_t off = (size_t)r * cols + c0;
+            float gf[4], uf[4], df[4], og[4], ou[4], p[4], dv[GDA_R];
+            load4(g + off, gf);
+            load4(u + off, uf);
+            load4(da + off, df);
+            uint32_t nib = 0xfu;
+            if (act == US_GLU_RELU) {
+                if (bits) {
+                    nib = (bits[(size_t)r * W + c0 / 32] >> (c0 & 31)) & 0xfu;
                 } else {
+                    nib = 0;
 #pragma unroll
-                    for (int q = 0; q < GDA_R; q++) dv[q] = q < R ? __ldg(dr + q) : 0.0f;
+                    for (int j = 0; j < 4; j++) nib |= (gf[j] > 0.0f ? 1u : 0u) << j;
                 }
-#pragma unroll
-                for (int c = 0; c < 4; c++)
-#pragma unroll
-                    for (int q = 0; q < GDA_R; q++) acc[c][q] = fmaf(p[c], dv[q], acc[c][q]);
             }
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                glu_grad(act, df[j], gf[j], uf[j], (nib >> j) & 1u, og[j], ou[j]);
+                p[j] = glu_prod(act, gf[j], uf[j]);
+            }
+            store4(dg + off, og);
+            store4(du + off, ou);
+            const float *dr = dud + (size_t)r * ldd;
+            if (VEC_DU) {
+#pragma unroll
+                for (int q = 0; q < GDA_R / 4; q++) {
+                    float4 v = __ldg(reinterpret_cast<const float4 *>(dr) + q);
+                    dv[4 * q] = v.x, dv[4 * q + 1] = v.y, dv[4 * q + 2] = v.z, dv[4 * q + 3] = v.w;
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < GDA_R; j++) dv[j] = j < R ? __ldg(dr + j) : 0.0f;
+            }
+#pragma unroll
+            for (int c = 0; c < 4; c++)
+#pragma unroll
+                for (int j = 0; j < GDA_R; j++) acc[c][j] = fmaf(p[c], dv[j], acc[c][j]);
         }
     /* lanes l and l ^ 16 hold the same columns for two row groups */
 #pragma unroll
