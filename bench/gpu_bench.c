@@ -115,26 +115,10 @@ int main(int argc, char **argv) {
         printf("glu_fwd silu %dx%d: %.3f ms  %.0f GB/s\n", T, F, sec * 1e3, 6.0 * T * F / sec / 1e9);
         TIME(reps, be->glu_fwd(be, US_GLU_RELU, a, g, u, bits, T, F), sec);
         printf("glu_fwd relu+bits %dx%d: %.3f ms  %.0f GB/s\n", T, F, sec * 1e3, 8.125 * T * F / sec / 1e9);
-        TIME(reps, be->glu_bwd(be, US_GLU_RELU, g, u, NULL, a, g, u, bits, T, F, NULL, NULL, 0, 0), sec);
+        TIME(reps, be->glu_bwd(be, US_GLU_RELU, g, u, NULL, a, g, u, bits, T, F), sec);
         printf("glu_bwd relu %dx%d: %.3f ms  %.0f GB/s\n", T, F, sec * 1e3, 10.125 * T * F / sec / 1e9);
-        TIME(reps, be->glu_bwd(be, US_GLU_SILU, g, u, NULL, a, g, u, NULL, T, F, NULL, NULL, 0, 0), sec);
+        TIME(reps, be->glu_bwd(be, US_GLU_SILU, g, u, NULL, a, g, u, NULL, T, F), sec);
         printf("glu_bwd silu %dx%d: %.3f ms  %.0f GB/s\n", T, F, sec * 1e3, 10.0 * T * F / sec / 1e9);
-        /* the down projection's LoRA dA beside the SiLU backward (r 16), at the 1B (T 8192, F 8192)
-         * and 8B (T 2048, F 14336) shapes: the product written and read back by lora_bwd_x, or
-         * formed in registers inside glu_bwd (US_CUDA_GLU_DA=1 turns the fused path off) */
-        for (int k = 0; k < 2; k++) {
-            int GT = k ? 2048 : T, GF = k ? 14336 : F;
-            float *dud = be->alloc(be, (size_t)GT * 16 * 4), *dA = be->alloc(be, (size_t)16 * GF * 4);
-            be->act_to_f32(be, dud, rand_act((size_t)GT * 16, 1, 26), (size_t)GT * 16);
-            be->zero(be, dA, (size_t)16 * GF * 4);
-            double t2;
-            TIME(reps, (be->glu_bwd(be, US_GLU_SILU, g, u, a, a, g, u, NULL, GT, GF, NULL, NULL, 0, 0),
-                        be->lora_bwd_x(be, NULL, NULL, dA, dud, 16, a, GF, NULL, NULL, NULL, GT, GF, 16)), sec);
-            TIME(reps, be->glu_bwd(be, US_GLU_SILU, g, u, a, a, g, u, NULL, GT, GF, dA, dud, 16, 16), t2);
-            printf("glu_bwd silu + down dA (r 16) %dx%d: product written then read %.3f ms, fused %.3f ms\n", GT, GF,
-                   sec * 1e3, t2 * 1e3);
-            be->free(be, dud), be->free(be, dA);
-        }
         be->free(be, g), be->free(be, u), be->free(be, a), be->free(be, x), be->free(be, y);
         { /* RoPE on q at the smollm2 (T 16384, 9 heads of 64) and 8B (T 2048, 32 heads of 128) shapes */
             int rs[2][3] = {{16384, 9, 64}, {2048, 32, 128}};

@@ -162,12 +162,9 @@ struct us_backend {
      * RELU reads the gate's derivative from the packed bits, unpacked in registers. dg and du
      * may alias g and u (they are consumed in place). a (may be NULL; aliases nothing) also
      * receives the product act(g) * u, exactly as glu_fwd forms it: the down projection's input,
-     * for its LoRA gradient, without a separate pass over g and u.
-     * dA (f32 [R, cols], may be NULL) += dud^T p for the product p: the down projection's LoRA A
-     * gradient from its du (f32 [rows, R], row pitch ldd), in the same pass. a must then be set
-     * too: a backend may form p there first, or (CUDA, R <= 16) never write it at all. */
+     * for its LoRA gradient, without a separate pass over g and u. */
     void (*glu_bwd)(us_backend *be, int act, void *dg, void *du, void *a, const void *da, const void *g, const void *u,
-                    const uint32_t *bits, int rows, int cols, float *dA, const float *dud, int ldd, int R);
+                    const uint32_t *bits, int rows, int cols);
 
     /* y += x over n activation elements (residual). */
     void (*add)(us_backend *be, void *y, const void *x, size_t n);

@@ -518,8 +518,8 @@ TEST(cuda_glu_fwd_bwd_bits) {
             /* backward, in place (dg, du alias g, u), from each side's saved state */
             void *gda = g_act(&p, da, n), *cda = c_f32(&p, da, n);
             void *gpa = g_poison(&p, n * 2); /* the product again, as glu_fwd formed it */
-            p.g->glu_bwd(p.g, act, gg, gu, gpa, gda, gg, gu, act == US_GLU_RELU ? gb : NULL, rows, cols, NULL, NULL, 0, 0);
-            p.c->glu_bwd(p.c, act, cg, cu, NULL, cda, cg, cu, act == US_GLU_RELU ? cb : NULL, rows, cols, NULL, NULL, 0, 0);
+            p.g->glu_bwd(p.g, act, gg, gu, gpa, gda, gg, gu, act == US_GLU_RELU ? gb : NULL, rows, cols);
+            p.c->glu_bwd(p.c, act, cg, cu, NULL, cda, cg, cu, act == US_GLU_RELU ? cb : NULL, rows, cols);
             double edg = err_act(&p, gg, cg, n), edu = err_act(&p, gu, cu, n);
             float *hpa = get_act(&p, gpa, n), *hga = get_act(&p, ga, n);
             int same_prod = memcmp(hpa, hga, n * 4) == 0;
@@ -527,39 +527,6 @@ TEST(cuda_glu_fwd_bwd_bits) {
             CHECK(edg < TOL_EW && edu < TOL_EW && same_prod, "glu_bwd act=%d cols=%d: dg %g du %g, product %s", act,
                   cols, edg, edu, same_prod ? "as glu_fwd" : "differs from glu_fwd's");
             free(g), free(u), free(da);
-        }
-    gpair_close(&p);
-}
-
-/* glu_bwd with the down projection's LoRA dA (dA += dud^T act(g)*u, the product not written on the
- * fused path): against the CPU backend, from the same saved state; R 16 with a 4-aligned pitch
- * (vector loads), R 16 with pitch 48, R 8 (scalar loads), R 32 and 33 columns (the product
- * written, then read back), one row block and several (vector atomics adding up). */
-TEST(cuda_glu_bwd_lora_dA) {
-    OPEN_PAIR(p);
-    static const int cases[][4] = {/* rows, cols, R, ldd */
-                                   {37, 160, 16, 16}, {1000, 1536, 16, 48}, {300, 100, 8, 8},
-                                   {129, 640, 32, 32}, {64, 33, 16, 16},    {2048, 256, 16, 16}};
-    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
-        for (int act = 0; act < 2; act++) {
-            int rows = cases[k][0], cols = cases[k][1], R = cases[k][2], ldd = cases[k][3], W = (cols + 31) / 32;
-            size_t n = (size_t)rows * cols;
-            float *g = rnd(n, 1.0f, 11 + k), *u = rnd(n, 1.0f, 12 + k), *da = rnd(n, 1.0f, 13 + k);
-            float *dud = rnd((size_t)rows * ldd, 0.5f, 14 + k), *dA = rnd((size_t)R * cols, 1.0f, 15 + k);
-            void *gg = g_act(&p, g, n), *gu = g_act(&p, u, n), *gda = g_act(&p, da, n), *gpa = g_poison(&p, n * 2);
-            void *cg = c_f32(&p, g, n), *cu = c_f32(&p, u, n), *cda = c_f32(&p, da, n), *cpa = p.c->alloc(p.c, n * 4);
-            uint32_t *gb = g_poison(&p, (size_t)rows * W * 4), *cb = p.c->alloc(p.c, (size_t)rows * W * 4);
-            float *gdud = g_bytes(&p, dud, (size_t)rows * ldd * 4), *gdA = g_bytes(&p, dA, (size_t)R * cols * 4);
-            float *cdud = c_f32(&p, dud, (size_t)rows * ldd), *cdA = c_f32(&p, dA, (size_t)R * cols);
-            bool relu = act == US_GLU_RELU;
-            p.g->glu_fwd(p.g, act, NULL, gg, gu, relu ? gb : NULL, rows, cols); /* relu(g) and bits in place */
-            p.c->glu_fwd(p.c, act, NULL, cg, cu, relu ? cb : NULL, rows, cols);
-            p.g->glu_bwd(p.g, act, gg, gu, gpa, gda, gg, gu, relu ? gb : NULL, rows, cols, gdA, gdud, ldd, R);
-            p.c->glu_bwd(p.c, act, cg, cu, cpa, cda, cg, cu, relu ? cb : NULL, rows, cols, cdA, cdud, ldd, R);
-            double edg = err_act(&p, gg, cg, n), edu = err_act(&p, gu, cu, n), eA = err_f32(&p, gdA, cdA, (size_t)R * cols);
-            CHECK(edg < TOL_EW && edu < TOL_EW && eA < TOL_GRAD, "glu_bwd dA rows %d cols %d R %d ldd %d act %d: dg %g du %g dA %g",
-                  rows, cols, R, ldd, act, edg, edu, eA);
-            free(g), free(u), free(da), free(dud), free(dA);
         }
     gpair_close(&p);
 }

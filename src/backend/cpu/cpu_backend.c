@@ -466,8 +466,7 @@ static void cpu_glu_fwd(us_backend *be, int act, void *a, void *g, const void *u
 }
 
 static void cpu_glu_bwd(us_backend *be, int act, void *dg, void *du, void *a, const void *da, const void *g,
-                        const void *u, const uint32_t *bits, int rows, int cols, float *dA, const float *dud, int ldd,
-                        int R) {
+                        const void *u, const uint32_t *bits, int rows, int cols) {
     (void)be;
     float *DG = dg, *DU = du, *PA = a;
     const float *DA = da, *G = g, *U = u;
@@ -494,8 +493,6 @@ static void cpu_glu_bwd(us_backend *be, int act, void *dg, void *du, void *a, co
             DU[i] = up_grad;
         }
     }
-    /* dA += dud^T p, from the product just written (backend.h: a is set with dA) */
-    if (dA && PA) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, cols, rows, 1.0f, dud, ldd, PA, cols, 1.0f, dA, cols);
 }
 
 static void cpu_add(us_backend *be, void *y, const void *x, size_t n) {

@@ -1330,131 +1330,6 @@ __global__ void k_glu_bwd(int act, bf16 *dg, bf16 *du, bf16 *pa, const bf16 *da,
     }
 }
 
-/* glu_bwd with the down projection's LoRA dA: dA[j, c] += sum_t dud[t, j] p[t, c], the product p
- * formed in registers and never written (the unfused path writes p, then reads it back for dA).
- * A CTA takes a strip of 64 columns over a block of rows: 16 threads a row, 4 columns each, 16
- * rows at a time; each thread keeps 4 x 16 f32 sums. At the end the two row groups of a warp meet
- * by shuffle, the 8 warps in shared memory, and each 4 outputs leave by one vector atomic (row
- * blocks of one strip add up). R <= 16: the rank of the down projection's adapter. */
-#define GDA_COLS 64
-#define GDA_R 16
-__device__ __forceinline__ void load4(const bf16 *p, float f[4]) {
-    uint2 v = *reinterpret_cast<const uint2 *>(p);
-    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&v);
-    float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
-    f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y;
-}
-__device__ __forceinline__ void store4(bf16 *p, const float f[4]) {
-    uint2 v;
-    __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&v);
-    h[0] = __floats2bfloat162_rn(f[0], f[1]);
-    h[1] = __floats2bfloat162_rn(f[2], f[3]);
-    *reinterpret_cast<uint2 *>(p) = v;
-}
-
-template <bool VEC_DU>
-__global__ void __launch_bounds__(256, 2)
-    k_glu_bwd_dA(int act, bf16 *dg, bf16 *du, const bf16 *da, const bf16 *g, const bf16 *u, const uint32_t *bits,
-                 int rows, int cols, float *dA, const float *dud, int ldd, int R, int rows_per_cta) {
-    __shared__ float part[8][GDA_R * GDA_COLS]; /* [warp][j * 64 + column] */
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, cq = tid & 15, rg = tid >> 4;
-    const int c0 = blockIdx.x * GDA_COLS + cq * 4, W = (cols + 31) / 32;
-    const int r0 = blockIdx.y * rows_per_cta, r1 = min(rows, r0 + rows_per_cta);
-    float acc[4][GDA_R];
-#pragma unroll
-    for (int c = 0; c < 4; c++)
-#pragma unroll
-        for (int j = 0; j < GDA_R; j++) acc[c][j] = 0.0f;
-    if (c0 < cols)
-        for (int r = r0 + rg; r < r1; r += 16) {
-            const size_t off = (size_t)r * cols + c0;
-            float gf[4], uf[4], df[4], og[4], ou[4], p[4], dv[GDA_R];
-            load4(g + off, gf);
-            load4(u + off, uf);
-            load4(da + off, df);
-            uint32_t nib = 0xfu;
-            if (act == US_GLU_RELU) {
-                if (bits) {
-                    nib = (bits[(size_t)r * W + c0 / 32] >> (c0 & 31)) & 0xfu;
-                } else {
-                    nib = 0;
-#pragma unroll
-                    for (int j = 0; j < 4; j++) nib |= (gf[j] > 0.0f ? 1u : 0u) << j;
-                }
-            }
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                glu_grad(act, df[j], gf[j], uf[j], (nib >> j) & 1u, og[j], ou[j]);
-                p[j] = glu_prod(act, gf[j], uf[j]);
-            }
-            store4(dg + off, og);
-            store4(du + off, ou);
-            const float *dr = dud + (size_t)r * ldd;
-            if (VEC_DU) {
-#pragma unroll
-                for (int q = 0; q < GDA_R / 4; q++) {
-                    float4 v = __ldg(reinterpret_cast<const float4 *>(dr) + q);
-                    dv[4 * q] = v.x, dv[4 * q + 1] = v.y, dv[4 * q + 2] = v.z, dv[4 * q + 3] = v.w;
-                }
-            } else {
-#pragma unroll
-                for (int j = 0; j < GDA_R; j++) dv[j] = j < R ? __ldg(dr + j) : 0.0f;
-            }
-#pragma unroll
-            for (int c = 0; c < 4; c++)
-#pragma unroll
-                for (int j = 0; j < GDA_R; j++) acc[c][j] = fmaf(p[c], dv[j], acc[c][j]);
-        }
-    /* lanes l and l ^ 16 hold the same columns for two row groups */
-#pragma unroll
-    for (int c = 0; c < 4; c++)
-#pragma unroll
-        for (int j = 0; j < GDA_R; j++) acc[c][j] += __shfl_xor_sync(0xffffffffu, acc[c][j], 16);
-    if (lane < 16)
-#pragma unroll
-        for (int c = 0; c < 4; c++)
-#pragma unroll
-            for (int j = 0; j < GDA_R; j++) part[warp][j * GDA_COLS + cq * 4 + c] = acc[c][j];
-    __syncthreads();
-    const int o = tid * 4, j = o / GDA_COLS, col = blockIdx.x * GDA_COLS + o % GDA_COLS;
-    if (j >= R || col >= cols) return;
-    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-    for (int w = 0; w < 8; w++) {
-        float4 q = *reinterpret_cast<const float4 *>(&part[w][o]);
-        v.x += q.x, v.y += q.y, v.z += q.z, v.w += q.w;
-    }
-    float *d = dA + (size_t)j * cols + col;
-#if __CUDA_ARCH__ >= 900
-    asm volatile("red.global.add.v4.f32 [%0], {%1,%2,%3,%4};\n" ::"l"(d), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w) : "memory");
-#else
-    atomicAdd(d, v.x), atomicAdd(d + 1, v.y), atomicAdd(d + 2, v.z), atomicAdd(d + 3, v.w);
-#endif
-}
-
-/* false: not covered (the caller forms the product and takes lora_bwd_x's path) */
-static bool glu_bwd_dA_fast(cuda_impl *c, int act, void *dg, void *du, const void *da, const void *g, const void *u,
-                            const uint32_t *bits, int rows, int cols, float *dA, const float *dud, int ldd, int R) {
-    if (R > GDA_R || R <= 0 || cols % 4 || ((uintptr_t)dg | (uintptr_t)du | (uintptr_t)da | (uintptr_t)g | (uintptr_t)u) & 7 ||
-        !aligned16(dA))
-        return false;
-    int strips = (cols + GDA_COLS - 1) / GDA_COLS;
-    /* about two CTAs per SM, row blocks of at least 64 rows (a multiple of the 16 row groups) */
-    int blocks = US_MAX(1, US_MIN((2 * c->sm_count + strips - 1) / strips, (rows + 63) / 64));
-    int per = ((rows + blocks - 1) / blocks + 15) / 16 * 16;
-    blocks = (rows + per - 1) / per;
-    dim3 grid((unsigned)strips, (unsigned)blocks);
-    bool vec = R == GDA_R && ldd % 4 == 0 && aligned16(dud);
-    if (vec)
-        k_glu_bwd_dA<true><<<grid, 256, 0, c->st>>>(act, (bf16 *)dg, (bf16 *)du, (const bf16 *)da, (const bf16 *)g,
-                                                   (const bf16 *)u, bits, rows, cols, dA, dud, ldd, R, per);
-    else
-        k_glu_bwd_dA<false><<<grid, 256, 0, c->st>>>(act, (bf16 *)dg, (bf16 *)du, (const bf16 *)da, (const bf16 *)g,
-                                                    (const bf16 *)u, bits, rows, cols, dA, dud, ldd, R, per);
-    CK_LAUNCH(c);
-    return true;
-}
-
 static void cu_glu_fwd(us_backend *be, int act, void *a, void *g, const void *u, uint32_t *bits, int rows, int cols) {
     cuda_impl *c = CI(be);
     PROF(c, P_GLU_F);
@@ -1472,16 +1347,11 @@ static void cu_glu_fwd(us_backend *be, int act, void *a, void *g, const void *u,
     CK_LAUNCH(c);
 }
 
-static void cu_lora_bwd_x(us_backend *be, void *dx, const void *res, float *dA, const float *du, int lddu,
-                          const void *x, int ldx, const float *rstd, const float *w, const float *A, int T, int in, int R);
-
 static void cu_glu_bwd(us_backend *be, int act, void *dg, void *du, void *a, const void *da, const void *g,
-                       const void *u, const uint32_t *bits, int rows, int cols, float *dA, const float *dud, int ldd,
-                       int R) {
+                       const void *u, const uint32_t *bits, int rows, int cols) {
     cuda_impl *c = CI(be);
     PROF(c, P_GLU_B);
     if (rows <= 0 || cols <= 0) return;
-    if (dA && c->glu_dA_v2 && glu_bwd_dA_fast(c, act, dg, du, da, g, u, bits, rows, cols, dA, dud, ldd, R)) return;
     bool vec = cols % 8 == 0 && aligned16(g) && aligned16(u) && aligned16(da) && aligned16(dg) && aligned16(du) &&
                (!a || aligned16(a));
     if (vec)
@@ -1491,8 +1361,6 @@ static void cu_glu_bwd(us_backend *be, int act, void *dg, void *du, void *a, con
         k_glu_bwd<<<grid_for(c, (size_t)rows * cols, 256), 256, 0, c->st>>>(
             act, (bf16 *)dg, (bf16 *)du, (bf16 *)a, (const bf16 *)da, (const bf16 *)g, (const bf16 *)u, bits, rows, cols);
     CK_LAUNCH(c);
-    /* the product written above, read back for dA (backend.h: a is set with dA) */
-    if (dA && a) cu_lora_bwd_x(be, NULL, NULL, dA, dud, ldd, a, cols, NULL, NULL, NULL, rows, cols, R);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1851,7 +1719,6 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
         c->rope_v1 = env_int("US_CUDA_ROPE", 0) == 1;
         c->lora_down_v1 = env_int("US_CUDA_LORA_DOWN", 2) == 1;
         c->lora_colred_v1 = env_int("US_CUDA_LORA_COLRED", 2) == 1;
-        c->glu_dA_v2 = env_int("US_CUDA_GLU_DA", 2) != 1;
         c->lora_down_ctas = env_int("US_CUDA_LORA_DOWN_CTAS", 0);
     }
     c->ws = dev_alloc(c, WS_BYTES);

@@ -89,7 +89,6 @@ typedef struct cuda_impl {
     bool rope_v1;                    /* US_CUDA_ROPE=1 */
     bool lora_down_v1, lora_colred_v1; /* US_CUDA_LORA_DOWN=1, US_CUDA_LORA_COLRED=1 */
     int lora_down_ctas;              /* US_CUDA_LORA_DOWN_CTAS (0: one per SM) */
-    bool glu_dA_v2;                  /* down's LoRA dA inside the GLU backward (US_CUDA_GLU_DA=1: product written, then read) */
 } cuda_impl;
 
 static inline cuda_impl *CI(us_backend *be) { return (cuda_impl *)be->impl; }
