@@ -1759,6 +1759,8 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
     be->rope = cu_rope;
     be->qkv_merge = cu_qkv_merge;
     be->attn_fwd = us_cuda_attn_fwd;
+    /* US_CUDA_ATTN_CACHED=0: decode.c's host attention instead, to compare */
+    be->attn_cached = env_int("US_CUDA_ATTN_CACHED", 1) ? us_cuda_attn_cached : NULL;
     be->attn_bwd = us_cuda_attn_bwd;
     be->glu_fwd = cu_glu_fwd;
     be->glu_bwd = cu_glu_bwd;

@@ -154,6 +154,10 @@ __device__ __forceinline__ void store8(bf16 *p, const float f[8]) {
 
 static inline bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
+/* incremental decoding (cuda_decode.cu): backend.h attn_cached */
+void us_cuda_attn_cached(us_backend *be, void *o, const void *q, const void *kc, const void *vc, int T, int start,
+                         const us_attn_shape *sh);
+
 /* LoRA (cuda_lora.cu): false when the shape, rank or alignment is not covered (the caller then
  * takes the cuBLASLt path) */
 bool us_cuda_lora_down_fast(cuda_impl *c, float *u, int ldu, const void *x, int ldx, const float *A, int T, int in,
