@@ -561,13 +561,13 @@ TEST(cuda_attn_cached_matches_cpu) {
 }
 
 /* The whole decode path on the GPU (projections with the LoRA adapter, RoPE into the cache,
- * attn_cached, the head): a 9-token prefill, then 6 tokens one at a time. At the same precision,
- * the logits after each feed equal the last row of the GPU training forward (us_model_forward) over
- * the same prefix within 2e-2 relative, and the 15 tokens fed at once give the incremental logits
- * within 1e-2 (positions, cache rows and the causal range line up). Against the CPU backend's
- * decoder (f32) the bound is 1e-1: bf16 activations through the model move these logits by 2-6%
- * (the ReLU fixture's gates flip sign here and there), so that check catches gross errors only. */
-TEST(cuda_decode_matches_forward) {
+ * attn_cached, the head): a 9-token prefill, then 6 tokens one at a time, against the CPU backend.
+ * bf16 activations move these small models' logits by a few percent from f32 (the ReLU fixture's
+ * gates flip sign here and there: 2-6% measured), so the bound is what the GPU's own training
+ * forward (us_model_forward over the same prefix) shows against the CPU's: the decoder may differ
+ * from the CPU decoder by at most twice that, plus 1e-2. On the GPU alone the 15 tokens fed at
+ * once give the incremental logits within 1e-2 (positions, cache rows and causal range agree). */
+TEST(cuda_decode_matches_cpu) {
     static const char *fx[] = {"llama_relu_f16_sharded", "llama_silu_gqa_tied", "mistral_mlp", "qwen2_bias_bf16"};
     for (int f = 0; f < 4; f++) {
         us_backend *be[2] = {NULL, NULL};
@@ -580,25 +580,34 @@ TEST(cuda_decode_matches_forward) {
         bool ok = true;
         for (int b = 0; b < 2 && ok; b++)
             ok = !us_backend_create(b ? "cuda" : "cpu", 2, &be[b], &e) &&
-                 !us_model_load_inference(&m[b], be[b], model, adapter, &e) && !us_decoder_create(m[b], 32, &d[b], &e);
-        CHECK(ok && !us_model_prepare(m[1], 15, &e), "%s: %s", fx[f], e.msg);
-        us_backend *g = be[1];
+                 !us_model_load_inference(&m[b], be[b], model, adapter, &e) && !us_decoder_create(m[b], 32, &d[b], &e) &&
+                 !us_model_prepare(m[b], 15, &e);
+        CHECK(ok, "%s: %s", fx[f], e.msg);
         int V = m[0]->cfg.vocab;
-        float *lg[2] = {malloc((size_t)V * 4), malloc((size_t)V * 4)}, *lf = malloc((size_t)15 * V * 4);
-        int32_t ids[15], tg[15], pos[15];
+        float *lg[2], *lf[2];
+        int32_t ids[15], tg[15], pos[15], *dev[2][3];
         for (int i = 0; i < 15; i++) ids[i] = (int32_t)((i * 7919 + 13) % V), tg[i] = -100, pos[i] = i;
-        int32_t *dids = g->alloc(g, 60), *dtg = g->alloc(g, 60), *dpos = g->alloc(g, 60);
-        g->upload(g, dids, ids, 60), g->upload(g, dtg, tg, 60), g->upload(g, dpos, pos, 60);
+        for (int b = 0; b < 2; b++) {
+            lg[b] = malloc((size_t)V * 4), lf[b] = malloc((size_t)15 * V * 4);
+            for (int k = 0; k < 3; k++) {
+                dev[b][k] = be[b]->alloc(be[b], 60);
+                be[b]->upload(be[b], dev[b][k], k == 0 ? ids : k == 1 ? tg : pos, 60);
+            }
+        }
+        double worst = 0;
         for (int step = 0; step < 7 && ok; step++) {
             int at = step ? 8 + step : 0, n = step ? 1 : 9, len = at + n;
-            for (int b = 0; b < 2 && ok; b++) ok = !us_decoder_feed(d[b], ids + at, n, lg[b], &e);
-            us_batch bt = {.batch = 1, .seq = len, .ids = dids, .targets = dtg, .pos = dpos};
-            double ls;
-            ok = ok && !us_model_forward(m[1], &bt, lf, &ls, &e);
+            for (int b = 0; b < 2 && ok; b++) {
+                us_batch bt = {.batch = 1, .seq = len, .ids = dev[b][0], .targets = dev[b][1], .pos = dev[b][2]};
+                double ls;
+                ok = !us_decoder_feed(d[b], ids + at, n, lg[b], &e) && !us_model_forward(m[b], &bt, lf[b], &ls, &e);
+            }
             CHECK(ok, "%s feed %d: %s", fx[f], step, e.msg);
-            double ef = rel_l2(lg[1], lf + (size_t)(len - 1) * V, (size_t)V), ec = rel_l2(lg[1], lg[0], (size_t)V);
-            CHECK(ef < 2e-2 && ec < 1e-1, "%s: logits after feed %d (%d tokens): %g from the GPU forward, %g from the CPU",
-                  fx[f], step, len, ef, ec);
+            size_t last = (size_t)(len - 1) * V;
+            double eref = rel_l2(lf[1] + last, lf[0] + last, (size_t)V), edec = rel_l2(lg[1], lg[0], (size_t)V);
+            CHECK(edec <= 2 * eref + 1e-2, "%s: logits after feed %d (%d tokens): decoder %g from the CPU's, forward %g",
+                  fx[f], step, len, edec, eref);
+            worst = fmax(worst, edec);
         }
         float *once = malloc((size_t)V * 4);
         us_decoder_reset(d[1]);
@@ -606,12 +615,13 @@ TEST(cuda_decode_matches_forward) {
         double err = ok ? rel_l2(once, lg[1], (size_t)V) : 1;
         free(once);
         CHECK(ok && err < 1e-2, "%s: 15 tokens at once vs one by one on the GPU: %g %s", fx[f], err, e.msg);
-        free(lg[0]), free(lg[1]), free(lf);
-        g->free(g, dids), g->free(g, dtg), g->free(g, dpos);
+        printf("     %-24s decoder vs CPU decoder: worst %.2e; all at once vs one by one %.2e\n", fx[f], worst, err);
         for (int b = 0; b < 2; b++) {
+            free(lg[b]), free(lf[b]);
+            for (int k = 0; k < 3; k++) be[b]->free(be[b], dev[b][k]);
             us_decoder_free(d[b]);
             us_model_free(m[b]);
-            if (be[b]) be[b]->destroy(be[b]);
+            be[b]->destroy(be[b]);
         }
     }
 }
