@@ -23,6 +23,24 @@ typedef struct result {
     double per_token;
 } result;
 
+/* One step of m over every row of ds under memory mode mm: loss, gradients, bytes per token. */
+static us_status step_once(us_model *m, const us_token_dataset *ds, const us_memory_mode *mm, result *out, us_err *e) {
+    us_backend *be = m->be;
+    us_status st = us_model_set_memory_mode(m, mm, e);
+    if (!st) st = us_model_prepare(m, (int)(ds->n * ds->ex[0].n), e);
+    if (st) return st;
+    us_batch b;
+    int counted = us_test_fixture_batch(be, ds, &b);
+    be->zero(be, m->grads, m->n_params * 4);
+    st = us_model_step(m, &b, 1.0f / counted, &out->loss, e);
+    out->n = m->n_params;
+    out->grads = malloc(m->n_params * 4);
+    be->download(be, out->grads, m->grads, m->n_params * 4);
+    out->per_token = m->plan.total_per_token;
+    us_test_batch_free(be, &b);
+    return st;
+}
+
 static int run_mode(us_test_ctx *t, const char *fx, bool full, const us_memory_mode *mm, result *out) {
     char p[512];
     us_err e = {{0}};
@@ -44,19 +62,8 @@ static int run_mode(us_test_ctx *t, const char *fx, bool full, const us_memory_m
     us_token_dataset ds = {0};
     snprintf(p, sizeof p, FIXTURES "/%s/data.jsonl", fx);
     if (!st) st = us_jsonl_tokens_load(p, m->cfg.vocab, &ds, &e);
-    if (!st) st = us_model_set_memory_mode(m, mm, &e);
-    int T = st ? 0 : (int)(ds.n * ds.ex[0].n);
-    if (!st) st = us_model_prepare(m, T, &e);
     if (st) return snprintf(t->msg, sizeof t->msg, "%s", e.msg), t->failed = 1;
-    us_batch b;
-    int counted = us_test_fixture_batch(be, &ds, &b);
-    be->zero(be, m->grads, m->n_params * 4);
-    st = us_model_step(m, &b, 1.0f / counted, &out->loss, &e);
-    out->n = m->n_params;
-    out->grads = malloc(m->n_params * 4);
-    be->download(be, out->grads, m->grads, m->n_params * 4);
-    out->per_token = m->plan.total_per_token;
-    us_test_batch_free(be, &b);
+    st = step_once(m, &ds, mm, out, &e);
     us_token_dataset_free(&ds);
     us_model_free(m);
     be->destroy(be);
@@ -149,19 +156,7 @@ static int deep_step(us_test_ctx *t, const us_memory_mode *mm, result *out) {
         ex[r] = (us_example){.ids = ids[r], .labels = ids[r], .n = S};
     }
     ds.ex = ex, ds.n = B;
-    if (!st) st = us_model_set_memory_mode(m, mm, &e);
-    if (!st) st = us_model_prepare(m, B * S, &e);
-    if (!st) {
-        us_batch b;
-        int counted = us_test_fixture_batch(be, &ds, &b);
-        be->zero(be, m->grads, m->n_params * 4);
-        st = us_model_step(m, &b, 1.0f / counted, &out->loss, &e);
-        out->n = m->n_params;
-        out->grads = malloc(m->n_params * 4);
-        be->download(be, out->grads, m->grads, m->n_params * 4);
-        out->per_token = m->plan.total_per_token;
-        us_test_batch_free(be, &b);
-    }
+    if (!st) st = step_once(m, &ds, mm, out, &e);
     us_model_free(m);
     be->destroy(be);
     if (st) return snprintf(t->msg, sizeof t->msg, "%s", e.msg), t->failed = 1;
