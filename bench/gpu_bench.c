@@ -259,6 +259,27 @@ int main(int argc, char **argv) {
             be->free(be, x), be->free(be, w), be->free(be, y);
         }
     }
+    if (PART("head")) { /* the LM head's products over a step's tokens in chunks: the plan's room-sized chunks and a
+                         * small last one (before) against equal chunks (plan.c now), 1B and 8B */
+        struct { const char *name; int T, D, rows; } hs[] = {{"1b", 8192, 2048, 1350}, {"8b", 2048, 4096, 623}};
+        for (int i = 0; i < 2; i++) {
+            int T = hs[i].T, D = hs[i].D, V = 128256, fit = hs[i].rows, parts = (T + fit - 1) / fit;
+            int eq = (T + parts - 1) / parts;
+            void *h = rand_act((size_t)T * D, 1, 60), *w = rand_act((size_t)V * D, 0.02f, 61), *lg = rand_act((size_t)fit * V, 1, 62);
+            double t[2];
+            for (int k = 0; k < 2; k++) {
+                int C = k ? eq : fit;
+                TIME(reps, for (int r0 = 0; r0 < T; r0 += C) {
+                    int rows = T - r0 < C ? T - r0 : C;
+                    be->linear_fwd(be, lg, false, (char *)h + (size_t)r0 * D * 2, D, w, D, NULL, rows, D, V);
+                    be->linear_bwd_x(be, (char *)h + (size_t)r0 * D * 2, false, lg, V, w, D, rows, D, V);
+                }, t[k]);
+            }
+            printf("head %s T=%d: chunks of %d (last %d) %.3f ms, %d equal chunks of %d %.3f ms\n", hs[i].name, T, fit,
+                   T - (parts - 1) * fit, t[0] * 1e3, parts, eq, t[1] * 1e3);
+            be->free(be, h), be->free(be, w), be->free(be, lg);
+        }
+    }
     if (PART("fuse")) { /* q+k+v and gate+up: separate accumulating products (as step.c runs them) vs one */
         struct { const char *name; int T, in, n, outs[3]; } fs[] = {
             {"8b q+k+v", 2048, 4096, 3, {4096, 1024, 1024}}, {"8b gate+up", 2048, 4096, 2, {14336, 14336, 0}},

@@ -197,7 +197,10 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
         s->lora = take(b, tt * ldmax * 4); /* du of one LoRA group */
     }
     size_t row = (size_t)c->vocab * A, room = US_MAX((size_t)64 << 20, b->off - group);
-    m->head_chunk = (int)US_MAX((size_t)1, US_MIN(tt, m->head_chunk_rows ? (size_t)m->head_chunk_rows : room / row));
+    size_t fit = US_MAX((size_t)1, US_MIN(tt, room / row)), parts = (tt + fit - 1) / fit;
+    /* as many chunks as the room needs, of equal rows (no small last chunk: the head's products
+     * over few rows run far below the GEMM rate) */
+    m->head_chunk = (int)US_MAX((size_t)1, US_MIN(tt, m->head_chunk_rows ? (size_t)m->head_chunk_rows : (tt + parts - 1) / parts));
     s->logits = b->base ? b->base + group : NULL;
     b->off = US_MAX(b->off, group + ((size_t)m->head_chunk * row + 255) / 256 * 256);
     s->loss = take(b, 64);
