@@ -7,7 +7,7 @@ runs for the default and PEFT). Plain SVG, no plotting library needed.
 import sys
 
 shapes = ["smollm2-135m 8×2048", "llama-3.2-1b 4×2048", "llama-3.1-8b 1×2048"]
-tok = {"PEFT": [70816, 39487, 7441], "unswag": [307888, 83361, 16098], "unswag --max-memory 5/8/19": [298254, 83250, 16288]}
+tok = {"PEFT": [99025, 39898, 9431], "unswag": [308837, 84878, 16631], "unswag --max-memory 5/8/19": [300010, 84053, 16515]}
 gib = {"PEFT": [21.80, 28.55, 31.78], "unswag": [6.14, 9.40, 21.75], "unswag --max-memory 5/8/19": [4.97, 7.90, 18.91]}
 colors = {"PEFT": "#9ca3af", "unswag": "#2563eb", "unswag --max-memory 5/8/19": "#60a5fa"}
 W, H, pad = 980, 410, 50
