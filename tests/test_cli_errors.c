@@ -376,6 +376,9 @@ TEST(cli_errors_bad_flag_values) {
     EXPECT_FAIL(&v, v.model, v.data, "--max-memory lots", "--max-memory lots", "expected a number");
     EXPECT_FAIL(&v, v.model, v.data, "--recompute mlp:0", "--recompute mlp:0", "mlp:LAYERS");
     EXPECT_FAIL(&v, v.model, v.data, "--recompute layer:3", "--recompute layer:3", "mlp:LAYERS");
+    /* the embedding of a tied model is its LM head: it cannot leave the device */
+    EXPECT_FAIL(&v, v.model, v.data, "--offload-embed", "embedding table cannot stay in host memory", "tied to the LM head");
+    EXPECT_FAIL(&v, v.model, v.data, "--offload-mlp 0", "--offload-mlp 0", "expected an integer");
     /* a budget no plan fits: names the smallest plan's need */
     EXPECT_FAIL(&v, v.model, v.data, "--max-memory 0.0001", "--max-memory 0.0001", "no plan fits", "MiB");
 }

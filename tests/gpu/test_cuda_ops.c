@@ -734,7 +734,7 @@ TEST(cuda_memory_tracking) {
 TEST(cuda_offload_roundtrip_under_compute) {
     OPEN_PAIR(p);
     us_backend *g = p.g;
-    CHECK(g->host_alloc && g->offload && g->prefetch && g->copies_wait, "offload ops missing");
+    CHECK(g->host_alloc && g->offload && g->prefetch && g->copies_wait && g->copy_wait, "offload ops missing");
     size_t n = (size_t)16 << 20; /* 64 MiB of f32 */
     float *h = malloc(n * 4);
     for (size_t i = 0; i < n; i++) h[i] = (float)(i % 1000003) * 0.5f;
@@ -747,13 +747,17 @@ TEST(cuda_offload_roundtrip_under_compute) {
     void *gx = g_act(&p, x, (size_t)N * N), *gw = g_act(&p, x, (size_t)N * N), *gy = g_poison(&p, (size_t)N * N * 2);
     for (int rep = 0; rep < 3; rep++) {
         for (int i = 0; i < 8; i++) g->linear_fwd(g, gy, false, gx, N, gw, N, NULL, N, N, N);
+        /* rounds 1 and 2 wait on each copy's ticket (copy_wait) instead of on every copy */
         g->scale(g, a, n, 2.0f);            /* the offload must see this */
-        g->offload(g, pin, a, n * 4);
+        int t1 = g->offload(g, pin, a, n * 4);
         for (int i = 0; i < 4; i++) g->linear_fwd(g, gy, false, gx, N, gw, N, NULL, N, N, N); /* overlaps the copy */
-        g->copies_wait(g);
+        if (rep) g->copy_wait(g, t1);
+        else g->copies_wait(g);
         g->scale(g, a, n, 0.5f);            /* after the copy: must not show in pin */
-        g->prefetch(g, b, pin, n * 4);
-        g->copies_wait(g);
+        int t2 = g->prefetch(g, b, pin, n * 4);
+        CHECK(t1 > 0 && t2 > t1, "tickets %d then %d", t1, t2);
+        if (rep) g->copy_wait(g, t2);
+        else g->copies_wait(g);
         g->scale(g, b, n, 3.0f);            /* after the prefetch */
         g->sync(g);
         size_t bad_h = 0, bad_d = 0;
