@@ -80,7 +80,8 @@ struct us_backend {
     void (*act_to_f32)(us_backend *be, float *dst, const void *src, size_t n);
 
     /* ---- layers (forward and backward side by side) ---- */
-    /* x[t] = E[ids[t]], E [vocab, dim] in weight format. */
+    /* x[t] = E[ids[t]], E [vocab, dim] in weight format, in device memory or in host memory from
+     * host_alloc (the model's embed_host: the op then reads the T rows over the host link). */
     void (*embed_fwd)(us_backend *be, void *x, const void *E, const int32_t *ids, int T, int dim);
     /* dE[ids[t]] += dx[t] (dE f32 [vocab, dim]). */
     void (*embed_bwd)(us_backend *be, float *dE, const void *dx, const int32_t *ids, int T, int dim);
