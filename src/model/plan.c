@@ -127,7 +127,7 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
      * offload them, in forward order, take P device slots round robin, P = the keeping layers
      * (at least 2 when some offload): a keeping layer's slot is its own saved pair, which the
      * offloaded layers below it used first (and get back, in backward, once it is done). */
-    int users = 0, kept = 0, *user_layer = m->mlp_prev ? calloc((size_t)c->layers, sizeof(int)) : NULL;
+    int users = 0, kept = 0, *user_layer = m->mlp_prev ? m->mlp_prev + 2 * c->layers : NULL; /* measure()'s block */
     for (int l = 0; m->mlp_prev && l < c->layers; l++) m->mlp_prev[l] = -1;
     bool need_u[US_T_COUNT] = {false};
     need_res[c->layers % 2] = true;
@@ -249,7 +249,6 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
             a->g = o->g, a->up = o->up;
         }
     }
-    free(user_layer);
     s->xfin = res[c->layers % 2];
 }
 
@@ -282,7 +281,7 @@ static us_status measure(us_model *m, int max_tokens, size_t *bytes, us_err *e) 
     free(m->mlp_prev);
     m->plan.layer = calloc((size_t)c->layers, sizeof *m->plan.layer);
     m->acts = calloc((size_t)c->layers, sizeof *m->acts);
-    m->mlp_prev = calloc(2 * (size_t)c->layers, sizeof *m->mlp_prev);
+    m->mlp_prev = calloc(3 * (size_t)c->layers, sizeof *m->mlp_prev); /* mlp_prev, mlp_ticket, layout's pool users */
     if (!m->plan.layer || !m->acts || !m->mlp_prev) return us_fail(e, US_ENOMEM, "out of memory");
     m->mlp_ticket = m->mlp_prev + c->layers;
     compute_flags(m);
