@@ -135,8 +135,9 @@ us_status us_fit_memory(us_model *m, int seq, double budget, int *batch, int *gr
                 if (need <= budget && cost < best_cost) best_cost = cost, best_split = split, best = mm, *planned = need;
             }
             mm.offload = false;
-            /* from the bottom: the MLP rebuilt in nm layers, up in nu, gate and up offloaded in the
-             * fewest that fit (a binary search: more offloaded layers only need less) */
+            /* from the bottom (plan.c us_layer_mode): gate and up offloaded in the fewest layers
+             * that fit (a binary search: more offloaded layers only need less), then the MLP
+             * rebuilt in nm layers, then up in nu */
             for (int nm = 0; nm <= L; nm++)
                 for (int nu = 0; nm + nu <= L; nu++) {
                     mm.recompute = nm ? US_RECOMPUTE_MLP : US_RECOMPUTE_NONE, mm.mlp_layers = nm, mm.up_layers = nu;

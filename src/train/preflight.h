@@ -19,8 +19,8 @@ us_status us_preflight_memory(us_model *m, int batch, int seq, int grad_accum, u
  * parameters with gradients and AdamW moments, step arena, the backend's buffers: the trainer's
  * "planned" line) fit in budget. Candidates: a micro-batch that divides *batch (the rest becomes
  * gradient accumulation: the same update) with, for each, the embedding table in host memory or
- * not (GPU, untied LoRA), then from the bottom the MLP rebuilt in some layers, up in the next and
- * gate/up offloaded to host in the next (GPU) — or whole layers rebuilt, or offload; the one with
+ * not (GPU, untied LoRA), then from the bottom gate/up offloaded to host in some layers (GPU), the
+ * MLP rebuilt in the next, up in the next — or whole layers rebuilt, or offload; the one with
  * the least estimated extra time wins (a coarse model: repeated kernel launches for a split,
  * repeated products for a rebuild, copies the compute cannot hide). Sets the model's memory mode and *batch /
  * *grad_accum, and the chosen plan's bytes in *planned. When nothing fits, fails naming the
