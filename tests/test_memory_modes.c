@@ -13,6 +13,7 @@
 #include "data/tokens.h"
 #include "io/adapter.h"
 #include "model/model.h"
+#include "train/preflight.h"
 #include "test.h"
 #include "test_fixture.h"
 
@@ -194,6 +195,75 @@ TEST(memory_modes_mlp_pool_deep) {
               cases[k].mlp, cases[k].up, cases[k].off, diff / maxg);
     }
     free(ref.grads);
+}
+
+/* --max-memory's search over the GPU candidates (host embedding, offloaded MLP layers, rebuilt
+ * ones) on the 7-layer model: the CPU backend, renamed so us_fit_memory treats it as a device
+ * with host memory apart (its host_alloc is ordinary memory, so the plans really run). For budgets
+ * from just under the default plan down to where nothing fits: the chosen plan's bytes are within
+ * the budget, and it trains exactly as the default plan; on the way down the host embedding is
+ * chosen somewhere. (Offloaded layers are costed 50 us each, rebuilding this model's layers
+ * nanoseconds, so here rebuilds win; on the H100 the 8B shape's 19 GiB plan offloads 17 layers.) */
+TEST(memory_modes_fit_gpu_candidates) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/config.json", us_test_tmpdir());
+    static const char cfg[] =
+        "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 32, \"intermediate_size\": 96,"
+        " \"num_hidden_layers\": 7, \"num_attention_heads\": 2, \"num_key_value_heads\": 1, \"head_dim\": 16,"
+        " \"vocab_size\": 512, \"max_position_embeddings\": 64, \"rms_norm_eps\": 1e-5, \"hidden_act\": \"silu\","
+        " \"tie_word_embeddings\": false}";
+    us_test_write(path, cfg, sizeof cfg - 1);
+    result ref;
+    us_memory_mode none = {0};
+    if (deep_step(t, &none, &ref)) return;
+    us_err e = {{0}};
+    us_backend *be;
+    us_model *m;
+    CHECK(!us_backend_create("cpu", 1, &be, &e), "%s", e.msg);
+    const char *real_name = be->name;
+    be->name = "cpu-as-gpu";
+    CHECK(!us_model_load(&m, be, us_test_tmpdir(), true, 0.05f, 7, &e), "%s", e.msg);
+    us_train_spec spec = {.lora = {.r = 4, .alpha = 8, .targets = (1u << US_T_COUNT) - 1}};
+    CHECK(!us_model_setup_training(m, &spec, 3, &e), "%s", e.msg);
+    enum { S = 12 };
+    double full = 0;
+    size_t step;
+    CHECK(!us_model_step_bytes(m, 2 * S, &step, &e), "%s", e.msg);
+    full = (double)m->weight_bytes + (double)m->n_params * 16 + (double)step + (double)m->backend_scratch;
+    bool saw_embed = false;
+    int fitted = 0;
+    for (double f = 0.995; f > 0.3; f -= 0.02) {
+        int batch = 2, accum = 1;
+        double planned = 0;
+        us_status st = us_fit_memory(m, S, full * f, &batch, &accum, &planned, &e);
+        if (st) {
+            CHECK(st == US_ENOMEM && strstr(e.msg, "no plan fits"), "budget %.3f: %s", f, e.msg);
+            break;
+        }
+        fitted++;
+        CHECK(planned <= full * f, "budget %.0f bytes: planned %.0f", full * f, planned);
+        if (batch != 2) continue; /* a split: covered by max_memory_fits_and_trains_the_same */
+        us_memory_mode mm = {.recompute = m->recompute, .mlp_layers = m->recompute_layers, .up_layers = m->up_layers,
+                             .offload_mlp = m->offload_mlp, .offload = m->offload, .embed_host = m->embed_host};
+        saw_embed |= mm.embed_host;
+        result r;
+        if (deep_step(t, &mm, &r)) break;
+        double maxg = 0, diff = 0;
+        for (size_t i = 0; i < ref.n; i++) {
+            maxg = fmax(maxg, fabs(ref.grads[i]));
+            diff = fmax(diff, fabs((double)r.grads[i] - ref.grads[i]));
+        }
+        free(r.grads);
+        CHECK(fabs(r.loss - ref.loss) <= 1e-6 * fabs(ref.loss) && diff <= 1e-5 * maxg,
+              "budget %.3f (embed %d, offload %d, mlp %d, up %d): loss %.9g vs %.9g, gradients %.3g", f, mm.embed_host,
+              mm.offload_mlp, mm.recompute == US_RECOMPUTE_MLP ? mm.mlp_layers : 0, mm.up_layers, r.loss, ref.loss,
+              diff / maxg);
+    }
+    CHECK(fitted >= 3 && saw_embed, "%d budgets fitted; host embedding %s", fitted, saw_embed ? "seen" : "never");
+    free(ref.grads);
+    be->name = real_name;
+    us_model_free(m);
+    be->destroy(be);
 }
 
 /* The embedding table moves to host memory (the weights on the device shrink by exactly its
