@@ -42,7 +42,7 @@ static const char *usage =
     "  --device cpu|cuda      --threads N      --quiet\n"
     "  --recompute up|mlp|layer  rebuild in backward instead of keeping: the up projection (half the\n"
     "                         MLP's bytes for one product), the MLP, or whole layers; up:K / mlp:K in the\n"
-    "                         first K layers only\n"
+    "                         first K layers only (above the --offload-mlp ones)\n"
     "  --offload              keep layer inputs in pinned host memory (implies --recompute layer)\n"
     "  --offload-mlp K        keep the MLP gate and up of K layers (from the bottom) in pinned host memory,\n"
     "                         copied out and back beside the compute (pays where the host link keeps up\n"
