@@ -133,7 +133,7 @@ typedef struct us_model {
     int recompute;
     int recompute_layers;  /* US_RECOMPUTE_MLP: the first this many layers rebuild their MLP (0: all) */
     int up_layers;         /* the next this many rebuild only their up projection */
-    int offload_mlp;       /* this many others (every other layer from the top) keep gate/up on the host */
+    int offload_mlp;       /* this many, the lowest layers, keep gate/up on the host (us_layer_mode) */
     void **host_mlp;       /* per layer: pinned host gate and up (NULL where not offloaded) */
     /* per layer: the layer whose gate and up used the same device slot before it in the forward
      * (-1: none) — offloaded layers and the keeping layers above them share a pool of slots
@@ -222,6 +222,8 @@ typedef struct us_memory_mode {
     int mlp_chunk_rows, head_chunk_rows;
 } us_memory_mode;
 us_status us_model_set_memory_mode(us_model *m, const us_memory_mode *mm, us_err *e);
+/* Why embed_host cannot apply to this model (a sentence), or NULL when it can. */
+const char *us_model_embed_host_refusal(const us_model *m);
 /* The memory mode of layer l (US_RECOMPUTE_*), as the plan applies it. */
 int us_layer_mode(const us_model *m, int l);
 /* The memory mode in words, e.g. "recompute mlp in the first 12 of 30 layers". */

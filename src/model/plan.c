@@ -385,6 +385,13 @@ us_status us_model_prepare(us_model *m, int max_tokens, us_err *e) {
     return US_OK;
 }
 
+const char *us_model_embed_host_refusal(const us_model *m) {
+    return m->spec.full              ? "with --full the embedding trains"
+           : m->lm_head == m->embed ? "the embedding is tied to the LM head, which reads all of it every step"
+           : !m->be->host_alloc     ? "this backend has no host memory of its own"
+                                    : NULL;
+}
+
 us_status us_model_set_memory_mode(us_model *m, const us_memory_mode *mm, us_err *e) {
     if (mm->mlp_chunk_rows < 0) return us_fail(e, US_EINVAL, "MLP chunk of %d rows", mm->mlp_chunk_rows);
     if (mm->head_chunk_rows < 0) return us_fail(e, US_EINVAL, "LM head chunk of %d rows", mm->head_chunk_rows);
@@ -393,13 +400,8 @@ us_status us_model_set_memory_mode(us_model *m, const us_memory_mode *mm, us_err
                        mm->offload_mlp);
     if (mm->recompute < 0 || mm->recompute > US_RECOMPUTE_LAYER)
         return us_fail(e, US_EINVAL, "unknown recompute mode %d", mm->recompute);
-    if (mm->embed_host) {
-        const char *why = m->spec.full               ? "with --full the embedding trains"
-                          : m->lm_head == m->embed     ? "the embedding is tied to the LM head, which reads all of it every step"
-                          : !m->be->host_alloc         ? "this backend has no host memory of its own"
-                                                       : NULL;
-        if (why) return us_fail(e, US_EUNSUPPORTED, "the embedding table cannot stay in host memory: %s", why);
-    }
+    const char *why = mm->embed_host ? us_model_embed_host_refusal(m) : NULL;
+    if (why) return us_fail(e, US_EUNSUPPORTED, "the embedding table cannot stay in host memory: %s", why);
     m->embed_host = mm->embed_host;
     bool layers = mm->offload || mm->recompute == US_RECOMPUTE_LAYER;
     m->mlp_chunk_rows = mm->mlp_chunk_rows;

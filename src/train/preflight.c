@@ -116,7 +116,7 @@ us_status us_fit_memory(us_model *m, int seq, double budget, int *batch, int *gr
     us_memory_mode best = {0};
     /* host memory is the CPU backend's device memory: moving tensors there saves nothing */
     bool gpu = strcmp(m->be->name, "cpu") != 0;
-    bool embed_ok = gpu && !m->spec.full && m->lm_head != m->embed && m->be->host_alloc;
+    bool embed_ok = gpu && !us_model_embed_host_refusal(m);
     us_status st;
     for (int split = 1; split <= *batch; split++) {
         if (*batch % split) continue;

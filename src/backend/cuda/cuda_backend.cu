@@ -218,9 +218,11 @@ static void cu_sync(us_backend *be) {
 /* host offload: pinned host memory and copies on a second stream                              */
 /*
  * offload/prefetch: an event recorded on the compute stream orders the copy after every op issued
- * before it; the copy runs on the copy stream, overlapping the compute issued after it. Each copy
- * records ev_copy on the copy stream (in order, so the latest record covers every earlier copy);
- * copies_wait makes the compute stream wait on it. */
+ * before it; the copy runs on the copy stream, overlapping the compute issued after it. Copy
+ * ticket t then records ev_ring[t % COPY_RING] on the copy stream: copy_wait waits on its ticket's
+ * event, copies_wait on the latest ticket's (the copy stream runs in order, so the latest record
+ * covers every earlier copy, and a ticket whose event a later copy recorded again is covered by
+ * that later record). */
 
 static void *cu_host_alloc(us_backend *be, size_t bytes) {
     (void)be;
@@ -238,8 +240,6 @@ static void cu_host_free(us_backend *be, void *p) {
     CK(CI(be), cudaFreeHost(p));
 }
 
-/* The copy's ticket t records ev_ring[t % COPY_RING]; a ticket whose event a later copy has
- * recorded again is covered by that later record (the copy stream runs in order). */
 static int copy_after_compute(cuda_impl *c, void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
     CK(c, cudaEventRecord(c->ev_compute, c->st));
     CK(c, cudaStreamWaitEvent(c->cst, c->ev_compute, 0));
@@ -247,7 +247,6 @@ static int copy_after_compute(cuda_impl *c, void *dst, const void *src, size_t b
     int t = ++c->copy_seq;
     if (c->copy_seq >= (1 << 30)) c->copy_seq = COPY_RING; /* keeps t % COPY_RING in step */
     CK(c, cudaEventRecord(c->ev_ring[t % COPY_RING], c->cst));
-    CK(c, cudaEventRecord(c->ev_copy, c->cst));
     c->copies_pending = 1;
     return t;
 }
@@ -279,7 +278,7 @@ static size_t cu_scratch_bytes(us_backend *be, int T, const us_attn_shape *sh) {
 static void cu_copies_wait(us_backend *be) {
     cuda_impl *c = CI(be);
     if (!c->copies_pending) return;
-    CK(c, cudaStreamWaitEvent(c->st, c->ev_copy, 0));
+    CK(c, cudaStreamWaitEvent(c->st, c->ev_ring[c->copy_seq % COPY_RING], 0));
     c->copies_pending = 0;
 }
 
@@ -1647,7 +1646,6 @@ static void cu_destroy(us_backend *be) {
             cudaStreamDestroy(c->cst);
         }
         if (c->ev_compute) cudaEventDestroy(c->ev_compute);
-        if (c->ev_copy) cudaEventDestroy(c->ev_copy);
         for (int i = 0; i < COPY_RING; i++)
             if (c->ev_ring[i]) cudaEventDestroy(c->ev_ring[i]);
         if (c->lt) cublasLtDestroy(c->lt);
@@ -1688,7 +1686,6 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
     else if ((err = cudaEventCreateWithFlags(&c->pin_ev[1], cudaEventDisableTiming)) != cudaSuccess) what = "cudaEventCreate";
     else if ((err = cudaStreamCreateWithFlags(&c->cst, cudaStreamNonBlocking)) != cudaSuccess) what = "cudaStreamCreate";
     else if ((err = cudaEventCreateWithFlags(&c->ev_compute, cudaEventDisableTiming)) != cudaSuccess) what = "cudaEventCreate";
-    else if ((err = cudaEventCreateWithFlags(&c->ev_copy, cudaEventDisableTiming)) != cudaSuccess) what = "cudaEventCreate";
     for (int i = 0; i < COPY_RING && !what; i++)
         if ((err = cudaEventCreateWithFlags(&c->ev_ring[i], cudaEventDisableTiming)) != cudaSuccess) what = "cudaEventCreate";
     if (what) {

@@ -130,22 +130,17 @@ void us_cuda_attn_cached(us_backend *be, void *o, const void *q, const void *kc,
     if (T <= 0) return;
     const int H = sh->heads, KV = sh->kv_heads, hd = sh->head_dim;
     dim3 grid((unsigned)(T * H)), block(DEC_WARPS * 32);
+    /* elements per lane: 1..8, else 12 or 16 (fewer instances); 0 past head_dim 512 */
+    int dpl = (hd + 31) / 32;
+    if (dpl > 8) dpl = dpl <= 12 ? 12 : dpl <= 16 ? 16 : 0;
 #define DEC_CASE(n)                                                                                            \
     case n:                                                                                                    \
         k_attn_cached<n><<<grid, block, 0, c->st>>>((bf16 *)o, (const bf16 *)q, (const bf16 *)kc, (const bf16 *)vc, \
                                                     start, H, KV, hd, sh->scale);                                  \
         break
-    switch ((hd + 31) / 32) {
+    switch (dpl) {
         DEC_CASE(1); DEC_CASE(2); DEC_CASE(3); DEC_CASE(4); DEC_CASE(5); DEC_CASE(6); DEC_CASE(7); DEC_CASE(8);
         DEC_CASE(12); DEC_CASE(16);
-    case 9: case 10: case 11:
-        k_attn_cached<12><<<grid, block, 0, c->st>>>((bf16 *)o, (const bf16 *)q, (const bf16 *)kc, (const bf16 *)vc, start,
-                                                     H, KV, hd, sh->scale);
-        break;
-    case 13: case 14: case 15:
-        k_attn_cached<16><<<grid, block, 0, c->st>>>((bf16 *)o, (const bf16 *)q, (const bf16 *)kc, (const bf16 *)vc, start,
-                                                     H, KV, hd, sh->scale);
-        break;
     default:
         k_attn_cached_wide<<<(T * H + 127) / 128, 128, 0, c->st>>>((bf16 *)o, (const bf16 *)q, (const bf16 *)kc,
                                                                    (const bf16 *)vc, T, start, H, KV, hd, sh->scale);

@@ -70,7 +70,7 @@ typedef struct cuda_impl {
     struct prof_state *prof;
     /* host offload: a copy stream ordered after the compute stream through events */
     cudaStream_t cst;
-    cudaEvent_t ev_compute, ev_copy; /* last record on each stream (for the other to wait on) */
+    cudaEvent_t ev_compute;          /* the compute stream's last record, for the copies to wait on */
     int copies_pending;              /* a copy was issued since the last copies_wait */
     cudaEvent_t ev_ring[COPY_RING];  /* copy ticket t recorded ev_ring[t % COPY_RING] after it */
     int copy_seq;                    /* tickets handed out so far */
