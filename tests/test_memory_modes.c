@@ -404,3 +404,31 @@ TEST(max_memory_fits_and_trains_the_same) {
     CHECK(strstr(out, "micro-batch 1 x grad-accum 1, recompute"), "%s", cu_tail(out));
     CHECK(rebuilt > 0 && rebuilt <= one * 0.999, "planned %.9g GiB over the budget %.9g", rebuilt, one * 0.999);
 }
+
+/* ---- --extend-context: past max_position_embeddings, the same training as a model whose
+ * window covers the sequence (RoPE needs no table; only the config's bound differs) ---- */
+
+TEST(extend_context_trains_like_a_longer_window) {
+    static char out[16384];
+    const char *tmp = us_test_tmpdir();
+    /* the fixture with a 12-token window, the weights shared by a link */
+    CHECK(cu_run(out, sizeof out,
+                 "mkdir -p %s/short && ln -sf \"$(cd " MM_FIX "/model && pwd)\"/model.safetensors %s/short/ && "
+                 "sed 's/\"max_position_embeddings\": 512/\"max_position_embeddings\": 12/' " MM_FIX
+                 "/model/config.json > %s/short/config.json && grep -q '\"max_position_embeddings\": 12' %s/short/config.json",
+                 tmp, tmp, tmp, tmp) == 0, "%s", cu_tail(out));
+#define EXT_TRAIN CU_ENV "%s train --model %s/short --data " MM_FIX "/data.jsonl --steps 3 --seq-len 16 --no-shuffle "
+    CHECK(cu_run(out, sizeof out, EXT_TRAIN "--out %s/ext_no", cu_cli(), tmp, tmp) == 1, "%s", cu_tail(out));
+    CHECK(strstr(out, "--seq-len 16 exceeds the model's max_position_embeddings 12") && strstr(out, "--extend-context"),
+          "%s", cu_tail(out));
+    char no[700];
+    snprintf(no, sizeof no, "%s/ext_no", tmp);
+    CHECK(access(no, F_OK) != 0, "a refused run left %s", no);
+    CHECK(cu_run(out, sizeof out, EXT_TRAIN "--out %s/ext_yes --extend-context", cu_cli(), tmp, tmp) == 0, "%s",
+          cu_tail(out));
+#undef EXT_TRAIN
+    CHECK(strstr(out, "past max_position_embeddings 12"), "%s", cu_tail(out));
+    double dummy;
+    CHECK(mm_run("ext_ref", "", &dummy, out, sizeof out) == 0, "%s", cu_tail(out));
+    CHECK(same_adapter("ext_yes", "ext_ref"), "--extend-context trained a different adapter than the 512-token window");
+}

@@ -28,6 +28,7 @@ static const char *usage =
     "  --data FILE              the rows to score\n"
     "  --batch N (8)            rows per forward\n"
     "  --seq-len N              tokens per row (longest row; longer rows are cut)\n"
+    "  --extend-context         allow --seq-len past max_position_embeddings (as train's)\n"
     "  --logits-out FILE        write the logits [rows, seq, vocab] as F32 safetensors (\"logits\")\n"
     "  --device cpu|cuda  --threads N\n"
     "\n"
@@ -38,6 +39,7 @@ static const char *usage =
 int cmd_eval(int argc, char **argv) {
     const char *model = NULL, *adapter = NULL, *data = NULL, *logits_out = NULL, *device = "cpu";
     int batch = 8, seq = 0, threads = 0;
+    bool extend = false;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
 #define VAL() (v = us_arg_value(argc, argv, &i))
@@ -51,6 +53,7 @@ int cmd_eval(int argc, char **argv) {
         else if (!strcmp(a, "--device")) { if (!VAL()) return 2; device = v; }
         else if (!strcmp(a, "--batch")) { if (!VAL() || !us_arg_int(a, v, 1, 1 << 20, &batch)) return 2; }
         else if (!strcmp(a, "--seq-len")) { if (!VAL() || !us_arg_int(a, v, 1, 1 << 24, &seq)) return 2; }
+        else if (!strcmp(a, "--extend-context")) extend = true;
         else if (!strcmp(a, "--threads")) { if (!VAL() || !us_arg_int(a, v, 1, 4096, &threads)) return 2; }
         else {
             fprintf(stderr, "unswag eval: unknown option %s (see unswag eval --help)\n", a);
@@ -76,8 +79,9 @@ int cmd_eval(int argc, char **argv) {
     }
     if (!st && seq == 0)
         for (size_t i = 0; i < ds.n; i++) seq = (int)US_MAX((int64_t)seq, ds.ex[i].n);
-    if (!st && seq > m->cfg.max_pos)
-        st = us_fail(&e, US_EINVAL, "--seq-len %d exceeds the model's max_position_embeddings %d", seq, m->cfg.max_pos);
+    if (!st && seq > m->cfg.max_pos && !extend)
+        st = us_fail(&e, US_EINVAL, "--seq-len %d exceeds the model's max_position_embeddings %d (--extend-context allows it)",
+                     seq, m->cfg.max_pos);
     if (!st) {
         batch = (int)US_MIN((size_t)batch, ds.n);
         st = us_model_prepare(m, batch * seq, &e);

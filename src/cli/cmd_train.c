@@ -24,6 +24,8 @@ static const char *usage =
     "  --train-on-prompt      also train on prompt tokens (default: completions only)\n"
     "  --chat-template NAME   force llama3|chatml|qwen3|gemma|llama2|mistral\n"
     "  --refuse-long          refuse examples longer than --seq-len instead of truncating\n"
+    "  --extend-context       allow --seq-len past config.json's max_position_embeddings: positions\n"
+    "                         beyond the pretrained window, RoPE as configured (context extension)\n"
     "  --out DIR              where the adapter is written (atomically, at the end)\n"
     "  --adapter-init DIR     start from a PEFT adapter (its config gives r, alpha, targets)\n"
     "  --lora-r N             rank (16)            --lora-alpha X    scaling numerator (32)\n"
@@ -118,6 +120,7 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--chat-template")) { if (!VAL()) return 2; o.chat_template = v; }
         else if (!strcmp(a, "--train-on-prompt")) o.train_on_prompt = true;
         else if (!strcmp(a, "--refuse-long")) o.refuse_long = true;
+        else if (!strcmp(a, "--extend-context")) o.extend_context = true;
         else if (!strcmp(a, "--packing")) o.packing = true;
         else if (!strcmp(a, "--epochs")) { if (!VAL() || !us_arg_int(a, v, 1, 1L << 20, &o.epochs)) return 2; }
         else if (!strcmp(a, "--val-split")) { if (!VAL() || !us_arg_double(a, v, &o.val_split)) return 2; }

@@ -192,10 +192,15 @@ us_status us_train(const us_train_opts *o, us_err *e) {
     int seq = o->seq_len;
     if (seq == 0)
         for (size_t i = 0; i < r.ds.n; i++) seq = (int)US_MAX((int64_t)seq, r.ds.ex[i].n);
-    if (seq > m->cfg.max_pos) {
-        st = us_fail(e, US_EINVAL, "--seq-len %d exceeds the model's max_position_embeddings %d", seq, m->cfg.max_pos);
+    if (seq > m->cfg.max_pos && !o->extend_context) {
+        st = us_fail(e, US_EINVAL,
+                     "--seq-len %d exceeds the model's max_position_embeddings %d (--extend-context trains past it)",
+                     seq, m->cfg.max_pos);
         goto out;
     }
+    if (seq > m->cfg.max_pos && !o->quiet)
+        fprintf(stderr, "unswag: --extend-context: %d tokens, past max_position_embeddings %d of %s/config.json\n",
+                seq, m->cfg.max_pos, o->model_dir);
     if (m->cfg.sliding_window > 0 && seq > m->cfg.sliding_window) {
         st = us_fail(e, US_EUNSUPPORTED, "--seq-len %d exceeds the model's sliding_window %d (sliding-window attention is not supported)",
                      seq, m->cfg.sliding_window);

@@ -10,13 +10,14 @@
 typedef struct us_train_opts {
     const char *model_dir, *data_path, *out_dir, *adapter_init, *metrics_path, *device;
     const char *tokenizer_path, *chat_template; /* text data: tokenizer (default: the model's), template */
-    bool train_on_prompt, refuse_long;
+    bool train_on_prompt, refuse_long; /* labels on prompts too; refuse rows over --seq-len */
+    bool extend_context; /* --seq-len may pass max_position_embeddings (context extension) */
     int recompute;    /* US_RECOMPUTE_* (model.h) */
     int recompute_layers; /* with US_RECOMPUTE_MLP: only the first this many layers (0: all) */
     int offload_mlp;      /* this many layers keep gate/up in pinned host memory (model.h) */
     bool offload_embed;   /* the embedding table in pinned host memory (model.h embed_host) */
     double max_memory;    /* GiB > 0: choose the memory plan (and micro-batch) that fits (preflight.h) */
-    bool offload;     /* layer inputs in pinned host memory (implies layer recompute) */          /* labels on prompts too; refuse rows over --seq-len */
+    bool offload;     /* layer inputs in pinned host memory (implies layer recompute) */
     int lora_r;
     double lora_alpha;
     unsigned targets; /* bitmask of 1 << US_T_* */

@@ -574,12 +574,12 @@ size_t attn_acc_bytes(size_t T, int nh, int GH, int hd) {
 }
 
 /* The Hopper kernel (cuda_attn_wg.cu) takes every head at once: its accumulators for all heads
- * may use eight times the budget (512 MiB by default: the 8B shape up to 16,384 tokens, where it
- * runs 1.9x faster than the kernel below). Other head sizes, larger accumulators (longer
- * sequences) or US_CUDA_ATTN_WG=0 keep the kernel below. */
+ * may use c->attn_wg_bytes (an eighth of the card, at least eight times the budget: on 80 GB the
+ * 8B shape up to ~420k tokens, where it runs 1.8x faster than the kernel below). Other head sizes,
+ * larger accumulators or US_CUDA_ATTN_WG=0 keep the kernel below. */
 bool attn_wg_fits(cuda_impl *c, size_t T, int H, int KV, int hd) {
     return c->attn_wg && (hd == 64 || hd == 128) && H % KV == 0 &&
-           attn_acc_bytes(T, H, H / KV, hd) <= 8 * c->attn_budget;
+           attn_acc_bytes(T, H, H / KV, hd) <= c->attn_wg_bytes;
 }
 
 int attn_chunk_heads(size_t budget, size_t T, int H, int KV, int hd) {

@@ -1705,6 +1705,10 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
     {
         const char *ab = getenv("US_CUDA_ATTN_ACC_BYTES");
         if (ab && *ab) c->attn_budget = (size_t)strtoull(ab, NULL, 10);
+        /* the all-heads kernel's accumulators: 8x the budget, and for long sequences up to an
+         * eighth of the card (the 8B shape to ~420k tokens on 80 GB) unless a test set the budget */
+        c->attn_wg_bytes = 8 * c->attn_budget;
+        if (!(ab && *ab)) c->attn_wg_bytes = US_MAX(c->attn_wg_bytes, (size_t)prop.totalGlobalMem / 8);
         const char *bn = getenv("US_CUDA_ATTN_BN");
         c->attn_bn = bn && atoi(bn) == 64 ? 64 : 128;
         const char *wg = getenv("US_CUDA_ATTN_WG");

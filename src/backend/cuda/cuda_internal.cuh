@@ -75,6 +75,7 @@ typedef struct cuda_impl {
     cudaEvent_t ev_ring[COPY_RING];  /* copy ticket t recorded ev_ring[t % COPY_RING] after it */
     int copy_seq;                    /* tickets handed out so far */
     size_t attn_budget;              /* bytes for the attention backward's f32 accumulators */
+    size_t attn_wg_bytes;            /* the same for the Hopper kernel, which takes every head at once */
     int attn_bn;                     /* keys per CTA of the attention backward, head_dim 64/128 */
     /* CUDA graph of one training step (graph_begin/graph_end/graph_launch, backend.h) */
     cudaGraphExec_t gexec;           /* the step captured last, or NULL */
