@@ -376,6 +376,10 @@ TEST(cli_errors_bad_flag_values) {
     EXPECT_FAIL(&v, v.model, v.data, "--max-memory lots", "--max-memory lots", "expected a number");
     EXPECT_FAIL(&v, v.model, v.data, "--recompute mlp:0", "--recompute mlp:0", "mlp:LAYERS");
     EXPECT_FAIL(&v, v.model, v.data, "--recompute layer:3", "--recompute layer:3", "mlp:LAYERS");
+    EXPECT_FAIL(&v, v.model, v.data, "--keep-attn 2", "--keep-attn", "add --offload or --recompute layer");
+    EXPECT_FAIL(&v, v.model, v.data, "--offload-attn 1 --recompute mlp", "--offload-attn", "add --offload");
+    EXPECT_FAIL(&v, v.model, v.data, "--offload --keep-attn 1 --max-memory 3", "--keep-attn with --max-memory");
+    EXPECT_FAIL(&v, v.model, v.data, "--offload --keep-attn 0", "--keep-attn 0", "expected an integer");
     /* the embedding of a tied model is its LM head: it cannot leave the device */
     EXPECT_FAIL(&v, v.model, v.data, "--offload-embed", "embedding table cannot stay in host memory", "tied to the LM head");
     EXPECT_FAIL(&v, v.model, v.data, "--offload-mlp 0", "--offload-mlp 0", "expected an integer");

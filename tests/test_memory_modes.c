@@ -101,6 +101,10 @@ static void compare_modes(us_test_ctx *t, const char *fx, bool full, bool untied
         {{.recompute = US_RECOMPUTE_MLP, .mlp_chunk_rows = 5}, "recompute mlp", true},
         {{.recompute = US_RECOMPUTE_LAYER, .mlp_chunk_rows = 5}, "recompute layer", true},
         {{.recompute = US_RECOMPUTE_LAYER, .offload = true, .mlp_chunk_rows = 5}, "offload", true},
+        /* rebuilt layers that take a kept attention output: on the device, on the host */
+        {{.recompute = US_RECOMPUTE_LAYER, .keep_attn = 1, .mlp_chunk_rows = 5}, "recompute layer, attention kept in 1", false},
+        {{.offload = true, .keep_attn = 1, .offload_attn = 1, .mlp_chunk_rows = 5}, "offload, attention kept in 1, on the host in 1", false},
+        {{.recompute = US_RECOMPUTE_LAYER, .offload_attn = 2, .mlp_chunk_rows = 5}, "recompute layer, attention on the host in 2", false},
         {{.mlp_chunk_rows = 5, .head_chunk_rows = 3}, "head in 3-row chunks", false},
         {{.recompute = US_RECOMPUTE_MLP, .mlp_layers = 1, .offload_mlp = 1, .mlp_chunk_rows = 5},
          "mlp offloaded in layer 0, recompute mlp in layer 1", false},
@@ -135,12 +139,19 @@ TEST(memory_modes_full_finetuning) { compare_modes(t, "qwen2_bias_bf16", true, t
  * split between offloaded, up-rebuilt, MLP-rebuilt and kept layers — chains of two and three
  * layers per slot, one or two slots no layer keeps — must give the default plan's loss and
  * gradients, with the embedding in host memory too. */
+static bool deep_attn_count; /* memory_modes_kept_attention_deep counts the attention forwards */
+static void attn_fwd_counted(us_backend *be, void *o, float *lse, const void *q, const void *k, const void *v,
+                             const int32_t *seg, const us_attn_shape *sh);
+static void (*attn_fwd_real)(us_backend *, void *, float *, const void *, const void *, const void *, const int32_t *,
+                             const us_attn_shape *);
+
 static int deep_step(us_test_ctx *t, const us_memory_mode *mm, result *out) {
     const char *dir = us_test_tmpdir();
     us_err e = {{0}};
     us_backend *be;
     us_model *m;
     if (us_backend_create("cpu", 1, &be, &e)) return snprintf(t->msg, sizeof t->msg, "%s", e.msg), t->failed = 1;
+    if (deep_attn_count) attn_fwd_real = be->attn_fwd, be->attn_fwd = attn_fwd_counted;
     us_status st = us_model_load(&m, be, dir, true, 0.05f, 7, &e);
     if (st) {
         be->destroy(be);
@@ -204,6 +215,44 @@ TEST(memory_modes_mlp_pool_deep) {
     free(ref.grads);
 }
 
+/* Rebuilt layers with kept attention outputs (us_layer_attn) on the 7-layer model: the top
+ * keep_attn layers on the device, the next offload_attn in host memory (two device buffers by
+ * layer parity), with and without offloaded layer inputs. Each split trains exactly as the
+ * default plan, and backward re-runs the attention only in the other layers (attn_fwd counted). */
+static int attn_fwd_calls;
+static void attn_fwd_counted(us_backend *be, void *o, float *lse, const void *q, const void *k, const void *v,
+                             const int32_t *seg, const us_attn_shape *sh) {
+    attn_fwd_calls++;
+    attn_fwd_real(be, o, lse, q, k, v, seg, sh);
+}
+
+TEST(memory_modes_kept_attention_deep) {
+    write_deep_config(48, 64);
+    result ref, r;
+    us_memory_mode none = {0};
+    if (deep_step(t, &none, &ref)) return;
+    static const struct { bool offload; int keep, host; } cases[] = {
+        {true, 0, 0}, {true, 2, 3}, {true, 0, 7}, {true, 7, 0}, {true, 1, 1}, {false, 3, 0}, {false, 0, 2}, {false, 2, 9}};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        us_memory_mode mm = {.recompute = US_RECOMPUTE_LAYER, .offload = cases[k].offload, .keep_attn = cases[k].keep,
+                             .offload_attn = cases[k].host};
+        attn_fwd_calls = 0;
+        deep_attn_count = true;
+        int bad = deep_step(t, &mm, &r);
+        deep_attn_count = false;
+        if (bad) break;
+        int kept = US_MIN(7, cases[k].keep + cases[k].host);
+        CHECK(attn_fwd_calls == 7 + (7 - kept), "offload %d keep %d host %d: %d attention forwards, expected %d",
+              cases[k].offload, cases[k].keep, cases[k].host, attn_fwd_calls, 7 + 7 - kept);
+        double d = grad_rel_diff(&r, &ref);
+        CHECK(fabs(r.loss - ref.loss) <= 1e-6 * fabs(ref.loss), "offload %d keep %d host %d: loss %.9g vs %.9g",
+              cases[k].offload, cases[k].keep, cases[k].host, r.loss, ref.loss);
+        CHECK(d <= 1e-5, "offload %d keep %d host %d: gradients differ by %.3g of their scale", cases[k].offload,
+              cases[k].keep, cases[k].host, d);
+    }
+    free(ref.grads);
+}
+
 /* --max-memory's search over the GPU candidates (host embedding, offloaded MLP layers, rebuilt
  * ones) on the 7-layer model: the CPU backend, renamed so us_fit_memory treats it as a device
  * with host memory apart (its host_alloc is ordinary memory, so the plans really run). For budgets
@@ -235,7 +284,7 @@ TEST(memory_modes_fit_gpu_candidates) {
     for (double f = 0.995; f > 0.3; f -= 0.02) {
         int batch = 2, accum = 1;
         double planned = 0;
-        us_status st = us_fit_memory(m, S, full * f, &batch, &accum, &planned, &e);
+        us_status st = us_fit_memory(m, S, full * f, 0, &batch, &accum, &planned, &e);
         if (st) {
             CHECK(st == US_ENOMEM && strstr(e.msg, "no plan fits"), "budget %.3f: %s", f, e.msg);
             break;

@@ -49,6 +49,10 @@ static const char *usage =
     "  --offload-mlp K        keep the MLP gate and up of K layers (from the bottom) in pinned host memory,\n"
     "                         copied out and back beside the compute (pays where the host link keeps up\n"
     "                         with the layers' compute)\n"
+    "  --keep-attn K          with --offload or --recompute layer: the top K layers keep their attention\n"
+    "                         output and log-sum-exp on the device, so backward rebuilds them without\n"
+    "                         re-running attention (--max-memory keeps as many as fit)\n"
+    "  --offload-attn K       the next K layers keep the attention output in pinned host memory instead\n"
     "  --offload-embed        keep the token-embedding table in pinned host memory; the GPU reads the step's\n"
     "                         rows from there (LoRA on a model whose LM head is not tied to it)\n"
     "  --max-memory GIB       pick the fastest plan whose planned device memory fits: smaller micro-batches\n"
@@ -116,6 +120,8 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--offload")) o.offload = true;
         else if (!strcmp(a, "--offload-embed")) o.offload_embed = true;
         else if (!strcmp(a, "--offload-mlp")) { if (!VAL() || !us_arg_int(a, v, 1, 1 << 20, &o.offload_mlp)) return 2; }
+        else if (!strcmp(a, "--keep-attn")) { if (!VAL() || !us_arg_int(a, v, 1, 1 << 20, &o.keep_attn)) return 2; }
+        else if (!strcmp(a, "--offload-attn")) { if (!VAL() || !us_arg_int(a, v, 1, 1 << 20, &o.offload_attn)) return 2; }
         else if (!strcmp(a, "--tokenizer")) { if (!VAL()) return 2; o.tokenizer_path = v; }
         else if (!strcmp(a, "--chat-template")) { if (!VAL()) return 2; o.chat_template = v; }
         else if (!strcmp(a, "--train-on-prompt")) o.train_on_prompt = true;
@@ -157,6 +163,16 @@ int cmd_train(int argc, char **argv) {
             return 2;
         }
 #undef VAL
+    }
+    bool layers = o.offload || o.recompute == US_RECOMPUTE_LAYER;
+    if ((o.keep_attn || o.offload_attn) && !layers && !o.max_memory) {
+        fprintf(stderr, "unswag: --%s applies to rebuilt layers: add --offload or --recompute layer\n",
+                o.keep_attn ? "keep-attn" : "offload-attn");
+        return 2;
+    }
+    if (o.keep_attn && o.max_memory) {
+        fprintf(stderr, "unswag: --keep-attn with --max-memory: --max-memory keeps as many attention outputs as fit\n");
+        return 2;
     }
     /* a signal asks the trainer to finish the step, save a checkpoint and return */
     struct sigaction sa;

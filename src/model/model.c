@@ -230,6 +230,9 @@ void us_model_free(us_model *m) {
     if (m->host_mlp)
         for (int l = 0; l < m->cfg.layers; l++) be->host_free(be, m->host_mlp[l]);
     free(m->host_mlp);
+    if (m->host_att)
+        for (int l = 0; l < m->cfg.layers; l++) be->host_free(be, m->host_att[l]);
+    free(m->host_att);
     free(m->plist);
     free(m->slot);
     free(m->acts);

@@ -140,6 +140,13 @@ typedef struct us_model {
      * (plan.c); and the ticket of the copy (backend.h) that last moved this layer's gate/up */
     int *mlp_prev, *mlp_ticket;
     bool offload;
+    /* US_RECOMPUTE_LAYER: the top keep_attn layers keep their attention output and lse on the
+     * device, the next offload_attn the output in pinned host memory (host_att; lse on the
+     * device), so backward rebuilds those layers without re-running attention (us_layer_attn);
+     * att_ticket: per layer, the copy that last moved its output */
+    int keep_attn, offload_attn;
+    void **host_att;
+    int *att_ticket;
     int mlp_rows;          /* MLP rows processed at once (T unless recomputing) */
     int mlp_chunk_rows;    /* requested chunk when recomputing (0: chunk buffers within 256 MiB) */
     int head_chunk_rows;   /* requested LM-head chunk (0: as the layout allows, at least 64 MiB of logits) */
@@ -209,6 +216,9 @@ enum { US_RECOMPUTE_NONE = 0, US_RECOMPUTE_MLP = 1, US_RECOMPUTE_LAYER = 2,
  *     gate/up pool);
  *   offload: implies US_RECOMPUTE_LAYER; each layer's input goes to pinned host memory during the
  *     forward and comes back, one layer ahead, during backward;
+ *   keep_attn, offload_attn (US_RECOMPUTE_LAYER): the top keep_attn layers keep their attention
+ *     output and lse on the device, the next offload_attn the output in pinned host memory, so
+ *     their rebuild in backward skips the attention (the step's costliest op at long context);
  *   mlp_chunk_rows: tokens of the MLP processed at once in MLP-rebuilding layers (0: as many as
  *     keep its four chunk buffers within 256 MiB);
  *   head_chunk_rows: tokens whose logits the LM head forms at once (0: as many as fit in the
@@ -218,6 +228,7 @@ enum { US_RECOMPUTE_NONE = 0, US_RECOMPUTE_MLP = 1, US_RECOMPUTE_LAYER = 2,
  *     for a frozen table that is not also the LM head (LoRA, untied embeddings). */
 typedef struct us_memory_mode {
     int recompute, mlp_layers, up_layers, offload_mlp;
+    int keep_attn, offload_attn; /* with US_RECOMPUTE_LAYER / offload (model.h us_model) */
     bool offload, embed_host;
     int mlp_chunk_rows, head_chunk_rows;
 } us_memory_mode;
@@ -226,6 +237,10 @@ us_status us_model_set_memory_mode(us_model *m, const us_memory_mode *mm, us_err
 const char *us_model_embed_host_refusal(const us_model *m);
 /* The memory mode of layer l (US_RECOMPUTE_*), as the plan applies it. */
 int us_layer_mode(const us_model *m, int l);
+/* Where a layer-rebuilding layer's attention output comes from in backward: re-run, or kept on
+ * the device or in pinned host memory (keep_attn / offload_attn, counted from the top layer). */
+enum { US_ATT_REBUILD = 0, US_ATT_DEVICE = 1, US_ATT_HOST = 2 };
+int us_layer_attn(const us_model *m, int l);
 /* The memory mode in words, e.g. "recompute mlp in the first 12 of 30 layers". */
 void us_memory_mode_describe(const us_model *m, char *buf, size_t n);
 /* "none" | "mlp" | "layer" | "up" (US_RECOMPUTE_UP: give it to us_model_set_memory_mode as up_layers) */

@@ -66,7 +66,8 @@ static void *take(bump *b, size_t bytes) {
 /* Where one layer keeps its tensors (true: a per-layer slot, else shared scratch). */
 typedef struct keep_flags {
     int mode; /* us_layer_mode, or US_RECOMPUTE_NONE when not training */
-    bool attn, mlp, gate, up, xmid, small, xin, att, a;
+    int attk; /* us_layer_attn, or US_ATT_REBUILD when not training */
+    bool attn, mlp, gate, up, xmid, small, xin, att, lse, a;
 } keep_flags;
 
 /* The memory mode of layer l. US_RECOMPUTE_LAYER applies to every layer; otherwise, from the
@@ -87,6 +88,18 @@ int us_layer_mode(const us_model *m, int l) {
     return US_RECOMPUTE_NONE;
 }
 
+/* a layer whose rebuild could take a kept attention output instead of re-running attention */
+static bool attn_keepable(const us_model *m, int l) {
+    return l >= m->plan.first_layer_bwd && m->plan.layer[l].save_att;
+}
+
+int us_layer_attn(const us_model *m, int l) {
+    if (m->recompute != US_RECOMPUTE_LAYER || !m->plan.layer || !attn_keepable(m, l)) return US_ATT_REBUILD;
+    int rank = 0; /* keepable layers above l */
+    for (int j = m->cfg.layers - 1; j > l; j--) rank += attn_keepable(m, j);
+    return rank < m->keep_attn ? US_ATT_DEVICE : rank < m->keep_attn + m->offload_attn ? US_ATT_HOST : US_ATT_REBUILD;
+}
+
 static keep_flags layer_keeps(const us_model *m, int l, bool train) {
     const us_layer_plan *p = &m->plan.layer[l];
     int mode = train ? us_layer_mode(m, l) : US_RECOMPUTE_NONE;
@@ -101,7 +114,9 @@ static keep_flags layer_keeps(const us_model *m, int l, bool train) {
     k.xmid = k.mlp || (train && (p->glu_bwd || p->save_a) && mode == US_RECOMPUTE_MLP);
     k.small = train && mode != US_RECOMPUTE_LAYER; /* LoRA x·A */
     k.xin = k.attn || (layer_bwd && mode == US_RECOMPUTE_LAYER && !m->offload);
-    k.att = train && p->save_att && mode != US_RECOMPUTE_LAYER;
+    k.attk = train ? us_layer_attn(m, l) : US_ATT_REBUILD;
+    k.att = train && p->save_att && (mode != US_RECOMPUTE_LAYER || k.attk == US_ATT_DEVICE);
+    k.lse = k.attn || k.attk != US_ATT_REBUILD;
     k.a = train && p->save_a && mode == US_RECOMPUTE_NONE;
     return k;
 }
@@ -122,6 +137,7 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
     /* which scratch some layer needs: the final output's buffer always, the rest when not kept */
     bool need_res[2] = {false, false}, need_mid = false, need_attn = false, need_att = false, need_mlp = false;
     bool need_up = false;  /* a layer rebuilding only up: a whole [T, inter] buffer */
+    bool need_att2 = false; /* attention outputs on the host: two device buffers, by layer parity */
     double host = 0;       /* bytes per token in pinned host memory */
     /* The gate/up pool (model.h mlp_prev): the layers that keep gate and up on the device or
      * offload them, in forward order, take P device slots round robin, P = the keeping layers
@@ -142,6 +158,7 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
             users++, kept += k.up;
         }
         if (train && m->offload) host += (double)(D * A);
+        if (k.attk == US_ATT_HOST) host += (double)(H * hd * A), need_att2 = true;
         need_res[l % 2] |= !k.xin;
         need_mid |= !k.xmid;
         need_attn |= !k.attn;
@@ -154,6 +171,8 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
     void *mid = SCRATCH(need_mid, tt * D * A);
     void *sq = SCRATCH(need_attn, tt * H * hd * A), *sk = SCRATCH(need_attn, tt * KV * hd * A);
     void *sv = SCRATCH(need_attn, tt * KV * hd * A), *satt = SCRATCH(need_att, tt * H * hd * A);
+    /* a host-kept output comes back into its parity's buffer while the layer above uses the other */
+    void *satt2 = SCRATCH(need_att2, tt * H * hd * A);
     void *sg = SCRATCH(need_mlp, mr * F * A), *su = SCRATCH(need_mlp || need_up, (need_up ? tt : mr) * F * A);
     float *srstd1 = SCRATCH(need_attn, tt * 4), *srstd2 = SCRATCH(need_mlp, tt * 4), *slse = SCRATCH(need_attn, tt * H * 4);
     uint32_t *sbits = SCRATCH(need_mlp && c->act == US_ACT_RELU, mr * words * 4);
@@ -217,8 +236,8 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
         a->q = SLOT(k.attn, US_SAVE_QKV, H * hd * A, sq);
         a->k = SLOT(k.attn, US_SAVE_QKV, KV * hd * A, sk);
         a->v = SLOT(k.attn, US_SAVE_QKV, KV * hd * A, sv);
-        a->lse = SLOT(k.attn, US_SAVE_ATTN_LSE, H * 4, slse);
-        a->att = SLOT(k.att, US_SAVE_ATTN_OUT, H * hd * A, satt);
+        a->lse = SLOT(k.lse, US_SAVE_ATTN_LSE, H * 4, slse);
+        a->att = SLOT(k.att, US_SAVE_ATTN_OUT, H * hd * A, satt2 && l % 2 ? satt2 : satt);
         a->xmid = SLOT(k.xmid, US_SAVE_RESIDUAL, D * A, mid);
         a->rstd2 = SLOT(k.mlp, US_SAVE_NORM_STATS, 4, srstd2);
         a->g = SLOT(k.gate, US_SAVE_MLP, F * A, sg);
@@ -281,9 +300,11 @@ static us_status measure(us_model *m, int max_tokens, size_t *bytes, us_err *e) 
     free(m->mlp_prev);
     m->plan.layer = calloc((size_t)c->layers, sizeof *m->plan.layer);
     m->acts = calloc((size_t)c->layers, sizeof *m->acts);
-    m->mlp_prev = calloc(3 * (size_t)c->layers, sizeof *m->mlp_prev); /* mlp_prev, mlp_ticket, layout's pool users */
+    /* mlp_prev, mlp_ticket, layout's pool users, att_ticket */
+    m->mlp_prev = calloc(4 * (size_t)c->layers, sizeof *m->mlp_prev);
     if (!m->plan.layer || !m->acts || !m->mlp_prev) return us_fail(e, US_ENOMEM, "out of memory");
     m->mlp_ticket = m->mlp_prev + c->layers;
+    m->att_ticket = m->mlp_prev + 3 * c->layers;
     compute_flags(m);
     bool train = m->params != NULL;
     /* MLP chunk when rebuilding: its four [rows, inter] buffers (gate, up, product, its gradient)
@@ -377,6 +398,19 @@ us_status us_model_prepare(us_model *m, int max_tokens, us_err *e) {
                 return us_fail(e, US_ENOMEM, "MLP offload: cannot pin %.1f GiB of host memory",
                                (double)m->offload_mlp * bytes / (1 << 30));
     }
+    /* host-kept attention outputs */
+    if (m->host_att)
+        for (int l = 0; l < c->layers; l++) be->host_free(be, m->host_att[l]), m->host_att[l] = NULL;
+    for (int l = 0; train && l < c->layers; l++) {
+        if (us_layer_attn(m, l) != US_ATT_HOST) continue;
+        size_t bytes = (size_t)max_tokens * c->heads * c->head_dim * be->act_bytes;
+        if (!be->host_alloc) return us_fail(e, US_EUNSUPPORTED, "--offload-attn: the %s backend cannot offload", be->name);
+        if (!m->host_att && !(m->host_att = calloc((size_t)c->layers, sizeof *m->host_att)))
+            return us_fail(e, US_ENOMEM, "out of memory");
+        if (!(m->host_att[l] = be->host_alloc(be, bytes)))
+            return us_fail(e, US_ENOMEM, "--offload-attn: cannot pin %.1f GiB of host memory for attention outputs",
+                           (double)m->offload_attn * bytes / (1 << 30));
+    }
     m->saved_bytes = (size_t)(m->plan.total_per_token * max_tokens);
     m->max_tokens = max_tokens;
     double dummy[US_SAVE_KINDS] = {0};
@@ -395,9 +429,9 @@ const char *us_model_embed_host_refusal(const us_model *m) {
 us_status us_model_set_memory_mode(us_model *m, const us_memory_mode *mm, us_err *e) {
     if (mm->mlp_chunk_rows < 0) return us_fail(e, US_EINVAL, "MLP chunk of %d rows", mm->mlp_chunk_rows);
     if (mm->head_chunk_rows < 0) return us_fail(e, US_EINVAL, "LM head chunk of %d rows", mm->head_chunk_rows);
-    if (mm->mlp_layers < 0 || mm->up_layers < 0 || mm->offload_mlp < 0)
-        return us_fail(e, US_EINVAL, "memory mode: negative layer count (%d, %d, %d)", mm->mlp_layers, mm->up_layers,
-                       mm->offload_mlp);
+    if (mm->mlp_layers < 0 || mm->up_layers < 0 || mm->offload_mlp < 0 || mm->keep_attn < 0 || mm->offload_attn < 0)
+        return us_fail(e, US_EINVAL, "memory mode: negative layer count (%d, %d, %d, %d, %d)", mm->mlp_layers,
+                       mm->up_layers, mm->offload_mlp, mm->keep_attn, mm->offload_attn);
     if (mm->recompute < 0 || mm->recompute > US_RECOMPUTE_LAYER)
         return us_fail(e, US_EINVAL, "unknown recompute mode %d", mm->recompute);
     const char *why = mm->embed_host ? us_model_embed_host_refusal(m) : NULL;
@@ -411,6 +445,8 @@ us_status us_model_set_memory_mode(us_model *m, const us_memory_mode *mm, us_err
     m->up_layers = layers ? 0 : mm->up_layers;
     m->offload_mlp = layers ? 0 : mm->offload_mlp;
     m->offload = mm->offload;
+    m->keep_attn = layers ? mm->keep_attn : 0;
+    m->offload_attn = layers ? mm->offload_attn : 0;
     return US_OK;
 }
 
@@ -433,9 +469,13 @@ void us_memory_mode_describe(const us_model *m, char *buf, size_t n) {
         int w_ = snprintf(buf + at, n > at ? n - at : 0, __VA_ARGS__);   \
         if (w_ > 0) at = US_MIN(n ? n - 1 : 0, at + (size_t)w_);          \
     } while (0)
-    if (m->offload) SAY("recompute layer, layer inputs offloaded to host");
-    else if (m->recompute == US_RECOMPUTE_LAYER) SAY("recompute layer");
-    else {
+    if (m->recompute == US_RECOMPUTE_LAYER) {
+        SAY(m->offload ? "recompute layer, layer inputs offloaded to host" : "recompute layer");
+        int kept[3] = {0};
+        for (int l = 0; m->plan.layer && l < L; l++) kept[us_layer_attn(m, l)]++;
+        if (kept[US_ATT_DEVICE]) SAY(", attention output kept in %d layers", kept[US_ATT_DEVICE]);
+        if (kept[US_ATT_HOST]) SAY(", attention output on the host in %d layers", kept[US_ATT_HOST]);
+    } else {
         for (int l = 0; l < L; l++) count[us_layer_mode(m, l)]++;
         static const char *what[5] = {NULL, "recompute mlp", NULL, "recompute up", "mlp offloaded to host"};
         for (int k = 1; k < 5; k++)

@@ -132,8 +132,10 @@ static us_attn_shape attn_shape(const us_model *m, const us_batch *b) {
 
 static int glu_act(const us_model *m) { return m->cfg.act == US_ACT_RELU ? US_GLU_RELU : US_GLU_SILU; }
 
-/* attention block: xmid = xin + o(attn(rope(q(h1)), rope(k(h1)), v(h1))), h1 = rmsnorm(xin) */
-static void forward_attn(us_model *m, int l, const us_batch *b) {
+/* attention block: xmid = xin + o(attn(rope(q(h1)), rope(k(h1)), v(h1))), h1 = rmsnorm(xin).
+ * rebuild: backward's re-run, which takes a kept attention output and lse (us_layer_attn) as they
+ * are and rebuilds only the rest (q, k, v for the attention backward, xmid for the MLP). */
+static void forward_attn(us_model *m, int l, const us_batch *b, bool rebuild) {
     us_backend *be = m->be;
     const us_config *c = &m->cfg;
     us_layer_acts *a = &m->acts[l];
@@ -146,7 +148,7 @@ static void forward_attn(us_model *m, int l, const us_batch *b) {
     project(m, l, US_T_V, a->v, NULL, m->s.h, T, 0);
     be->rope(be, a->q, b->pos, m->inv_freq, T, c->heads, c->head_dim, false);
     be->rope(be, a->k, b->pos, m->inv_freq, T, c->kv_heads, c->head_dim, false);
-    be->attn_fwd(be, a->att, a->lse, a->q, a->k, a->v, b->seg_start, &sh);
+    if (!rebuild || us_layer_attn(m, l) == US_ATT_REBUILD) be->attn_fwd(be, a->att, a->lse, a->q, a->k, a->v, b->seg_start, &sh);
     lora_down(m, l, US_T_O, a->att, T, 0);
     project(m, l, US_T_O, a->xmid, a->xin, a->att, T, 0);
 }
@@ -275,7 +277,10 @@ static bool backward_layer(us_model *m, int l, const us_batch *b) {
     us_layer_acts *a = &m->acts[l];
     int T = b->batch * b->seq, D = c->hidden;
 
-    if (m->recompute == US_RECOMPUTE_LAYER) forward_attn(m, l, b); /* rebuild attention and xmid */
+    if (m->recompute == US_RECOMPUTE_LAYER) { /* rebuild attention and xmid */
+        if (us_layer_attn(m, l) == US_ATT_HOST) be->copy_wait(be, m->att_ticket[l]); /* its output is back */
+        forward_attn(m, l, b, true);
+    }
     int rows = mlp_chunk(m, l, T);
     for (int r0 = 0; r0 < T; r0 += rows) mlp_backward(m, l, (size_t)r0, US_MIN(rows, T - r0));
     /* the gate/up slot is free now: bring back the offloaded layer that used it before this one
@@ -341,6 +346,16 @@ static void head(us_model *m, const us_batch *b, bool train, float grad_scale, f
     if (train) be->rmsnorm_bwd(be, m->s.dres, m->dres_ld, false, m->g_norm_f, m->s.dh, m->s.xfin, m->s.rstd, m->norm_f, T, D);
 }
 
+/* A host-kept attention output (us_layer_attn): out to its pinned buffer after the layer's
+ * forward, back into the device buffer of its parity (plan.c) once the layer above has begun its
+ * backward; the ticket goes to att_ticket[l]. */
+static void att_move(us_model *m, int l, int T, bool back) {
+    us_backend *be = m->be;
+    size_t bytes = (size_t)T * m->cfg.heads * m->cfg.head_dim * be->act_bytes;
+    m->att_ticket[l] = back ? be->prefetch(be, m->acts[l].att, m->host_att[l], bytes)
+                            : be->offload(be, m->host_att[l], m->acts[l].att, bytes);
+}
+
 /* Every op of one step, from zeroing the loss to the last layer's backward. */
 static void issue(us_model *m, const us_batch *b, bool train, float grad_scale, float *logits_host) {
     us_backend *be = m->be;
@@ -348,6 +363,7 @@ static void issue(us_model *m, const us_batch *b, bool train, float grad_scale, 
     int T = b->batch * b->seq;
     size_t xin_bytes = (size_t)T * c->hidden * be->act_bytes;
     bool off = train && m->offload;
+    bool att_host = train && m->offload_attn > 0;
     be->zero(be, m->s.loss, 4);
     us_model_fold_refresh(m);
     be->embed_fwd(be, m->acts[0].xin, m->embed, b->ids, T, c->hidden);
@@ -356,7 +372,10 @@ static void issue(us_model *m, const us_batch *b, bool train, float grad_scale, 
             be->copies_wait(be);
             be->offload(be, m->host_xin[l], m->acts[l].xin, xin_bytes);
         }
-        forward_attn(m, l, b);
+        /* attention output buffers alternate by parity: the host-kept output two layers down is out */
+        if (att_host && l >= 2 && us_layer_attn(m, l - 2) == US_ATT_HOST) be->copy_wait(be, m->att_ticket[l - 2]);
+        forward_attn(m, l, b, false);
+        if (att_host && us_layer_attn(m, l) == US_ATT_HOST) att_move(m, l, T, false);
         /* gate/up pool (plan.c): the slot's last user has been copied out before this layer writes it */
         int prev = train ? m->mlp_prev[l] : -1;
         if (prev >= 0) be->copy_wait(be, m->mlp_ticket[prev]);
@@ -366,11 +385,16 @@ static void issue(us_model *m, const us_batch *b, bool train, float grad_scale, 
     head(m, b, train, grad_scale, logits_host);
     if (train) {
         bool more = true;
-        for (int l = c->layers - 1; l >= m->plan.first_layer_bwd && more; l--) {
+        int top = c->layers - 1;
+        if (att_host && us_layer_attn(m, top) == US_ATT_HOST) att_move(m, top, T, true);
+        for (int l = top; l >= m->plan.first_layer_bwd && more; l--) {
             if (off) { /* this layer's input arrived (prefetched one layer ahead); fetch the next */
                 be->copies_wait(be);
                 if (l - 1 >= m->plan.first_layer_bwd) be->prefetch(be, m->acts[l - 1].xin, m->host_xin[l - 1], xin_bytes);
             }
+            /* the layer below's attention output into the buffer the layer above (done) used */
+            if (att_host && l - 1 >= m->plan.first_layer_bwd && us_layer_attn(m, l - 1) == US_ATT_HOST)
+                att_move(m, l - 1, T, true);
             if (us_layer_mode(m, l) == US_OFFLOAD_MLP) be->copy_wait(be, m->mlp_ticket[l]); /* fetched back */
             more = backward_layer(m, l, b);
         }

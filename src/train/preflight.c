@@ -77,7 +77,7 @@ static us_status planned_bytes(us_model *m, int tokens, double *out, us_err *e) 
  * forward (0.3 of the step) or the backward (0.6), plus 50 us each; the embedding table in host
  * memory costs reading the step's rows at ~25 GB/s. Only the order of the candidates matters. */
 typedef struct cost_model {
-    double base, launch, up_layer, mlp_layer, copy_layer, embed;
+    double base, launch, up_layer, mlp_layer, copy_layer, embed, attn_layer;
 } cost_model;
 
 static cost_model cost_model_for(const us_model *m, int tokens, int seq) {
@@ -93,6 +93,7 @@ static cost_model cost_model_for(const us_model *m, int tokens, int seq) {
     k.mlp_layer = 2 * k.up_layer;
     k.copy_layer = 2.0 * tokens * F * A / 50e9;
     k.embed = tokens * D * A / 25e9;
+    k.attn_layer = 2.0 * seq * H * hd * tokens / rate; /* one layer's attention forward */
     return k;
 }
 
@@ -108,7 +109,8 @@ static us_status try_mode(us_model *m, const us_memory_mode *mm, int tokens, dou
     return st;
 }
 
-us_status us_fit_memory(us_model *m, int seq, double budget, int *batch, int *grad_accum, double *planned, us_err *e) {
+us_status us_fit_memory(us_model *m, int seq, double budget, int offload_attn, int *batch, int *grad_accum,
+                        double *planned, us_err *e) {
     const int L = m->cfg.layers;
     cost_model k = cost_model_for(m, *batch * seq, seq);
     double best_cost = 1e30, smallest = 1e300;
@@ -126,15 +128,25 @@ us_status us_fit_memory(us_model *m, int seq, double budget, int *batch, int *gr
             double fixed = split_cost + eh * k.embed;
             us_memory_mode mm = {.embed_host = eh};
             double need;
-            /* whole layers rebuilt, or offloaded */
+            /* whole layers rebuilt, or offloaded (with the asked attention outputs on the host),
+             * keeping as many attention outputs on the device as fit (a binary search: more
+             * kept only need more) */
             for (int off = 0; off <= gpu; off++) {
-                mm.recompute = US_RECOMPUTE_LAYER, mm.offload = off;
-                if ((st = try_mode(m, &mm, tokens, &need, e))) return st;
-                smallest = US_MIN(smallest, need);
-                double cost = fixed + (off ? 0.40 : 0.33) * k.base;
-                if (need <= budget && cost < best_cost) best_cost = cost, best_split = split, best = mm, *planned = need;
+                mm.recompute = US_RECOMPUTE_LAYER, mm.offload = off, mm.offload_attn = off ? offload_attn : 0;
+                int lo = 0, hi = gpu ? L : 0, fit = -1;
+                double fit_need = 0;
+                while (lo <= hi) {
+                    mm.keep_attn = (lo + hi) / 2;
+                    if ((st = try_mode(m, &mm, tokens, &need, e))) return st;
+                    smallest = US_MIN(smallest, need);
+                    if (need <= budget) fit = mm.keep_attn, fit_need = need, lo = mm.keep_attn + 1;
+                    else hi = mm.keep_attn - 1;
+                }
+                if (fit < 0) continue;
+                double cost = fixed + (off ? 0.40 : 0.33) * k.base - US_MIN(fit, L - mm.offload_attn) * k.attn_layer;
+                if (cost < best_cost) best_cost = cost, best_split = split, best = mm, best.keep_attn = fit, *planned = fit_need;
             }
-            mm.offload = false;
+            mm.offload = false, mm.keep_attn = mm.offload_attn = 0;
             /* from the bottom (plan.c us_layer_mode): gate and up offloaded in the fewest layers
              * that fit (a binary search: more offloaded layers only need less), then the MLP
              * rebuilt in nm layers, then up in nu */

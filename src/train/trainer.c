@@ -209,13 +209,16 @@ us_status us_train(const us_train_opts *o, us_err *e) {
     int B = o->batch, accum = o->grad_accum;
     double planned = 0;
     if (o->max_memory > 0) { /* the cheapest plan that fits: maybe smaller micro-batches, rebuilt MLPs */
-        if ((st = us_fit_memory(m, seq, o->max_memory * 1073741824.0, &B, &accum, &planned, e))) goto out;
+        if ((st = us_fit_memory(m, seq, o->max_memory * 1073741824.0, o->offload_attn, &B, &accum, &planned, e)))
+            goto out;
     } else {
         bool up = o->recompute == US_RECOMPUTE_UP; /* --recompute up[:K] */
         us_memory_mode mm = {.recompute = up ? US_RECOMPUTE_NONE : o->recompute,
                              .mlp_layers = up ? 0 : o->recompute_layers,
                              .up_layers = up ? (o->recompute_layers ? o->recompute_layers : m->cfg.layers) : 0,
                              .offload_mlp = o->offload_mlp,
+                             .keep_attn = o->keep_attn,
+                             .offload_attn = o->offload_attn,
                              .embed_host = o->offload_embed,
                              .offload = o->offload};
         if ((st = us_model_set_memory_mode(m, &mm, e))) goto out;

@@ -16,6 +16,7 @@ typedef struct us_train_opts {
     int recompute_layers; /* with US_RECOMPUTE_MLP: only the first this many layers (0: all) */
     int offload_mlp;      /* this many layers keep gate/up in pinned host memory (model.h) */
     bool offload_embed;   /* the embedding table in pinned host memory (model.h embed_host) */
+    int keep_attn, offload_attn; /* layer rebuilds: attention outputs kept on the device / host (model.h) */
     double max_memory;    /* GiB > 0: choose the memory plan (and micro-batch) that fits (preflight.h) */
     bool offload;     /* layer inputs in pinned host memory (implies layer recompute) */
     int lora_r;

@@ -113,7 +113,8 @@ TEST(cuda_train_memory_modes_match_default) {
     static const char *modes[] = {"--recompute up", "--recompute up:1", "--recompute mlp", "--recompute mlp:1",
                                   "--offload-mlp 1", "--offload-mlp 2", "--recompute up:1 --offload-mlp 1",
                                   "--recompute mlp:1 --offload-mlp 1", "--recompute layer", "--offload",
-                                  "--offload-embed --offload-mlp 1"};
+                                  "--offload-embed --offload-mlp 1", "--offload --keep-attn 1 --offload-attn 1",
+                                  "--recompute layer --offload-attn 2", "--recompute layer --keep-attn 2"};
     for (int i = 0; i < 2; i++) { /* a ReLU fixture (bit-packed mask) and a GQA + tied one */
         const char *fx = fixtures[i];
         char path[512], cmd[4096], tag[64], prefix[8] = "";
@@ -155,7 +156,8 @@ TEST(cuda_train_memory_modes_match_default) {
 TEST(cuda_train_graph_replays_match_op_by_op) {
     static char out[1 << 16];
     static const struct { int fx, accum; const char *mode; } cases[] = {
-        {0, 1, ""}, {1, 2, ""}, {0, 1, " --offload-mlp 1 --offload-embed"}, {1, 2, " --offload-mlp 2"}, {0, 1, " --offload"}};
+        {0, 1, ""}, {1, 2, ""}, {0, 1, " --offload-mlp 1 --offload-embed"}, {1, 2, " --offload-mlp 2"}, {0, 1, " --offload"},
+        {1, 1, " --offload --offload-attn 2"}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *fx = fixtures[cases[i].fx];
         char path[512], cmd[4096], tag[64];
