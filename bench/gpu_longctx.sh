@@ -5,11 +5,13 @@
 #
 #   bench/gpu_longctx.sh OUTDIR "UNSWAG_LENGTHS" "PEFT_LENGTHS" [shape]     (shape: llama-3.1-8b)
 #
-# Each list (an empty one skips that system) is tried in increasing order and stops at the first length that fails (out of memory,
+# PEFT's list runs first (its runs are short), then unswag's. Each list (an empty one skips that
+# system) is tried in increasing order and stops at the first length that fails (out of memory,
 # error, or the per-run time limit LIMIT seconds, default 280). unswag: random weights, one data row
 # of N random token ids per step, LoRA r=16 alpha=32 on all seven projections, AdamW, STEPS steps
 # (2), --extend-context (lengths past the config's max_position_embeddings train as context
-# extension), UNSWAG_ARGS appended.
+# extension), UNSWAG_ARGS appended; with DEADLINE set, unswag's runs end by then (seconds from the
+# script's start) instead of after LIMIT.
 # PEFT: ../shared/reference/peft_reference.py bench --grad-ckpt --batch 1 --seq N --steps 2
 # --warmup 1. Prints one line per run (tokens/s of the second step, peak GiB) and the longest of each.
 set -o pipefail
@@ -26,6 +28,18 @@ mkdir -p "$OUTD"
 date -u +"%Y-%m-%d %H:%M UTC" | tee "$OUTD/date.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUTD/gpu.txt"
 best_ours=0 best_peft=0
+for n in $THEIRS; do
+    out=$(PYTHONUNBUFFERED=1 timeout "$LIMIT" python3 "$REF" bench --config "$CFG/$SHAPE" --grad-ckpt --batch 1 --seq "$n" \
+        --steps 2 --warmup 1 2>&1 | tee "$OUTD/peft_$n.log" | tail -1)
+    rc=$?
+    if echo "$out" | grep -q '"tokens_per_s"'; then
+        echo "peft --grad-ckpt seq $n: $out"
+        best_peft=$n
+    else
+        echo "peft --grad-ckpt seq $n: failed: $(grep -oE "OutOfMemoryError|CUDA out of memory|Killed|Error[^:]*" "$OUTD/peft_$n.log" | head -1) (rc $rc)"
+        break
+    fi
+done
 for n in $OURS; do
     python3 - "$CFG/$SHAPE/config.json" "$OUTD/rows_$n.jsonl" "$n" "$STEPS" <<'PY'
 import json, random, sys
@@ -36,7 +50,9 @@ with open(sys.argv[2], "w") as f:
 PY
     log="$OUTD/unswag_$n.log"
     t0=$SECONDS
-    timeout "$LIMIT" "$BIN/unswag" train --device cuda --random-init --model "$CFG/$SHAPE" --data "$OUTD/rows_$n.jsonl" \
+    lim=$LIMIT
+    [ -n "$DEADLINE" ] && lim=$((DEADLINE - SECONDS)) # DEADLINE: seconds from the script's start
+    timeout "$lim" "$BIN/unswag" train --device cuda --random-init --model "$CFG/$SHAPE" --data "$OUTD/rows_$n.jsonl" \
         --out "$OUTD/ad_$n" --seq-len "$n" --batch 1 --steps "$STEPS" --lora-r 16 --lora-alpha 32 --no-shuffle --offload \
         --extend-context --metrics "$OUTD/m_$n.jsonl" $UNSWAG_ARGS > "$log" 2>&1
     rc=$?
@@ -49,17 +65,5 @@ PY
     grep -E "plan|step arena|attention" "$log" | head -8
     if [ "$rc" != 0 ] || [ "$steps" -lt "$STEPS" ]; then tail -3 "$log"; break; fi
     best_ours=$n
-done
-for n in $THEIRS; do
-    out=$(PYTHONUNBUFFERED=1 timeout "$LIMIT" python3 "$REF" bench --config "$CFG/$SHAPE" --grad-ckpt --batch 1 --seq "$n" \
-        --steps 2 --warmup 1 2>&1 | tee "$OUTD/peft_$n.log" | tail -1)
-    rc=$?
-    if echo "$out" | grep -q '"tokens_per_s"'; then
-        echo "peft --grad-ckpt seq $n: $out"
-        best_peft=$n
-    else
-        echo "peft --grad-ckpt seq $n: failed: $(grep -oE "OutOfMemoryError|CUDA out of memory|Killed|Error[^:]*" "$OUTD/peft_$n.log" | head -1) (rc $rc)"
-        break
-    fi
 done
 echo "longest that trains $STEPS steps ($SHAPE, batch 1): unswag --offload $best_ours tokens, PEFT + gradient checkpointing $best_peft tokens"

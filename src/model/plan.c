@@ -488,7 +488,7 @@ void us_memory_mode_describe(const us_model *m, char *buf, size_t n) {
 
 void us_plan_print(const us_model *m, FILE *f) {
     const us_plan *p = &m->plan;
-    char mode[96];
+    char mode[256];
     us_memory_mode_describe(m, mode, sizeof mode);
     fprintf(f, "activation plan (%s, %zu-byte activations, %s): saved bytes per token\n", m->be->name,
             m->be->act_bytes, mode);

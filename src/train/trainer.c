@@ -247,7 +247,7 @@ us_status us_train(const us_train_opts *o, us_err *e) {
                 o->val_split > 0 ? " (the rest held out for eval)" : "", B, seq, o->packing ? "packed" : "padded",
                 accum, steps, o->steps || !o->epochs ? "" : " (--epochs)");
         if (o->max_memory > 0) {
-            char mode[96];
+            char mode[256];
             us_memory_mode_describe(m, mode, sizeof mode);
             fprintf(stderr, "unswag: --max-memory %.4g GiB: micro-batch %d x grad-accum %d, %s (planned %.4g GiB)\n",
                     o->max_memory, B, accum, mode, planned / 1073741824.0);
