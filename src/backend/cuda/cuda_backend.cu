@@ -11,6 +11,10 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+
+#include <thread>
+#include <vector>
 
 #include "cuda_internal.cuh"
 
@@ -224,10 +228,47 @@ static void cu_sync(us_backend *be) {
  * covers every earlier copy, and a ticket whose event a later copy recorded again is covered by
  * that later record). */
 
+/* Pinned host buffers of PIN_REGISTER_MIN bytes and more are anonymous memory, asked for as
+ * transparent huge pages, first touched by up to 16 threads at once and then registered
+ * (cudaHostRegister): cudaHostAlloc zeroes and pins page by page in one thread, which for the
+ * ~110 GiB of a long-context run took most of a minute (bench/pin_bench.cu measures both).
+ * US_CUDA_PIN=alloc keeps cudaHostAlloc for every size. c->regs lists the registered ones. */
+#define PIN_REGISTER_MIN ((size_t)64 << 20)
+
+static void touch_pages(char *p, size_t n) {
+    unsigned hw = std::thread::hardware_concurrency();
+    size_t threads = US_MAX((size_t)1, US_MIN((size_t)(hw ? hw : 4), US_MIN((size_t)16, n >> 26)));
+    size_t per = (n / threads + 4095) / 4096 * 4096;
+    std::vector<std::thread> ts;
+    for (size_t i = 0; i < threads && i * per < n; i++) {
+        size_t a = i * per, b = US_MIN(n, a + per);
+        ts.emplace_back([=] { memset(p + a, 0, b - a); });
+    }
+    for (auto &t : ts) t.join();
+}
+
 static void *cu_host_alloc(us_backend *be, size_t bytes) {
-    (void)be;
+    cuda_impl *c = CI(be);
     void *p = NULL;
-    if (cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocDefault) != cudaSuccess) {
+    bytes = bytes ? bytes : 1;
+    if (bytes >= PIN_REGISTER_MIN && !c->pin_alloc_only) {
+        pin_reg *r = (pin_reg *)realloc(c->regs, (c->n_regs + 1) * sizeof *c->regs);
+        if (!r) return NULL;
+        c->regs = r;
+        void *q = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (q == MAP_FAILED) return NULL;
+        madvise(q, bytes, MADV_HUGEPAGE); /* a hint: 4 KiB pages where the kernel has no huge ones */
+        touch_pages((char *)q, bytes);
+        if (cudaHostRegister(q, bytes, cudaHostRegisterDefault) != cudaSuccess) {
+            (void)cudaGetLastError();
+            munmap(q, bytes);
+            return NULL;
+        }
+        c->regs[c->n_regs].p = q, c->regs[c->n_regs].bytes = bytes;
+        c->n_regs++;
+        return q;
+    }
+    if (cudaHostAlloc(&p, bytes, cudaHostAllocDefault) != cudaSuccess) {
         (void)cudaGetLastError(); /* an answer, not a sticky error */
         return NULL;
     }
@@ -235,9 +276,17 @@ static void *cu_host_alloc(us_backend *be, size_t bytes) {
 }
 
 static void cu_host_free(us_backend *be, void *p) {
+    cuda_impl *c = CI(be);
     if (!p) return;
-    graph_drop(CI(be)); /* a recorded step may copy from or to it */
-    CK(CI(be), cudaFreeHost(p));
+    graph_drop(c); /* a recorded step may copy from or to it */
+    for (size_t i = 0; i < c->n_regs; i++)
+        if (c->regs[i].p == p) {
+            CK(c, cudaHostUnregister(p));
+            munmap(p, c->regs[i].bytes);
+            c->regs[i] = c->regs[--c->n_regs];
+            return;
+        }
+    CK(c, cudaFreeHost(p));
 }
 
 static int copy_after_compute(cuda_impl *c, void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
@@ -1637,6 +1686,8 @@ static void cu_destroy(us_backend *be) {
         if (c->ws) dev_free(c, c->ws);
         for (size_t i = 0; i < c->n_allocs; i++) cudaFree(c->allocs[i].p);
         free(c->allocs);
+        for (size_t i = 0; i < c->n_regs; i++) cudaHostUnregister(c->regs[i].p), munmap(c->regs[i].p, c->regs[i].bytes);
+        free(c->regs);
         for (int i = 0; i < 2; i++) {
             if (c->pin[i]) cudaFreeHost(c->pin[i]);
             if (c->pin_ev[i]) cudaEventDestroy(c->pin_ev[i]);
@@ -1715,6 +1766,8 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
         c->attn_wg = prop.major == 9 && prop.minor == 0 && !(wg && !strcmp(wg, "0"));
         const char *gr = getenv("US_CUDA_GRAPH");
         c->graph_off = gr && !strcmp(gr, "0");
+        const char *pin = getenv("US_CUDA_PIN");
+        c->pin_alloc_only = pin && !strcmp(pin, "alloc");
         c->graph_log = env_int("US_CUDA_GRAPH_LOG", 0) != 0;
         c->rms_wpr = env_int("US_CUDA_RMS_WPR", 0);
         c->rope_v1 = env_int("US_CUDA_ROPE", 0) == 1;

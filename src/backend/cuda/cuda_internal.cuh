@@ -45,6 +45,11 @@ struct prof_state;
 
 #define COPY_RING 256 /* copy tickets whose events are kept apart (backend.h copy_wait) */
 
+struct pin_reg { /* a registered pinned host buffer */
+    void *p;
+    size_t bytes;
+};
+
 typedef struct cuda_impl {
     int device;
     cudaStream_t st;
@@ -58,6 +63,9 @@ typedef struct cuda_impl {
     /* pinned staging for uploads: two buffers, each guarded by an event */
     void *pin[2];
     size_t pin_bytes;
+    struct pin_reg *regs;            /* host_alloc's registered buffers (cu_host_alloc) */
+    size_t n_regs;
+    bool pin_alloc_only;             /* US_CUDA_PIN=alloc: cudaHostAlloc for every host buffer */
     cudaEvent_t pin_ev[2];
     int pin_next;
     void *scr[SCR_COUNT];
