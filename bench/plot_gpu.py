@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Draws docs/img/gpu_vs_peft.svg: tokens/s and peak GPU memory of unswag (default plan, and
+"""Draws docs/img/gpu_vs_peft.svg (and docs/img/gpu_longctx.svg, at the end): tokens/s and peak GPU memory of unswag (default plan, and
 --max-memory at each shape's memory target: 5, 8, 19 GiB) beside transformers + PEFT for the
 three benchmark shapes, from the figures in docs/BENCHMARKS.md (H100, same call; medians of 3
 runs for the default and PEFT). Plain SVG, no plotting library needed.
@@ -46,3 +46,25 @@ for name, c in colors.items():
 text(pad - 20, H - 16, "H100 80GB, LoRA r 16 all projections, bf16; same call as transformers + PEFT, medians of 3 runs (ratios: × PEFT tokens/s)", 11, anchor="start", fill="#6b7280")
 out.append("</svg>")
 open(sys.argv[1] if len(sys.argv) > 1 else "docs/img/gpu_vs_peft.svg", "w").write("\n".join(out))
+
+# docs/img/gpu_longctx.svg: the longest sequence of the 8B shape that trains 2 steps on the one
+# 80 GB GPU (batch 1), unswag --offload beside PEFT + gradient checkpointing, same call
+# (docs/BENCHMARKS.md "Long context").
+rows = [("PEFT + gradient checkpointing", 28672, "64.0 GiB GPU; 32,768 out of memory", "#9ca3af"),
+        ("unswag --offload, 131,072-token window (20:44)", 131072, "27.5 GiB GPU, 32 GiB host", "#60a5fa"),
+        ("unswag --offload --keep-attn 11 --offload-attn 18 --extend-context", 286720, "74.6 GiB GPU, 109 GiB host", "#2563eb")]
+W2, H2, left, bar = 980, 230, 20, 560
+out = []
+out.append(f'<svg xmlns="http://www.w3.org/2000/svg" width="{W2}" height="{H2}" font-family="sans-serif">')
+out.append(f'<rect width="{W2}" height="{H2}" fill="white"/>')
+text(W2 / 2, 26, "Llama-3.1-8B shape: longest sequence that trains 2 steps on one H100 80GB (higher is better)", 14, weight="bold")
+for i, (name, n, note, c) in enumerate(rows):
+    y = 50 + i * 52
+    w = bar * n / rows[-1][1]
+    text(left, y + 12, name, 12, anchor="start")
+    out.append(f'<rect x="{left}" y="{y + 18}" width="{w:.1f}" height="20" fill="{c}"/>')
+    text(left + w + 8, y + 33, f"{n:,} tokens ({n / rows[0][1]:.1f}×) — {note}", 12, anchor="start",
+         weight="bold" if i == 2 else "normal")
+text(left, H2 - 12, "same call for PEFT and the 286,720-token run (2026-11-22 22:58 UTC); the 131,072 row is an earlier call", 11, anchor="start", fill="#6b7280")
+out.append("</svg>")
+open(sys.argv[2] if len(sys.argv) > 2 else "docs/img/gpu_longctx.svg", "w").write("\n".join(out))
