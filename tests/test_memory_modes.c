@@ -258,7 +258,8 @@ TEST(memory_modes_kept_attention_deep) {
  * with host memory apart (its host_alloc is ordinary memory, so the plans really run). For budgets
  * from just under the default plan down to where nothing fits: the chosen plan's bytes are within
  * the budget, and it trains exactly as the default plan; on the way down the host embedding is
- * chosen somewhere. (Offloaded layers are costed 50 us each, rebuilding this model's layers
+ * chosen somewhere, and rebuilt layers with kept attention outputs (two on the host when
+ * offloading). (Offloaded layers are costed 50 us each, rebuilding this model's layers
  * nanoseconds, so here rebuilds win; on the H100 the 8B shape's 19 GiB plan offloads 17 layers.) */
 TEST(memory_modes_fit_gpu_candidates) {
     write_deep_config(96, 512);
@@ -279,12 +280,12 @@ TEST(memory_modes_fit_gpu_candidates) {
     size_t step;
     CHECK(!us_model_step_bytes(m, 2 * S, &step, &e), "%s", e.msg);
     full = (double)m->weight_bytes + (double)m->n_params * 16 + (double)step + (double)m->backend_scratch;
-    bool saw_embed = false;
+    bool saw_embed = false, saw_layers = false, saw_keep = false, saw_host_attn = false;
     int fitted = 0;
     for (double f = 0.995; f > 0.3; f -= 0.02) {
         int batch = 2, accum = 1;
         double planned = 0;
-        us_status st = us_fit_memory(m, S, full * f, 0, &batch, &accum, &planned, &e);
+        us_status st = us_fit_memory(m, S, full * f, 2, &batch, &accum, &planned, &e);
         if (st) {
             CHECK(st == US_ENOMEM && strstr(e.msg, "no plan fits"), "budget %.3f: %s", f, e.msg);
             break;
@@ -293,8 +294,12 @@ TEST(memory_modes_fit_gpu_candidates) {
         CHECK(planned <= full * f, "budget %.0f bytes: planned %.0f", full * f, planned);
         if (batch != 2) continue; /* a split: covered by max_memory_fits_and_trains_the_same */
         us_memory_mode mm = {.recompute = m->recompute, .mlp_layers = m->recompute_layers, .up_layers = m->up_layers,
-                             .offload_mlp = m->offload_mlp, .offload = m->offload, .embed_host = m->embed_host};
+                             .offload_mlp = m->offload_mlp, .offload = m->offload, .embed_host = m->embed_host,
+                             .keep_attn = m->keep_attn, .offload_attn = m->offload_attn};
         saw_embed |= mm.embed_host;
+        saw_layers |= m->recompute == US_RECOMPUTE_LAYER;
+        saw_keep |= m->recompute == US_RECOMPUTE_LAYER && m->keep_attn > 0;
+        saw_host_attn |= m->offload && m->offload_attn > 0;
         result r;
         if (deep_step(t, &mm, &r)) break;
         double d = grad_rel_diff(&r, &ref);
@@ -304,6 +309,10 @@ TEST(memory_modes_fit_gpu_candidates) {
               d);
     }
     CHECK(fitted >= 3 && saw_embed, "%d budgets fitted; host embedding %s", fitted, saw_embed ? "seen" : "never");
+    /* low budgets rebuild whole layers, keeping what attention outputs fit (and, offloading, the
+     * asked two on the host) */
+    CHECK(saw_layers && saw_keep && saw_host_attn, "layer plans %d, with kept attention %d, host attention %d",
+          saw_layers, saw_keep, saw_host_attn);
     free(ref.grads);
     be->name = real_name;
     us_model_free(m);
