@@ -379,8 +379,11 @@ us_status us_model_prepare(us_model *m, int max_tokens, us_err *e) {
             if (m->host_xin[l]) be->host_free(be, m->host_xin[l]);
             m->host_xin[l] = be->host_alloc(be, (size_t)max_tokens * c->hidden * be->act_bytes);
             if (!m->host_xin[l])
-                return us_fail(e, US_ENOMEM, "--offload: cannot pin %.1f GiB of host memory for layer inputs",
-                               (double)c->layers * max_tokens * c->hidden * be->act_bytes / (1 << 30));
+                return us_fail(e, US_ENOMEM,
+                               "--offload: cannot pin %.1f GiB of host memory for layer inputs (the plan pins %.1f GiB "
+                               "in all: %.0f bytes per token); lower --seq-len, --batch or --offload-attn",
+                               (double)c->layers * max_tokens * c->hidden * be->act_bytes / (1 << 30),
+                               m->plan.host_per_token * max_tokens / (1 << 30), m->plan.host_per_token);
         }
     }
     /* offloaded gate/up: pinned host buffers for the layers that have them */
@@ -408,8 +411,10 @@ us_status us_model_prepare(us_model *m, int max_tokens, us_err *e) {
         if (!m->host_att && !(m->host_att = calloc((size_t)c->layers, sizeof *m->host_att)))
             return us_fail(e, US_ENOMEM, "out of memory");
         if (!(m->host_att[l] = be->host_alloc(be, bytes)))
-            return us_fail(e, US_ENOMEM, "--offload-attn: cannot pin %.1f GiB of host memory for attention outputs",
-                           (double)m->offload_attn * bytes / (1 << 30));
+            return us_fail(e, US_ENOMEM,
+                           "--offload-attn: cannot pin %.1f GiB of host memory for attention outputs (the plan pins "
+                           "%.1f GiB in all); lower --offload-attn",
+                           (double)m->offload_attn * bytes / (1 << 30), m->plan.host_per_token * max_tokens / (1 << 30));
     }
     m->saved_bytes = (size_t)(m->plan.total_per_token * max_tokens);
     m->max_tokens = max_tokens;

@@ -771,6 +771,8 @@ TEST(cuda_offload_roundtrip_under_compute) {
         g->zero(g, b, n * 4);
     }
     g->host_free(g, pin);
+    /* more than the host has: refused (NULL), not left to the OOM killer */
+    CHECK(g->host_alloc(g, (size_t)1 << 50) == NULL, "host_alloc of 1 PiB succeeded");
     free(h), free(x);
     gpair_close(&p);
 }

@@ -247,11 +247,26 @@ static void touch_pages(char *p, size_t n) {
     for (auto &t : ts) t.join();
 }
 
+/* MemAvailable of /proc/meminfo in bytes (0: unknown) */
+static size_t host_mem_available(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    size_t kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %zu kB", &kb) == 1) break;
+    if (f) fclose(f);
+    return kb * 1024;
+}
+
 static void *cu_host_alloc(us_backend *be, size_t bytes) {
     cuda_impl *c = CI(be);
     void *p = NULL;
     bytes = bytes ? bytes : 1;
     if (bytes >= PIN_REGISTER_MIN && !c->pin_alloc_only) {
+        /* touching more than the host has would wake the OOM killer, not return an error: refuse
+         * what would leave under 1 GiB available */
+        size_t avail = host_mem_available();
+        if (avail && bytes + ((size_t)1 << 30) > avail) return NULL;
         pin_reg *r = (pin_reg *)realloc(c->regs, (c->n_regs + 1) * sizeof *c->regs);
         if (!r) return NULL;
         c->regs = r;
