@@ -9,7 +9,8 @@
  *
  * Memory modes (plan.c) only change where tensors live and what backward re-runs: with
  * US_RECOMPUTE_MLP the MLP is rebuilt from the kept mid-layer residual, with US_RECOMPUTE_LAYER
- * the whole layer from its kept (or offloaded) input; US_RECOMPUTE_MLP may cover only the first
+ * the whole layer from its kept (or offloaded) input — but not the attention where its output was
+ * kept, on the device or the host (us_layer_attn); US_RECOMPUTE_MLP may cover only the first
  * layers (us_layer_mode). A layer that rebuilds its MLP runs it in chunks of m->mlp_rows tokens,
  * so its [tokens x intermediate] tensors exist only a chunk at a time. */
 #include <math.h>
@@ -148,7 +149,8 @@ static void forward_attn(us_model *m, int l, const us_batch *b, bool rebuild) {
     project(m, l, US_T_V, a->v, NULL, m->s.h, T, 0);
     be->rope(be, a->q, b->pos, m->inv_freq, T, c->heads, c->head_dim, false);
     be->rope(be, a->k, b->pos, m->inv_freq, T, c->kv_heads, c->head_dim, false);
-    if (!rebuild || us_layer_attn(m, l) == US_ATT_REBUILD) be->attn_fwd(be, a->att, a->lse, a->q, a->k, a->v, b->seg_start, &sh);
+    if (!rebuild || us_layer_attn(m, l) == US_ATT_REBUILD)
+        be->attn_fwd(be, a->att, a->lse, a->q, a->k, a->v, b->seg_start, &sh);
     lora_down(m, l, US_T_O, a->att, T, 0);
     project(m, l, US_T_O, a->xmid, a->xin, a->att, T, 0);
 }
