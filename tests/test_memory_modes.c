@@ -139,11 +139,15 @@ TEST(memory_modes_full_finetuning) { compare_modes(t, "qwen2_bias_bf16", true, t
  * split between offloaded, up-rebuilt, MLP-rebuilt and kept layers — chains of two and three
  * layers per slot, one or two slots no layer keeps — must give the default plan's loss and
  * gradients, with the embedding in host memory too. */
-static bool deep_attn_count; /* memory_modes_kept_attention_deep counts the attention forwards */
-static void attn_fwd_counted(us_backend *be, void *o, float *lse, const void *q, const void *k, const void *v,
-                             const int32_t *seg, const us_attn_shape *sh);
+/* deep_step's backend counts its attention forwards (memory_modes_kept_attention_deep) */
+static int attn_fwd_calls;
 static void (*attn_fwd_real)(us_backend *, void *, float *, const void *, const void *, const void *, const int32_t *,
                              const us_attn_shape *);
+static void attn_fwd_counted(us_backend *be, void *o, float *lse, const void *q, const void *k, const void *v,
+                             const int32_t *seg, const us_attn_shape *sh) {
+    attn_fwd_calls++;
+    attn_fwd_real(be, o, lse, q, k, v, seg, sh);
+}
 
 static int deep_step(us_test_ctx *t, const us_memory_mode *mm, result *out) {
     const char *dir = us_test_tmpdir();
@@ -151,7 +155,7 @@ static int deep_step(us_test_ctx *t, const us_memory_mode *mm, result *out) {
     us_backend *be;
     us_model *m;
     if (us_backend_create("cpu", 1, &be, &e)) return snprintf(t->msg, sizeof t->msg, "%s", e.msg), t->failed = 1;
-    if (deep_attn_count) attn_fwd_real = be->attn_fwd, be->attn_fwd = attn_fwd_counted;
+    attn_fwd_real = be->attn_fwd, be->attn_fwd = attn_fwd_counted;
     us_status st = us_model_load(&m, be, dir, true, 0.05f, 7, &e);
     if (st) {
         be->destroy(be);
@@ -219,12 +223,6 @@ TEST(memory_modes_mlp_pool_deep) {
  * keep_attn layers on the device, the next offload_attn in host memory (two device buffers by
  * layer parity), with and without offloaded layer inputs. Each split trains exactly as the
  * default plan, and backward re-runs the attention only in the other layers (attn_fwd counted). */
-static int attn_fwd_calls;
-static void attn_fwd_counted(us_backend *be, void *o, float *lse, const void *q, const void *k, const void *v,
-                             const int32_t *seg, const us_attn_shape *sh) {
-    attn_fwd_calls++;
-    attn_fwd_real(be, o, lse, q, k, v, seg, sh);
-}
 
 TEST(memory_modes_kept_attention_deep) {
     write_deep_config(48, 64);
@@ -237,10 +235,7 @@ TEST(memory_modes_kept_attention_deep) {
         us_memory_mode mm = {.recompute = US_RECOMPUTE_LAYER, .offload = cases[k].offload, .keep_attn = cases[k].keep,
                              .offload_attn = cases[k].host};
         attn_fwd_calls = 0;
-        deep_attn_count = true;
-        int bad = deep_step(t, &mm, &r);
-        deep_attn_count = false;
-        if (bad) break;
+        if (deep_step(t, &mm, &r)) break;
         int kept = US_MIN(7, cases[k].keep + cases[k].host);
         CHECK(attn_fwd_calls == 7 + (7 - kept), "offload %d keep %d host %d: %d attention forwards, expected %d",
               cases[k].offload, cases[k].keep, cases[k].host, attn_fwd_calls, 7 + 7 - kept);

@@ -224,15 +224,11 @@ void us_model_free(us_model *m) {
     be->free(be, m->params);
     be->free(be, m->grads);
     be->free(be, m->arena);
-    if (m->host_xin)
-        for (int l = 0; l < m->cfg.layers; l++) be->host_free(be, m->host_xin[l]);
-    free(m->host_xin);
-    if (m->host_mlp)
-        for (int l = 0; l < m->cfg.layers; l++) be->host_free(be, m->host_mlp[l]);
-    free(m->host_mlp);
-    if (m->host_att)
-        for (int l = 0; l < m->cfg.layers; l++) be->host_free(be, m->host_att[l]);
-    free(m->host_att);
+    void **host[] = {m->host_xin, m->host_mlp, m->host_att}; /* per-layer pinned buffers (plan.c) */
+    for (int i = 0; i < 3; i++) {
+        for (int l = 0; host[i] && l < m->cfg.layers; l++) be->host_free(be, host[i][l]);
+        free(host[i]);
+    }
     free(m->plist);
     free(m->slot);
     free(m->acts);

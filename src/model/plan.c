@@ -356,6 +356,32 @@ static us_status place_embedding(us_model *m, us_err *e) {
     return US_OK;
 }
 
+/* Which layers keep a tensor in pinned host memory (training only). */
+static bool xin_on_host(const us_model *m, int l) { return m->params && m->offload; }
+static bool mlp_on_host(const us_model *m, int l) { return m->params && us_layer_mode(m, l) == US_OFFLOAD_MLP; }
+static bool att_on_host(const us_model *m, int l) { return m->params && us_layer_attn(m, l) == US_ATT_HOST; }
+
+/* Frees what the per-layer array *bufs holds, then pins `bytes` for each layer where on_host()
+ * holds (the array made on first use). flag and what name the option and the tensor in errors. */
+static us_status pin_layers(us_model *m, void ***bufs, bool (*on_host)(const us_model *, int), size_t bytes,
+                            const char *flag, const char *what, int max_tokens, us_err *e) {
+    us_backend *be = m->be;
+    int L = m->cfg.layers, n = 0;
+    for (int l = 0; *bufs && l < L; l++) be->host_free(be, (*bufs)[l]), (*bufs)[l] = NULL;
+    for (int l = 0; l < L; l++) n += on_host(m, l);
+    if (!n) return US_OK;
+    if (!be->host_alloc) return us_fail(e, US_EUNSUPPORTED, "%s: the %s backend cannot offload", flag, be->name);
+    if (!*bufs && !(*bufs = calloc((size_t)L, sizeof **bufs))) return us_fail(e, US_ENOMEM, "out of memory");
+    for (int l = 0; l < L; l++)
+        if (on_host(m, l) && !((*bufs)[l] = be->host_alloc(be, bytes)))
+            return us_fail(e, US_ENOMEM,
+                           "%s: cannot pin %.1f GiB of host memory for %s (the plan pins %.1f GiB in all: %.0f bytes "
+                           "per token); lower --seq-len or --batch, or offload fewer layers",
+                           flag, (double)n * bytes / (1 << 30), what, m->plan.host_per_token * max_tokens / (1 << 30),
+                           m->plan.host_per_token);
+    return US_OK;
+}
+
 us_status us_model_prepare(us_model *m, int max_tokens, us_err *e) {
     const us_config *c = &m->cfg;
     us_backend *be = m->be;
@@ -371,51 +397,13 @@ us_status us_model_prepare(us_model *m, int max_tokens, us_err *e) {
         return us_fail(e, US_ENOMEM, "out of %s memory: the step needs %.1f MiB (%d tokens x %.1f KiB saved per token, plus scratch)",
                        be->name, meas.off / 1048576.0, max_tokens, m->plan.total_per_token / 1024.0);
     m->arena_bytes = meas.off;
-    if (train && m->offload) { /* each layer's input, in pinned host memory */
-        if (!be->host_alloc) return us_fail(e, US_EUNSUPPORTED, "--offload: the %s backend cannot offload", be->name);
-        if (!m->host_xin && !(m->host_xin = calloc((size_t)c->layers, sizeof *m->host_xin)))
-            return us_fail(e, US_ENOMEM, "out of memory");
-        for (int l = 0; l < c->layers; l++) {
-            if (m->host_xin[l]) be->host_free(be, m->host_xin[l]);
-            m->host_xin[l] = be->host_alloc(be, (size_t)max_tokens * c->hidden * be->act_bytes);
-            if (!m->host_xin[l])
-                return us_fail(e, US_ENOMEM,
-                               "--offload: cannot pin %.1f GiB of host memory for layer inputs (the plan pins %.1f GiB "
-                               "in all: %.0f bytes per token); lower --seq-len, --batch or --offload-attn",
-                               (double)c->layers * max_tokens * c->hidden * be->act_bytes / (1 << 30),
-                               m->plan.host_per_token * max_tokens / (1 << 30), m->plan.host_per_token);
-        }
-    }
-    /* offloaded gate/up: pinned host buffers for the layers that have them */
-    bool any_off = false;
-    for (int l = 0; l < c->layers; l++) any_off |= train && us_layer_mode(m, l) == US_OFFLOAD_MLP;
-    if (m->host_mlp)
-        for (int l = 0; l < c->layers; l++) be->host_free(be, m->host_mlp[l]), m->host_mlp[l] = NULL;
-    if (any_off) {
-        if (!be->host_alloc) return us_fail(e, US_EUNSUPPORTED, "MLP offload: the %s backend cannot offload", be->name);
-        if (!m->host_mlp && !(m->host_mlp = calloc((size_t)c->layers, sizeof *m->host_mlp)))
-            return us_fail(e, US_ENOMEM, "out of memory");
-        size_t bytes = 2 * (size_t)max_tokens * c->inter * be->act_bytes;
-        for (int l = 0; l < c->layers; l++)
-            if (us_layer_mode(m, l) == US_OFFLOAD_MLP && !(m->host_mlp[l] = be->host_alloc(be, bytes)))
-                return us_fail(e, US_ENOMEM, "MLP offload: cannot pin %.1f GiB of host memory",
-                               (double)m->offload_mlp * bytes / (1 << 30));
-    }
-    /* host-kept attention outputs */
-    if (m->host_att)
-        for (int l = 0; l < c->layers; l++) be->host_free(be, m->host_att[l]), m->host_att[l] = NULL;
-    for (int l = 0; train && l < c->layers; l++) {
-        if (us_layer_attn(m, l) != US_ATT_HOST) continue;
-        size_t bytes = (size_t)max_tokens * c->heads * c->head_dim * be->act_bytes;
-        if (!be->host_alloc) return us_fail(e, US_EUNSUPPORTED, "--offload-attn: the %s backend cannot offload", be->name);
-        if (!m->host_att && !(m->host_att = calloc((size_t)c->layers, sizeof *m->host_att)))
-            return us_fail(e, US_ENOMEM, "out of memory");
-        if (!(m->host_att[l] = be->host_alloc(be, bytes)))
-            return us_fail(e, US_ENOMEM,
-                           "--offload-attn: cannot pin %.1f GiB of host memory for attention outputs (the plan pins "
-                           "%.1f GiB in all); lower --offload-attn",
-                           (double)m->offload_attn * bytes / (1 << 30), m->plan.host_per_token * max_tokens / (1 << 30));
-    }
+    size_t A = be->act_bytes, T = (size_t)max_tokens;
+    if ((st = pin_layers(m, &m->host_xin, xin_on_host, T * c->hidden * A, "--offload", "layer inputs", max_tokens, e)) ||
+        (st = pin_layers(m, &m->host_mlp, mlp_on_host, 2 * T * c->inter * A, "--offload-mlp", "MLP gate and up",
+                         max_tokens, e)) ||
+        (st = pin_layers(m, &m->host_att, att_on_host, T * c->heads * c->head_dim * A, "--offload-attn",
+                         "attention outputs", max_tokens, e)))
+        return st;
     m->saved_bytes = (size_t)(m->plan.total_per_token * max_tokens);
     m->max_tokens = max_tokens;
     double dummy[US_SAVE_KINDS] = {0};

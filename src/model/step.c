@@ -254,20 +254,20 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
         be->rmsnorm_bwd(be, dres, m->dres_ld, true, L->gln2, dh, rows_at(m, a->xmid, r0, D), a->rstd2 + r0, L->ln2, n, c->hidden);
 }
 
+/* One copy between a device tensor and its pinned host buffer: out (offload) or back in
+ * (prefetch); returns the copy's ticket (backend.h). */
+static int host_move(us_backend *be, void *dev, void *host, size_t bytes, bool back) {
+    return back ? be->prefetch(be, dev, host, bytes) : be->offload(be, host, dev, bytes);
+}
+
 /* An offloaded layer's gate and up, out to its pinned host buffer after its forward (back: in
  * again, into the device slot it shares); the ticket of the last copy goes to mlp_ticket[l]. */
 static void mlp_move(us_model *m, int l, int T, bool back) {
     us_backend *be = m->be;
     size_t bytes = (size_t)T * m->cfg.inter * be->act_bytes;
-    us_layer_acts *a = &m->acts[l];
     char *host = m->host_mlp[l];
-    if (back) {
-        be->prefetch(be, a->g, host, bytes);
-        m->mlp_ticket[l] = be->prefetch(be, a->up, host + bytes, bytes);
-    } else {
-        be->offload(be, host, a->g, bytes);
-        m->mlp_ticket[l] = be->offload(be, host + bytes, a->up, bytes);
-    }
+    host_move(be, m->acts[l].g, host, bytes, back);
+    m->mlp_ticket[l] = host_move(be, m->acts[l].up, host + bytes, bytes, back);
 }
 
 /* dres holds d(layer output); on return d(layer input). Returns false when nothing below needs it. */
@@ -352,10 +352,8 @@ static void head(us_model *m, const us_batch *b, bool train, float grad_scale, f
  * forward, back into the device buffer of its parity (plan.c) once the layer above has begun its
  * backward; the ticket goes to att_ticket[l]. */
 static void att_move(us_model *m, int l, int T, bool back) {
-    us_backend *be = m->be;
-    size_t bytes = (size_t)T * m->cfg.heads * m->cfg.head_dim * be->act_bytes;
-    m->att_ticket[l] = back ? be->prefetch(be, m->acts[l].att, m->host_att[l], bytes)
-                            : be->offload(be, m->host_att[l], m->acts[l].att, bytes);
+    size_t bytes = (size_t)T * m->cfg.heads * m->cfg.head_dim * m->be->act_bytes;
+    m->att_ticket[l] = host_move(m->be, m->acts[l].att, m->host_att[l], bytes, back);
 }
 
 /* Every op of one step, from zeroing the loss to the last layer's backward. */

@@ -109,6 +109,27 @@ static us_status try_mode(us_model *m, const us_memory_mode *mm, int tokens, dou
     return st;
 }
 
+/* A binary search over one layer count of mm (*count, 0..hi) for the end that fits the budget:
+ * the largest count when more layers need more memory (more_needs_more), else the smallest.
+ * *fit: that count (-1 when none fits), *fit_need its bytes; *smallest: the least need seen. */
+static us_status fit_count(us_model *m, us_memory_mode *mm, int *count, int hi, bool more_needs_more, int tokens,
+                           double budget, int *fit, double *fit_need, double *smallest, us_err *e) {
+    int lo = 0;
+    *fit = -1;
+    while (lo <= hi) {
+        double need;
+        *count = (lo + hi) / 2;
+        us_status st = try_mode(m, mm, tokens, &need, e);
+        if (st) return st;
+        *smallest = US_MIN(*smallest, need);
+        bool fits = need <= budget;
+        if (fits) *fit = *count, *fit_need = need;
+        if (fits == more_needs_more) lo = *count + 1;
+        else hi = *count - 1;
+    }
+    return US_OK;
+}
+
 us_status us_fit_memory(us_model *m, int seq, double budget, int offload_attn, int *batch, int *grad_accum,
                         double *planned, us_err *e) {
     const int L = m->cfg.layers;
@@ -127,21 +148,16 @@ us_status us_fit_memory(us_model *m, int seq, double budget, int offload_attn, i
         for (int eh = 0; eh <= embed_ok; eh++) {
             double fixed = split_cost + eh * k.embed;
             us_memory_mode mm = {.embed_host = eh};
-            double need;
+            int fit;
+            double fit_need = 0;
             /* whole layers rebuilt, or offloaded (with the asked attention outputs on the host),
              * keeping as many attention outputs on the device as fit (a binary search: more
              * kept only need more) */
             for (int off = 0; off <= gpu; off++) {
                 mm.recompute = US_RECOMPUTE_LAYER, mm.offload = off, mm.offload_attn = off ? offload_attn : 0;
-                int lo = 0, hi = gpu ? L : 0, fit = -1;
-                double fit_need = 0;
-                while (lo <= hi) {
-                    mm.keep_attn = (lo + hi) / 2;
-                    if ((st = try_mode(m, &mm, tokens, &need, e))) return st;
-                    smallest = US_MIN(smallest, need);
-                    if (need <= budget) fit = mm.keep_attn, fit_need = need, lo = mm.keep_attn + 1;
-                    else hi = mm.keep_attn - 1;
-                }
+                if ((st = fit_count(m, &mm, &mm.keep_attn, gpu ? L : 0, true, tokens, budget, &fit, &fit_need,
+                                    &smallest, e)))
+                    return st;
                 if (fit < 0) continue;
                 double cost = fixed + (off ? 0.40 : 0.33) * k.base - US_MIN(fit, L - mm.offload_attn) * k.attn_layer;
                 if (cost < best_cost) best_cost = cost, best_split = split, best = mm, best.keep_attn = fit, *planned = fit_need;
@@ -155,15 +171,9 @@ us_status us_fit_memory(us_model *m, int seq, double budget, int offload_attn, i
                     mm.recompute = nm ? US_RECOMPUTE_MLP : US_RECOMPUTE_NONE, mm.mlp_layers = nm, mm.up_layers = nu;
                     double base_cost = fixed + nm * k.mlp_layer + nu * k.up_layer;
                     if (base_cost >= best_cost) continue;
-                    int lo = 0, hi = gpu ? L - nm - nu : 0, fit = -1;
-                    double fit_need = 0;
-                    while (lo <= hi) {
-                        mm.offload_mlp = (lo + hi) / 2;
-                        if ((st = try_mode(m, &mm, tokens, &need, e))) return st;
-                        smallest = US_MIN(smallest, need);
-                        if (need <= budget) fit = mm.offload_mlp, fit_need = need, hi = mm.offload_mlp - 1;
-                        else lo = mm.offload_mlp + 1;
-                    }
+                    if ((st = fit_count(m, &mm, &mm.offload_mlp, gpu ? L - nm - nu : 0, false, tokens, budget, &fit,
+                                        &fit_need, &smallest, e)))
+                        return st;
                     if (fit < 0) continue;
                     double cost = base_cost + offload_cost(&k, fit);
                     if (cost < best_cost)
