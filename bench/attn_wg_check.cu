@@ -14,7 +14,8 @@
  * to end (seg[i] = the start of i's example; the reference forward and backward mask likewise).
  * Exits non-zero if any check fails. Optional argument: "check" or "time" to run one part,
  * "variants" to check (two shapes per head dim) and time the launcher's other template
- * configurations (dQ by atomics or bulk reduce, grid chunking), or "fuse" to check and time the
+ * configurations (dQ by atomics, bulk reduce per row or per tile, none at all for a ceiling;
+ * grid chunking), or "fuse" to check and time the
  * in-kernel bf16 casts (counters; all, or dK / dV only) against the separate cast kernel. */
 #include "backend/cuda/cuda_attn_wg.cu"
 
@@ -234,10 +235,14 @@ int main(int argc, char **argv) {
             {"hd64 atomics, chunked", variant<64, 64, 128, 1>, 64, 0},
             {"hd64 bulk, chunked", variant<64, 64, 128, 2>, 64, 0},
             {"hd64 bulk, chunk 8", variant<64, 64, 128, 2>, 64, 8},
+            {"hd64 tile bulk, chunked", variant<64, 64, 128, 3>, 64, 0},
+            {"hd64 NO dQ (timing only)", variant<64, 64, 128, 0>, 64, 0},
             {"hd128 atomics, old order (one chunk)", variant<128, 64, 128, 1>, 128, 1 << 30},
             {"hd128 atomics, chunked", variant<128, 64, 128, 1>, 128, 0},
             {"hd128 bulk, chunked", variant<128, 64, 128, 2>, 128, 0},
-            {"hd128 bulk, chunk 4", variant<128, 64, 128, 2>, 128, 4}};
+            {"hd128 bulk, chunk 4", variant<128, 64, 128, 2>, 128, 4},
+            {"hd128 tile bulk, chunked", variant<128, 64, 128, 3>, 128, 0},
+            {"hd128 NO dQ (timing only)", variant<128, 64, 128, 0>, 128, 0}};
         const Shape vc[] = {{8, 2048, 9, 3, 64, 0}, {1, 77, 6, 2, 64, 0}, {2, 300, 4, 4, 128, 0}, {3, 129, 8, 2, 128, 0},
                             {1, 77, 6, 2, 64, 20},  {3, 129, 8, 2, 128, 40}};
         for (const V &x : vs) {

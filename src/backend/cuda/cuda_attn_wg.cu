@@ -71,6 +71,7 @@
 #include "cuda_wgmma.cuh"
 
 #include <stdint.h>
+#include <stdlib.h>
 
 namespace {
 
@@ -85,14 +86,27 @@ template <int HD, int WG_BQ, int WG_BN, int DQM = 1>
 struct WgSmem { /* byte offsets from a 1024-aligned base */
     /* DQM 2: dQ staging rows of hd/2 floats + 32 bytes (bank spread), per warpgroup 64 rows */
     static constexpr int DQ_RS = HD / 2 * 4 + 32;
+    /* DQM 3: one warpgroup's dQ tile (64 rows x hd/2 f32), two buffers per warpgroup */
+    static constexpr int DQ_TILE = 64 * (HD / 2) * 4;
     static constexpr int K = 0, V = K + WG_BN * HD * 2, Q = V + WG_BN * HD * 2, DO = Q + 2 * WG_BQ * HD * 2,
                          DS = DO + 2 * WG_BQ * HD * 2, L = DS + WG_BN * WG_BQ * 2, D = L + 2 * WG_BQ * 4,
-                         SG = D + 2 * WG_BQ * 4, DQ = SG + 2 * WG_BQ * 4, END = DQ + (DQM == 2 ? 2 * 64 * DQ_RS : 0);
+                         SG = D + 2 * WG_BQ * 4, DQ = SG + 2 * WG_BQ * 4,
+                         END = DQ + (DQM == 2 ? 2 * 64 * DQ_RS : DQM == 3 ? 2 * 2 * DQ_TILE : 0);
     static constexpr size_t bytes = (size_t)END + 1024; /* + alignment slack */
 };
 
+/* DQM 3: the dQ tile of (unit, query block of 64, warpgroup) in dq_acc, in tiles of 64 x hd/2
+ * floats; inside a tile float4 j of thread t (the accumulator's d[4j..4j+3]) at j * 128 + t */
+#ifdef WG_SM90A
+__device__ __forceinline__ size_t wg_dq_tile_index(int unit, int qb, int wg, int nqb) {
+    return ((size_t)unit * nqb + qb) * 2 + wg;
+}
+#endif
+
 /* DQM: how dQ tiles reach dq_acc: 1 red.global.add.v4.f32 from registers; 2 staged in shared
  * memory and added by the bulk-copy engine (cp.reduce.async.bulk .add.f32, a row per lane);
+ * 3 the whole tile of a warpgroup in one bulk add, into dq_acc laid out tile by tile in the
+ * accumulator's register order (wg_dq_tile_index; the cast kernel puts the rows back);
  * 0 not at all (timing experiments only) */
 template <int HD, int WG_BQ, int WG_BN, int DQM, int FUSE, bool SEG>
 __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
@@ -102,7 +116,8 @@ __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
                   int units, int nkb, int chunk) {
 #ifdef WG_SM90A
     using L = WgSmem<HD, WG_BQ, WG_BN, DQM>;
-    static_assert(DQM != 2 || (WG_BN == 128 && WG_BQ == 64), "bulk dQ: two warpgroups, BQ = 64");
+    static_assert((DQM != 2 && DQM != 3) || (WG_BN == 128 && WG_BQ == 64), "bulk dQ: two warpgroups, BQ = 64");
+    static_assert(DQM != 3 || FUSE != 1, "tile-ordered dQ: cast after the kernel");
     constexpr int WG_NT = WG_BN * 2;
     static_assert((WG_BQ * HD / 8) % WG_NT == 0 && (WG_BN * HD / 8) % WG_NT == 0, "tile"); /* wg_load: no tail */
     static_assert(WG_BN == 128 || WG_BQ == 64, "one warpgroup: BQ = 64");
@@ -209,6 +224,9 @@ __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
         const int stage = it & 1, q0 = cur * WG_BQ;
         cp_async_wait_all();
         fence_async_smem();
+        if constexpr (DQM == 3) { /* the dQ buffer of two blocks ago has been read by its bulk add */
+            if ((tid & 127) == 0) asm volatile("cp.async.bulk.wait_group.read 1;\n" ::: "memory");
+        }
         __syncthreads(); /* stage landed; the previous block's dS and stage are no longer read */
         if (nxt < nqb) issue(nxt, stage ^ 1);
         int pre = 0x7fffffff; /* block minima after nxt, for the next scan */
@@ -338,6 +356,24 @@ __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
                 }
                 asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
             }
+        } else if constexpr (DQM == 3) {
+            /* the warpgroup's tile, 16 bytes a thread at a time in register order (no bank
+             * conflicts), then one bulk add of all of it by the warpgroup's first thread */
+            const int t = tid & 127;
+            const uint32_t buf = sb + L::DQ + ((it & 1) * 2 + wg) * L::DQ_TILE;
+#pragma unroll
+            for (int j = 0; j < DQN / 8; j++)
+                *reinterpret_cast<float4 *>(sp + (buf - sb) + (j * 128 + t) * 16) =
+                    make_float4(dqa[4 * j], dqa[4 * j + 1], dqa[4 * j + 2], dqa[4 * j + 3]);
+            fence_async_smem();
+            asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+            if (t == 0) {
+                const float *g = dq_acc + wg_dq_tile_index(unit, cur, wg, nqb) * (size_t)(L::DQ_TILE / 4);
+                asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(g),
+                             "r"(buf), "n"(L::DQ_TILE)
+                             : "memory");
+                asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+            }
         }
         /* the next block */
         cur = nxt;
@@ -350,6 +386,8 @@ __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
     }
     if constexpr (DQM == 2) {
         if (lane < 16) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+    } else if constexpr (DQM == 3) {
+        if ((tid & 127) == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
     }
     cp_async_wait_all(); /* (only the K / V loads of a CTA without query blocks can be in flight) */
 
@@ -357,7 +395,7 @@ __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
      * blocks add to the unit's dQ; FUSE 1 only) and, under GQA, for its key block (the group's
      * query heads add to its dK / dV); the last one of either casts the f32 sums to bf16 */
     auto fused_casts = [&](bool kv) {
-        if constexpr (DQM == 2) {
+        if constexpr (DQM >= 2) {
             asm volatile("fence.proxy.async.global;\n" ::: "memory");
         }
         fence_gpu();
@@ -471,6 +509,35 @@ __global__ void k_wg_f32_to_bf16(wbf16 *d0, const float *s0, size_t n0, wbf16 *d
     }
 }
 
+/* DQM 3: dq_acc in tile order (wg_dq_tile_index) -> dq [T, H * HD] bf16, then (dk != NULL) the
+ * contiguous dK / dV sums (nk floats each) -> dk, dv. Consecutive threads take the float4s of one
+ * accumulator thread, so a warp writes 64-byte runs of two rows. */
+template <int HD>
+__global__ void k_wg_cast_tiles(wbf16 *dq, const float *dq_acc, int units, int nqb, int seq, int H, wbf16 *dk,
+                                wbf16 *dv, const float *dkv_acc, size_t nk) {
+    constexpr int F = HD / 16, TILE4 = 128 * F; /* float4s a thread, a tile */
+    const size_t nq4 = (size_t)units * nqb * 2 * TILE4, n4 = nq4 + (dk ? nk / 2 : 0);
+    const size_t qs = (size_t)H * HD;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
+        if (i >= nq4) { /* dK, dV */
+            const size_t j = i - nq4, half = nk / 4;
+            const float4 x = __ldcs(reinterpret_cast<const float4 *>(dkv_acc) + j);
+            reinterpret_cast<uint2 *>(j < half ? dk : dv)[j < half ? j : j - half] =
+                make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
+            continue;
+        }
+        const size_t tile = i / TILE4;
+        const int f = (int)(i % TILE4), t = f / F, j = f % F, wg = (int)(tile & 1);
+        const int qb = (int)((tile >> 1) % nqb), unit = (int)((tile >> 1) / nqb), h = unit % H, b = unit / H;
+        const int lane = t & 31, r = qb * 64 + (t >> 5) * 16 + (lane >> 2);
+        const int c = wg * (HD / 2) + 8 * j + 2 * (lane & 3);
+        const float4 x = __ldcs(reinterpret_cast<const float4 *>(dq_acc + (tile * TILE4 + (size_t)j * 128 + t) * 4));
+        wbf16 *d = dq + ((size_t)b * seq + r) * qs + (size_t)h * HD + c;
+        if (r < seq) *reinterpret_cast<uint32_t *>(d) = pack_bf16(x.x, x.y);
+        if (r + 8 < seq) *reinterpret_cast<uint32_t *>(d + 8 * qs) = pack_bf16(x.z, x.w);
+    }
+}
+
 void wg_cast(cudaStream_t st, int sm_count, wbf16 *d0, const float *s0, size_t n0, wbf16 *d1 = nullptr,
              const float *s1 = nullptr, wbf16 *d2 = nullptr, const float *s2 = nullptr, size_t n1 = 0) {
     const size_t n4 = n0 / 4 + 2 * (n1 / 4);
@@ -521,9 +588,11 @@ bool wg_launch_t(cudaStream_t st, int sm_count, wbf16 *dq, wbf16 *dk, wbf16 *dv,
         (void)cudaGetLastError();
         return false;
     }
-    const size_t T = (size_t)batch * seq, nq = T * H * HD, nk = T * KV * HD;
+    const size_t T = (size_t)batch * seq, nk = T * KV * HD;
     const bool split = H != KV;
     const int units = batch * H, nkb = (seq + BN - 1) / BN, nqb = (seq + BQ - 1) / BQ;
+    /* dQ sums: rows of the tensor, or (DQM 3) whole tiles of 64 rows */
+    const size_t nq = DQM == 3 ? (size_t)units * nqb * 64 * HD : T * H * HD;
     int *cnt = reinterpret_cast<int *>(dq_acc + nq); /* after the dQ accumulators: one memset */
     cudaMemsetAsync(dq_acc, 0, nq * 4 + (FUSE ? ((size_t)units + (size_t)batch * KV * nkb) * 4 : 0), st);
     if (split) cudaMemsetAsync(dkv_acc, 0, 2 * nk * 4, st);
@@ -543,6 +612,13 @@ bool wg_launch_t(cudaStream_t st, int sm_count, wbf16 *dq, wbf16 *dk, wbf16 *dv,
         dq_acc, dq, dk, dv, split ? dkv_acc : nullptr, cnt, dout, q, k, v, lse, D, seg, SEG ? seg_scratch : nullptr,
         seq, H, KV, scale, scale * WG_LOG2E, units, nkb, chunk);
     if (FUSE == 1) return true;
+    if (DQM == 3) {
+        const size_t n4 = nq / 4 + (split && FUSE == 0 ? nk / 2 : 0), cap = (size_t)sms * 16;
+        const size_t g = (n4 + 255) / 256 < cap ? (n4 + 255) / 256 : cap;
+        k_wg_cast_tiles<HD><<<(unsigned)g, 256, 0, st>>>(dq, dq_acc, units, nqb, seq, H, split && FUSE == 0 ? dk : nullptr,
+                                                        dv, dkv_acc, nk);
+        return true;
+    }
     if (split && FUSE == 0) wg_cast(st, sm_count, dq, dq_acc, nq, dk, dkv_acc, dv, dkv_acc + nk, nk);
     else wg_cast(st, sm_count, dq, dq_acc, nq);
     return true;
@@ -554,26 +630,32 @@ bool wg_launch(cudaStream_t st, int sm_count, wbf16 *dq, wbf16 *dk, wbf16 *dv, f
                int batch, int seq, int H, int KV, float scale, int *seg_scratch, const int32_t *seg) {
     int fuse = wg_fuse_mode >= 0 ? wg_fuse_mode : HD == 64 ? WG_FUSE64 : WG_FUSE128;
     if (fuse == 2 && H == KV) fuse = 0; /* nothing to fuse but dQ */
+    constexpr int F1 = DQM == 3 ? 2 : 1; /* tile-ordered dQ is cast after the kernel */
 #define WG_LT(F, S)                                                                                                    \
     wg_launch_t<HD, BQ, BN, DQM, F, S>(st, sm_count, dq, dk, dv, dq_acc, dkv_acc, dout, q, k, v, lse, D, batch, seq, H, \
                                        KV, scale, seg_scratch, seg)
-    if (seg) return fuse == 1 ? WG_LT(1, true) : fuse == 2 ? WG_LT(2, true) : WG_LT(0, true);
-    return fuse == 1 ? WG_LT(1, false) : fuse == 2 ? WG_LT(2, false) : WG_LT(0, false);
+    if (seg) return fuse == 1 ? WG_LT(F1, true) : fuse == 2 ? WG_LT(2, true) : WG_LT(0, true);
+    return fuse == 1 ? WG_LT(F1, false) : fuse == 2 ? WG_LT(2, false) : WG_LT(0, false);
 #undef WG_LT
 }
 
 } /* namespace */
 
-size_t attn_wg_dq_scratch_bytes(int batch, int seq, int H, int KV, int hd) {
-    return ((size_t)batch * seq * H * hd + wg_counter_ints(batch, seq, H, KV)) * 4;
+size_t attn_wg_dq_scratch_bytes(int batch, int seq, int H, int KV, int hd) { /* (whole tiles: DQM 3) */
+    return ((size_t)batch * H * ((seq + 63) / 64) * 64 * hd + wg_counter_ints(batch, seq, H, KV)) * 4;
 }
 
-#ifndef WG_HD64_CFG
-#define WG_HD64_CFG 64, 64, 128, 1
-#endif
-#ifndef WG_HD128_CFG
-#define WG_HD128_CFG 128, 64, 128, 2
-#endif
+/* How the dQ tiles reach the accumulator (DQM above): US_CUDA_WG_DQ = 1 (atomics from registers),
+ * 2 (a bulk add per row) or 3 (a bulk add per warpgroup tile, the default); read once. */
+static int wg_dq_mode() {
+    static int m = 0;
+    if (!m) {
+        const char *e = getenv("US_CUDA_WG_DQ");
+        m = e && *e ? atoi(e) : 3;
+        if (m < 1 || m > 3) m = 3;
+    }
+    return m;
+}
 
 bool attn_bwd_wgmma(cudaStream_t st, int sm_count, __nv_bfloat16 *dq, __nv_bfloat16 *dk, __nv_bfloat16 *dv,
                     float *dq_acc, float *dkv_acc, const __nv_bfloat16 *dout, const __nv_bfloat16 *q,
@@ -587,9 +669,11 @@ bool attn_bwd_wgmma(cudaStream_t st, int sm_count, __nv_bfloat16 *dq, __nv_bfloa
                          (uintptr_t)dout | (uintptr_t)q | (uintptr_t)k | (uintptr_t)v;
     if (al & 15) return false;
     if (!wgmma_cc90()) return false; /* sm_90a code */
-    if (hd == 64)
-        return wg_launch<WG_HD64_CFG>(st, sm_count, dq, dk, dv, dq_acc, dkv_acc, dout, q, k, v, lse, D, batch, seq, H,
-                                      KV, scale, seg_scratch, seg);
-    return wg_launch<WG_HD128_CFG>(st, sm_count, dq, dk, dv, dq_acc, dkv_acc, dout, q, k, v, lse, D, batch, seq, H,
-                                   KV, scale, seg_scratch, seg);
+    const int m = wg_dq_mode();
+#define WG_GO(HD, DQM)                                                                                                 \
+    wg_launch<HD, 64, 128, DQM>(st, sm_count, dq, dk, dv, dq_acc, dkv_acc, dout, q, k, v, lse, D, batch, seq, H, KV,  \
+                                scale, seg_scratch, seg)
+    if (hd == 64) return m == 3 ? WG_GO(64, 3) : WG_GO(64, 1); /* (per row: slower than both at hd 64) */
+    return m == 3 ? WG_GO(128, 3) : m == 2 ? WG_GO(128, 2) : WG_GO(128, 1);
+#undef WG_GO
 }
