@@ -486,6 +486,21 @@ static int attn_cases_under(us_test_ctx *t, const char *budget) {
 
 TEST(cuda_attention_fwd_bwd) { attn_cases_under(t, NULL); }
 
+/* The Hopper backward's three ways of adding dQ tiles (US_CUDA_WG_DQ: atomics, a bulk add per row,
+ * a bulk add per tile into the tile-ordered accumulator), each against the CPU backend; the
+ * default picks one per head dim. (On other GPUs every mode runs the portable kernel.) */
+TEST(cuda_attention_bwd_dq_modes) {
+    static const char *modes[] = {"1", "2", "3"};
+    for (int i = 0; i < 3 && !t->failed; i++) {
+        setenv("US_CUDA_WG_DQ", modes[i], 1);
+        if (!attn_cases_under(t, NULL)) {
+            size_t l = strlen(t->msg);
+            snprintf(t->msg + l, sizeof t->msg - l, " (US_CUDA_WG_DQ=%s)", modes[i]);
+        }
+        unsetenv("US_CUDA_WG_DQ");
+    }
+}
+
 /* The backward in chunks of query heads: budget 1 byte forces one head per chunk (dK/dV of a kv
  * head accumulate over its group's chunks); 300000 bytes gives whole-group chunks for some cases. */
 TEST(cuda_attention_bwd_chunked) {

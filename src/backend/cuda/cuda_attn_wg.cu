@@ -21,9 +21,13 @@
  *                      head-dim columns [w hd/2, (w+1) hd/2) over all 128 keys; the result is
  *                      added to the f32 accumulator dq_acc, for hd 64 by red.global.add.v4.f32
  *                      from registers (lane pairs swap halves so each lane holds 4 consecutive
- *                      columns of one row), for hd 128 by staging each warp's 16 rows in shared
- *                      memory and a cp.reduce.async.bulk .add.f32 per row (the bulk-copy engine
- *                      does the adds; 4% faster there, 5% slower at hd 64)
+ *                      columns of one row), for hd 128 by writing the warpgroup's whole tile to
+ *                      shared memory in the accumulators' register order and one
+ *                      cp.reduce.async.bulk .add.f32 of it (the bulk-copy engine does the adds;
+ *                      dq_acc is laid out tile by tile in that order and the cast kernel puts
+ *                      the rows back). Measured (2026-11-23, mean of 20): hd 128 s2048 0.302 ms
+ *                      against 0.315 by atomics and 0.310 by a bulk add per row, s16384 13.83
+ *                      against 14.64 / 14.09; hd 64 b4 s2048 0.747 against 0.737 by atomics
  *
  * Q, dO, lse and D of the next query block are fetched by cp.async into the other of two stages
  * while the current one is computed; one CTA barrier per query block publishes them (each thread
@@ -55,8 +59,10 @@
  * MN-major (rows = K) the leading byte offset is the column-block stride and the stride byte
  * offset the 1024 bytes between groups of 8 rows.
  *
- * The dQ reduction is the limiter: without it (timing experiment) the kernel runs at ~595 TFLOP/s
- * at s16384 hd128 against ~395 with it. Other variants measured and dropped: BQ = 128 for hd 64
+ * The dQ reduction is the limiter: without it (timing experiment, variant DQM 0) the kernel runs
+ * at 611 TFLOP/s at s16384 hd128 against 397 with it, at hd 64 b4 s2048 325 against 233. How the
+ * adds are issued matters little (above): their volume does, f32 sums of seq / 128 partial tiles
+ * per query row; only a longer key block (more registers than a thread has) would cut it. Other variants measured and dropped: BQ = 128 for hd 64
  * (no gain), one warpgroup per CTA with BN = 64 and two CTAs per SM (twice the dQ reductions:
  * 1.6x to 2.6x slower), deferring the dQ adds behind the next block's S (ptxas inserts waits).
  *
@@ -646,15 +652,12 @@ size_t attn_wg_dq_scratch_bytes(int batch, int seq, int H, int KV, int hd) { /* 
 }
 
 /* How the dQ tiles reach the accumulator (DQM above): US_CUDA_WG_DQ = 1 (atomics from registers),
- * 2 (a bulk add per row) or 3 (a bulk add per warpgroup tile, the default); read once. */
-static int wg_dq_mode() {
-    static int m = 0;
-    if (!m) {
-        const char *e = getenv("US_CUDA_WG_DQ");
-        m = e && *e ? atoi(e) : 3;
-        if (m < 1 || m > 3) m = 3;
-    }
-    return m;
+ * 2 (a bulk add per row) or 3 (a bulk add per warpgroup tile); unset, by head dim: 1 at hd 64, 3
+ * at hd 128 (the faster there; bench/attn_wg_check.cu variants). Read at each call (tests switch it). */
+static int wg_dq_mode(int hd) {
+    const char *e = getenv("US_CUDA_WG_DQ");
+    const int m = e && *e ? atoi(e) : 0;
+    return m >= 1 && m <= 3 ? m : hd == 64 ? 1 : 3;
 }
 
 bool attn_bwd_wgmma(cudaStream_t st, int sm_count, __nv_bfloat16 *dq, __nv_bfloat16 *dk, __nv_bfloat16 *dv,
@@ -669,11 +672,11 @@ bool attn_bwd_wgmma(cudaStream_t st, int sm_count, __nv_bfloat16 *dq, __nv_bfloa
                          (uintptr_t)dout | (uintptr_t)q | (uintptr_t)k | (uintptr_t)v;
     if (al & 15) return false;
     if (!wgmma_cc90()) return false; /* sm_90a code */
-    const int m = wg_dq_mode();
+    const int m = wg_dq_mode(hd);
 #define WG_GO(HD, DQM)                                                                                                 \
     wg_launch<HD, 64, 128, DQM>(st, sm_count, dq, dk, dv, dq_acc, dkv_acc, dout, q, k, v, lse, D, batch, seq, H, KV,  \
                                 scale, seg_scratch, seg)
-    if (hd == 64) return m == 3 ? WG_GO(64, 3) : WG_GO(64, 1); /* (per row: slower than both at hd 64) */
+    if (hd == 64) return m == 3 ? WG_GO(64, 3) : m == 2 ? WG_GO(64, 2) : WG_GO(64, 1);
     return m == 3 ? WG_GO(128, 3) : m == 2 ? WG_GO(128, 2) : WG_GO(128, 1);
 #undef WG_GO
 }
