@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Draws docs/img/gpu_vs_peft.svg (and docs/img/gpu_longctx.svg, at the end): tokens/s and peak GPU memory of unswag (default plan, and
 --max-memory at each shape's memory target: 5, 8, 19 GiB) beside transformers + PEFT for the
-three benchmark shapes, from the figures in docs/BENCHMARKS.md (H100, same call; medians of 3
-runs for the default and PEFT). Plain SVG, no plotting library needed.
+three benchmark shapes, from the figures in docs/BENCHMARKS.md (H100, one call, 2026-11-23 00:21
+UTC: one run of each; the 8B's --max-memory 19 the lower of its two). Plain SVG, no plotting library needed.
   python3 bench/plot_gpu.py [OUT.svg]"""
 import sys
 
 shapes = ["smollm2-135m 8×2048", "llama-3.2-1b 4×2048", "llama-3.1-8b 1×2048"]
-tok = {"PEFT": [99025, 39898, 9431], "unswag": [308837, 84878, 16631], "unswag --max-memory 5/8/19": [300010, 84053, 16515]}
+tok = {"PEFT": [90088, 39841, 7299], "unswag": [308111, 85522, 16552], "unswag --max-memory 5/8/19": [298234, 83977, 16338]}
 gib = {"PEFT": [21.80, 28.55, 31.78], "unswag": [6.14, 9.40, 21.75], "unswag --max-memory 5/8/19": [4.97, 7.90, 18.91]}
 colors = {"PEFT": "#9ca3af", "unswag": "#2563eb", "unswag --max-memory 5/8/19": "#60a5fa"}
 W, H, pad = 980, 410, 50
@@ -36,14 +36,14 @@ def panel(x0, title, data, fmt, rel):
 
 out.append(f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif">')
 out.append(f'<rect width="{W}" height="{H}" fill="white"/>')
-panel(pad - 20, "training tokens/s (higher is better)", tok, lambda v: f"{v / 1000:.0f}k", lambda v, p: f"{v / p:.2f}×")
+panel(pad - 20, "training tokens/s (higher is better)", tok, lambda v: f"{v / 1000:.1f}k" if v < 1e5 else f"{v / 1000:.0f}k", lambda v, p: f"{v / p:.2f}×")
 panel(pad + 470, "peak GPU memory, GiB (lower is better)", gib, lambda v: f"{v:.1f}", lambda v, p: "")
 lx = pad
 for name, c in colors.items():
     out.append(f'<rect x="{lx}" y="{H - 58}" width="14" height="14" fill="{c}"/>')
     text(lx + 20, H - 46, name, 12, anchor="start")
     lx += 220
-text(pad - 20, H - 16, "H100 80GB, LoRA r 16 all projections, bf16; same call as transformers + PEFT, medians of 3 runs (ratios: × PEFT tokens/s)", 11, anchor="start", fill="#6b7280")
+text(pad - 20, H - 16, "H100 80GB, LoRA r 16 all projections, bf16; one call beside transformers + PEFT, 2026-11-23 (ratios: × that call's PEFT tokens/s)", 11, anchor="start", fill="#6b7280")
 out.append("</svg>")
 open(sys.argv[1] if len(sys.argv) > 1 else "docs/img/gpu_vs_peft.svg", "w").write("\n".join(out))
 
