@@ -97,8 +97,7 @@ struct WgSmem { /* byte offsets from a 1024-aligned base */
     static constexpr int K = 0, V = K + WG_BN * HD * 2, Q = V + WG_BN * HD * 2, DO = Q + 2 * WG_BQ * HD * 2,
                          DS = DO + 2 * WG_BQ * HD * 2, L = DS + WG_BN * WG_BQ * 2, D = L + 2 * WG_BQ * 4,
                          SG = D + 2 * WG_BQ * 4, DQ = SG + 2 * WG_BQ * 4,
-                         BAR = DQ + (DQM == 2 ? 2 * 64 * DQ_RS : DQM >= 3 ? 2 * 2 * DQ_TILE : 0),
-                         END = BAR + (DQM >= 4 ? 32 : 0); /* DQM >= 4: mbarriers full[2], empty[2] */
+                         END = DQ + (DQM == 2 ? 2 * 64 * DQ_RS : DQM == 3 ? 2 * 2 * DQ_TILE : 0);
     static constexpr size_t bytes = (size_t)END + 1024; /* + alignment slack */
 };
 
@@ -110,58 +109,10 @@ __device__ __forceinline__ size_t wg_dq_tile_index(int unit, int qb, int wg, int
 }
 #endif
 
-#ifdef WG_SM90A
-/* cluster pairs (DQM >= 4): CTA rank, distributed shared memory, mbarriers, cluster barrier */
-__device__ __forceinline__ int wg_cluster_rank() {
-    uint32_t v;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(v));
-    return (int)v;
-}
-__device__ __forceinline__ uint32_t wg_mapa(uint32_t saddr, int rank) {
-    uint32_t r;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(saddr), "r"(rank));
-    return r;
-}
-__device__ __forceinline__ void wg_cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void wg_mbar_init(uint32_t bar, uint32_t count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void wg_mbar_expect_tx(uint32_t bar, uint32_t bytes) { /* arrive (1) + expect bytes */
-    asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}\n" ::"r"(bar), "r"(bytes)
-                 : "memory");
-}
-/* waits for the phase of the given parity, acquiring what the other CTA released */
-__device__ __forceinline__ void wg_mbar_wait(uint32_t bar, uint32_t parity) {
-    uint32_t ok;
-    do {
-        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
-                     " selp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(ok)
-                     : "r"(bar), "r"(parity)
-                     : "memory");
-    } while (!ok);
-}
-/* arrive on an mbarrier of the other CTA (rbar: its shared::cluster address), releasing */
-__device__ __forceinline__ void wg_mbar_arrive_remote(uint32_t rbar) {
-    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(rbar) : "memory");
-}
-/* 16 bytes into the other CTA's shared memory, counted in bytes on its mbarrier */
-__device__ __forceinline__ void wg_st_async4(uint32_t raddr, float a, float b, float c, float d, uint32_t rbar) {
-    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];\n" ::"r"(raddr),
-                 "f"(a), "f"(b), "f"(c), "f"(d), "r"(rbar)
-                 : "memory");
-}
-#endif
-
 /* DQM: how dQ tiles reach dq_acc: 1 red.global.add.v4.f32 from registers; 2 staged in shared
  * memory and added by the bulk-copy engine (cp.reduce.async.bulk .add.f32, a row per lane);
  * 3 the whole tile of a warpgroup in one bulk add, into dq_acc laid out tile by tile in the
  * accumulator's register order (wg_dq_tile_index; the cast kernel puts the rows back);
- * 4 / 5 as 1 / 3, but the key blocks 2p and 2p + 1 of a unit run as a cluster of two CTAs that
- * add their tiles of a query block in the first one's shared memory before it adds the sum to
- * dq_acc (half the global adds; no packed segments: the two CTAs skip different blocks there);
  * 0 not at all (timing experiments only) */
 template <int HD, int WG_BQ, int WG_BN, int DQM, int FUSE, bool SEG>
 __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
@@ -172,9 +123,7 @@ __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
 #ifdef WG_SM90A
     using L = WgSmem<HD, WG_BQ, WG_BN, DQM>;
     static_assert((DQM != 2 && DQM != 3) || (WG_BN == 128 && WG_BQ == 64), "bulk dQ: two warpgroups, BQ = 64");
-    static_assert(DQM < 3 || FUSE != 1, "tile-ordered or paired dQ: cast after the kernel");
-    constexpr bool PAIR = DQM >= 4; /* clusters of two key blocks */
-    static_assert(!PAIR || (!SEG && WG_BN == 128 && WG_BQ == 64), "pairs: plain causal, two warpgroups");
+    static_assert(DQM != 3 || FUSE != 1, "tile-ordered dQ: cast after the kernel");
     constexpr int WG_NT = WG_BN * 2;
     static_assert((WG_BQ * HD / 8) % WG_NT == 0 && (WG_BN * HD / 8) % WG_NT == 0, "tile"); /* wg_load: no tail */
     static_assert(WG_BN == 128 || WG_BQ == 64, "one warpgroup: BQ = 64");
@@ -194,14 +143,8 @@ __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
     /* blockIdx.x -> (unit = batch row * H + head, key block): units go in chunks of `chunk`, all
      * key blocks of a chunk before the next chunk (its dq_acc rows and Q / dO stay in L2), inside
      * a chunk the first key blocks (the longest walks) first */
-    int unit, kblk, rank = 0;
-    if constexpr (PAIR) { /* the same order over pairs of key blocks; the CTA's rank picks one */
-        rank = wg_cluster_rank();
-        const int nkp = (nkb + 1) / 2, pr = blockIdx.x >> 1, per = chunk * nkp, c = pr / per, r = pr % per;
-        const int cc = min(chunk, units - c * chunk);
-        kblk = 2 * (r / cc) + rank; /* rank 1 past the last key block (odd nkb): no work */
-        unit = c * chunk + r % cc;
-    } else {
+    int unit, kblk;
+    {
         const int per = chunk * nkb, c = blockIdx.x / per, r = blockIdx.x % per;
         const int cc = min(chunk, units - c * chunk);
         kblk = r / cc;
@@ -214,21 +157,6 @@ __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
     const int nqb = (seq + WG_BQ - 1) / WG_BQ, qb0 = k0 / WG_BQ;
     const int klast = k0 + WG_BN - 1;
     const int *smin = SEG ? segmin + (size_t)b * nqb : nullptr; /* per query block minimum of seg */
-    /* pairs: full[p] (rank 0: the partner's tile of a query block of parity p has arrived in its
-     * buffer p), empty[p] (rank 1: rank 0 is done with its buffer p); 8 bytes each */
-    const uint32_t bar_full = sb + L::BAR, bar_empty = sb + L::BAR + 16;
-    const bool partner = PAIR && rank == 0 && kblk + 1 < nkb;
-    if constexpr (PAIR) {
-        if (tid == 0) {
-            constexpr uint32_t releasers = DQM == 4 ? 8 : 2; /* rank 0's warps, or its two bulk issuers */
-            wg_mbar_init(bar_full, 1);
-            wg_mbar_init(bar_full + 8, 1);
-            wg_mbar_init(bar_empty, releasers);
-            wg_mbar_init(bar_empty + 8, releasers);
-            asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-        }
-        wg_cluster_sync(); /* the partner's barriers exist before anything reaches them */
-    }
 
     auto issue = [&](int qb, int stage) {
         const int q0 = qb * WG_BQ;
@@ -302,11 +230,8 @@ __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
         const int stage = it & 1, q0 = cur * WG_BQ;
         cp_async_wait_all();
         fence_async_smem();
-        if constexpr (DQM == 3 || DQM == 5) { /* the dQ buffer of two blocks ago has been read by its bulk add */
-            if ((tid & 127) == 0) {
-                asm volatile("cp.async.bulk.wait_group.read 1;\n" ::: "memory");
-                if (DQM == 5 && partner && cur - 2 >= qb0) wg_mbar_arrive_remote(wg_mapa(bar_empty + 8 * (cur & 1), 1));
-            }
+        if constexpr (DQM == 3) { /* the dQ buffer of two blocks ago has been read by its bulk add */
+            if ((tid & 127) == 0) asm volatile("cp.async.bulk.wait_group.read 1;\n" ::: "memory");
         }
         __syncthreads(); /* stage landed; the previous block's dS and stage are no longer read */
         if (nxt < nqb) issue(nxt, stage ^ 1);
@@ -411,52 +336,7 @@ __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
         reg_pin(pa);
         reg_pin(sa);
 
-        if constexpr (PAIR) {
-            const int pb = cur & 1, t = tid & 127;
-            const uint32_t buf = sb + L::DQ + (pb * 2 + wg) * L::DQ_TILE;
-            if (rank == 1) {
-                /* into rank 0's buffer pb once rank 0 is done with it (its query block cur - 2: its
-                 * uses of pb begin at its first block of that parity, qb0 - 2 or qb0 - 1) */
-                const int first = (qb0 - 2) + ((pb - (qb0 - 2)) & 1), m = (cur - first) >> 1;
-                wg_mbar_wait(bar_empty + 8 * pb, (m - 1) & 1);
-                const uint32_t rbuf = wg_mapa(buf, 0), rbar = wg_mapa(bar_full + 8 * pb, 0);
-#pragma unroll
-                for (int j = 0; j < DQN / 8; j++)
-                    wg_st_async4(rbuf + (j * 128 + t) * 16, dqa[4 * j], dqa[4 * j + 1], dqa[4 * j + 2], dqa[4 * j + 3], rbar);
-            } else {
-                float4 *mine = reinterpret_cast<float4 *>(sp + (buf - sb));
-                if (partner && cur >= qb0 + 2) { /* the partner's tile of this block: add it */
-                    const int jf = (cur - (qb0 + 2 + ((pb - qb0) & 1))) >> 1;
-                    if (tid == 0) wg_mbar_expect_tx(bar_full + 8 * pb, 2 * L::DQ_TILE);
-                    wg_mbar_wait(bar_full + 8 * pb, jf & 1);
-#pragma unroll
-                    for (int j = 0; j < DQN / 8; j++) {
-                        const float4 r = mine[j * 128 + t];
-                        dqa[4 * j] += r.x, dqa[4 * j + 1] += r.y, dqa[4 * j + 2] += r.z, dqa[4 * j + 3] += r.w;
-                    }
-                }
-                if constexpr (DQM == 4) {
-                    if (partner) { /* buffer read (into registers): the partner may refill it */
-                        __syncwarp();
-                        if (lane == 0) wg_mbar_arrive_remote(wg_mapa(bar_empty + 8 * pb, 1));
-                    }
-                    flush(dqa, q0);
-                } else { /* the sum back in place, then one bulk add (released at the top, above) */
-#pragma unroll
-                    for (int j = 0; j < DQN / 8; j++)
-                        mine[j * 128 + t] = make_float4(dqa[4 * j], dqa[4 * j + 1], dqa[4 * j + 2], dqa[4 * j + 3]);
-                    fence_async_smem();
-                    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
-                    if (t == 0) {
-                        const float *g = dq_acc + wg_dq_tile_index(unit, cur, wg, nqb) * (size_t)(L::DQ_TILE / 4);
-                        asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(g),
-                                     "r"(buf), "n"(L::DQ_TILE)
-                                     : "memory");
-                        asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-                    }
-                }
-            }
-        } else if constexpr (DQM == 1) {
+        if constexpr (DQM == 1) {
             flush(dqa, q0);
         } else if constexpr (DQM == 2) {
             /* this warp's 16 rows x hd/2 columns: stage, then a bulk reduce-add per row */
@@ -512,14 +392,10 @@ __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
     }
     if constexpr (DQM == 2) {
         if (lane < 16) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
-    } else if constexpr (DQM == 3 || DQM == 5) {
+    } else if constexpr (DQM == 3) {
         if ((tid & 127) == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
     }
     cp_async_wait_all(); /* (only the K / V loads of a CTA without query blocks can be in flight) */
-    if constexpr (PAIR) {
-        wg_cluster_sync(); /* the last exchanges and remote arrives have landed before either exits */
-        if (kblk >= nkb) return; /* rank 1 past the last key block */
-    }
 
     /* FUSE: once all its adds are done (a fence), the CTA counts itself for its unit (all the key
      * blocks add to the unit's dQ; FUSE 1 only) and, under GQA, for its key block (the group's
@@ -721,9 +597,8 @@ bool wg_launch_t(cudaStream_t st, int sm_count, wbf16 *dq, wbf16 *dk, wbf16 *dv,
     const size_t T = (size_t)batch * seq, nk = T * KV * HD;
     const bool split = H != KV;
     const int units = batch * H, nkb = (seq + BN - 1) / BN, nqb = (seq + BQ - 1) / BQ;
-    /* dQ sums: rows of the tensor, or (DQM 3, 5) whole tiles of 64 rows */
-    constexpr bool TILES = DQM == 3 || DQM == 5;
-    const size_t nq = TILES ? (size_t)units * nqb * 64 * HD : T * H * HD;
+    /* dQ sums: rows of the tensor, or (DQM 3) whole tiles of 64 rows */
+    const size_t nq = DQM == 3 ? (size_t)units * nqb * 64 * HD : T * H * HD;
     int *cnt = reinterpret_cast<int *>(dq_acc + nq); /* after the dQ accumulators: one memset */
     cudaMemsetAsync(dq_acc, 0, nq * 4 + (FUSE ? ((size_t)units + (size_t)batch * KV * nkb) * 4 : 0), st);
     if (split) cudaMemsetAsync(dkv_acc, 0, 2 * nk * 4, st);
@@ -739,28 +614,11 @@ bool wg_launch_t(cudaStream_t st, int sm_count, wbf16 *dq, wbf16 *dk, wbf16 *dv,
     chunk = chunk > (2 * sms + nkb - 1) / nkb ? chunk : (2 * sms + nkb - 1) / nkb;
     if (wg_chunk_override) chunk = wg_chunk_override;
     chunk = chunk < 1 ? 1 : chunk > units ? units : chunk;
-    if (DQM >= 4) { /* clusters of two CTAs: key blocks 2p, 2p + 1 (a CTA past the last does nothing) */
-        cudaLaunchConfig_t cfg = {};
-        cudaLaunchAttribute at[1];
-        at[0].id = cudaLaunchAttributeClusterDimension;
-        at[0].val.clusterDim.x = 2, at[0].val.clusterDim.y = 1, at[0].val.clusterDim.z = 1;
-        cfg.gridDim = dim3((unsigned)units * (unsigned)((nkb + 1) / 2) * 2);
-        cfg.blockDim = dim3(BN * 2);
-        cfg.dynamicSmemBytes = WgSmem<HD, BQ, BN, DQM>::bytes;
-        cfg.stream = st;
-        cfg.attrs = at, cfg.numAttrs = 1;
-        if (cudaLaunchKernelEx(&cfg, k_attn_bwd_wg<HD, BQ, BN, DQM, FUSE, SEG>, dq_acc, dq, dk, dv,
-                               split ? dkv_acc : nullptr, cnt, dout, q, k, v, lse, D, seg,
-                               SEG ? seg_scratch : nullptr, seq, H, KV, scale, scale * WG_LOG2E, units, nkb,
-                               chunk) != cudaSuccess)
-            return false;
-    } else {
-        k_attn_bwd_wg<HD, BQ, BN, DQM, FUSE, SEG><<<(unsigned)units * nkb, BN * 2, WgSmem<HD, BQ, BN, DQM>::bytes, st>>>(
-            dq_acc, dq, dk, dv, split ? dkv_acc : nullptr, cnt, dout, q, k, v, lse, D, seg,
-            SEG ? seg_scratch : nullptr, seq, H, KV, scale, scale * WG_LOG2E, units, nkb, chunk);
-    }
+    k_attn_bwd_wg<HD, BQ, BN, DQM, FUSE, SEG><<<(unsigned)units * nkb, BN * 2, WgSmem<HD, BQ, BN, DQM>::bytes, st>>>(
+        dq_acc, dq, dk, dv, split ? dkv_acc : nullptr, cnt, dout, q, k, v, lse, D, seg, SEG ? seg_scratch : nullptr,
+        seq, H, KV, scale, scale * WG_LOG2E, units, nkb, chunk);
     if (FUSE == 1) return true;
-    if (TILES) {
+    if (DQM == 3) {
         const size_t n4 = nq / 4 + (split && FUSE == 0 ? nk / 2 : 0), cap = (size_t)sms * 16;
         const size_t g = (n4 + 255) / 256 < cap ? (n4 + 255) / 256 : cap;
         k_wg_cast_tiles<HD><<<(unsigned)g, 256, 0, st>>>(dq, dq_acc, units, nqb, seq, H, split && FUSE == 0 ? dk : nullptr,
@@ -778,14 +636,12 @@ bool wg_launch(cudaStream_t st, int sm_count, wbf16 *dq, wbf16 *dk, wbf16 *dv, f
                int batch, int seq, int H, int KV, float scale, int *seg_scratch, const int32_t *seg) {
     int fuse = wg_fuse_mode >= 0 ? wg_fuse_mode : HD == 64 ? WG_FUSE64 : WG_FUSE128;
     if (fuse == 2 && H == KV) fuse = 0; /* nothing to fuse but dQ */
-    constexpr int F1 = DQM >= 3 ? 2 : 1; /* tile-ordered or paired dQ is cast after the kernel */
-    constexpr int DS = DQM >= 4 ? DQM - 3 : DQM;     /* packed segments: no pairs (1 or 3 instead) */
-#define WG_LT(M, F, S)                                                                                                 \
-    wg_launch_t<HD, BQ, BN, M, F, S>(st, sm_count, dq, dk, dv, dq_acc, dkv_acc, dout, q, k, v, lse, D, batch, seq, H,   \
-                                     KV, scale, seg_scratch, seg)
-    constexpr int FS = DS == 3 ? 2 : 1;
-    if (seg) return fuse == 1 ? WG_LT(DS, FS, true) : fuse == 2 ? WG_LT(DS, 2, true) : WG_LT(DS, 0, true);
-    return fuse == 1 ? WG_LT(DQM, F1, false) : fuse == 2 ? WG_LT(DQM, 2, false) : WG_LT(DQM, 0, false);
+    constexpr int F1 = DQM == 3 ? 2 : 1; /* tile-ordered dQ is cast after the kernel */
+#define WG_LT(F, S)                                                                                                    \
+    wg_launch_t<HD, BQ, BN, DQM, F, S>(st, sm_count, dq, dk, dv, dq_acc, dkv_acc, dout, q, k, v, lse, D, batch, seq, H, \
+                                       KV, scale, seg_scratch, seg)
+    if (seg) return fuse == 1 ? WG_LT(F1, true) : fuse == 2 ? WG_LT(2, true) : WG_LT(0, true);
+    return fuse == 1 ? WG_LT(F1, false) : fuse == 2 ? WG_LT(2, false) : WG_LT(0, false);
 #undef WG_LT
 }
 
@@ -801,7 +657,7 @@ size_t attn_wg_dq_scratch_bytes(int batch, int seq, int H, int KV, int hd) { /* 
 static int wg_dq_mode(int hd) {
     const char *e = getenv("US_CUDA_WG_DQ");
     const int m = e && *e ? atoi(e) : 0;
-    return m >= 1 && m <= 5 ? m : hd == 64 ? 1 : 3;
+    return m >= 1 && m <= 3 ? m : hd == 64 ? 1 : 3;
 }
 
 bool attn_bwd_wgmma(cudaStream_t st, int sm_count, __nv_bfloat16 *dq, __nv_bfloat16 *dk, __nv_bfloat16 *dv,
@@ -820,8 +676,7 @@ bool attn_bwd_wgmma(cudaStream_t st, int sm_count, __nv_bfloat16 *dq, __nv_bfloa
 #define WG_GO(HD, DQM)                                                                                                 \
     wg_launch<HD, 64, 128, DQM>(st, sm_count, dq, dk, dv, dq_acc, dkv_acc, dout, q, k, v, lse, D, batch, seq, H, KV,  \
                                 scale, seg_scratch, seg)
-    if (hd == 64)
-        return m == 5 ? WG_GO(64, 5) : m == 4 ? WG_GO(64, 4) : m == 3 ? WG_GO(64, 3) : m == 2 ? WG_GO(64, 2) : WG_GO(64, 1);
-    return m == 5 ? WG_GO(128, 5) : m == 4 ? WG_GO(128, 4) : m == 3 ? WG_GO(128, 3) : m == 2 ? WG_GO(128, 2) : WG_GO(128, 1);
+    if (hd == 64) return m == 3 ? WG_GO(64, 3) : m == 2 ? WG_GO(64, 2) : WG_GO(64, 1);
+    return m == 3 ? WG_GO(128, 3) : m == 2 ? WG_GO(128, 2) : WG_GO(128, 1);
 #undef WG_GO
 }
