@@ -62,7 +62,14 @@
  * The dQ reduction is the limiter: without it (timing experiment, variant DQM 0) the kernel runs
  * at 611 TFLOP/s at s16384 hd128 against 397 with it, at hd 64 b4 s2048 325 against 233. How the
  * adds are issued matters little (above): their volume does, f32 sums of seq / 128 partial tiles
- * per query row; only a longer key block (more registers than a thread has) would cut it. Other variants measured and dropped: BQ = 128 for hd 64
+ * per query row. Halving it by running key blocks 2p, 2p + 1 as a cluster of two CTAs that sum
+ * their tiles in the first one's shared memory (st.async into double buffers, full / empty
+ * mbarriers, then atomics or one tile add) was correct but slower: hd 64 b4 s2048 0.939 / 0.948 ms
+ * against 0.745, hd 128 s2048 0.389 / 0.370 against 0.310, s16384 17.2 / 16.1 against 13.75; in
+ * training 1B 82.6k against 85.4k tokens/s (2026-11-23, commit dce5f63, reverted): the pair runs
+ * in lockstep, the first CTA waiting for its partner's tile every block, and clusters of two
+ * schedule the causal walks of unequal length worse. A longer key block per CTA needs more
+ * registers than a thread has. Other variants measured and dropped: BQ = 128 for hd 64
  * (no gain), one warpgroup per CTA with BN = 64 and two CTAs per SM (twice the dQ reductions:
  * 1.6x to 2.6x slower), deferring the dQ adds behind the next block's S (ptxas inserts waits).
  *
