@@ -488,7 +488,8 @@ TEST(cuda_attention_fwd_bwd) { attn_cases_under(t, NULL); }
 
 /* The Hopper backward's three ways of adding dQ tiles (US_CUDA_WG_DQ: atomics, a bulk add per row,
  * a bulk add per tile into the tile-ordered accumulator), each against the CPU backend; the
- * default picks one per head dim. (On other GPUs every mode runs the portable kernel.) */
+ * default picks one per head dim. Each mode in a backend opened under it (the backend reads the
+ * variable when it opens). (On other GPUs every mode runs the portable kernel.) */
 TEST(cuda_attention_bwd_dq_modes) {
     static const char *modes[] = {"1", "2", "3"};
     for (int i = 0; i < 3 && !t->failed; i++) {

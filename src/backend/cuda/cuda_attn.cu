@@ -612,7 +612,7 @@ void launch_bwd(cuda_impl *c, void *dq, void *dk, void *dv, const void *dout, co
         CK_LAUNCH(c);
         if (attn_bwd_wgmma(c->st, c->sm_count, (bf16 *)dq, (bf16 *)dk, (bf16 *)dv, wq, wkv, (const bf16 *)dout,
                            (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, lse, wD, sh->batch, sh->seq, H, KV, HD,
-                           sh->scale, wseg, seg)) {
+                           sh->scale, wseg, seg, c->attn_wg_dq)) {
             CK_LAUNCH(c);
             return;
         }

@@ -84,7 +84,6 @@
 #include "cuda_wgmma.cuh"
 
 #include <stdint.h>
-#include <stdlib.h>
 
 namespace {
 
@@ -510,15 +509,19 @@ __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
 
 /* f32 -> bf16 of up to three contiguous arrays in one launch: s0 (n0 floats), then s1 and s2 (n1
  * floats each); n0, n1 multiples of 4 */
+/* float4 j of s -> four bf16 at d (streaming load: the sums are read once) */
+__device__ __forceinline__ void cast4(wbf16 *d, const float *s, size_t j) {
+    const float4 x = __ldcs(reinterpret_cast<const float4 *>(s) + j);
+    reinterpret_cast<uint2 *>(d)[j] = make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
+}
+
 __global__ void k_wg_f32_to_bf16(wbf16 *d0, const float *s0, size_t n0, wbf16 *d1, const float *s1, wbf16 *d2,
                                  const float *s2, size_t n1) {
     const size_t a = n0 / 4, c = n1 / 4, n4 = a + 2 * c;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
         const float *s = i < a ? s0 : i < a + c ? s1 : s2;
         wbf16 *d = i < a ? d0 : i < a + c ? d1 : d2;
-        const size_t j = i < a ? i : i < a + c ? i - a : i - a - c;
-        const float4 x = __ldcs(reinterpret_cast<const float4 *>(s) + j);
-        reinterpret_cast<uint2 *>(d)[j] = make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
+        cast4(d, s, i < a ? i : i < a + c ? i - a : i - a - c);
     }
 }
 
@@ -534,9 +537,8 @@ __global__ void k_wg_cast_tiles(wbf16 *dq, const float *dq_acc, int units, int n
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
         if (i >= nq4) { /* dK, dV */
             const size_t j = i - nq4, half = nk / 4;
-            const float4 x = __ldcs(reinterpret_cast<const float4 *>(dkv_acc) + j);
-            reinterpret_cast<uint2 *>(j < half ? dk : dv)[j < half ? j : j - half] =
-                make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
+            if (j < half) cast4(dk, dkv_acc, j);
+            else cast4(dv, dkv_acc + nk, j - half);
             continue;
         }
         const size_t tile = i / TILE4;
@@ -625,7 +627,7 @@ bool wg_launch_t(cudaStream_t st, int sm_count, wbf16 *dq, wbf16 *dk, wbf16 *dv,
         dq_acc, dq, dk, dv, split ? dkv_acc : nullptr, cnt, dout, q, k, v, lse, D, seg, SEG ? seg_scratch : nullptr,
         seq, H, KV, scale, scale * WG_LOG2E, units, nkb, chunk);
     if (FUSE == 1) return true;
-    if (DQM == 3) {
+    if constexpr (DQM == 3) {
         const size_t n4 = nq / 4 + (split && FUSE == 0 ? nk / 2 : 0), cap = (size_t)sms * 16;
         const size_t g = (n4 + 255) / 256 < cap ? (n4 + 255) / 256 : cap;
         k_wg_cast_tiles<HD><<<(unsigned)g, 256, 0, st>>>(dq, dq_acc, units, nqb, seq, H, split && FUSE == 0 ? dk : nullptr,
@@ -658,19 +660,10 @@ size_t attn_wg_dq_scratch_bytes(int batch, int seq, int H, int KV, int hd) { /* 
     return ((size_t)batch * H * ((seq + 63) / 64) * 64 * hd + wg_counter_ints(batch, seq, H, KV)) * 4;
 }
 
-/* How the dQ tiles reach the accumulator (DQM above): US_CUDA_WG_DQ = 1 (atomics from registers),
- * 2 (a bulk add per row) or 3 (a bulk add per warpgroup tile); unset, by head dim: 1 at hd 64, 3
- * at hd 128 (the faster there; bench/attn_wg_check.cu variants). Read at each call (tests switch it). */
-static int wg_dq_mode(int hd) {
-    const char *e = getenv("US_CUDA_WG_DQ");
-    const int m = e && *e ? atoi(e) : 0;
-    return m >= 1 && m <= 3 ? m : hd == 64 ? 1 : 3;
-}
-
 bool attn_bwd_wgmma(cudaStream_t st, int sm_count, __nv_bfloat16 *dq, __nv_bfloat16 *dk, __nv_bfloat16 *dv,
                     float *dq_acc, float *dkv_acc, const __nv_bfloat16 *dout, const __nv_bfloat16 *q,
                     const __nv_bfloat16 *k, const __nv_bfloat16 *v, const float *lse, const float *D, int batch,
-                    int seq, int H, int KV, int hd, float scale, int *seg_scratch, const int32_t *seg) {
+                    int seq, int H, int KV, int hd, float scale, int *seg_scratch, const int32_t *seg, int dq_mode) {
     if ((hd != 64 && hd != 128) || batch < 1 || seq < 1 || KV < 1 || H < KV || H % KV) return false;
     if (seg && !seg_scratch) return false;
     if ((size_t)batch * H * ((seq + 63) / 64) > 0x7fffffffu) return false;
@@ -679,7 +672,9 @@ bool attn_bwd_wgmma(cudaStream_t st, int sm_count, __nv_bfloat16 *dq, __nv_bfloa
                          (uintptr_t)dout | (uintptr_t)q | (uintptr_t)k | (uintptr_t)v;
     if (al & 15) return false;
     if (!wgmma_cc90()) return false; /* sm_90a code */
-    const int m = wg_dq_mode(hd);
+    /* how the dQ tiles reach the accumulator (DQM above); by default the faster for the head dim
+     * (bench/attn_wg_check.cu variants): atomics at 64, one bulk add per tile at 128 */
+    const int m = dq_mode >= 1 && dq_mode <= 3 ? dq_mode : hd == 64 ? 1 : 3;
 #define WG_GO(HD, DQM)                                                                                                 \
     wg_launch<HD, 64, 128, DQM>(st, sm_count, dq, dk, dv, dq_acc, dkv_acc, dout, q, k, v, lse, D, batch, seq, H, KV,  \
                                 scale, seg_scratch, seg)

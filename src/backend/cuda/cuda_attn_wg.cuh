@@ -17,12 +17,15 @@
  * keys j with seg[i] <= j <= i); then seg_scratch (batch * ceil(seq/64) ints) takes the per
  * query block minima. Returns false, having done nothing, for shapes or devices it does not
  * handle (hd other than 64 / 128, H % KV != 0, a device other than compute capability 9.0,
- * misaligned pointers, seg without seg_scratch); then the caller keeps its own kernel.
+ * misaligned pointers, seg without seg_scratch); then the caller keeps its own kernel. dq_mode:
+ * how dQ partial tiles are summed (1 atomics, 2 a bulk add per row, 3 a bulk add per tile;
+ * 0: the faster for hd).
  * Everything is queued on `st`; launch errors are left for the caller's cudaGetLastError. */
 bool attn_bwd_wgmma(cudaStream_t st, int sm_count, __nv_bfloat16 *dq, __nv_bfloat16 *dk, __nv_bfloat16 *dv,
                     float *dq_acc, float *dkv_acc, const __nv_bfloat16 *dout, const __nv_bfloat16 *q,
                     const __nv_bfloat16 *k, const __nv_bfloat16 *v, const float *lse, const float *D, int batch,
-                    int seq, int H, int KV, int hd, float scale, int *seg_scratch, const int32_t *seg);
+                    int seq, int H, int KV, int hd, float scale, int *seg_scratch, const int32_t *seg,
+                    int dq_mode);
 
 /* bytes of attn_bwd_wgmma's dq_acc scratch */
 size_t attn_wg_dq_scratch_bytes(int batch, int seq, int H, int KV, int hd);

@@ -1779,6 +1779,7 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
         c->attn_bn = bn && atoi(bn) == 64 ? 64 : 128;
         const char *wg = getenv("US_CUDA_ATTN_WG");
         c->attn_wg = prop.major == 9 && prop.minor == 0 && !(wg && !strcmp(wg, "0"));
+        c->attn_wg_dq = env_int("US_CUDA_WG_DQ", 0);
         const char *gr = getenv("US_CUDA_GRAPH");
         c->graph_off = gr && !strcmp(gr, "0");
         const char *pin = getenv("US_CUDA_PIN");

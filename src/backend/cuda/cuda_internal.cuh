@@ -84,6 +84,7 @@ typedef struct cuda_impl {
     int copy_seq;                    /* tickets handed out so far */
     size_t attn_budget;              /* bytes for the attention backward's f32 accumulators */
     size_t attn_wg_bytes;            /* the same for the Hopper kernel, which takes every head at once */
+    int attn_wg_dq;                  /* US_CUDA_WG_DQ: how that kernel sums dQ tiles (0: by head dim) */
     int attn_bn;                     /* keys per CTA of the attention backward, head_dim 64/128 */
     /* CUDA graph of one training step (graph_begin/graph_end/graph_launch, backend.h) */
     cudaGraphExec_t gexec;           /* the step captured last, or NULL */
