@@ -59,7 +59,7 @@ static void lora_group_fwd(void *y, float *u, const void *x, const float *A, con
 }
 static void lora_group_bwd(void *dx, float *dA, float *dB, float *du, const void *dy, const void *x, const float *u,
                            const float *A, const float *B, int T, int in, int out, int r, int n) {
-    for (int j = 0; j < n; j++) be->lora_bwd_dy(be, du + j * r, n * r, dB, dy, out, u + j * r, n * r, B, 2.0f, T, out, r, false);
+    for (int j = 0; j < n; j++) be->lora_bwd_dy(be, du + j * r, n * r, dB, dy, out, u + j * r, n * r, B, 2.0f, T, out, r, 0);
     be->lora_bwd_x(be, dx, NULL, dA, du, n * r, x, in, NULL, NULL, A, T, in, n * r);
 }
 
@@ -223,16 +223,16 @@ int main(int argc, char **argv) {
             OP("up down (res)", 4.0 * T * D, be->lora_up(be, y, res, u, 16, B, 2.0f, T, D, r));
             double fwd = tot;
             /* backward */
-            OP("bwd_dy down fold", 2.0 * T * D, be->lora_bwd_dy(be, du, 16, dW, y, D + 16, u, 16, B, 2.0f, T, D, r, true));
+            OP("bwd_dy down fold", 2.0 * T * D, be->lora_bwd_dy(be, du, 16, dW, y, D + 16, u, 16, B, 2.0f, T, D, r, D));
             OP("bwd_x down dA", 2.0 * T * F, be->lora_bwd_x(be, NULL, NULL, dW, du, 16, x, F, NULL, NULL, A, T, F, 16));
-            OP("bwd_dy gate", 2.0 * T * F, be->lora_bwd_dy(be, du, 32, dW, y, F, u, 32, B, 2.0f, T, F, r, false));
-            OP("bwd_dy up", 2.0 * T * F, be->lora_bwd_dy(be, du + 16, 32, dW, y, F, u + 16, 32, B, 2.0f, T, F, r, false));
+            OP("bwd_dy gate", 2.0 * T * F, be->lora_bwd_dy(be, du, 32, dW, y, F, u, 32, B, 2.0f, T, F, r, 0));
+            OP("bwd_dy up", 2.0 * T * F, be->lora_bwd_dy(be, du + 16, 32, dW, y, F, u + 16, 32, B, 2.0f, T, F, r, 0));
             OP("bwd_x gate+up dx+dA", 4.0 * T * D, be->lora_bwd_x(be, res, NULL, dW, du, 32, x, D + 32, NULL, NULL, A, T, D, 32));
-            OP("bwd_dy o fold", 2.0 * T * D, be->lora_bwd_dy(be, du, 16, dW, y, D + 16, u, 16, B, 2.0f, T, D, r, true));
+            OP("bwd_dy o fold", 2.0 * T * D, be->lora_bwd_dy(be, du, 16, dW, y, D + 16, u, 16, B, 2.0f, T, D, r, D));
             OP("bwd_x o dA", 2.0 * T * ss[i].Q, be->lora_bwd_x(be, NULL, NULL, dW, du, 16, x, ss[i].Q, NULL, NULL, A, T, ss[i].Q, 16));
-            OP("bwd_dy q", 2.0 * T * ss[i].Q, be->lora_bwd_dy(be, du, 48, dW, y, ss[i].Q, u, 48, B, 2.0f, T, ss[i].Q, r, false));
-            OP("bwd_dy k", 2.0 * T * ss[i].KV, be->lora_bwd_dy(be, du + 16, 48, dW, y, ss[i].KV, u + 16, 48, B, 2.0f, T, ss[i].KV, r, false));
-            OP("bwd_dy v", 2.0 * T * ss[i].KV, be->lora_bwd_dy(be, du + 32, 48, dW, y, ss[i].KV, u + 32, 48, B, 2.0f, T, ss[i].KV, r, false));
+            OP("bwd_dy q", 2.0 * T * ss[i].Q, be->lora_bwd_dy(be, du, 48, dW, y, ss[i].Q, u, 48, B, 2.0f, T, ss[i].Q, r, 0));
+            OP("bwd_dy k", 2.0 * T * ss[i].KV, be->lora_bwd_dy(be, du + 16, 48, dW, y, ss[i].KV, u + 16, 48, B, 2.0f, T, ss[i].KV, r, 0));
+            OP("bwd_dy v", 2.0 * T * ss[i].KV, be->lora_bwd_dy(be, du + 32, 48, dW, y, ss[i].KV, u + 32, 48, B, 2.0f, T, ss[i].KV, r, 0));
             OP("bwd_x q+k+v dx+dA", 4.0 * T * D, be->lora_bwd_x(be, res, NULL, dW, du, 48, x, D + 48, NULL, NULL, A, T, D, 48));
 #undef OP
             printf("loraop %s layer: forward %.1f us, backward %.1f us (one layer's LoRA ops)\n", ss[i].name, fwd * 1e6, (tot - fwd) * 1e6);

@@ -411,8 +411,8 @@ TEST(ops_lora) {
     fill(&rg, dB1, dB10, O1 * R, 1);
     fill(&rg, dB2, dB20, O2 * R, 1);
     fill(&rg, dA, dA0, LD * IN, 1);
-    be->lora_bwd_dy(be, du, LD, dB1, w1, O1, u, LD, B1, s, T, O1, R, false);
-    be->lora_bwd_dy(be, du + R, LD, dB2, w2, O2, u + R, LD, B2, s, T, O2, R, false);
+    be->lora_bwd_dy(be, du, LD, dB1, w1, O1, u, LD, B1, s, T, O1, R, 0);
+    be->lora_bwd_dy(be, du + R, LD, dB2, w2, O2, u + R, LD, B2, s, T, O2, R, 0);
     { /* folded: dy rows O1 + R apart get du1 beside them, and one input-gradient product over
        * O1 + R rows of [W; A1] equals dy W + du1 A1 */
         enum { YP = O1 + R };
@@ -421,7 +421,7 @@ TEST(ops_lora) {
         for (int i = 0; i < T * YP; i++) dyp[i] = 1e30f;
         for (int t = 0; t < T; t++) memcpy(dyp + t * YP, w1 + t * O1, O1 * sizeof(float));
         memset(dBs, 0, sizeof dBs);
-        be->lora_bwd_dy(be, du1, R, dBs, dyp, YP, u, LD, B1, s, T, O1, R, true);
+        be->lora_bwd_dy(be, du1, R, dBs, dyp, YP, u, LD, B1, s, T, O1, R, O1);
         float beside[T * R], dur[T * R];
         for (int t = 0; t < T; t++) {
             memcpy(beside + t * R, dyp + t * YP + O1, R * sizeof(float));

@@ -120,14 +120,15 @@ struct us_backend {
      * x has row pitch ldx (>= in). fold (lora_down): u is also written, in the activation type,
      * into x's columns in..in+R-1 (ldx >= in + R), so that a frozen product over in + R columns
      * against [W | s B] computes x W^T + s u B^T in one pass (step.c, "folded" groups). Likewise
-     * lora_bwd_dy: dy has row pitch ldy (>= out) and fold writes du beside dy (ldy >= out + r), so
-     * that dy's input-gradient product over out + r rows of [W; A] adds du A. */
+     * lora_bwd_dy: dy has row pitch ldy (>= out), and fold_at > 0 writes du into dy's columns
+     * fold_at..fold_at+r-1 (beside dy: fold_at = out; ldy >= fold_at + r), so that dy's
+     * input-gradient product over those rows of [W; A] adds du A (0: no fold). */
     void (*lora_down)(us_backend *be, float *u, int ldu, const void *x, int ldx, const float *A, int T, int in, int R,
                       bool fold);
     void (*lora_up)(us_backend *be, void *y, const void *res, const float *u, int ldu, const float *B, float s, int T,
                     int out, int r);
     void (*lora_bwd_dy)(us_backend *be, float *du, int lddu, float *dB, const void *dy, int ldy, const float *u, int ldu,
-                        const float *B, float s, int T, int out, int r, bool fold);
+                        const float *B, float s, int T, int out, int r, int fold_at);
     /* lora_bwd_x with rstd (f32 [T]) and w (f32 [in]) not NULL: x is an RMSNorm's input and dA
      * uses the normed rows x[t, i] * rstd[t] * w[i] without their being written anywhere (the
      * model then need not rebuild them for backward). */

@@ -262,12 +262,15 @@ int us_target_group(int t) {
     return t >= 0 && t < US_T_COUNT ? g[t] : -1;
 }
 
+/* rows of the joint q/k/v block: q's, k's and v's outputs */
+static int qkv_out(const us_config *c) { return (c->heads + 2 * c->kv_heads) * c->head_dim; }
+
 /* The list of blocks us_model_fold_refresh copies from the masters, in backend memory (built
  * once: the matrices and the masters stay where they are): s*B beside W for the forward-folded
  * targets, A below W for the backward-folded ones. */
 static us_status fold_list(us_model *m, us_err *e) {
     us_backend *be = m->be;
-    us_put *h = calloc((size_t)m->cfg.layers * US_T_COUNT, sizeof *h);
+    us_put *h = calloc((size_t)m->cfg.layers * (US_T_COUNT + 1), sizeof *h);
     if (!h) return us_fail(e, US_ENOMEM, "out of memory");
     int n = 0, r = m->spec.lora.r;
     size_t wb = be->weight_bytes;
@@ -281,6 +284,9 @@ static us_status fold_list(us_model *m, us_err *e) {
                                   m->lora_scale};
             else if (m->fold_rows[t])
                 h[n++] = (us_put){w + (size_t)s->out * s->in * wb, m->params + s->off_A, s->in, r, s->in, 1.0f};
+            if (m->qkv_fold && t == m->lora_lead[US_T_Q]) /* the group's A below the joint q/k/v block */
+                h[n++] = (us_put){(char *)m->L[l].w[US_T_Q] + (size_t)qkv_out(&m->cfg) * m->wld[US_T_Q] * wb,
+                                  m->params + s->off_A, m->wld[US_T_Q], m->qkv_fold, s->in, 1.0f};
         }
     if (n) {
         m->fold_list = be->alloc(be, (size_t)n * sizeof *h);
@@ -327,6 +333,9 @@ static us_status fold_setup(us_model *m, us_err *e) {
     const char *jenv = getenv("US_QKV_JOINT");
     m->qkv_joint = m->fold[US_T_Q] && m->fold[US_T_K] && m->fold[US_T_V] && m->wld[US_T_Q] == m->wld[US_T_K] &&
                    m->wld[US_T_K] == m->wld[US_T_V] && !(jenv && !strcmp(jenv, "0"));
+    /* ... with the group's A in R rows below it (backward folding; US_QKV_FOLD=0: none) */
+    const char *fenv = getenv("US_QKV_FOLD");
+    m->qkv_fold = m->qkv_joint && !(fenv && !strcmp(fenv, "0")) ? m->fold[US_T_Q] : 0;
     int qkv_rows[3] = {0};
     for (int t = US_T_Q; t <= US_T_V; t++) {
         int in, out;
@@ -347,7 +356,7 @@ static us_status fold_setup(us_model *m, us_err *e) {
                 w = (char *)m->L[l].w[US_T_Q] +
                     (size_t)(qkv_rows[0] + (t == US_T_V ? qkv_rows[1] : 0)) * m->wld[t] * be->weight_bytes;
             else if (m->qkv_joint && t == US_T_Q)
-                w = be->alloc(be, (size_t)(qkv_rows[0] + qkv_rows[1] + qkv_rows[2]) * m->wld[t] * be->weight_bytes);
+                w = be->alloc(be, (size_t)(qkv_out(c) + m->qkv_fold) * m->wld[t] * be->weight_bytes);
             else
                 w = be->alloc(be, ((size_t)out * in + extra) * be->weight_bytes);
             if (!w) {
@@ -360,6 +369,11 @@ static us_status fold_setup(us_model *m, us_err *e) {
                 be->weight_put(be, (char *)w + (size_t)in * be->weight_bytes, m->wld[t], NULL, out, m->fold[t], 0.0f);
             else
                 be->weight_put(be, (char *)w + (size_t)out * in * be->weight_bytes, in, NULL, m->fold_rows[t], in, 0.0f);
+            if (m->qkv_fold && t == US_T_Q) { /* the A rows start at zero */
+                be->weight_put(be, (char *)w + (size_t)qkv_out(c) * m->wld[t] * be->weight_bytes, m->wld[t], NULL,
+                               m->qkv_fold, m->wld[t], 0.0f);
+                extra += (size_t)m->qkv_fold * m->wld[t];
+            }
             be->free(be, m->L[l].w[t]);
             m->L[l].w[t] = w;
             m->weight_bytes += extra * be->weight_bytes;

@@ -117,6 +117,11 @@ typedef struct us_model {
      * input gradient of the three is one product over [dq | dk | dv] (s.dqkv, row pitch
      * (heads + 2 kv_heads) * head_dim; step.c) */
     bool qkv_joint;
+    /* Backward folding of the joint q/k/v block: qkv_fold = R extra rows below it holding the
+     * group's A ([R, in], refreshed like the rest), s.dqkv gets R extra columns (row pitch
+     * qkv_ld) that lora_bwd_dy fills with du, and the one input-gradient product over
+     * [dq | dk | dv | du] forms dx with the LoRA term (0: lora_bwd_x forms du A instead) */
+    int qkv_fold, qkv_ld;
     int qkv_joint_layers; /* layers whose k and v already lie in q's block (the rest: their own, on a failed load) */
     bool qkv_merge;       /* training merges dq, dk, dv into s.dqkv (it fits over datt and da: plan.c) */
     us_put *fold_list; /* backend memory: every folded s*B and A block, for us_model_fold_refresh */

@@ -208,10 +208,13 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
         size_t datt_at = b->off;
         s->datt = take(b, tt * H * hd * A);
         s->da = take(b, arows * F * A);
-        /* [dq | dk | dv] rows for the one q/k/v input-gradient product (model.h qkv_joint): over
-         * datt and da, dead by then (attention's backward has read datt, the MLP's is done), when
-         * they are large enough; else (da a rebuilt MLP's chunk) three products, no more memory */
-        m->qkv_merge = m->qkv_joint && b->off - datt_at >= tt * (size_t)(H + 2 * KV) * hd * A;
+        /* [dq | dk | dv (| du)] rows for the one q/k/v input-gradient product (model.h qkv_joint,
+         * qkv_fold): over datt and da, dead by then (attention's backward has read datt, the
+         * MLP's is done), when they are large enough; else (da a rebuilt MLP's chunk) three
+         * products, no more memory */
+        size_t room = b->off - datt_at, qkvw = (size_t)(H + 2 * KV) * hd;
+        m->qkv_ld = (int)qkvw + (room >= tt * (qkvw + (size_t)m->qkv_fold) * A ? m->qkv_fold : 0);
+        m->qkv_merge = m->qkv_joint && room >= tt * (size_t)m->qkv_ld * A;
         s->dqkv = m->qkv_merge && b->base ? b->base + datt_at : NULL;
         s->lora = take(b, tt * ldmax * 4); /* du of one LoRA group */
     }

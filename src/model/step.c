@@ -88,17 +88,21 @@ static void group_bwd(us_model *m, int l, const int *ts, int n, void *const *dys
     us_backend *be = m->be;
     const us_layer_weights *L = &m->L[l];
     int lead = m->lora_lead[ts[0]], in, out;
-    /* o/down folded: du goes beside dy (row pitch ldy) and dy's product over [W; A] adds du A */
-    bool fold_dx = lead >= 0 && m->fold_rows[lead] && lora_on(m, l, lead);
+    /* o/down folded: du goes beside dy (row pitch ldy) and dy's product over [W; A] adds du A;
+     * q/k/v merged and folded (ldy past [dq | dk | dv]): the group's du after the three */
+    int qkvw = (m->cfg.heads + 2 * m->cfg.kv_heads) * m->cfg.head_dim;
+    bool joint_fold = joint && ldy > qkvw;
+    bool fold_dx = lead >= 0 && (m->fold_rows[lead] || joint_fold) && lora_on(m, l, lead);
     if (lead >= 0 && lora_on(m, l, lead)) {
-        for (int i = 0; i < n; i++) {
+        for (int i = 0, col = 0; i < n; i++, col += out) { /* col: dys[i]'s first column in dqkv */
             int t = ts[i];
+            us_target_dims(&m->cfg, t, &in, &out);
             if (!lora_on(m, l, t)) continue;
             const us_lora_slot *s = &m->slot[l][t];
-            us_target_dims(&m->cfg, t, &in, &out);
+            int fold_at = !fold_dx ? 0 : joint_fold ? qkvw + m->lora_col[t] - col : out;
             be->lora_bwd_dy(be, m->s.lora + m->lora_col[t], m->lora_ld[t], m->grads + s->off_B, dys[i], ldy ? ldy : out,
                             u_at(m, l, t, r0), m->lora_ld[t], m->params + s->off_B, m->lora_scale, T, out, m->spec.lora.r,
-                            fold_dx);
+                            fold_at);
         }
         const us_lora_slot *s = &m->slot[l][lead];
         if (x || !fold_dx) {
@@ -113,6 +117,7 @@ static void group_bwd(us_model *m, int l, const int *ts, int n, void *const *dys
             us_target_dims(&m->cfg, ts[i], &in, &out);
             rows += out;
         }
+        if (joint_fold && fold_dx) rows += m->qkv_fold;
         if (dx) be->linear_bwd_x(be, dx, acc, dys[0], ldy, L->w[ts[0]], m->wld[ts[0]], T, in, rows);
         return;
     }
@@ -298,7 +303,7 @@ static bool backward_layer(us_model *m, int l, const us_batch *b) {
         group_bwd(m, l, o_proj, 1, &m->s.dres, m->dres_ld, p->attn_bwd ? m->s.datt : NULL, false, in_o, T, 0);
     if (p->attn_bwd) {
         be->attn_bwd(be, m->s.dq, m->s.dk, m->s.dv, m->s.datt, a->q, a->k, a->v, a->att, a->lse, b->seg_start, &sh);
-        int qd = c->heads * c->head_dim, kd = c->kv_heads * c->head_dim, ldqkv = qd + 2 * kd;
+        int qd = c->heads * c->head_dim, kd = c->kv_heads * c->head_dim, ldqkv = m->qkv_merge ? m->qkv_ld : qd + 2 * kd;
         void *dqkv[] = {m->s.dq, m->s.dk, m->s.dv};
         if (m->qkv_merge) { /* [dq | dk | dv] rows for the one input-gradient product */
             be->qkv_merge(be, m->s.dqkv, ldqkv, m->s.dq, m->s.dk, m->s.dv, b->pos, m->inv_freq, T, c->heads,

@@ -290,9 +290,9 @@ static int lora_case(gpair *pp, us_test_ctx *t, int T, int in, int out, int r, i
         free(dyp);
         if (j == 0) gdy0 = gdy;
         p.g->lora_bwd_dy(p.g, gdu + (size_t)j * r, R, gdB + (size_t)j * out * r, gdy, ldy, gu2 + (size_t)j * r, R,
-                         gB + (size_t)j * out * r, s, T, out, r, ldy > out);
+                         gB + (size_t)j * out * r, s, T, out, r, ldy > out ? out : 0);
         p.c->lora_bwd_dy(p.c, cdu + (size_t)j * r, R, cdB + (size_t)j * out * r, cdy, out, cu + (size_t)j * r, R,
-                         cB + (size_t)j * out * r, s, T, out, r, false);
+                         cB + (size_t)j * out * r, s, T, out, r, 0);
     }
     double edu = err_f32(&p, gdu, cdu, TR), eB = err_f32(&p, gdB, cdB, (size_t)n * out * r);
     if (!(edu < 5e-3 && eB < TOL_MM)) { snprintf(t->msg, sizeof t->msg, "lora_bwd_dy %s ldy %d: du %g dB %g", what, ldy0, edu, eB); t->failed = 1; return 0; }

@@ -220,12 +220,12 @@ static void cpu_lora_up(us_backend *be, void *y, const void *res, const float *u
 }
 
 static void cpu_lora_bwd_dy(us_backend *be, float *du, int lddu, float *dB, const void *dy, int ldy, const float *u,
-                            int ldu, const float *B, float s, int T, int out, int r, bool fold) {
+                            int ldu, const float *B, float s, int T, int out, int r, int fold_at) {
     (void)be;
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, T, s, dy, ldy, u, ldu, 1.0f, dB, r);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, r, out, s, dy, ldy, B, r, 0.0f, du, lddu);
-    if (fold)
-        for (int t = 0; t < T; t++) memcpy((float *)dy + (size_t)t * ldy + out, du + (size_t)t * lddu, (size_t)r * 4);
+    if (fold_at > 0)
+        for (int t = 0; t < T; t++) memcpy((float *)dy + (size_t)t * ldy + fold_at, du + (size_t)t * lddu, (size_t)r * 4);
 }
 
 static void cpu_lora_bwd_x(us_backend *be, void *dx, const void *res, float *dA, const float *du, int lddu,

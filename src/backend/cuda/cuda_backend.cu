@@ -1058,7 +1058,7 @@ static void cu_lora_up(us_backend *be, void *y, const void *res, const float *u,
 }
 
 static void cu_lora_bwd_dy(us_backend *be, float *du, int lddu, float *dB, const void *dy, int ldy, const float *u,
-                           int ldu, const float *B, float s, int T, int out, int r, bool fold) {
+                           int ldu, const float *B, float s, int T, int out, int r, int fold_at) {
     cuda_impl *c = CI(be);
     PROF(c, P_LORA_B);
     if (lora_gemm_forced() || !us_cuda_lora_bwd_dy_fast(c, du, lddu, dB, dy, ldy, u, ldu, B, s, T, out, r)) {
@@ -1070,8 +1070,8 @@ static void cu_lora_bwd_dy(us_backend *be, float *du, int lddu, float *dB, const
         /* du^T (r x T) = s B^T (r x out) dy^T */
         gemm(c, false, false, r, T, out, s, Bb, BF, r, dy, BF, ldy, 0.0f, du, F32, lddu);
     }
-    if (fold && T > 0) { /* du beside dy, for dy's folded input-gradient product */
-        k_lora_fold<<<grid_for(c, (size_t)T * r, 256), 256, 0, c->st>>>((bf16 *)dy + out, ldy, du, lddu, T, r);
+    if (fold_at > 0 && T > 0) { /* du into dy's rows, for dy's folded input-gradient product */
+        k_lora_fold<<<grid_for(c, (size_t)T * r, 256), 256, 0, c->st>>>((bf16 *)dy + fold_at, ldy, du, lddu, T, r);
         CK_LAUNCH(c);
     }
 }
