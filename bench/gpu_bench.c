@@ -48,7 +48,7 @@ static void *rand_act(size_t n, float sd, uint64_t stream) {
 
 static void *g_x, *g_w, *g_y;
 static void gemm4(int N) {
-    for (int k = 0; k < 4; k++) be->linear_fwd(be, g_y, false, g_x, N, g_w, N, NULL, N, N, N);
+    for (int k = 0; k < 4; k++) be->linear_fwd(be, g_y, NULL, g_x, N, g_w, N, NULL, N, N, N);
 }
 
 /* a group of n projections reading x, as step.c runs it (same B for each member here) */
@@ -76,7 +76,7 @@ int main(int argc, char **argv) {
     if (PART("gemm")) { /* matrix-product ceiling */
         int n = 8192;
         void *x = rand_act((size_t)n * n, 1.0f, 1), *w = rand_act((size_t)n * n, 0.01f, 2), *y = rand_act((size_t)n * n, 1.0f, 3);
-        TIME(reps, be->linear_fwd(be, y, false, x, n, w, n, NULL, n, n, n), sec);
+        TIME(reps, be->linear_fwd(be, y, NULL, x, n, w, n, NULL, n, n, n), sec);
         printf("gemm bf16 %dx%dx%d (linear_fwd): %.3f ms  %.1f TFLOP/s\n", n, n, n, sec * 1e3, 2.0 * n * n * (double)n / sec / 1e12);
         /* the shapes of a 1B MLP */
         be->free(be, x), be->free(be, w), be->free(be, y);
@@ -252,7 +252,7 @@ int main(int argc, char **argv) {
             int T = ps[i].T, in = ps[i].in, out = ps[i].out;
             void *x = rand_act((size_t)T * in, 1, 50), *w = rand_act((size_t)out * in, 0.02f, 51), *y = rand_act((size_t)T * out, 1, 52);
             double tf, tb, fl = 2.0 * T * in * out;
-            TIME(reps, be->linear_fwd(be, y, false, x, in, w, in, NULL, T, in, out), tf);
+            TIME(reps, be->linear_fwd(be, y, NULL, x, in, w, in, NULL, T, in, out), tf);
             TIME(reps, be->linear_bwd_x(be, x, false, y, out, w, in, T, in, out), tb);
             printf("proj %-16s T=%-6d %5d -> %-6d fwd %8.1f us %5.0f TFLOP/s  bwd_x %8.1f us %5.0f TFLOP/s\n", ps[i].name, T,
                    in, out, tf * 1e6, fl / tf / 1e12, tb * 1e6, fl / tb / 1e12);
@@ -271,7 +271,7 @@ int main(int argc, char **argv) {
                 int C = k ? eq : fit;
                 TIME(reps, for (int r0 = 0; r0 < T; r0 += C) {
                     int rows = T - r0 < C ? T - r0 : C;
-                    be->linear_fwd(be, lg, false, (char *)h + (size_t)r0 * D * 2, D, w, D, NULL, rows, D, V);
+                    be->linear_fwd(be, lg, NULL, (char *)h + (size_t)r0 * D * 2, D, w, D, NULL, rows, D, V);
                     be->linear_bwd_x(be, (char *)h + (size_t)r0 * D * 2, false, lg, V, w, D, rows, D, V);
                 }, t[k]);
             }
@@ -291,12 +291,12 @@ int main(int argc, char **argv) {
             void *x = rand_act((size_t)T * in, 1, 50), *w = rand_act((size_t)tot * in, 0.02f, 51), *y = rand_act((size_t)T * tot, 1, 52);
             double ts0, ts1, tf, bs, bf, fl = 2.0 * T * in * tot;
 #define SEP_FWD(acc_) do { size_t o_ = 0; for (int j = 0; j < n; j++) { \
-                be->linear_fwd(be, (char *)y + o_ * T * 2, acc_, x, in, (char *)w + o_ * in * 2, in, NULL, T, in, fs[i].outs[j]); o_ += fs[i].outs[j]; } } while (0)
+                be->linear_fwd(be, (char *)y + o_ * T * 2, acc_ ? (char *)y + o_ * T * 2 : NULL, x, in, (char *)w + o_ * in * 2, in, NULL, T, in, fs[i].outs[j]); o_ += fs[i].outs[j]; } } while (0)
 #define SEP_BWD() do { size_t o_ = 0; for (int j = 0; j < n; j++) { \
                 be->linear_bwd_x(be, x, true, (char *)y + o_ * T * 2, fs[i].outs[j], (char *)w + o_ * in * 2, in, T, in, fs[i].outs[j]); o_ += fs[i].outs[j]; } } while (0)
             TIME(reps, SEP_FWD(false), ts0);
             TIME(reps, SEP_FWD(true), ts1);
-            TIME(reps, be->linear_fwd(be, y, true, x, in, w, in, NULL, T, in, tot), tf);
+            TIME(reps, be->linear_fwd(be, y, y, x, in, w, in, NULL, T, in, tot), tf);
             TIME(reps, SEP_BWD(), bs);
             TIME(reps, be->linear_bwd_x(be, x, true, y, tot, w, in, T, in, tot), bf);
             printf("fuse %-12s fwd separate %7.1f us (beta 0) %7.1f us (beta 1) %4.0f TFLOP/s, one %7.1f us %4.0f TFLOP/s;"
@@ -315,9 +315,9 @@ int main(int argc, char **argv) {
                 double tl, tfo;
 #define LORA_SEP() do { size_t o_ = 0; be->lora_down(be, u, R, x, in, A, T, in, R, false); for (int j = 0; j < n; j++) { \
                 void *yj = (char *)y + o_ * T * 2; be->lora_up(be, yj, NULL, u + j * r, R, B + o_ * r, 2.0f, T, fs[i].outs[j], r); \
-                be->linear_fwd(be, yj, true, x, in, (char *)w + o_ * in * 2, in, NULL, T, in, fs[i].outs[j]); o_ += fs[i].outs[j]; } } while (0)
+                be->linear_fwd(be, yj, yj, x, in, (char *)w + o_ * in * 2, in, NULL, T, in, fs[i].outs[j]); o_ += fs[i].outs[j]; } } while (0)
 #define LORA_FOLD() do { size_t o_ = 0; be->lora_down(be, u, R, xf, ldf, A, T, in, R, true); for (int j = 0; j < n; j++) { \
-                be->linear_fwd(be, (char *)y + o_ * T * 2, false, xf, ldf, (char *)wf + o_ * ldf * 2, ldf, NULL, T, ldf, fs[i].outs[j]); \
+                be->linear_fwd(be, (char *)y + o_ * T * 2, NULL, xf, ldf, (char *)wf + o_ * ldf * 2, ldf, NULL, T, ldf, fs[i].outs[j]); \
                 o_ += fs[i].outs[j]; } } while (0)
                 TIME(reps, LORA_SEP(), tl);
                 TIME(reps, LORA_FOLD(), tfo);
@@ -339,7 +339,7 @@ int main(int argc, char **argv) {
                 int T = ks[i].T, K = ks[i].in + extra[e], N = ks[i].out;
                 void *x = rand_act((size_t)T * K, 1, 60), *w = rand_act((size_t)N * K, 0.02f, 61), *y = rand_act((size_t)T * N, 1, 62);
                 double tf;
-                TIME(reps, be->linear_fwd(be, y, false, x, K, w, K, NULL, T, K, N), tf);
+                TIME(reps, be->linear_fwd(be, y, NULL, x, K, w, K, NULL, T, K, N), tf);
                 printf("kpad %-13s T=%-6d K=%-5d (+%3d) N=%-6d %8.1f us %5.0f TFLOP/s\n", ks[i].name, T, K, extra[e], N, tf * 1e6,
                        2.0 * T * K * N / tf / 1e12);
                 be->free(be, x), be->free(be, w), be->free(be, y);

@@ -250,7 +250,7 @@ TEST(ops_linear) {
     void *Wdev = be->weight_upload(be, W, US_DT_F32, OUT * IN);
     /* no bias, acc = false (y holds garbage first) */
     for (int i = 0; i < T * OUT; i++) y[i] = 1e6f;
-    be->linear_fwd(be, y, false, x, IN, Wdev, IN, NULL, T, IN, OUT);
+    be->linear_fwd(be, y, NULL, x, IN, Wdev, IN, NULL, T, IN, OUT);
     lin_ctx c = {xd, Wd, NULL, wd, yd, NULL, T, IN, OUT};
     lin_ref(&c);
     EXPECT_CLOSE("linear_fwd", y, yd, T * OUT, TOL);
@@ -262,15 +262,24 @@ TEST(ops_linear) {
     for (int t = 0; t < T; t++) memcpy(xp + t * LDX, x + t * IN, IN * sizeof(float));
     void *Wpdev = be->weight_upload(be, Wp, US_DT_F32, OUT * LDW);
     be->weight_put(be, Wpdev, LDW, W, OUT, IN, 1.0f); /* W from f32 into the pitched matrix */
-    be->linear_fwd(be, y, false, xp, LDX, Wpdev, LDW, NULL, T, IN, OUT);
+    be->linear_fwd(be, y, NULL, xp, LDX, Wpdev, LDW, NULL, T, IN, OUT);
     EXPECT_CLOSE("linear_fwd (pitched x, W)", y, yd, T * OUT, TOL);
     /* bias, acc = true */
     fill(&r, y, y0, T * OUT, 1);
-    be->linear_fwd(be, y, true, x, IN, Wdev, IN, b, T, IN, OUT);
+    be->linear_fwd(be, y, y, x, IN, Wdev, IN, b, T, IN, OUT);
     c.b = bd;
     c.y0 = y0;
     lin_ref(&c);
     EXPECT_CLOSE("linear_fwd bias acc", y, yd, T * OUT, TOL);
+    /* res another tensor: y = res + x W^T + b, res untouched (y garbage first) */
+    float res[T * OUT], res_keep[T * OUT];
+    fill(&r, res, y0, T * OUT, 1);
+    memcpy(res_keep, res, sizeof res);
+    for (int i = 0; i < T * OUT; i++) y[i] = 1e6f;
+    be->linear_fwd(be, y, res, x, IN, Wdev, IN, b, T, IN, OUT);
+    lin_ref(&c);
+    EXPECT_CLOSE("linear_fwd res elsewhere", y, yd, T * OUT, TOL);
+    CHECK(!memcmp(res, res_keep, sizeof res), "linear_fwd wrote its residual");
     c.y0 = NULL;
     /* backward: dy = w */
     be->linear_bwd_x(be, dx, false, w, OUT, Wdev, IN, T, IN, OUT);
@@ -385,7 +394,7 @@ TEST(ops_lora) {
     be->weight_put(be, Wfdev, XP, Wz, O1, IN, 1.0f);
     be->weight_put(be, (char *)Wfdev + IN * be->weight_bytes, XP, NULL, O1, LD, 0.0f);
     be->weight_put(be, (char *)Wfdev + IN * be->weight_bytes, XP, B1, O1, R, s); /* member 1's block */
-    be->linear_fwd(be, yf, false, xf, XP, Wfdev, XP, NULL, T, IN + LD, O1);
+    be->linear_fwd(be, yf, NULL, xf, XP, Wfdev, XP, NULL, T, IN + LD, O1);
     for (int t = 0; t < T; t++)
         for (int o = 0; o < O1; o++) {
             double v = y1d[t * O1 + o];

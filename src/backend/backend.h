@@ -95,9 +95,10 @@ struct us_backend {
     void (*rmsnorm_bwd)(us_backend *be, void *dx, int ldx, bool acc, float *dw, const void *dy, const void *x,
                         const float *rstd, const float *w, int T, int dim);
 
-    /* y[T,out] = x[T,in] W^T + bias (bias f32 or NULL); acc adds into y. Rows of x are ldx
-     * elements apart, rows of W ldw (both >= in; y is [T, out] dense). */
-    void (*linear_fwd)(us_backend *be, void *y, bool acc, const void *x, int ldx, const void *W, int ldw,
+    /* y[T,out] = res + x[T,in] W^T + bias (bias f32 or NULL; res NULL: none, res == y: adds into
+     * y, else another [T, out] tensor, read as the product's source). Rows of x are ldx elements
+     * apart, rows of W ldw (both >= in; y and res are [T, out] dense). */
+    void (*linear_fwd)(us_backend *be, void *y, const void *res, const void *x, int ldx, const void *W, int ldw,
                        const float *bias, int T, int in, int out);
     /* dx[T,in] = dy[T,out] W (acc adds); rows of dy lddy elements apart (>= out), rows of W ldw
      * (>= in). */

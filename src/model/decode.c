@@ -114,7 +114,7 @@ static void project(us_decoder *d, int l, int t, void *y, bool acc, const void *
     us_model *m = d->m;
     int in, out;
     us_target_dims(&m->cfg, t, &in, &out);
-    m->be->linear_fwd(m->be, y, acc, x, in, m->L[l].w[t], m->wld[t], m->L[l].b[t], T, in, out);
+    m->be->linear_fwd(m->be, y, acc ? y : NULL, x, in, m->L[l].w[t], m->wld[t], m->L[l].b[t], T, in, out);
     if (!m->spec.full && m->slot && m->slot[l][t].on) {
         const us_lora_slot *s = &m->slot[l][t];
         int r = m->spec.lora.r;
@@ -201,7 +201,7 @@ static void run_chunk(us_decoder *d, const int32_t *ids, int T, bool want_logits
     if (!want_logits) return;
     const char *last = (const char *)d->x + (size_t)(T - 1) * D * A;
     be->rmsnorm_fwd(be, d->h, D, d->rstd, last, m->norm_f, 1, D, (float)c->rms_eps);
-    be->linear_fwd(be, d->logits_act, false, d->h, D, m->lm_head, D, NULL, 1, D, c->vocab);
+    be->linear_fwd(be, d->logits_act, NULL, d->h, D, m->lm_head, D, NULL, 1, D, c->vocab);
     be->act_to_f32(be, d->logits_f32, d->logits_act, (size_t)c->vocab);
     be->download(be, logits, d->logits_f32, (size_t)c->vocab * 4);
 }

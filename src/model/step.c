@@ -45,7 +45,7 @@ static void lora_down(us_model *m, int l, int t, const void *x, int T, size_t r0
 }
 
 /* y = res + x W^T + b (+ s u B^T, u from lora_down). res NULL: none; res == y: accumulate.
- * Folded: one product over [x | u] and [W | s B] (res is NULL there). Otherwise the LoRA term
+ * Folded: one product over [x | u] and [W | s B] from res. Otherwise the LoRA term
  * (or res) is written first and the frozen product adds on top. */
 static void project(us_model *m, int l, int t, void *y, const void *res, const void *x, int T, size_t r0) {
     us_backend *be = m->be;
@@ -53,7 +53,7 @@ static void project(us_model *m, int l, int t, void *y, const void *res, const v
     us_target_dims(&m->cfg, t, &in, &out);
     bool acc = res != NULL;
     if (m->fold[t]) {
-        be->linear_fwd(be, y, acc, x, ld, m->L[l].w[t], ld, m->L[l].b[t], T, ld, out);
+        be->linear_fwd(be, y, res, x, ld, m->L[l].w[t], ld, m->L[l].b[t], T, ld, out);
         return;
     }
     if (lora_on(m, l, t)) {
@@ -63,7 +63,7 @@ static void project(us_model *m, int l, int t, void *y, const void *res, const v
     } else if (res && res != y) {
         be->copy(be, y, res, (size_t)T * out * be->act_bytes);
     }
-    be->linear_fwd(be, y, acc, x, ld, m->L[l].w[t], ld, m->L[l].b[t], T, in, out);
+    be->linear_fwd(be, y, acc ? y : NULL, x, ld, m->L[l].w[t], ld, m->L[l].b[t], T, in, out);
 }
 
 /* The input a group's backward reads: x as the projections saw it (rows ld apart), or, with rstd
@@ -337,7 +337,7 @@ static void head(us_model *m, const us_batch *b, bool train, float grad_scale, f
     for (int r0 = 0; r0 < T; r0 += C) {
         int rows = US_MIN(C, T - r0);
         const void *hrow = rows_at(m, m->s.h, (size_t)r0, (size_t)D);
-        be->linear_fwd(be, m->s.logits, false, hrow, D, m->lm_head, D, NULL, rows, D, V);
+        be->linear_fwd(be, m->s.logits, NULL, hrow, D, m->lm_head, D, NULL, rows, D, V);
         if (tmp) {
             be->act_to_f32(be, tmp, m->s.logits, (size_t)rows * V);
             be->download(be, logits_host + (size_t)r0 * V, tmp, (size_t)rows * V * 4);

@@ -152,10 +152,17 @@ TEST(cuda_linear_fwd_bwd) {
         for (int acc = 0; acc < 2; acc++) {
             void *gy = acc ? g_act(&p, y0, (size_t)T * out) : g_poison(&p, (size_t)T * out * 2);
             void *cy = acc ? c_f32(&p, y0, (size_t)T * out) : p.c->alloc(p.c, (size_t)T * out * 4);
-            p.g->linear_fwd(p.g, gy, acc, gx, in, gW, in, acc ? NULL : gb, T, in, out);
-            p.c->linear_fwd(p.c, cy, acc, cx, in, cW, in, acc ? NULL : cb, T, in, out);
+            p.g->linear_fwd(p.g, gy, acc ? gy : NULL, gx, in, gW, in, acc ? NULL : gb, T, in, out);
+            p.c->linear_fwd(p.c, cy, acc ? cy : NULL, cx, in, cW, in, acc ? NULL : cb, T, in, out);
             double e = err_act(&p, gy, cy, (size_t)T * out);
             CHECK(e < TOL_MM, "linear_fwd %dx%dx%d acc=%d: %g", T, in, out, acc, e);
+            if (acc) { /* the residual another tensor: y = y0 + x W^T, y0 left as it was */
+                void *gres = g_act(&p, y0, (size_t)T * out), *gy2 = g_poison(&p, (size_t)T * out * 2);
+                void *cres = c_f32(&p, y0, (size_t)T * out);
+                p.g->linear_fwd(p.g, gy2, gres, gx, in, gW, in, NULL, T, in, out);
+                double e2 = err_act(&p, gy2, cy, (size_t)T * out), e3 = err_act(&p, gres, cres, (size_t)T * out);
+                CHECK(e2 < TOL_MM && e3 < TOL_MM, "linear_fwd %dx%dx%d res elsewhere: %g (res against y0: %g)", T, in, out, e2, e3);
+            }
             if (!acc) { /* x and W with rows in + 8 apart, NaN between: the same product */
                 int ld = in + 8;
                 float *xp = malloc((size_t)T * ld * 4), *Wp = malloc((size_t)out * ld * 4);
@@ -167,7 +174,7 @@ TEST(cuda_linear_fwd_bwd) {
                 void *gyp = g_poison(&p, (size_t)T * out * 2), *gdxp = g_poison(&p, (size_t)T * in * 2);
                 void *gdy2 = g_act(&p, dy, (size_t)T * out), *cdx2 = p.c->alloc(p.c, (size_t)T * in * 4);
                 void *cdy2 = c_f32(&p, dy, (size_t)T * out);
-                p.g->linear_fwd(p.g, gyp, false, gxp, ld, gWp, ld, gb, T, in, out);
+                p.g->linear_fwd(p.g, gyp, NULL, gxp, ld, gWp, ld, gb, T, in, out);
                 p.g->linear_bwd_x(p.g, gdxp, false, gdy2, out, gWp, ld, T, in, out);
                 p.c->linear_bwd_x(p.c, cdx2, false, cdy2, out, cW, in, T, in, out);
                 double e1 = err_act(&p, gyp, cy, (size_t)T * out), e2 = err_act(&p, gdxp, cdx2, (size_t)T * in);
@@ -762,11 +769,11 @@ TEST(cuda_offload_roundtrip_under_compute) {
     float *x = rnd((size_t)N * N, 1.0f, 3);
     void *gx = g_act(&p, x, (size_t)N * N), *gw = g_act(&p, x, (size_t)N * N), *gy = g_poison(&p, (size_t)N * N * 2);
     for (int rep = 0; rep < 3; rep++) {
-        for (int i = 0; i < 8; i++) g->linear_fwd(g, gy, false, gx, N, gw, N, NULL, N, N, N);
+        for (int i = 0; i < 8; i++) g->linear_fwd(g, gy, NULL, gx, N, gw, N, NULL, N, N, N);
         /* rounds 1 and 2 wait on each copy's ticket (copy_wait) instead of on every copy */
         g->scale(g, a, n, 2.0f);            /* the offload must see this */
         int t1 = g->offload(g, pin, a, n * 4);
-        for (int i = 0; i < 4; i++) g->linear_fwd(g, gy, false, gx, N, gw, N, NULL, N, N, N); /* overlaps the copy */
+        for (int i = 0; i < 4; i++) g->linear_fwd(g, gy, NULL, gx, N, gw, N, NULL, N, N, N); /* overlaps the copy */
         if (rep) g->copy_wait(g, t1);
         else g->copies_wait(g);
         g->scale(g, a, n, 0.5f);            /* after the copy: must not show in pin */

@@ -168,10 +168,11 @@ static void add_bias(float *y, const float *bias, int T, int out) {
         for (int o = 0; o < out; o++) y[(size_t)t * out + o] += bias[o];
 }
 
-static void cpu_linear_fwd(us_backend *be, void *y, bool acc, const void *x, int ldx, const void *W, int ldw,
+static void cpu_linear_fwd(us_backend *be, void *y, const void *res, const void *x, int ldx, const void *W, int ldw,
                            const float *bias, int T, int in, int out) {
     (void)be;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, in, 1.0f, x, ldx, W, ldw, acc ? 1.0f : 0.0f, y, out);
+    if (res && res != y) memcpy(y, res, (size_t)T * out * sizeof(float));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, in, 1.0f, x, ldx, W, ldw, res ? 1.0f : 0.0f, y, out);
     if (bias) add_bias(y, bias, T, out);
 }
 

@@ -937,19 +937,30 @@ static void gemm_tune(cuda_impl *c, gemm_plan *p, float alpha, const void *A, co
     p->tuned = 1;
 }
 
-/* Column-major C[m,n] = alpha op(A) op(B) + beta C, op(A) m x k. */
-static void gemm(cuda_impl *c, bool ta, bool tb, int m, int n, int k, float alpha, const void *A, cudaDataType at,
-                 int lda, const void *B, cudaDataType bt, int ldb, float beta, void *C, cudaDataType ct, int ldc) {
+/* Column-major C[m,n] = alpha op(A) op(B) + beta S, op(A) m x k, S = Cs (same layout as C) or,
+ * with Cs NULL, C itself. */
+static void gemm_src(cuda_impl *c, bool ta, bool tb, int m, int n, int k, float alpha, const void *A, cudaDataType at,
+                     int lda, const void *B, cudaDataType bt, int ldb, float beta, const void *Cs, void *C,
+                     cudaDataType ct, int ldc) {
     if (m <= 0 || n <= 0) return;
+    const size_t bytes = (size_t)ldc * n * (ct == CUDA_R_32F ? 4 : 2);
+    if (!Cs) Cs = C;
     if (k <= 0) {
-        if (beta == 0.0f) CK(c, cudaMemsetAsync(C, 0, (size_t)ldc * n * (ct == CUDA_R_32F ? 4 : 2), c->st));
+        if (beta == 0.0f) CK(c, cudaMemsetAsync(C, 0, bytes, c->st));
+        else if (Cs != C) CK(c, cudaMemcpyAsync(C, Cs, bytes, cudaMemcpyDeviceToDevice, c->st));
         return;
     }
-    gemm_plan *p = gemm_find(c, ta, tb, m, n, k, lda, ldb, ldc, at, bt, ct, ptr_align(A), ptr_align(B), ptr_align(C));
+    gemm_plan *p = gemm_find(c, ta, tb, m, n, k, lda, ldb, ldc, at, bt, ct, ptr_align(A), ptr_align(B),
+                             US_MIN(ptr_align(C), ptr_align(Cs)));
     if (!p || !p->ok) return;
-    if (!p->tuned) gemm_tune(c, p, alpha, A, B, beta, C, (size_t)ldc * n * (ct == CUDA_R_32F ? 4 : 2));
-    LTCK(c, cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, B, p->lb, &beta, C, p->lc, C, p->lc, &p->algo, c->ws,
+    if (!p->tuned) gemm_tune(c, p, alpha, A, B, beta, C, bytes);
+    LTCK(c, cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, B, p->lb, &beta, Cs, p->lc, C, p->lc, &p->algo, c->ws,
                            c->ws_bytes, c->st));
+}
+
+static void gemm(cuda_impl *c, bool ta, bool tb, int m, int n, int k, float alpha, const void *A, cudaDataType at,
+                 int lda, const void *B, cudaDataType bt, int ldb, float beta, void *C, cudaDataType ct, int ldc) {
+    gemm_src(c, ta, tb, m, n, k, alpha, A, at, lda, B, bt, ldb, beta, NULL, C, ct, ldc);
 }
 
 #define BF CUDA_R_16BF
@@ -959,12 +970,12 @@ __global__ void k_add_bias(bf16 *y, const float *bias, size_t T, int out) {
     GRID_STRIDE(i, T * out) y[i] = __float2bfloat16_rn(__bfloat162float(y[i]) + bias[i % out]);
 }
 
-static void cu_linear_fwd(us_backend *be, void *y, bool acc, const void *x, int ldx, const void *W, int ldw,
+static void cu_linear_fwd(us_backend *be, void *y, const void *res, const void *x, int ldx, const void *W, int ldw,
                           const float *bias, int T, int in, int out) {
     cuda_impl *c = CI(be);
     PROF(c, P_LINEAR_F);
-    /* y^T (out x T) = W (out x in) x^T */
-    gemm(c, true, false, out, T, in, 1.0f, W, BF, ldw, x, BF, ldx, acc ? 1.0f : 0.0f, y, BF, out);
+    /* y^T (out x T) = res^T + W (out x in) x^T */
+    gemm_src(c, true, false, out, T, in, 1.0f, W, BF, ldw, x, BF, ldx, res ? 1.0f : 0.0f, res, y, BF, out);
     if (bias) {
         k_add_bias<<<grid_for(c, (size_t)T * out, 256), 256, 0, c->st>>>((bf16 *)y, bias, (size_t)T, out);
         CK_LAUNCH(c);
