@@ -843,13 +843,13 @@ TEST(ops_glu_silu) {
     fill(&r, u, ud, N, 1);
     fill(&r, w, wd, N, 1);
     memcpy(g0, g, sizeof g);
-    be->glu_fwd(be, US_GLU_SILU, a, g, u, NULL, R, C);
+    be->glu_fwd(be, US_GLU_SILU, a, C, g, u, NULL, R, C);
     glu_ctx c = {gd, ud, wd, ad, N, US_GLU_SILU};
     glu_ref(&c);
     EXPECT_CLOSE("glu_fwd silu", a, ad, N, TOL);
     CHECK(!memcmp(g, g0, sizeof g), "glu_fwd silu modified g");
     float pa[N];
-    be->glu_bwd(be, US_GLU_SILU, dg, du, pa, w, g, u, NULL, R, C);
+    be->glu_bwd(be, US_GLU_SILU, dg, du, pa, C, w, g, u, NULL, R, C);
     CHECK(!memcmp(pa, a, sizeof a), "glu_bwd silu: the product differs from glu_fwd's");
     fd_grad(glu_loss, &c, gd, N, FD_H, fd);
     EXPECT_CLOSE("glu_bwd silu dg", dg, fd, N, TOL);
@@ -859,10 +859,22 @@ TEST(ops_glu_silu) {
     float g2[N], u2[N];
     memcpy(g2, g, sizeof g);
     memcpy(u2, u, sizeof u);
-    be->glu_bwd(be, US_GLU_SILU, g2, u2, NULL, w, g2, u2, NULL, R, C);
+    be->glu_bwd(be, US_GLU_SILU, g2, u2, NULL, C, w, g2, u2, NULL, R, C);
     CHECK(!memcmp(g2, dg, sizeof g) && !memcmp(u2, du, sizeof u), "glu_bwd silu in place differs");
+    /* the product's rows LDA apart (room for the down projection's LoRA columns): the same
+     * values, nothing written between the rows */
+    enum { LDA = C + 7 };
+    float ap[R * LDA], pp[R * LDA];
+    for (int i = 0; i < R * LDA; i++) ap[i] = pp[i] = 1e30f;
+    be->glu_fwd(be, US_GLU_SILU, ap, LDA, g, u, NULL, R, C);
+    be->glu_bwd(be, US_GLU_SILU, dg, du, pp, LDA, w, g, u, NULL, R, C);
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < LDA; j++) {
+            float want = j < C ? a[i * C + j] : 1e30f;
+            CHECK(ap[i * LDA + j] == want && pp[i * LDA + j] == want, "glu pitched product: row %d column %d", i, j);
+        }
     /* a = NULL: saving only, nothing touched */
-    be->glu_fwd(be, US_GLU_SILU, NULL, g, u, NULL, R, C);
+    be->glu_fwd(be, US_GLU_SILU, NULL, C, g, u, NULL, R, C);
     CHECK(!memcmp(g, g0, sizeof g), "glu_fwd silu a=NULL modified g");
     be->destroy(be);
 }
@@ -888,7 +900,7 @@ TEST(ops_glu_relu_bits) {
     fill(&r, u, ud, N, 1);
     fill(&r, w, wd, N, 1);
     for (size_t i = 0; i < sizeof bits / 4; i++) bits[i] = 0xA5A5A5A5u;
-    be->glu_fwd(be, US_GLU_RELU, a, g, u, bits, R, C);
+    be->glu_fwd(be, US_GLU_RELU, a, C, g, u, bits, R, C);
     glu_ctx c = {gd, ud, wd, ad, N, US_GLU_RELU};
     glu_ref(&c);
     EXPECT_CLOSE("glu_fwd relu a", a, ad, N, 1e-7);
@@ -907,16 +919,16 @@ TEST(ops_glu_relu_bits) {
     /* a = NULL (saving only): same bits and relu, nothing else */
     memcpy(g2, gorig, sizeof g);
     for (size_t i = 0; i < sizeof bits / 4; i++) bits2[i] = 0;
-    be->glu_fwd(be, US_GLU_RELU, NULL, g2, u, bits2, R, C);
+    be->glu_fwd(be, US_GLU_RELU, NULL, C, g2, u, bits2, R, C);
     CHECK(!memcmp(bits2, bits, R * WPR * 4) && !memcmp(g2, g, sizeof g), "glu_fwd relu a=NULL differs");
     /* bits = NULL (recompute): relu applied (idempotent on relu(g)), a the same */
     memcpy(g2, g, sizeof g);
-    be->glu_fwd(be, US_GLU_RELU, a2, g2, u, NULL, R, C);
+    be->glu_fwd(be, US_GLU_RELU, a2, C, g2, u, NULL, R, C);
     CHECK(!memcmp(a2, a, sizeof a) && !memcmp(g2, g, sizeof g), "glu_fwd relu bits=NULL differs");
 
     /* backward from the saved relu(g), u and bits */
     float pa[N];
-    be->glu_bwd(be, US_GLU_RELU, dg, du, pa, w, g, u, bits, R, C);
+    be->glu_bwd(be, US_GLU_RELU, dg, du, pa, C, w, g, u, bits, R, C);
     CHECK(!memcmp(pa, a, sizeof a), "glu_bwd relu: the product differs from glu_fwd's");
     fd_grad(glu_loss, &c, gd, N, 1e-3, fd);
     for (int i = 0; i < N; i++)
@@ -929,7 +941,7 @@ TEST(ops_glu_relu_bits) {
     memcpy(bits2, bits, sizeof bits);
     bits2[fr * WPR + fc / 32] ^= 1u << (fc % 32);
     float dg2[N], du2[N];
-    be->glu_bwd(be, US_GLU_RELU, dg2, du2, NULL, w, g, u, bits2, R, C);
+    be->glu_bwd(be, US_GLU_RELU, dg2, du2, NULL, C, w, g, u, bits2, R, C);
     for (int i = 0; i < N; i++) {
         CHECK(du2[i] == du[i], "flipping a mask bit changed du[%d]", i);
         if (i != fi) CHECK(dg2[i] == dg[i], "flipping the bit of element %d changed dg[%d]", fi, i);
@@ -941,7 +953,7 @@ TEST(ops_glu_relu_bits) {
     memcpy(g2, g, sizeof g);
     float u2[N];
     memcpy(u2, u, sizeof u);
-    be->glu_bwd(be, US_GLU_RELU, g2, u2, NULL, w, g2, u2, bits, R, C);
+    be->glu_bwd(be, US_GLU_RELU, g2, u2, NULL, C, w, g2, u2, bits, R, C);
     CHECK(!memcmp(g2, dg, sizeof g) && !memcmp(u2, du, sizeof u), "glu_bwd relu in place differs");
     be->destroy(be);
 }

@@ -159,15 +159,17 @@ struct us_backend {
     /* Gated MLP activation over n = T*F elements: a = act(g) * u.
      * RELU: also writes the packed mask bits (g > 0) and replaces g in place by relu(g); cols = F
      *       gives the packing row length. bits may be NULL (recompute: nothing packed).
-     * SILU: g is left as is. a may be NULL (saving only). */
-    void (*glu_fwd)(us_backend *be, int act, void *a, void *g, const void *u, uint32_t *bits, int rows, int cols);
+     * SILU: g is left as is. a may be NULL (saving only); its rows lie lda (>= cols) apart (the
+     * down projection's input, with room for its folded LoRA columns). */
+    void (*glu_fwd)(us_backend *be, int act, void *a, int lda, void *g, const void *u, uint32_t *bits, int rows,
+                    int cols);
     /* From da and the saved state (g or relu(g), u, bits): dg = da*u*act'(g), du = da*act(g).
      * RELU reads the gate's derivative from the packed bits, unpacked in registers. dg and du
      * may alias g and u (they are consumed in place). a (may be NULL; aliases nothing) also
      * receives the product act(g) * u, exactly as glu_fwd forms it: the down projection's input,
-     * for its LoRA gradient, without a separate pass over g and u. */
-    void (*glu_bwd)(us_backend *be, int act, void *dg, void *du, void *a, const void *da, const void *g, const void *u,
-                    const uint32_t *bits, int rows, int cols);
+     * for its LoRA gradient, without a separate pass over g and u (rows lda apart, as glu_fwd). */
+    void (*glu_bwd)(us_backend *be, int act, void *dg, void *du, void *a, int lda, const void *da, const void *g,
+                    const void *u, const uint32_t *bits, int rows, int cols);
 
     /* y += x over n activation elements (residual). */
     void (*add)(us_backend *be, void *y, const void *x, size_t n);

@@ -174,7 +174,7 @@ static void mlp_front(us_model *m, int l, size_t r0, int n, void *prod) {
     lora_down(m, l, US_T_GATE, h, n, r0);
     project(m, l, US_T_GATE, a->g, NULL, h, n, r0);
     project(m, l, US_T_UP, a->up, NULL, h, n, r0);
-    be->glu_fwd(be, glu_act(m), prod, a->g, a->up, a->bits, n, c->inter);
+    be->glu_fwd(be, glu_act(m), prod, in_pitch(m, US_T_DOWN), a->g, a->up, a->bits, n, c->inter);
 }
 
 /* Rows of layer l's MLP processed at once: all of them where the layer keeps its MLP tensors,
@@ -229,7 +229,7 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
         /* with LoRA alone on down_proj and gate/up's backward to run, the GLU backward rebuilds
          * it on its way (one pass over g and up instead of two); down's dA waits for it */
         late_prod = p->glu_bwd && !L->gw[US_T_DOWN];
-        if (!late_prod) be->glu_fwd(be, act, prod, a->g, a->up, NULL, n, c->inter);
+        if (!late_prod) be->glu_fwd(be, act, prod, in_pitch(m, US_T_DOWN), a->g, a->up, NULL, n, c->inter);
     }
     if (p->glu_bwd || down_trains) {
         static const int down[] = {US_T_DOWN};
@@ -237,7 +237,7 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
         group_bwd(m, l, down, 1, &dres, m->dres_ld, p->glu_bwd ? m->s.da : NULL, false, in_down, n, r0);
     }
     if (!p->glu_bwd) return;
-    be->glu_bwd(be, act, a->g, a->up, late_prod ? prod : NULL, m->s.da, a->g, a->up, a->bits, n, c->inter); /* dg, du in place */
+    be->glu_bwd(be, act, a->g, a->up, late_prod ? prod : NULL, in_pitch(m, US_T_DOWN), m->s.da, a->g, a->up, a->bits, n, c->inter); /* dg, du in place */
     if (late_prod) { /* down's dA from its du (still in m->s.lora) and the product just formed */
         const us_lora_slot *s = &m->slot[l][US_T_DOWN];
         be->lora_bwd_x(be, NULL, NULL, m->grads + s->off_A, m->s.lora, m->lora_ld[US_T_DOWN], prod, in_pitch(m, US_T_DOWN),

@@ -521,17 +521,26 @@ TEST(cuda_glu_fwd_bwd_bits) {
     int colss[] = {160, 100, 1536, 33};
     for (int ci = 0; ci < 4; ci++)
         for (int act = 0; act < 2; act++) {
-            int rows = 37, cols = colss[ci], W = (cols + 31) / 32;
-            size_t n = (size_t)rows * cols;
+            /* the product's rows lda apart (the down projection's input beside its LoRA columns) */
+            int rows = 37, cols = colss[ci], W = (cols + 31) / 32, lda = cols + 8;
+            size_t n = (size_t)rows * cols, na = (size_t)rows * lda;
             float *g = rnd(n, 1.0f, 1 + ci), *u = rnd(n, 1.0f, 2 + ci), *da = rnd(n, 1.0f, 3 + ci);
-            void *gg = g_act(&p, g, n), *gu = g_act(&p, u, n), *ga = g_poison(&p, n * 2);
+            void *gg = g_act(&p, g, n), *gu = g_act(&p, u, n), *ga = g_poison(&p, na * 2);
             uint32_t *gb = g_poison(&p, (size_t)rows * W * 4);
             void *cg = c_f32(&p, g, n), *cu = c_f32(&p, u, n), *ca = p.c->alloc(p.c, n * 4);
             uint32_t *cb = p.c->alloc(p.c, (size_t)rows * W * 4);
-            p.g->glu_fwd(p.g, act, ga, gg, gu, act == US_GLU_RELU ? gb : NULL, rows, cols);
-            p.c->glu_fwd(p.c, act, ca, cg, cu, act == US_GLU_RELU ? cb : NULL, rows, cols);
-            double ea = err_act(&p, ga, ca, n), eg = err_act(&p, gg, cg, n);
-            CHECK(ea < TOL_EW && eg < TOL_EW, "glu_fwd act=%d cols=%d: a %g g %g", act, cols, ea, eg);
+            p.g->glu_fwd(p.g, act, ga, lda, gg, gu, act == US_GLU_RELU ? gb : NULL, rows, cols);
+            p.c->glu_fwd(p.c, act, ca, cols, cg, cu, act == US_GLU_RELU ? cb : NULL, rows, cols);
+            float *hga = get_act(&p, ga, na), *dense = malloc(n * 4);
+            int pads_kept = 1;
+            for (int r2 = 0; r2 < rows; r2++) {
+                memcpy(dense + (size_t)r2 * cols, hga + (size_t)r2 * lda, (size_t)cols * 4);
+                for (int j = cols; j < lda; j++) pads_kept &= !isfinite(hga[(size_t)r2 * lda + j]);
+            }
+            double ea = rel_l2(dense, ca, n), eg = err_act(&p, gg, cg, n);
+            free(dense);
+            CHECK(ea < TOL_EW && eg < TOL_EW && pads_kept, "glu_fwd act=%d cols=%d lda=%d: a %g g %g%s", act, cols, lda,
+                  ea, eg, pads_kept ? "" : ", wrote between rows");
             if (act == US_GLU_RELU) {
                 uint32_t *hb = malloc((size_t)rows * W * 4);
                 p.g->download(p.g, hb, gb, (size_t)rows * W * 4);
@@ -541,12 +550,12 @@ TEST(cuda_glu_fwd_bwd_bits) {
             }
             /* backward, in place (dg, du alias g, u), from each side's saved state */
             void *gda = g_act(&p, da, n), *cda = c_f32(&p, da, n);
-            void *gpa = g_poison(&p, n * 2); /* the product again, as glu_fwd formed it */
-            p.g->glu_bwd(p.g, act, gg, gu, gpa, gda, gg, gu, act == US_GLU_RELU ? gb : NULL, rows, cols);
-            p.c->glu_bwd(p.c, act, cg, cu, NULL, cda, cg, cu, act == US_GLU_RELU ? cb : NULL, rows, cols);
+            void *gpa = g_poison(&p, na * 2); /* the product again, as glu_fwd formed it (pads and all) */
+            p.g->glu_bwd(p.g, act, gg, gu, gpa, lda, gda, gg, gu, act == US_GLU_RELU ? gb : NULL, rows, cols);
+            p.c->glu_bwd(p.c, act, cg, cu, NULL, cols, cda, cg, cu, act == US_GLU_RELU ? cb : NULL, rows, cols);
             double edg = err_act(&p, gg, cg, n), edu = err_act(&p, gu, cu, n);
-            float *hpa = get_act(&p, gpa, n), *hga = get_act(&p, ga, n);
-            int same_prod = memcmp(hpa, hga, n * 4) == 0;
+            float *hpa = get_act(&p, gpa, na);
+            int same_prod = memcmp(hpa, hga, na * 4) == 0;
             free(hpa), free(hga);
             CHECK(edg < TOL_EW && edu < TOL_EW && same_prod, "glu_bwd act=%d cols=%d: dg %g du %g, product %s", act,
                   cols, edg, edu, same_prod ? "as glu_fwd" : "differs from glu_fwd's");

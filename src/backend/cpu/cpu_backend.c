@@ -437,14 +437,16 @@ static void cpu_attn_bwd(us_backend *be, void *dq, void *dk, void *dv, const voi
 
 static inline int words_per_row(int cols) { return (cols + 31) / 32; }
 
-static void cpu_glu_fwd(us_backend *be, int act, void *a, void *g, const void *u, uint32_t *bits, int rows, int cols) {
+static void cpu_glu_fwd(us_backend *be, int act, void *a, int lda, void *g, const void *u, uint32_t *bits, int rows,
+                        int cols) {
     (void)be;
-    float *A = a, *G = g;
+    float *G = g;
     const float *U = u;
     int W = words_per_row(cols);
     #pragma omp parallel for schedule(static)
     for (int r = 0; r < rows; r++) {
         size_t base = (size_t)r * cols;
+        float *A = a ? (float *)a + (size_t)r * lda - base : NULL; /* A[base + c]: row r's column c */
         if (act == US_GLU_RELU) {
             for (int w = 0; w < W; w++) {
                 uint32_t word = 0;
@@ -466,15 +468,16 @@ static void cpu_glu_fwd(us_backend *be, int act, void *a, void *g, const void *u
     }
 }
 
-static void cpu_glu_bwd(us_backend *be, int act, void *dg, void *du, void *a, const void *da, const void *g,
+static void cpu_glu_bwd(us_backend *be, int act, void *dg, void *du, void *a, int lda, const void *da, const void *g,
                         const void *u, const uint32_t *bits, int rows, int cols) {
     (void)be;
-    float *DG = dg, *DU = du, *PA = a;
+    float *DG = dg, *DU = du;
     const float *DA = da, *G = g, *U = u;
     int W = words_per_row(cols);
     #pragma omp parallel for schedule(static)
     for (int r = 0; r < rows; r++) {
         size_t base = (size_t)r * cols;
+        float *PA = a ? (float *)a + (size_t)r * lda - base : NULL; /* PA[base + c]: row r's column c */
         for (int c = 0; c < cols; c++) {
             size_t i = base + c;
             float x = G[i], up = U[i], d = DA[i], gate_grad, up_grad, prod;

@@ -1268,7 +1268,7 @@ __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + __ex
 
 /* Vector path (cols % 8 == 0, 16-byte aligned rows): a lane owns 8 consecutive elements; the
  * four lanes of one 32-column word exchange their bytes by shuffles and the first writes it. */
-__global__ void k_glu_fwd_vec(int act, bf16 *a, bf16 *g, const bf16 *u, uint32_t *bits, int rows, int cols) {
+__global__ void k_glu_fwd_vec(int act, bf16 *a, int lda, bf16 *g, const bf16 *u, uint32_t *bits, int rows, int cols) {
     int W = (cols + 31) / 32, upr = W * 4;
     size_t total = (size_t)rows * upr;
     size_t stride = (size_t)gridDim.x * blockDim.x;
@@ -1297,7 +1297,7 @@ __global__ void k_glu_fwd_vec(int act, bf16 *a, bf16 *g, const bf16 *u, uint32_t
 #pragma unroll
                 for (int j = 0; j < 8; j++) af[j] = gf[j] * sigmoidf_(gf[j]) * uf[j];
             }
-            if (a) store8(a + off, af);
+            if (a) store8(a + row * lda + c0, af);
         }
         if (act == US_GLU_RELU && bits) {
             int base = lane & ~3;
@@ -1309,7 +1309,7 @@ __global__ void k_glu_fwd_vec(int act, bf16 *a, bf16 *g, const bf16 *u, uint32_t
 }
 
 /* Scalar path: a warp is one 32-column word of one row (cols padded to 32); ballot packs it. */
-__global__ void k_glu_fwd(int act, bf16 *a, bf16 *g, const bf16 *u, uint32_t *bits, int rows, int cols) {
+__global__ void k_glu_fwd(int act, bf16 *a, int lda, bf16 *g, const bf16 *u, uint32_t *bits, int rows, int cols) {
     int W = (cols + 31) / 32, cp = W * 32;
     size_t total = (size_t)rows * cp;
     size_t stride = (size_t)gridDim.x * blockDim.x;
@@ -1331,7 +1331,7 @@ __global__ void k_glu_fwd(int act, bf16 *a, bf16 *g, const bf16 *u, uint32_t *bi
             } else {
                 av = gv * sigmoidf_(gv) * uv;
             }
-            if (a) a[off] = __float2bfloat16_rn(av);
+            if (a) a[row * lda + col] = __float2bfloat16_rn(av);
         }
         if (act == US_GLU_RELU && bits) {
             uint32_t word = __ballot_sync(0xffffffffu, pos);
@@ -1356,8 +1356,8 @@ __device__ __forceinline__ float glu_prod(int act, float gv, float uv) {
     return act == US_GLU_RELU ? gv * uv : gv * sigmoidf_(gv) * uv;
 }
 
-__global__ void k_glu_bwd_vec(int act, bf16 *dg, bf16 *du, bf16 *pa, const bf16 *da, const bf16 *g, const bf16 *u,
-                              const uint32_t *bits, int rows, int cols) {
+__global__ void k_glu_bwd_vec(int act, bf16 *dg, bf16 *du, bf16 *pa, int lda, const bf16 *da, const bf16 *g,
+                              const bf16 *u, const uint32_t *bits, int rows, int cols) {
     int W = (cols + 31) / 32, upr = cols / 8;
     GRID_STRIDE(id, (size_t)rows * upr) {
         size_t row = id / upr;
@@ -1382,14 +1382,14 @@ __global__ void k_glu_bwd_vec(int act, bf16 *dg, bf16 *du, bf16 *pa, const bf16 
         if (pa) {
 #pragma unroll
             for (int j = 0; j < 8; j++) df[j] = glu_prod(act, gf[j], uf[j]);
-            store8(pa + off, df);
+            store8(pa + row * lda + c0, df);
         }
         store8(dg + off, og);
         store8(du + off, ou);
     }
 }
 
-__global__ void k_glu_bwd(int act, bf16 *dg, bf16 *du, bf16 *pa, const bf16 *da, const bf16 *g, const bf16 *u,
+__global__ void k_glu_bwd(int act, bf16 *dg, bf16 *du, bf16 *pa, int lda, const bf16 *da, const bf16 *g, const bf16 *u,
                           const uint32_t *bits, int rows, int cols) {
     int W = (cols + 31) / 32;
     GRID_STRIDE(id, (size_t)rows * cols) {
@@ -1398,42 +1398,46 @@ __global__ void k_glu_bwd(int act, bf16 *dg, bf16 *du, bf16 *pa, const bf16 *da,
         float gv = __bfloat162float(g[id]), uv = __bfloat162float(u[id]), d = __bfloat162float(da[id]), og, ou;
         bool bit = bits ? ((bits[row * W + col / 32] >> (col & 31)) & 1u) : gv > 0.0f;
         glu_grad(act, d, gv, uv, bit, og, ou);
-        if (pa) pa[id] = __float2bfloat16_rn(glu_prod(act, gv, uv));
+        if (pa) pa[row * lda + col] = __float2bfloat16_rn(glu_prod(act, gv, uv));
         dg[id] = __float2bfloat16_rn(og);
         du[id] = __float2bfloat16_rn(ou);
     }
 }
 
-static void cu_glu_fwd(us_backend *be, int act, void *a, void *g, const void *u, uint32_t *bits, int rows, int cols) {
+static void cu_glu_fwd(us_backend *be, int act, void *a, int lda, void *g, const void *u, uint32_t *bits, int rows,
+                       int cols) {
     cuda_impl *c = CI(be);
     PROF(c, P_GLU_F);
     if (rows <= 0 || cols <= 0) return;
     if (act != US_GLU_RELU && !a) return;
     int W = (cols + 31) / 32;
-    bool vec = cols % 8 == 0 && aligned16(g) && aligned16(u) && (!a || aligned16(a));
+    bool vec = cols % 8 == 0 && aligned16(g) && aligned16(u) && (!a || (aligned16(a) && lda % 8 == 0));
     if (vec) {
         size_t n = (size_t)rows * W * 4;
-        k_glu_fwd_vec<<<grid_for(c, n, 256), 256, 0, c->st>>>(act, (bf16 *)a, (bf16 *)g, (const bf16 *)u, bits, rows, cols);
+        k_glu_fwd_vec<<<grid_for(c, n, 256), 256, 0, c->st>>>(act, (bf16 *)a, lda, (bf16 *)g, (const bf16 *)u, bits, rows,
+                                                              cols);
     } else {
         size_t n = (size_t)rows * W * 32;
-        k_glu_fwd<<<grid_for(c, n, 256), 256, 0, c->st>>>(act, (bf16 *)a, (bf16 *)g, (const bf16 *)u, bits, rows, cols);
+        k_glu_fwd<<<grid_for(c, n, 256), 256, 0, c->st>>>(act, (bf16 *)a, lda, (bf16 *)g, (const bf16 *)u, bits, rows, cols);
     }
     CK_LAUNCH(c);
 }
 
-static void cu_glu_bwd(us_backend *be, int act, void *dg, void *du, void *a, const void *da, const void *g,
+static void cu_glu_bwd(us_backend *be, int act, void *dg, void *du, void *a, int lda, const void *da, const void *g,
                        const void *u, const uint32_t *bits, int rows, int cols) {
     cuda_impl *c = CI(be);
     PROF(c, P_GLU_B);
     if (rows <= 0 || cols <= 0) return;
     bool vec = cols % 8 == 0 && aligned16(g) && aligned16(u) && aligned16(da) && aligned16(dg) && aligned16(du) &&
-               (!a || aligned16(a));
+               (!a || (aligned16(a) && lda % 8 == 0));
     if (vec)
         k_glu_bwd_vec<<<grid_for(c, (size_t)rows * cols / 8, 256), 256, 0, c->st>>>(
-            act, (bf16 *)dg, (bf16 *)du, (bf16 *)a, (const bf16 *)da, (const bf16 *)g, (const bf16 *)u, bits, rows, cols);
+            act, (bf16 *)dg, (bf16 *)du, (bf16 *)a, lda, (const bf16 *)da, (const bf16 *)g, (const bf16 *)u, bits, rows,
+            cols);
     else
         k_glu_bwd<<<grid_for(c, (size_t)rows * cols, 256), 256, 0, c->st>>>(
-            act, (bf16 *)dg, (bf16 *)du, (bf16 *)a, (const bf16 *)da, (const bf16 *)g, (const bf16 *)u, bits, rows, cols);
+            act, (bf16 *)dg, (bf16 *)du, (bf16 *)a, lda, (const bf16 *)da, (const bf16 *)g, (const bf16 *)u, bits, rows,
+            cols);
     CK_LAUNCH(c);
 }
 
