@@ -176,8 +176,9 @@ static void expected_plan(const us_config *c, unsigned targets, int r, double wa
             want[US_SAVE_NORM_STATS] += 4;
             want[US_SAVE_MLP] += 2 * F * 4;
             if (c->act == US_ACT_RELU) want[US_SAVE_MLP_MASK] += ceil(F / 32) * 4;
-        } else if (down) {
-            want[US_SAVE_MLP_DOWN_IN] += F * 4;
+        } else if (down) { /* the product, with room for down's folded LoRA columns (model.c fold_setup) */
+            bool folded = r % 8 == 0 && c->hidden % 8 == 0 && c->inter % 8 == 0;
+            want[US_SAVE_MLP_DOWN_IN] += (F + (folded ? r : 0)) * 4;
         }
         below = below || gu || down;
         for (int tg = 0; tg < US_T_COUNT; tg++)

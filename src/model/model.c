@@ -270,7 +270,7 @@ static int qkv_out(const us_config *c) { return (c->heads + 2 * c->kv_heads) * c
  * targets, A below W for the backward-folded ones. */
 static us_status fold_list(us_model *m, us_err *e) {
     us_backend *be = m->be;
-    us_put *h = calloc((size_t)m->cfg.layers * (US_T_COUNT + 1), sizeof *h);
+    us_put *h = calloc((size_t)m->cfg.layers * (US_T_COUNT + 2), sizeof *h);
     if (!h) return us_fail(e, US_ENOMEM, "out of memory");
     int n = 0, r = m->spec.lora.r;
     size_t wb = be->weight_bytes;
@@ -282,8 +282,8 @@ static us_status fold_list(us_model *m, us_err *e) {
             if (m->fold[t])
                 h[n++] = (us_put){w + (size_t)(s->in + m->lora_col[t]) * wb, m->params + s->off_B, m->wld[t], s->out, r,
                                   m->lora_scale};
-            else if (m->fold_rows[t])
-                h[n++] = (us_put){w + (size_t)s->out * s->in * wb, m->params + s->off_A, s->in, r, s->in, 1.0f};
+            if (m->fold_rows[t])
+                h[n++] = (us_put){w + (size_t)s->out * m->wld[t] * wb, m->params + s->off_A, m->wld[t], r, s->in, 1.0f};
             if (m->qkv_fold && t == m->lora_lead[US_T_Q]) /* the group's A below the joint q/k/v block */
                 h[n++] = (us_put){(char *)m->L[l].w[US_T_Q] + (size_t)qkv_out(&m->cfg) * m->wld[US_T_Q] * wb,
                                   m->params + s->off_A, m->wld[US_T_Q], m->qkv_fold, s->in, 1.0f};
@@ -299,9 +299,10 @@ static us_status fold_list(us_model *m, us_err *e) {
 }
 
 /* Re-lays the frozen matrices for folding (model.h): q/k/v and gate/up as [out, in + R] (the
- * extra columns start at zero), o and down as [out + r, in] (the extra rows too). US_LORA_FOLD=0
- * keeps the separate LoRA products (for comparison); widths not a multiple of 8 do too (16-byte
- * rows for the GPU's products). */
+ * extra columns start at zero), o as [out + r, in] (the extra rows too) and down as
+ * [out + r, in + r], folded both ways (US_DOWN_FOLD=0: backward only). US_LORA_FOLD=0 keeps the
+ * separate LoRA products (for comparison); widths not a multiple of 8 do too (16-byte rows for
+ * the GPU's products). */
 static us_status fold_setup(us_model *m, us_err *e) {
     const char *env = getenv("US_LORA_FOLD");
     if (env && !strcmp(env, "0")) return US_OK;
@@ -322,6 +323,11 @@ static us_status fold_setup(us_model *m, us_err *e) {
         } else if ((t == US_T_O || t == US_T_DOWN) && lead == t && r % 8 == 0 && c->hidden % 8 == 0) {
             m->fold_rows[t] = r;
             m->dres_ld = c->hidden + r;
+            const char *denv = getenv("US_DOWN_FOLD");
+            if (t == US_T_DOWN && in % 8 == 0 && !(denv && !strcmp(denv, "0"))) { /* u beside the product too */
+                m->fold[t] = r;
+                m->wld[t] = in + r;
+            }
         } else {
             continue;
         }
@@ -350,7 +356,7 @@ static us_status fold_setup(us_model *m, us_err *e) {
             if (!m->fold[t] && !m->fold_rows[t]) continue;
             int in, out;
             us_target_dims(c, t, &in, &out);
-            size_t extra = m->fold[t] ? (size_t)out * m->fold[t] : (size_t)m->fold_rows[t] * in;
+            size_t extra = (size_t)(out + m->fold_rows[t]) * m->wld[t] - (size_t)out * in;
             void *w;
             if (m->qkv_joint && (t == US_T_K || t == US_T_V)) /* rows of q's block (q comes first) */
                 w = (char *)m->L[l].w[US_T_Q] +
@@ -367,8 +373,9 @@ static us_status fold_setup(us_model *m, us_err *e) {
             be->weight_put(be, w, m->wld[t], tmp, out, in, 1.0f);
             if (m->fold[t])
                 be->weight_put(be, (char *)w + (size_t)in * be->weight_bytes, m->wld[t], NULL, out, m->fold[t], 0.0f);
-            else
-                be->weight_put(be, (char *)w + (size_t)out * in * be->weight_bytes, in, NULL, m->fold_rows[t], in, 0.0f);
+            if (m->fold_rows[t])
+                be->weight_put(be, (char *)w + (size_t)out * m->wld[t] * be->weight_bytes, m->wld[t], NULL,
+                               m->fold_rows[t], m->wld[t], 0.0f);
             if (m->qkv_fold && t == US_T_Q) { /* the A rows start at zero */
                 be->weight_put(be, (char *)w + (size_t)qkv_out(c) * m->wld[t] * be->weight_bytes, m->wld[t], NULL,
                                m->qkv_fold, m->wld[t], 0.0f);

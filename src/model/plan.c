@@ -199,7 +199,8 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
      * before the first backward), so the logits chunk lies over it: a chunk of at least 64 MiB,
      * more rows when that scratch is larger (fewer, more efficient head products) */
     size_t group = b->off;
-    s->a = take(b, arows * F * A);
+    size_t FA = (size_t)m->wld[US_T_DOWN] * A; /* the product's row: F + down's folded LoRA columns */
+    s->a = take(b, arows * FA);
     m->qkv_merge = false, s->dqkv = NULL;
     if (train) {
         s->dq = take(b, tt * H * hd * A);
@@ -246,7 +247,7 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
         a->g = SLOT(k.gate, US_SAVE_MLP, F * A, sg);
         a->up = SLOT(k.up, US_SAVE_MLP, F * A, su);
         a->bits = SLOT(k.mlp && c->act == US_ACT_RELU, US_SAVE_MLP_MASK, words * 4, sbits);
-        a->a = SLOT(k.a, US_SAVE_MLP_DOWN_IN, F * A, s->a);
+        a->a = SLOT(k.a, US_SAVE_MLP_DOWN_IN, (size_t)m->wld[US_T_DOWN] * A, s->a);
         for (int t = 0; t < US_T_COUNT; t++) /* a group's block at its lead; members are column blocks of it */
             /* down_proj's x·A stays kept even when recomputing layers: the rebuilt MLP stops
              * before the down projection, which backward does not need to redo */
