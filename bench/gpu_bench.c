@@ -332,7 +332,8 @@ int main(int argc, char **argv) {
     }
     if (PART("kpad")) { /* a frozen product's K past a multiple of 64 (folded LoRA columns) */
         struct { const char *name; int T, in, out; } ks[] = {{"8b gate", 2048, 4096, 14336}, {"8b q", 2048, 4096, 4096},
-                                                            {"1b gate", 8192, 2048, 8192}, {"smollm2 gate", 16384, 576, 1536}};
+                                                            {"1b gate", 8192, 2048, 8192}, {"smollm2 gate", 16384, 576, 1536},
+                                                            {"8b down", 2048, 14336, 4096}, {"1b down", 8192, 8192, 2048}};
         int extra[] = {0, 16, 32, 48, 64, 128};
         for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++)
             for (int e = 0; e < 6; e++) {
@@ -343,6 +344,19 @@ int main(int argc, char **argv) {
                 printf("kpad %-13s T=%-6d K=%-5d (+%3d) N=%-6d %8.1f us %5.0f TFLOP/s\n", ks[i].name, T, K, extra[e], N, tf * 1e6,
                        2.0 * T * K * N / tf / 1e12);
                 be->free(be, x), be->free(be, w), be->free(be, y);
+            }
+        /* input gradients over out + e rows of [W; A] (q/k/v, o and down folded for backward) */
+        struct { const char *name; int T, in, rows; } kb[] = {{"8b qkv dx", 2048, 4096, 6144}, {"1b qkv dx", 8192, 2048, 3072},
+                                                             {"8b down dx", 2048, 14336, 4096}, {"1b down dx", 8192, 8192, 2048}};
+        for (size_t i = 0; i < sizeof kb / sizeof kb[0]; i++)
+            for (int e = 0; e < 6; e++) {
+                int T = kb[i].T, K = kb[i].rows + extra[e], N = kb[i].in;
+                void *dy = rand_act((size_t)T * K, 1, 63), *w = rand_act((size_t)K * N, 0.02f, 64), *dx = rand_act((size_t)T * N, 1, 65);
+                double tf;
+                TIME(reps, be->linear_bwd_x(be, dx, false, dy, K, w, N, T, N, K), tf);
+                printf("kpad %-13s T=%-6d K=%-5d (+%3d) N=%-6d %8.1f us %5.0f TFLOP/s\n", kb[i].name, T, K, extra[e], N, tf * 1e6,
+                       2.0 * T * K * N / tf / 1e12);
+                be->free(be, dy), be->free(be, w), be->free(be, dx);
             }
     }
     if (PART("offload") && be->host_alloc) { /* pinned host copies on the copy stream */
