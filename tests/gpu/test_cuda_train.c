@@ -106,8 +106,12 @@ TEST(cuda_train_matches_cpu_on_fixtures) {
 }
 
 /* The memory modes change where tensors live and what backward rebuilds, not the training: on the
- * GPU too, each mode's losses equal the default plan's (bf16: within 1e-3 relative; a rebuilt
- * x·A may sum in another order), and one mixed plan runs clean under memcheck (below). */
+ * GPU too, each mode's losses equal the default plan's within bf16 rounding, and every plan stays
+ * within 3e-3 of the CPU backend's f32 losses (the issue's bound is 1e-2); one mixed plan runs
+ * clean under memcheck (below). Between plans 2e-3: the default plan forms the normed rows of
+ * q/k/v's and gate/up's dA on the fly in f32, the rebuilding modes read them rounded to bf16,
+ * and a rebuilt x·A may sum in another order (measured 2026-11-23: 1.3e-3 after 4 steps on the
+ * ReLU fixture, every plan within 2.1e-3 of the CPU). */
 TEST(cuda_train_memory_modes_match_default) {
     static char out[1 << 16];
     static const char *modes[] = {"--recompute up", "--recompute up:1", "--recompute mlp", "--recompute mlp:1",
@@ -120,13 +124,22 @@ TEST(cuda_train_memory_modes_match_default) {
         char path[512], cmd[4096], tag[64], prefix[8] = "";
         snprintf(path, sizeof path, "%s/%s/data.jsonl", FIXTURES, fx);
         int batch = count_lines(path), steps = 4;
-        double ref[8], got[8];
+        double ref[8], got[8], cpu[8];
+        snprintf(tag, sizeof tag, "modes%d_cpu", i);
+        train_cmd(cmd, sizeof cmd, prefix, "cpu", fx, 1e-3, 0.0, steps, batch, tag);
+        int rc0 = us_test_run(cmd, out, sizeof out);
+        CHECK(rc0 == 0, "%s cpu: exit %d\n%.1000s", fx, rc0, tail_of(out, 1000));
+        snprintf(path, sizeof path, "%s/m_%s.jsonl", us_test_tmpdir(), tag);
+        CHECK(read_losses(path, cpu, 8) == steps, "%s cpu: losses missing", fx);
         snprintf(tag, sizeof tag, "modes%d_ref", i);
         train_cmd(cmd, sizeof cmd, prefix, "cuda", fx, 1e-3, 0.0, steps, batch, tag);
         int rc = us_test_run(cmd, out, sizeof out);
         CHECK(rc == 0, "%s default: exit %d\n%.1000s", fx, rc, tail_of(out, 1000));
         snprintf(path, sizeof path, "%s/m_%s.jsonl", us_test_tmpdir(), tag);
         CHECK(read_losses(path, ref, 8) == steps, "%s default: losses missing", fx);
+        for (int s2 = 0; s2 < steps; s2++)
+            CHECK(us_close(ref[s2], cpu[s2], 3e-3, 0), "%s default step %d: loss %.6f, cpu %.6f", fx, s2 + 1, ref[s2],
+                  cpu[s2]);
         for (size_t k = 0; k < sizeof modes / sizeof modes[0]; k++) {
             snprintf(tag, sizeof tag, "modes%d_%zu", i, k);
             train_cmd(cmd, sizeof cmd, prefix, "cuda", fx, 1e-3, 0.0, steps, batch, tag);
@@ -142,8 +155,9 @@ TEST(cuda_train_memory_modes_match_default) {
             snprintf(path, sizeof path, "%s/m_%s.jsonl", us_test_tmpdir(), tag);
             CHECK(read_losses(path, got, 8) == steps, "%s %s: losses missing", fx, modes[k]);
             for (int s2 = 0; s2 < steps; s2++)
-                CHECK(us_close(got[s2], ref[s2], 1e-3, 0), "%s %s step %d: loss %.6f, default plan %.6f", fx, modes[k],
-                      s2 + 1, got[s2], ref[s2]);
+                CHECK(us_close(got[s2], ref[s2], 2e-3, 0) && us_close(got[s2], cpu[s2], 3e-3, 0),
+                      "%s %s step %d: loss %.6f, default plan %.6f, cpu %.6f", fx, modes[k], s2 + 1, got[s2], ref[s2],
+                      cpu[s2]);
         }
     }
 }
