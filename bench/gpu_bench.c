@@ -236,16 +236,6 @@ int main(int argc, char **argv) {
             OP("bwd_x q+k+v dx+dA", 4.0 * T * D, be->lora_bwd_x(be, res, NULL, dW, du, 48, x, D + 48, NULL, NULL, A, T, D, 48));
 #undef OP
             printf("loraop %s layer: forward %.1f us, backward %.1f us (one layer's LoRA ops)\n", ss[i].name, fwd * 1e6, (tot - fwd) * 1e6);
-            { /* the SiLU product and down's x·A: two passes, or one (glu_down) */
-                void *g2 = rand_act((size_t)T * F, 1, 44), *u2 = rand_act((size_t)T * F, 1, 45);
-                double t1, t2, t3 = 0;
-                TIME(reps, be->glu_fwd(be, US_GLU_SILU, x, F + 16, g2, u2, NULL, T, F), t1);
-                TIME(reps, be->lora_down(be, u, 16, x, F + 16, A, T, F, 16, true), t2);
-                if (be->glu_down) TIME(reps, be->glu_down(be, x, F + 16, g2, u2, T, F, A, u, 16, 16, true), t3);
-                printf("loraop %s glu fwd %.1f us + down down fold %.1f us = %.1f us; glu_down in one pass %.1f us (%.0f GB/s)\n",
-                       ss[i].name, t1 * 1e6, t2 * 1e6, (t1 + t2) * 1e6, t3 * 1e6, 6.0 * T * F / (t3 > 0 ? t3 : 1) / 1e9);
-                be->free(be, g2), be->free(be, u2);
-            }
             be->free(be, x), be->free(be, y), be->free(be, res), be->free(be, A), be->free(be, B), be->free(be, dW);
             be->free(be, u), be->free(be, du), be->free(be, tmp);
         }
