@@ -170,12 +170,6 @@ struct us_backend {
      * for its LoRA gradient, without a separate pass over g and u (rows lda apart, as glu_fwd). */
     void (*glu_bwd)(us_backend *be, int act, void *dg, void *du, void *a, int lda, const void *da, const void *g,
                     const void *u, const uint32_t *bits, int rows, int cols);
-    /* glu_fwd (SiLU, nothing saved) and lora_down of its product in one pass: a = silu(g) * u (rows
-     * lda apart), ud = a A^T (A [R, cols] f32, ud rows ldu apart), fold as lora_down (ud beside a,
-     * lda >= cols + R). The product is then never read back for its x·A. NULL where a backend
-     * has no fused path (the model runs the two ops; the CPU backend's are the reference). */
-    void (*glu_down)(us_backend *be, void *a, int lda, const void *g, const void *u, int rows, int cols, const float *A,
-                     float *ud, int ldu, int R, bool fold);
 
     /* y += x over n activation elements (residual). */
     void (*add)(us_backend *be, void *y, const void *x, size_t n);

@@ -162,8 +162,8 @@ static void forward_attn(us_model *m, int l, const us_batch *b, bool rebuild) {
 
 /* MLP rows [r0, r0+n): h2 = rmsnorm(xmid) into m->s.h, gate and up (+LoRA) into the chunk
  * buffers, the activation (ReLU: bits packed, relu in place), and the product into prod when
- * not NULL; down_u: also down_proj's x·A of it (one pass where the backend fuses the two). */
-static void mlp_front(us_model *m, int l, size_t r0, int n, void *prod, bool down_u) {
+ * not NULL. */
+static void mlp_front(us_model *m, int l, size_t r0, int n, void *prod) {
     us_backend *be = m->be;
     const us_config *c = &m->cfg;
     us_layer_acts *a = &m->acts[l];
@@ -174,16 +174,7 @@ static void mlp_front(us_model *m, int l, size_t r0, int n, void *prod, bool dow
     lora_down(m, l, US_T_GATE, h, n, r0);
     project(m, l, US_T_GATE, a->g, NULL, h, n, r0);
     project(m, l, US_T_UP, a->up, NULL, h, n, r0);
-    int lead = m->lora_lead[US_T_DOWN];
-    down_u = down_u && lead >= 0 && lora_on(m, l, lead);
-    if (down_u && prod && be->glu_down && glu_act(m) == US_GLU_SILU) {
-        const us_lora_slot *s = &m->slot[l][lead];
-        be->glu_down(be, prod, in_pitch(m, US_T_DOWN), a->g, a->up, n, c->inter, m->params + s->off_A,
-                     u_at(m, l, lead, r0), m->lora_ld[lead], m->lora_ld[lead], m->fold[lead] > 0);
-        return;
-    }
     be->glu_fwd(be, glu_act(m), prod, in_pitch(m, US_T_DOWN), a->g, a->up, a->bits, n, c->inter);
-    if (down_u && prod) lora_down(m, l, US_T_DOWN, prod, n, r0);
 }
 
 /* Rows of layer l's MLP processed at once: all of them where the layer keeps its MLP tensors,
@@ -200,7 +191,8 @@ static void mlp_forward(us_model *m, int l, int T, void *out) {
     int rows = mlp_chunk(m, l, T);
     for (int r0 = 0; r0 < T; r0 += rows) {
         int n = US_MIN(rows, T - r0);
-        mlp_front(m, l, (size_t)r0, n, a->a, true);
+        mlp_front(m, l, (size_t)r0, n, a->a);
+        lora_down(m, l, US_T_DOWN, a->a, n, (size_t)r0);
         project(m, l, US_T_DOWN, rows_at(m, out, (size_t)r0, D), rows_at(m, a->xmid, (size_t)r0, D), a->a, n, (size_t)r0);
     }
 }
@@ -230,7 +222,7 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
         project(m, l, US_T_UP, a->up, NULL, h, n, r0);
     }
     if (!kept) { /* rebuild this chunk: h2, gate, up, bits and (when down trains) the product */
-        mlp_front(m, l, r0, n, down_trains ? m->s.a : NULL, false);
+        mlp_front(m, l, r0, n, down_trains ? m->s.a : NULL);
         prod = m->s.a;
     } else if (!p->save_a && down_trains) { /* rebuild the down_proj input; the bits stay untouched */
         prod = m->s.a;

@@ -564,49 +564,6 @@ TEST(cuda_glu_fwd_bwd_bits) {
     gpair_close(&p);
 }
 
-/* glu_down (the SiLU product and down_proj's x·A in one pass) against the CPU backend's glu_fwd
- * then lora_down: the product (rows lda apart, nothing written between them but the folded
- * columns), bit for bit the product the GPU's own glu_fwd forms (the backward rebuilds it so),
- * u = a A^T, and with fold u beside a in bf16. Shapes: the K split over a cluster (8192 columns),
- * a partial last chunk (520), a row count off the 64-row tiles, widths 16 / 32 / 64, and 8
- * (no fused kernel: the two-op fallback). */
-TEST(cuda_glu_down_matches_two_ops) {
-    OPEN_PAIR(p);
-    struct { int rows, cols, R, fold; } cs[] = {{200, 1536, 16, 1}, {77, 520, 32, 0}, {130, 8192, 16, 1},
-                                                {64, 256, 64, 1}, {50, 96, 8, 1}};
-    for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
-        int rows = cs[ci].rows, cols = cs[ci].cols, R = cs[ci].R, fold = cs[ci].fold, lda = cols + R + 8;
-        size_t n = (size_t)rows * cols, na = (size_t)rows * lda;
-        float *g = rnd(n, 1.5f, 70 + ci), *u = rnd(n, 1.0f, 80 + ci), *A = rnd((size_t)R * cols, 0.05f, 90 + ci);
-        for (size_t i = 0; i < n; i++) g[i] = bfr(g[i]), u[i] = bfr(u[i]); /* both sides from the same bf16 inputs */
-        void *gg = g_act(&p, g, n), *gu = g_act(&p, u, n), *ga = g_poison(&p, na * 2), *ga2 = g_poison(&p, na * 2);
-        float *gA = g_bytes(&p, A, (size_t)R * cols * 4), *gud = g_poison(&p, (size_t)rows * R * 4);
-        p.g->glu_down(p.g, ga, lda, gg, gu, rows, cols, gA, gud, R, R, fold);
-        p.g->glu_fwd(p.g, US_GLU_SILU, ga2, lda, gg, gu, NULL, rows, cols);
-        float *ca = p.c->alloc(p.c, n * 4), *cud = p.c->alloc(p.c, (size_t)rows * R * 4);
-        float *cg = c_f32(&p, g, n), *cu = c_f32(&p, u, n), *cA = c_f32(&p, A, (size_t)R * cols);
-        p.c->glu_fwd(p.c, US_GLU_SILU, ca, cols, cg, cu, NULL, rows, cols);
-        p.c->lora_down(p.c, cud, R, ca, cols, cA, rows, cols, R, false);
-        float *ha = get_act(&p, ga, na), *ha2 = get_act(&p, ga2, na), *dense = malloc(n * 4), *beside = malloc((size_t)rows * R * 4);
-        int same = 1, pads = 1;
-        for (int r = 0; r < rows; r++) {
-            memcpy(dense + (size_t)r * cols, ha + (size_t)r * lda, (size_t)cols * 4);
-            memcpy(beside + (size_t)r * R, ha + (size_t)r * lda + cols, (size_t)R * 4);
-            same &= !memcmp(ha + (size_t)r * lda, ha2 + (size_t)r * lda, (size_t)cols * 4);
-            for (int j = cols + (fold ? R : 0); j < lda; j++) pads &= !isfinite(ha[(size_t)r * lda + j]);
-            if (!fold)
-                for (int j = cols; j < cols + R; j++) pads &= !isfinite(ha[(size_t)r * lda + j]);
-        }
-        double ea = rel_l2(dense, ca, n), eu = err_f32(&p, gud, cud, (size_t)rows * R);
-        double ef = fold ? rel_l2(beside, cud, (size_t)rows * R) : 0.0;
-        free(ha), free(ha2), free(dense), free(beside), free(g), free(u), free(A);
-        CHECK(ea < TOL_EW && eu < TOL_MM && ef < TOL_MM && same && pads,
-              "glu_down %dx%d R=%d fold=%d: product %g, u %g, u beside %g%s%s", rows, cols, R, fold, ea, eu, ef,
-              same ? "" : ", product differs from glu_fwd's", pads ? "" : ", wrote past its columns");
-    }
-    gpair_close(&p);
-}
-
 /* Decoding's attention over a key/value cache (attn_cached) against the CPU backend's: prefill
  * chunks (T > 1, from position 0 and past it) and single tokens late in a long cache, GQA and
  * not, head_dim 64 / 128 / 80 (not a multiple of 32) / 256; the cache rows past start + T are

@@ -1295,7 +1295,7 @@ __global__ void k_glu_fwd_vec(int act, bf16 *a, int lda, bf16 *g, const bf16 *u,
                 store8(g + off, gf);
             } else {
 #pragma unroll
-                for (int j = 0; j < 8; j++) af[j] = silu_mul(gf[j], uf[j]);
+                for (int j = 0; j < 8; j++) af[j] = gf[j] * sigmoidf_(gf[j]) * uf[j];
             }
             if (a) store8(a + row * lda + c0, af);
         }
@@ -1329,7 +1329,7 @@ __global__ void k_glu_fwd(int act, bf16 *a, int lda, bf16 *g, const bf16 *u, uin
                 g[off] = __float2bfloat16_rn(gv);
                 av = gv * uv;
             } else {
-                av = silu_mul(gv, uv);
+                av = gv * sigmoidf_(gv) * uv;
             }
             if (a) a[row * lda + col] = __float2bfloat16_rn(av);
         }
@@ -1353,7 +1353,7 @@ __device__ __forceinline__ void glu_grad(int act, float d, float gv, float uv, b
 
 /* the product as glu_fwd forms it (g is relu(g) already for ReLU) */
 __device__ __forceinline__ float glu_prod(int act, float gv, float uv) {
-    return act == US_GLU_RELU ? gv * uv : silu_mul(gv, uv);
+    return act == US_GLU_RELU ? gv * uv : gv * sigmoidf_(gv) * uv;
 }
 
 __global__ void k_glu_bwd_vec(int act, bf16 *dg, bf16 *du, bf16 *pa, int lda, const bf16 *da, const bf16 *g,
@@ -1439,19 +1439,6 @@ static void cu_glu_bwd(us_backend *be, int act, void *dg, void *du, void *a, int
             act, (bf16 *)dg, (bf16 *)du, (bf16 *)a, lda, (const bf16 *)da, (const bf16 *)g, (const bf16 *)u, bits, rows,
             cols);
     CK_LAUNCH(c);
-}
-
-/* glu_down (backend.h): one pass (cuda_lora.cu, k_lora_down2 with GLU) where the width and
- * alignment allow, else glu_fwd then lora_down */
-static void cu_glu_down(us_backend *be, void *a, int lda, const void *g, const void *u, int rows, int cols,
-                        const float *A, float *ud, int ldu, int R, bool fold) {
-    cuda_impl *c = CI(be);
-    {
-        PROF(c, P_GLU_F);
-        if (!lora_gemm_forced() && us_cuda_glu_down_fast(c, a, lda, g, u, rows, cols, A, ud, ldu, R, fold)) return;
-    }
-    cu_glu_fwd(be, US_GLU_SILU, a, lda, (void *)g, u, NULL, rows, cols);
-    cu_lora_down(be, ud, ldu, a, lda, A, rows, cols, R, fold);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1862,7 +1849,6 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
     be->attn_bwd = us_cuda_attn_bwd;
     be->glu_fwd = cu_glu_fwd;
     be->glu_bwd = cu_glu_bwd;
-    be->glu_down = env_int("US_CUDA_GLU_DOWN", 1) ? cu_glu_down : NULL; /* 0: glu_fwd, then lora_down */
     be->add = cu_add;
     be->xent_fwd_bwd = cu_xent_fwd_bwd;
     be->adamw = cu_adamw;

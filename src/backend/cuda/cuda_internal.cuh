@@ -162,10 +162,6 @@ __device__ __forceinline__ void store8(bf16 *p, const float f[8]) {
     *reinterpret_cast<uint4 *>(p) = u;
 }
 
-/* silu(g) * u, the SiLU-gated MLP's product, as every kernel forms it (glu_fwd, the backward's
- * rebuild in glu_bwd, the fused glu_down): the same expression, bit for bit */
-__device__ __forceinline__ float silu_mul(float g, float u) { return g * (1.0f / (1.0f + __expf(-g))) * u; }
-
 static inline bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
 /* incremental decoding (cuda_decode.cu): backend.h attn_cached */
@@ -176,10 +172,6 @@ void us_cuda_attn_cached(us_backend *be, void *o, const void *q, const void *kc,
  * takes the cuBLASLt path) */
 bool us_cuda_lora_down_fast(cuda_impl *c, float *u, int ldu, const void *x, int ldx, const float *A, int T, int in,
                             int R, bool fold, bool *folded);
-/* the SiLU product a = silu(g) * u (rows lda apart) and ud = a A^T (A [R, cols]) in one pass;
- * fold: ud also beside a (bf16, lda >= cols + R) */
-bool us_cuda_glu_down_fast(cuda_impl *c, void *a, int lda, const void *g, const void *u, int rows, int cols,
-                           const float *A, float *ud, int ldu, int R, bool fold);
 bool us_cuda_lora_up_fast(cuda_impl *c, void *y, const void *res, const float *u, int ldu, const float *B, float s,
                           int T, int out, int r);
 bool us_cuda_lora_bwd_dy_fast(cuda_impl *c, float *du, int lddu, float *dB, const void *dy, int ldy, const float *u, int ldu,

@@ -154,20 +154,14 @@ __global__ void __launch_bounds__(LT) k_lora_down(float *O, int ldo, const bf16 
  * 64 rows (A is read from shared memory once per chunk), the four warps' sums are added at the
  * end. The first version (k_lora_down above: one round of registers per 128 columns, W restaged
  * through registers, K split by atomics into a zeroed u, the fold a separate kernel) remains for
- * other widths and under US_CUDA_LORA_DOWN=1.
- *
- * GLU = true (glu_down: the down projection's input formed on the way): the pipeline stages g and
- * u instead of x; after a chunk lands each thread turns its pieces into silu(g) * u (silu_mul, as
- * glu_fwd), writes them to P (the product, row pitch ldp) and over g's tile, which the MMAs then
- * read as x: the product is written once and never read back for its x·A. */
+ * other widths and under US_CUDA_LORA_DOWN=1. */
 
 constexpr int D2_ROWS = 64, D2_KC = 64, D2_NS = 4, D2_APITCH = D2_KC + 8; /* A rows: 72 floats, conflict-free float2 */
 
-template <int R, bool GLU = false>
+template <int R>
 struct Down2Smem {
     static constexpr int RED = R + 4; /* f32 per row of the warps' partial sums */
-    static constexpr int XT = D2_ROWS * D2_KC * (GLU ? 2 : 1); /* bf16 per stage: x, or g then u */
-    static constexpr int PIPE = D2_NS * (XT * 2 + R * D2_APITCH * 4);
+    static constexpr int PIPE = D2_NS * (D2_ROWS * D2_KC * 2 + R * D2_APITCH * 4);
     static constexpr int BYTES = PIPE > 4 * D2_ROWS * RED * 4 ? PIPE : 4 * D2_ROWS * RED * 4;
 };
 
@@ -175,15 +169,14 @@ __device__ __forceinline__ int swz64(int row, int col) { /* 8 chunks of 8 bf16 p
     return row * D2_KC + ((((col >> 3) ^ (row & 7))) << 3) + (col & 7);
 }
 
-template <int R, bool GLU = false>
+template <int R>
 __global__ void __launch_bounds__(LT) k_lora_down2(float *O, int ldo, const bf16 *P, int ldp, int T, int K, const float *W,
-                                                   float scale, int kslice, bf16 *fold, const bf16 *G = NULL,
-                                                   const bf16 *U = NULL, int ldg = 0) {
+                                                   float scale, int kslice, bf16 *fold) {
     constexpr int NT = R / 8;
-    using S = Down2Smem<R, GLU>;
+    using S = Down2Smem<R>;
     extern __shared__ __align__(128) unsigned char down2_smem[];
-    bf16 *xs = reinterpret_cast<bf16 *>(down2_smem);                                       /* [NS][64 x 64] (GLU: g, u) */
-    float *as = reinterpret_cast<float *>(down2_smem + D2_NS * S::XT * 2);                 /* [NS][R x 72] */
+    bf16 *xs = reinterpret_cast<bf16 *>(down2_smem);                                       /* [NS][64 x 64] */
+    float *as = reinterpret_cast<float *>(down2_smem + D2_NS * D2_ROWS * D2_KC * 2);       /* [NS][R x 72] */
     float *red = reinterpret_cast<float *>(down2_smem);                                    /* after the loop: [4][64][RED] */
     cg::cluster_group cluster = cg::this_cluster();
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
@@ -192,18 +185,12 @@ __global__ void __launch_bounds__(LT) k_lora_down2(float *O, int ldo, const bf16
 
     auto issue = [&](int ch) {
         const int st = ch % D2_NS, k0 = kb + ch * D2_KC;
-        bf16 *xst = xs + st * S::XT;
+        bf16 *xst = xs + st * D2_ROWS * D2_KC;
 #pragma unroll
         for (int i = 0; i < D2_ROWS * D2_KC / 8 / LT; i++) { /* 4 pieces of 16 bytes per thread */
             const int c = tid + i * LT, r = c >> 3, cc = (c & 7) * 8;
             const bool ok = row0 + r < T && k0 + cc < ke;
-            if constexpr (GLU) {
-                const size_t o = (size_t)(row0 + r) * ldg + k0 + cc;
-                cp_async16(smem_u32(&xst[swz64(r, cc)]), ok ? (const void *)(G + o) : (const void *)G, ok);
-                cp_async16(smem_u32(&xst[D2_ROWS * D2_KC + swz64(r, cc)]), ok ? (const void *)(U + o) : (const void *)U, ok);
-            } else {
-                cp_async16(smem_u32(&xst[swz64(r, cc)]), ok ? (const void *)(P + (size_t)(row0 + r) * ldp + k0 + cc) : (const void *)P, ok);
-            }
+            cp_async16(smem_u32(&xst[swz64(r, cc)]), ok ? (const void *)(P + (size_t)(row0 + r) * ldp + k0 + cc) : (const void *)P, ok);
         }
         float *ast = as + st * R * D2_APITCH;
 #pragma unroll
@@ -231,23 +218,8 @@ __global__ void __launch_bounds__(LT) k_lora_down2(float *O, int ldo, const bf16
         if (ch + D2_NS - 1 < nch) issue(ch + D2_NS - 1);
         cp_async_commit();
         const int st = ch % D2_NS;
-        bf16 *xst = xs + st * S::XT;
+        const bf16 *xst = xs + st * D2_ROWS * D2_KC;
         const float *ast = as + st * R * D2_APITCH;
-        if constexpr (GLU) { /* the product of this thread's pieces: into P and over g's tile */
-            const int k0 = kb + ch * D2_KC;
-#pragma unroll
-            for (int i = 0; i < D2_ROWS * D2_KC / 8 / LT; i++) {
-                const int c = tid + i * LT, r = c >> 3, cc = (c & 7) * 8, at = swz64(r, cc);
-                float gf[8], uf[8];
-                unpack8(*reinterpret_cast<const uint4 *>(&xst[at]), gf);
-                unpack8(*reinterpret_cast<const uint4 *>(&xst[D2_ROWS * D2_KC + at]), uf);
-#pragma unroll
-                for (int j = 0; j < 8; j++) gf[j] = silu_mul(gf[j], uf[j]);
-                store8(&xst[at], gf);
-                if (row0 + r < T && k0 + cc < ke) store8(const_cast<bf16 *>(P) + (size_t)(row0 + r) * ldp + k0 + cc, gf);
-            }
-            __syncthreads(); /* every piece formed before any warp's MMAs read the tile */
-        }
         const int kk = warp * 16;
         uint32_t b[NT][2];
 #pragma unroll
@@ -578,16 +550,15 @@ void down(cuda_impl *c, float *O, int ldo, const void *P, int ldp, int T, int K,
     CK_LAUNCH(c);
 }
 
-/* version 2 of down (widths 16..64, A rows 16-byte aligned); false: the caller runs version 1.
- * GLU: P is written, as silu(G) * U (G and U rows ldg apart). */
-template <int R, bool GLU = false>
+/* version 2 of down (widths 16..64, A rows 16-byte aligned); false: the caller runs version 1 */
+template <int R>
 bool down2(cuda_impl *c, float *O, int ldo, const void *P, int ldp, int T, int K, const float *W, float scale,
-           bool fold, const void *G = NULL, const void *U = NULL, int ldg = 0) {
+           bool fold) {
     if (c->lora_down_v1 || R < 16 || R > 64 || !aligned16(W) || K % 4) return false;
-    using S = Down2Smem<R, GLU>;
+    using S = Down2Smem<R>;
     static bool attr_set = false; /* per instance; one device per process */
     if (!attr_set) {
-        CK(c, cudaFuncSetAttribute(k_lora_down2<R, GLU>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::BYTES));
+        CK(c, cudaFuncSetAttribute(k_lora_down2<R>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::BYTES));
         attr_set = true;
     }
     const int gx = (int)ceil_div_u(T, D2_ROWS), nchunk = (int)ceil_div_u(K, D2_KC);
@@ -598,8 +569,8 @@ bool down2(cuda_impl *c, float *O, int ldo, const void *P, int ldp, int T, int K
     const int kslice = (int)ceil_div_u(ceil_div_u(K, cs), D2_KC) * D2_KC;
     cs = (int)ceil_div_u(K, kslice);
     ClusterLaunch l(dim3(gx, cs), LT, S::BYTES, c->st, 1, cs);
-    CK(c, cudaLaunchKernelEx(&l.lc, k_lora_down2<R, GLU>, O, ldo, (const bf16 *)P, ldp, T, K, W, scale, kslice,
-                             fold ? (bf16 *)P + K : (bf16 *)NULL, (const bf16 *)G, (const bf16 *)U, ldg));
+    CK(c, cudaLaunchKernelEx(&l.lc, k_lora_down2<R>, O, ldo, (const bf16 *)P, ldp, T, K, W, scale, kslice,
+                             fold ? (bf16 *)P + K : (bf16 *)NULL));
     CK_LAUNCH(c);
     return true;
 }
@@ -662,11 +633,6 @@ struct lora_at {
         if (down2<R>(c, u, ldu, x, ldx, T, in, A, 1.0f, fold)) *folded = fold;
         else down<R>(c, u, ldu, x, ldx, T, in, A, in, 1, 1.0f);
     }
-    /* a = silu(g) * u and ud = a A^T in one pass; false: not covered (widths outside 16..64) */
-    static bool glu_down(cuda_impl *c, void *a, int lda, const void *g, const void *u, int rows, int cols, const float *A,
-                         float *ud, int ldu, bool fold) {
-        return down2<R, true>(c, ud, ldu, a, lda, rows, cols, A, 1.0f, fold, g, u, cols);
-    }
     static void up(cuda_impl *c, void *y, const void *res, const float *u, int ldu, const float *B, float s, int T,
                    int out) {
         expand<R>(c, y, res, T, out, u, ldu, B, R, 1, s); /* y = res + s u B^T   (B [out, R]) */
@@ -711,23 +677,6 @@ bool us_cuda_lora_down_fast(cuda_impl *c, float *u, int ldu, const void *x, int 
     if (!width_ok(R) || in % 8 || ldx % 8 || !aligned16(x) || !a8(u) || ldu % 2) return false;
     LORA_DISPATCH(R, down_x(c, u, ldu, x, ldx, A, T, in, fold, folded));
     return true;
-}
-
-bool us_cuda_glu_down_fast(cuda_impl *c, void *a, int lda, const void *g, const void *u, int rows, int cols,
-                           const float *A, float *ud, int ldu, int R, bool fold) {
-    if (rows <= 0) return true;
-    if (!width_ok(R) || cols % 8 || lda % 8 || !aligned16(a) || !aligned16(g) || !aligned16(u) || !a8(ud) || ldu % 2)
-        return false;
-    bool done = false;
-    switch (R) {
-    case 16: done = lora_at<16>::glu_down(c, a, lda, g, u, rows, cols, A, ud, ldu, fold); break;
-    case 24: done = lora_at<24>::glu_down(c, a, lda, g, u, rows, cols, A, ud, ldu, fold); break;
-    case 32: done = lora_at<32>::glu_down(c, a, lda, g, u, rows, cols, A, ud, ldu, fold); break;
-    case 48: done = lora_at<48>::glu_down(c, a, lda, g, u, rows, cols, A, ud, ldu, fold); break;
-    case 64: done = lora_at<64>::glu_down(c, a, lda, g, u, rows, cols, A, ud, ldu, fold); break;
-    default: break;
-    }
-    return done;
 }
 
 bool us_cuda_lora_up_fast(cuda_impl *c, void *y, const void *res, const float *u, int ldu, const float *B, float s,
