@@ -27,7 +27,6 @@ enum {
     SCR_ATTN_D,     /* attention backward: rowsum(dO * O) */
     SCR_ATTN_SEG,   /* attention backward: per query block min seg_start */
     SCR_ATTN_DKV,   /* attention backward (GQA): f32 dK, dV accumulators */
-    SCR_TUNE,       /* GEMM autotuning: a scratch output (released after) */
     SCR_RED,        /* reductions: one double / int */
     SCR_NORM_ROWS,  /* lora_bwd_x given an RMSNorm's input, on the paths without scales: the normed rows */
     SCR_COUNT
@@ -94,6 +93,7 @@ typedef struct cuda_impl {
     long graph_replays;
     int graph_nodes;
     bool graph_log;                  /* US_CUDA_GRAPH_LOG: say what the graphs did */
+    bool gemm_tune_off;              /* US_CUDA_TUNE=0: cuBLASLt's heuristic choice, untimed (gemm_tune) */
     /* earlier kernel versions and their knobs, for comparison (docs/GPU.md, "Knobs") */
     int rms_wpr;                     /* US_CUDA_RMS_WPR: warps per RMSNorm row (0: by width) */
     bool rope_v1;                    /* US_CUDA_ROPE=1 */
