@@ -60,6 +60,22 @@ static int train_cmd(char *cmd, size_t cap, const char *prefix, const char *devi
                     prefix, device, FIXTURES, fx, FIXTURES, fx, FIXTURES, fx, tmp, tag, lr, wd, steps, batch, tmp, tag);
 }
 
+/* Trains fixture fx on device (extra options appended when not NULL) and reads its losses into l
+ * (8 at most): 0, the exit status when not 0, or -1 when the losses are missing. */
+static int train_losses(const char *device, const char *fx, int steps, int batch, const char *tag, const char *extra,
+                        char *out, size_t cap, double *l) {
+    char cmd[4096], path[512];
+    train_cmd(cmd, sizeof cmd, "", device, fx, 1e-3, 0.0, steps, batch, tag);
+    if (extra) {
+        strncat(cmd, " ", sizeof cmd - strlen(cmd) - 1);
+        strncat(cmd, extra, sizeof cmd - strlen(cmd) - 1);
+    }
+    int rc = us_test_run(cmd, out, cap);
+    if (rc) return rc;
+    snprintf(path, sizeof path, "%s/m_%s.jsonl", us_test_tmpdir(), tag);
+    return read_losses(path, l, 8) == steps ? 0 : -1;
+}
+
 TEST(cuda_train_matches_cpu_on_fixtures) {
     static char out[1 << 16];
     for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++) {
@@ -121,39 +137,28 @@ TEST(cuda_train_memory_modes_match_default) {
                                   "--recompute layer --offload-attn 2", "--recompute layer --keep-attn 2"};
     for (int i = 0; i < 2; i++) { /* a ReLU fixture (bit-packed mask) and a GQA + tied one */
         const char *fx = fixtures[i];
-        char path[512], cmd[4096], tag[64], prefix[8] = "";
+        char path[512], tag[64];
         snprintf(path, sizeof path, "%s/%s/data.jsonl", FIXTURES, fx);
         int batch = count_lines(path), steps = 4;
         double ref[8], got[8], cpu[8];
         snprintf(tag, sizeof tag, "modes%d_cpu", i);
-        train_cmd(cmd, sizeof cmd, prefix, "cpu", fx, 1e-3, 0.0, steps, batch, tag);
-        int rc0 = us_test_run(cmd, out, sizeof out);
-        CHECK(rc0 == 0, "%s cpu: exit %d\n%.1000s", fx, rc0, tail_of(out, 1000));
-        snprintf(path, sizeof path, "%s/m_%s.jsonl", us_test_tmpdir(), tag);
-        CHECK(read_losses(path, cpu, 8) == steps, "%s cpu: losses missing", fx);
+        int rc = train_losses("cpu", fx, steps, batch, tag, NULL, out, sizeof out, cpu);
+        CHECK(rc == 0, "%s cpu: exit %d (-1: losses missing)\n%.1000s", fx, rc, tail_of(out, 1000));
         snprintf(tag, sizeof tag, "modes%d_ref", i);
-        train_cmd(cmd, sizeof cmd, prefix, "cuda", fx, 1e-3, 0.0, steps, batch, tag);
-        int rc = us_test_run(cmd, out, sizeof out);
-        CHECK(rc == 0, "%s default: exit %d\n%.1000s", fx, rc, tail_of(out, 1000));
-        snprintf(path, sizeof path, "%s/m_%s.jsonl", us_test_tmpdir(), tag);
-        CHECK(read_losses(path, ref, 8) == steps, "%s default: losses missing", fx);
+        rc = train_losses("cuda", fx, steps, batch, tag, NULL, out, sizeof out, ref);
+        CHECK(rc == 0, "%s default: exit %d (-1: losses missing)\n%.1000s", fx, rc, tail_of(out, 1000));
         for (int s2 = 0; s2 < steps; s2++)
             CHECK(us_close(ref[s2], cpu[s2], 3e-3, 0), "%s default step %d: loss %.6f, cpu %.6f", fx, s2 + 1, ref[s2],
                   cpu[s2]);
         for (size_t k = 0; k < sizeof modes / sizeof modes[0]; k++) {
             snprintf(tag, sizeof tag, "modes%d_%zu", i, k);
-            train_cmd(cmd, sizeof cmd, prefix, "cuda", fx, 1e-3, 0.0, steps, batch, tag);
-            strncat(cmd, " ", sizeof cmd - strlen(cmd) - 1);
-            strncat(cmd, modes[k], sizeof cmd - strlen(cmd) - 1);
-            rc = us_test_run(cmd, out, sizeof out);
+            rc = train_losses("cuda", fx, steps, batch, tag, modes[k], out, sizeof out, got);
             if (i == 1 && strstr(modes[k], "--offload-embed")) { /* tied: the LM head needs the table */
                 CHECK(rc == 1 && strstr(out, "tied to the LM head"), "%s %s: exit %d\n%.1000s", fx, modes[k], rc,
                       tail_of(out, 1000));
                 continue;
             }
-            CHECK(rc == 0, "%s %s: exit %d\n%.1000s", fx, modes[k], rc, tail_of(out, 1000));
-            snprintf(path, sizeof path, "%s/m_%s.jsonl", us_test_tmpdir(), tag);
-            CHECK(read_losses(path, got, 8) == steps, "%s %s: losses missing", fx, modes[k]);
+            CHECK(rc == 0, "%s %s: exit %d (-1: losses missing)\n%.1000s", fx, modes[k], rc, tail_of(out, 1000));
             for (int s2 = 0; s2 < steps; s2++)
                 CHECK(us_close(got[s2], ref[s2], 2e-3, 0) && us_close(got[s2], cpu[s2], 3e-3, 0),
                       "%s %s step %d: loss %.6f, default plan %.6f, cpu %.6f", fx, modes[k], s2 + 1, got[s2], ref[s2],
