@@ -892,8 +892,9 @@ static gemm_plan *gemm_find(cuda_impl *c, int ta, int tb, int m, int n, int k, i
 
 /* Times the heuristic's candidates once on the real operands, the output into C itself (beta 0, or
  * a source other than C: C is then only written), and keeps the fastest where it beats the
- * heuristic's first choice by 3% (a near tie keeps the first: the choice stays the same from run
- * to run). Products that accumulate into C in place keep the heuristic's choice: timing them
+ * heuristic's first choice by 3% (a near tie keeps the first, so the choice rarely differs from
+ * run to run; US_CUDA_TUNE=0 for products that repeat bit for bit between runs). Products that
+ * accumulate into C in place keep the heuristic's choice: timing them
  * would need a copy of C, memory the plan does not count. Measured (H100, 2026-11-23): the folded
  * widths put some products' K past a multiple of 64, where the first choice can run 10% slow
  * (gpu_bench kpad); tuning took the 1B from 84.8k / 84.3k to 86.8k / 86.1k tokens/s.
