@@ -20,7 +20,7 @@
 
 static bool new_fwd(bf *o, float *lse, const bf *q, const bf *k, const bf *v, const int *seg, int batch, int seq,
                     int H, int KV, int hd, float scale) {
-    return attn_fwd_wgmma(0, 132, o, lse, q, k, v, seg, batch, seq, H, KV, hd, scale);
+    return attn_fwd_wgmma(0, 132, o, H * hd, lse, q, k, v, seg, batch, seq, H, KV, hd, scale);
 }
 typedef bool (*FwdFn)(bf *, float *, const bf *, const bf *, const bf *, const int *, int, int, int, int, int, float);
 
@@ -120,7 +120,7 @@ int main(int argc, char **argv) {
         float *l;
         CKR(cudaMalloc(&p, 1 << 20));
         CKR(cudaMalloc(&l, 1 << 16));
-        const bool r = attn_fwd_wgmma(0, sms, p, l, p, p, p, NULL, 1, 64, 2, 2, 32, 0.1f);
+        const bool r = attn_fwd_wgmma(0, sms, p, 64, l, p, p, p, NULL, 1, 64, 2, 2, 32, 0.1f);
         printf("hd32 refused: %s\n", r ? "NO (FAIL)" : "yes");
         ok = ok && !r;
         cudaFree(p);

@@ -83,7 +83,7 @@ int main(int argc, char **argv) {
     }
     int shapes[][5] = {{8, 2048, 9, 3, 64}, {4, 2048, 32, 8, 64}, {1, 2048, 32, 8, 128}, {1, 16384, 32, 8, 128}};
     for (int i = 0; i < 4 && PART("attn"); i++) {
-        us_attn_shape sh = {shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3], shapes[i][4], 0};
+        us_attn_shape sh = {shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3], shapes[i][4], 0, 0};
         sh.scale = 1.0f / sqrtf((float)sh.head_dim);
         size_t T = (size_t)sh.batch * sh.seq, nq = T * sh.heads * sh.head_dim, nk = T * sh.kv_heads * sh.head_dim;
         void *q = rand_act(nq, 1, 10), *k = rand_act(nk, 1, 11), *v = rand_act(nk, 1, 12), *o = rand_act(nq, 1, 13);

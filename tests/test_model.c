@@ -169,7 +169,10 @@ static void expected_plan(const us_config *c, unsigned targets, int r, double wa
             want[US_SAVE_QKV] += (H + 2 * KV) * hd * 4;
             want[US_SAVE_ATTN_LSE] += H * 4;
         }
-        if (below || qkv || o) want[US_SAVE_ATTN_OUT] += H * hd * 4;
+        if (below || qkv || o) { /* with room for o_proj's folded LoRA columns (model.c fold_setup) */
+            bool o_folded = (targets & (1u << US_T_O)) && r % 8 == 0 && c->hidden % 8 == 0 && (int)(H * hd) % 8 == 0;
+            want[US_SAVE_ATTN_OUT] += (H * hd + (o_folded ? r : 0)) * 4;
+        }
         below = below || qkv || o;
         if (below || gu) {
             want[US_SAVE_RESIDUAL] += D * 4;

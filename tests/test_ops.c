@@ -662,7 +662,7 @@ static void attn_case(us_test_ctx *t, int H, int KV, const int32_t *seg, const c
     fill(&r, k, kd, nk, 1);
     fill(&r, v, vd, nk, 1);
     fill(&r, w, wd, nq, 1);
-    us_attn_shape sh = {B, S, H, KV, HD, 1.0f / sqrtf((float)HD)};
+    us_attn_shape sh = {B, S, H, KV, HD, 1.0f / sqrtf((float)HD), 0};
     attn_ctx c = {qd, kd, vd, wd, od, lsed, seg, B, S, H, KV, HD, sh.scale};
     attn_ref(&c);
     be->attn_fwd(be, o, lse, q, k, v, seg, &sh);
@@ -705,7 +705,7 @@ TEST(ops_attention_segments_isolate) {
     fill(&r, q, NULL, T * H * HD, 1);
     fill(&r, k, NULL, T * KV * HD, 1);
     fill(&r, v, NULL, T * KV * HD, 1);
-    us_attn_shape sh = {B, S, H, KV, HD, 0.35f};
+    us_attn_shape sh = {B, S, H, KV, HD, 0.35f, 0};
     be->attn_fwd(be, o1, lse, q, k, v, seg_packed, &sh);
     /* change keys/values of row 0's first example (positions 0..2): the second must not move */
     for (int j = 0; j < 3 * KV * HD; j++) k[j] += 1.0f, v[j] -= 2.0f;
@@ -717,6 +717,36 @@ TEST(ops_attention_segments_isolate) {
     for (int h = 0; h < H; h++)
         for (int d = 0; d < HD; d++)
             CHECK(o1[(12 * H + h) * HD + d] == v[12 * KV * HD + d], "single-token segment output is not v");
+    be->destroy(be);
+}
+
+/* The output's rows further apart than H * HD (o_proj's folded LoRA columns beside it): the same
+ * values, nothing written between the rows, and the backward reading o with that pitch gives the
+ * same gradients as with the dense o */
+TEST(ops_attention_output_pitch) {
+    us_backend *be = cpu();
+    CHECK(be, "no cpu backend");
+    rng r = {23};
+    enum { B = 2, S = 9, H = 4, KV = 2, HD = 8, T = B * S, QD = H * HD, LDO = QD + 8 };
+    float q[T * QD], k[T * KV * HD], v[T * KV * HD], o[T * QD], op[T * LDO], lse[T * H], lse2[T * H], dout[T * QD];
+    float dq[T * QD], dk[T * KV * HD], dv[T * KV * HD], dq2[T * QD], dk2[T * KV * HD], dv2[T * KV * HD];
+    fill(&r, q, NULL, T * QD, 1);
+    fill(&r, k, NULL, T * KV * HD, 1);
+    fill(&r, v, NULL, T * KV * HD, 1);
+    fill(&r, dout, NULL, T * QD, 1);
+    for (int i = 0; i < T * LDO; i++) op[i] = 1e30f;
+    us_attn_shape sh = {B, S, H, KV, HD, 0.35f, 0}, shp = sh;
+    shp.ldo = LDO;
+    be->attn_fwd(be, o, lse, q, k, v, NULL, &sh);
+    be->attn_fwd(be, op, lse2, q, k, v, NULL, &shp);
+    for (int t2 = 0; t2 < T; t2++)
+        for (int j = 0; j < LDO; j++)
+            CHECK(op[t2 * LDO + j] == (j < QD ? o[t2 * QD + j] : 1e30f), "pitched output: token %d column %d", t2, j);
+    CHECK(!memcmp(lse, lse2, sizeof lse), "pitched output: lse differs");
+    be->attn_bwd(be, dq, dk, dv, dout, q, k, v, o, lse, NULL, &sh);
+    be->attn_bwd(be, dq2, dk2, dv2, dout, q, k, v, op, lse, NULL, &shp);
+    CHECK(!memcmp(dq, dq2, sizeof dq) && !memcmp(dk, dk2, sizeof dk) && !memcmp(dv, dv2, sizeof dv),
+          "attention backward reads the pitched output differently");
     be->destroy(be);
 }
 
@@ -753,7 +783,7 @@ TEST(ops_attention_long_rows) {
     fill(&r, k, kd, NK, 1);
     fill(&r, v, vd, NK, 1);
     fill(&r, w, wd, NQ, 1);
-    us_attn_shape sh = {B, S, H, KV, HD, 1.0f / sqrtf((float)HD)};
+    us_attn_shape sh = {B, S, H, KV, HD, 1.0f / sqrtf((float)HD), 0};
     for (int pass = 0; pass < 2 && !t->failed; pass++) {
         const int32_t *sg = pass ? seg : NULL;
         attn_ctx c = {qd, kd, vd, wd, od, lsed, sg, B, S, H, KV, HD, sh.scale};
@@ -805,7 +835,7 @@ TEST(ops_attention_cached) {
     fill(&r, kc, kd, S * KV * HD, 1);
     fill(&r, vc, vd, S * KV * HD, 1);
     for (int i = S * KV * HD; i < (S + 2) * KV * HD; i++) kc[i] = vc[i] = 1e4f; /* rows past the cache: unread */
-    us_attn_shape sh = {1, 0, H, KV, HD, 1.0f / sqrtf((float)HD)};
+    us_attn_shape sh = {1, 0, H, KV, HD, 1.0f / sqrtf((float)HD), 0};
     be->attn_cached(be, o, q, kc, vc, TN, START, &sh);
     attn_ctx c = {qd, kd, vd, NULL, od, lsed, NULL, 1, S, H, KV, HD, sh.scale};
     attn_ref(&c);

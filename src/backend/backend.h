@@ -41,7 +41,12 @@ typedef struct us_put {
 typedef struct us_attn_shape {
     int batch, seq, heads, kv_heads, head_dim;
     float scale; /* usually 1/sqrt(head_dim) */
+    int ldo;     /* row pitch of the output o, in elements (0: heads * head_dim; more leaves o_proj's
+                    folded LoRA columns beside it) */
 } us_attn_shape;
+
+/* the output's row pitch of an attention shape */
+static inline int us_attn_ldo(const us_attn_shape *sh) { return sh->ldo > 0 ? sh->ldo : sh->heads * sh->head_dim; }
 
 struct us_backend {
     const char *name; /* "cpu", "cuda" */

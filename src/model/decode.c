@@ -175,7 +175,7 @@ static void run_chunk(us_decoder *d, const int32_t *ids, int T, bool want_logits
     be->upload(be, d->ids, ids, (size_t)T * 4);
     be->upload(be, d->pos, pos, (size_t)T * 4);
     be->embed_fwd(be, d->x, m->embed, d->ids, T, D);
-    us_attn_shape sh = {1, start + T, c->heads, c->kv_heads, c->head_dim, 1.0f / sqrtf((float)c->head_dim)};
+    us_attn_shape sh = {1, start + T, c->heads, c->kv_heads, c->head_dim, 1.0f / sqrtf((float)c->head_dim), 0};
     int act = c->act == US_ACT_RELU ? US_GLU_RELU : US_GLU_SILU;
     for (int l = 0; l < c->layers; l++) {
         const us_layer_weights *L = &m->L[l];

@@ -270,7 +270,7 @@ static int qkv_out(const us_config *c) { return (c->heads + 2 * c->kv_heads) * c
  * targets, A below W for the backward-folded ones. */
 static us_status fold_list(us_model *m, us_err *e) {
     us_backend *be = m->be;
-    us_put *h = calloc((size_t)m->cfg.layers * (US_T_COUNT + 2), sizeof *h);
+    us_put *h = calloc((size_t)m->cfg.layers * (2 * US_T_COUNT + 1), sizeof *h); /* s*B and A of each, qkv's A */
     if (!h) return us_fail(e, US_ENOMEM, "out of memory");
     int n = 0, r = m->spec.lora.r;
     size_t wb = be->weight_bytes;
@@ -299,8 +299,8 @@ static us_status fold_list(us_model *m, us_err *e) {
 }
 
 /* Re-lays the frozen matrices for folding (model.h): q/k/v and gate/up as [out, in + R] (the
- * extra columns start at zero), o as [out + r, in] (the extra rows too) and down as
- * [out + r, in + r], folded both ways (US_DOWN_FOLD=0: backward only). US_LORA_FOLD=0 keeps the
+ * extra columns start at zero), o and down as [out + r, in + r], folded both ways (US_O_FOLD=0,
+ * US_DOWN_FOLD=0: backward only, [out + r, in]). US_LORA_FOLD=0 keeps the
  * separate LoRA products (for comparison); widths not a multiple of 8 do too (16-byte rows for
  * the GPU's products). */
 static us_status fold_setup(us_model *m, us_err *e) {
@@ -323,8 +323,9 @@ static us_status fold_setup(us_model *m, us_err *e) {
         } else if ((t == US_T_O || t == US_T_DOWN) && lead == t && r % 8 == 0 && c->hidden % 8 == 0) {
             m->fold_rows[t] = r;
             m->dres_ld = c->hidden + r;
-            const char *denv = getenv("US_DOWN_FOLD");
-            if (t == US_T_DOWN && in % 8 == 0 && !(denv && !strcmp(denv, "0"))) { /* u beside the product too */
+            /* forward too: u beside the GLU product / the attention output (US_DOWN_FOLD=0, US_O_FOLD=0: not) */
+            const char *fenv = getenv(t == US_T_DOWN ? "US_DOWN_FOLD" : "US_O_FOLD");
+            if (in % 8 == 0 && !(fenv && !strcmp(fenv, "0"))) {
                 m->fold[t] = r;
                 m->wld[t] = in + r;
             }

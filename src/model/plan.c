@@ -133,6 +133,7 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
     size_t H = (size_t)c->heads, KV = (size_t)c->kv_heads, r = m->spec.full ? 0 : (size_t)m->spec.lora.r;
     size_t words = ((size_t)F + 31) / 32;
     size_t tt = (size_t)T, mr = (size_t)m->mlp_rows;
+    size_t OA = (size_t)m->wld[US_T_O] * A; /* an attention output row: H*hd + o_proj's folded LoRA columns */
     struct us_scratch *s = &m->s;
     /* which scratch some layer needs: the final output's buffer always, the rest when not kept */
     bool need_res[2] = {false, false}, need_mid = false, need_attn = false, need_att = false, need_mlp = false;
@@ -158,7 +159,7 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
             users++, kept += k.up;
         }
         if (train && m->offload) host += (double)(D * A);
-        if (k.attk == US_ATT_HOST) host += (double)(H * hd * A), need_att2 = true;
+        if (k.attk == US_ATT_HOST) host += (double)(OA), need_att2 = true;
         need_res[l % 2] |= !k.xin;
         need_mid |= !k.xmid;
         need_attn |= !k.attn;
@@ -170,9 +171,9 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
     void *res[2] = {SCRATCH(need_res[0], tt * D * A), SCRATCH(need_res[1], tt * D * A)};
     void *mid = SCRATCH(need_mid, tt * D * A);
     void *sq = SCRATCH(need_attn, tt * H * hd * A), *sk = SCRATCH(need_attn, tt * KV * hd * A);
-    void *sv = SCRATCH(need_attn, tt * KV * hd * A), *satt = SCRATCH(need_att, tt * H * hd * A);
+    void *sv = SCRATCH(need_attn, tt * KV * hd * A), *satt = SCRATCH(need_att, tt * OA);
     /* a host-kept output comes back into its parity's buffer while the layer above uses the other */
-    void *satt2 = SCRATCH(need_att2, tt * H * hd * A);
+    void *satt2 = SCRATCH(need_att2, tt * OA);
     void *sg = SCRATCH(need_mlp, mr * F * A), *su = SCRATCH(need_mlp || need_up, (need_up ? tt : mr) * F * A);
     float *srstd1 = SCRATCH(need_attn, tt * 4), *srstd2 = SCRATCH(need_mlp, tt * 4), *slse = SCRATCH(need_attn, tt * H * 4);
     uint32_t *sbits = SCRATCH(need_mlp && c->act == US_ACT_RELU, mr * words * 4);
@@ -241,7 +242,7 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
         a->k = SLOT(k.attn, US_SAVE_QKV, KV * hd * A, sk);
         a->v = SLOT(k.attn, US_SAVE_QKV, KV * hd * A, sv);
         a->lse = SLOT(k.lse, US_SAVE_ATTN_LSE, H * 4, slse);
-        a->att = SLOT(k.att, US_SAVE_ATTN_OUT, H * hd * A, satt2 && l % 2 ? satt2 : satt);
+        a->att = SLOT(k.att, US_SAVE_ATTN_OUT, OA, satt2 && l % 2 ? satt2 : satt);
         a->xmid = SLOT(k.xmid, US_SAVE_RESIDUAL, D * A, mid);
         a->rstd2 = SLOT(k.mlp, US_SAVE_NORM_STATS, 4, srstd2);
         a->g = SLOT(k.gate, US_SAVE_MLP, F * A, sg);
@@ -325,7 +326,7 @@ static us_status measure(us_model *m, int max_tokens, size_t *bytes, us_err *e) 
     for (int k = 0; k < US_SAVE_KINDS; k++) m->plan.total_per_token += per_tok[k];
     m->plan.store_all_per_token = store_all_per_token(m);
     *bytes = meas.off;
-    us_attn_shape sh = {1, max_tokens, c->heads, c->kv_heads, c->head_dim, 1.0f};
+    us_attn_shape sh = {1, max_tokens, c->heads, c->kv_heads, c->head_dim, 1.0f, 0};
     m->backend_scratch = be->scratch_bytes ? be->scratch_bytes(be, max_tokens, &sh) : 0;
     return US_OK;
 }
@@ -405,7 +406,7 @@ us_status us_model_prepare(us_model *m, int max_tokens, us_err *e) {
     if ((st = pin_layers(m, &m->host_xin, xin_on_host, T * c->hidden * A, "--offload", "layer inputs", max_tokens, e)) ||
         (st = pin_layers(m, &m->host_mlp, mlp_on_host, 2 * T * c->inter * A, "--offload-mlp", "MLP gate and up",
                          max_tokens, e)) ||
-        (st = pin_layers(m, &m->host_att, att_on_host, T * c->heads * c->head_dim * A, "--offload-attn",
+        (st = pin_layers(m, &m->host_att, att_on_host, T * (size_t)m->wld[US_T_O] * A, "--offload-attn",
                          "attention outputs", max_tokens, e)))
         return st;
     m->saved_bytes = (size_t)(m->plan.total_per_token * max_tokens);

@@ -133,7 +133,9 @@ static void group_bwd(us_model *m, int l, const int *ts, int n, void *const *dys
 
 static us_attn_shape attn_shape(const us_model *m, const us_batch *b) {
     const us_config *c = &m->cfg;
-    return (us_attn_shape){b->batch, b->seq, c->heads, c->kv_heads, c->head_dim, 1.0f / sqrtf((float)c->head_dim)};
+    /* the output's rows as o_proj reads them: with its folded LoRA columns beside */
+    return (us_attn_shape){b->batch, b->seq, c->heads, c->kv_heads, c->head_dim, 1.0f / sqrtf((float)c->head_dim),
+                           in_pitch(m, US_T_O)};
 }
 
 static int glu_act(const us_model *m) { return m->cfg.act == US_ACT_RELU ? US_GLU_RELU : US_GLU_SILU; }
@@ -357,7 +359,7 @@ static void head(us_model *m, const us_batch *b, bool train, float grad_scale, f
  * forward, back into the device buffer of its parity (plan.c) once the layer above has begun its
  * backward; the ticket goes to att_ticket[l]. */
 static void att_move(us_model *m, int l, int T, bool back) {
-    size_t bytes = (size_t)T * m->cfg.heads * m->cfg.head_dim * m->be->act_bytes;
+    size_t bytes = (size_t)T * in_pitch(m, US_T_O) * m->be->act_bytes; /* rows with o_proj's folded columns */
     m->att_ticket[l] = host_move(m->be, m->acts[l].att, m->host_att[l], bytes, back);
 }
 

@@ -409,7 +409,7 @@ TEST(cuda_qkv_merge) {
 }
 
 static int attn_case(gpair *p, us_test_ctx *t, int batch, int seq, int H, int KV, int hd, int use_seg) {
-    us_attn_shape sh = {batch, seq, H, KV, hd, 1.0f / sqrtf((float)hd)};
+    us_attn_shape sh = {batch, seq, H, KV, hd, 1.0f / sqrtf((float)hd), 0};
     size_t T = (size_t)batch * seq, nq = T * H * hd, nk = T * KV * hd;
     uint64_t sd = (uint64_t)seq * 131 + hd;
     float *q = rnd(nq, 1.0f, sd + 1), *k = rnd(nk, 1.0f, sd + 2), *v = rnd(nk, 1.0f, sd + 3), *dout = rnd(nq, 1.0f, sd + 4);
@@ -445,12 +445,33 @@ static int attn_case(gpair *p, us_test_ctx *t, int batch, int seq, int H, int KV
         p->g->attn_bwd(p->g, gdq, gdk, gdv, gdo, gq, gk, gv, go, gl, gs, &sh);
         p->c->attn_bwd(p->c, cdq, cdk, cdv, cdo, cq, ck, cv, cob, clg, cs, &sh);
         double eq = err_act(p, gdq, cdq, nq), ek = err_act(p, gdk, cdk, nk), ev = err_act(p, gdv, cdv, nk);
-        free(ho), free(hl);
         if (!(eq < TOL_GRAD && ek < TOL_GRAD && ev < TOL_GRAD)) {
             snprintf(t->msg, sizeof t->msg, "attn_bwd b=%d s=%d H=%d KV=%d hd=%d seg=%d: dq %g dk %g dv %g", batch, seq,
                      H, KV, hd, use_seg, eq, ek, ev);
             ok = 0;
         }
+        /* o's rows H*hd + 16 apart (o_proj's folded columns beside it): the same o, nothing written
+         * between the rows, and the backward reading that o the same gradients */
+        us_attn_shape shp = sh;
+        shp.ldo = H * hd + 16;
+        size_t np = T * (size_t)shp.ldo;
+        void *gop = g_poison(p, np * 2), *gdq2 = g_poison(p, nq * 2), *gdk2 = g_poison(p, nk * 2), *gdv2 = g_poison(p, nk * 2);
+        p->g->attn_fwd(p->g, gop, gl, gq, gk, gv, gs, &shp);
+        float *hop = get_act(p, gop, np);
+        int same = 1, pads = 1;
+        for (size_t r2 = 0; r2 < T; r2++) {
+            same &= !memcmp(hop + r2 * shp.ldo, ho + r2 * H * hd, (size_t)H * hd * 4);
+            for (int j = H * hd; j < shp.ldo; j++) pads &= !isfinite(hop[r2 * shp.ldo + j]);
+        }
+        p->g->attn_bwd(p->g, gdq2, gdk2, gdv2, gdo, gq, gk, gv, gop, gl, gs, &shp);
+        double eq2 = err_act(p, gdq2, cdq, nq), ek2 = err_act(p, gdk2, cdk, nk), ev2 = err_act(p, gdv2, cdv, nk);
+        if (ok && !(same && pads && eq2 < TOL_GRAD && ek2 < TOL_GRAD && ev2 < TOL_GRAD)) {
+            snprintf(t->msg, sizeof t->msg, "attn ldo %d b=%d s=%d H=%d KV=%d hd=%d seg=%d: o %s%s, dq %g dk %g dv %g",
+                     shp.ldo, batch, seq, H, KV, hd, use_seg, same ? "same" : "differs", pads ? "" : ", pads written",
+                     eq2, ek2, ev2);
+            ok = 0;
+        }
+        free(hop), free(ho), free(hl);
     } else {
         snprintf(t->msg, sizeof t->msg, "attn_fwd b=%d s=%d H=%d KV=%d hd=%d seg=%d: o %g lse %g", batch, seq, H, KV, hd,
                  use_seg, eo, el);
@@ -582,7 +603,7 @@ TEST(cuda_attn_cached_matches_cpu) {
         for (size_t i = used; i < nkv; i++) kk[i] = v[i] = NAN; /* rows past the sequence */
         void *gq = g_act(&p, q, nq), *gk = g_act(&p, kk, nkv), *gv = g_act(&p, v, nkv), *go = g_poison(&p, nq * 2);
         void *cq = c_f32(&p, q, nq), *ck = c_f32(&p, kk, nkv), *cv = c_f32(&p, v, nkv), *co = p.c->alloc(p.c, nq * 4);
-        us_attn_shape sh = {1, 0, H, KV, hd, 1.0f / sqrtf((float)hd)};
+        us_attn_shape sh = {1, 0, H, KV, hd, 1.0f / sqrtf((float)hd), 0};
         p.g->attn_cached(p.g, go, gq, gk, gv, T, start, &sh);
         p.c->attn_cached(p.c, co, cq, ck, cv, T, start, &sh);
         double e = err_act(&p, go, co, nq);
@@ -813,7 +834,7 @@ TEST(cuda_scratch_bytes_counts_attention) {
     OPEN_PAIR(p);
     us_backend *g = p.g;
     CHECK(g->scratch_bytes != NULL, "scratch_bytes missing");
-    us_attn_shape sh = {1, 4096, 32, 8, 128, 0.088f};
+    us_attn_shape sh = {1, 4096, 32, 8, 128, 0.088f, 0};
     size_t fixed = g->scratch_bytes(g, 0, NULL), s = g->scratch_bytes(g, 4096, &sh);
     /* the Hopper kernel takes every head at once: dQ 64 MiB + dK, dV 32 MiB + D 0.5 MiB (within
      * eight times the 64 MiB budget); the older one chunks 16 heads: 48.5 MiB */

@@ -354,6 +354,7 @@ static void cpu_attn_fwd(us_backend *be, void *o, float *lse, const void *q, con
     const int S = sh->seq, H = sh->heads, KV = sh->kv_heads, hd = sh->head_dim, grp = H / KV;
     const float *Q = q, *K = k, *V = v;
     float *O = o;
+    const size_t ldo = (size_t)us_attn_ldo(sh);
     int nth = omp_get_max_threads();
     float *scr = scratch_get(st, (size_t)nth * QB * S);
     #pragma omp parallel for collapse(2) schedule(dynamic, 1)
@@ -369,7 +370,7 @@ static void cpu_attn_fwd(us_backend *be, void *o, float *lse, const void *q, con
                             0.0f, P, i1);
                 attn_probs(P, i0, i1, sh, seg_start, tok0, NULL, lse + (tok0 + i0) * H + h, H);
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, i1, 1.0f, P, i1, Vb, KV * hd, 0.0f,
-                            O + ((tok0 + i0) * H + h) * hd, H * hd);
+                            O + (tok0 + i0) * ldo + (size_t)h * hd, ldo);
             }
         }
 }
@@ -381,6 +382,7 @@ static void cpu_attn_bwd(us_backend *be, void *dq, void *dk, void *dv, const voi
     const int S = sh->seq, H = sh->heads, KV = sh->kv_heads, hd = sh->head_dim, grp = H / KV;
     const float *Q = q, *K = k, *V = v, *O = o, *dO = dout;
     float *dQ = dq, *dK = dk, *dV = dv;
+    const size_t ldo = (size_t)us_attn_ldo(sh);
     size_t T = (size_t)sh->batch * S;
     int nth = omp_get_max_threads();
     /* per thread: P and dP blocks; shared: per-query-head dk, dv [T, H, hd] */
@@ -404,7 +406,7 @@ static void cpu_attn_bwd(us_backend *be, void *dq, void *dk, void *dv, const voi
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, i1, hd, 1.0f, dO + qoff, H * hd, Vb, KV * hd,
                             0.0f, dP, i1);
                 for (int i = 0; i < rows; i++) { /* dS = P * (dP - rowsum(dO * O)) * scale, into dP */
-                    const float *doi = dO + qoff + (size_t)i * H * hd, *oi = O + qoff + (size_t)i * H * hd;
+                    const float *doi = dO + qoff + (size_t)i * H * hd, *oi = O + (tok0 + i0 + i) * ldo + (size_t)h * hd;
                     float D = 0;
                     for (int d = 0; d < hd; d++) D += doi[d] * oi[d];
                     float *pr = P + (size_t)i * i1, *dr = dP + (size_t)i * i1;

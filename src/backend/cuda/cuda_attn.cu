@@ -62,7 +62,7 @@ __device__ __forceinline__ void load_tile(bf16 *s, const bf16 *g, size_t stride,
 constexpr int FBM = 64, FBN = 64, FNT = 128;
 
 template <int HD>
-__global__ void __launch_bounds__(FNT, HD <= 64 ? 3 : 1) k_attn_fwd(bf16 *o, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+__global__ void __launch_bounds__(FNT, HD <= 64 ? 3 : 1) k_attn_fwd(bf16 *o, int ldo, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
                                                   const int32_t *seg, int seq, int H, int KVH, float scale_log2) {
     extern __shared__ __align__(128) unsigned char smraw[];
     bf16 *sQ = reinterpret_cast<bf16 *>(smraw);
@@ -209,14 +209,14 @@ __global__ void __launch_bounds__(FNT, HD <= 64 ? 3 : 1) k_attn_fwd(bf16 *o, flo
     lb += __shfl_xor_sync(0xffffffffu, lb, 1);
     lb += __shfl_xor_sync(0xffffffffu, lb, 2);
     float ia = la > 0.0f ? 1.0f / la : 0.0f, ib = lb > 0.0f ? 1.0f / lb : 0.0f;
-    bf16 *og = o + (size_t)b * seq * qs + (size_t)h * HD;
+    bf16 *og = o + (size_t)b * seq * ldo + (size_t)h * HD;
 #pragma unroll
     for (int dt = 0; dt < HD / 8; dt++) {
         int col = dt * 8 + (lane & 3) * 2;
         if (ra < seq)
-            *reinterpret_cast<uint32_t *>(og + (size_t)ra * qs + col) = pack_bf16(oacc[dt][0] * ia, oacc[dt][1] * ia);
+            *reinterpret_cast<uint32_t *>(og + (size_t)ra * ldo + col) = pack_bf16(oacc[dt][0] * ia, oacc[dt][1] * ia);
         if (rb < seq)
-            *reinterpret_cast<uint32_t *>(og + (size_t)rb * qs + col) = pack_bf16(oacc[dt][2] * ib, oacc[dt][3] * ib);
+            *reinterpret_cast<uint32_t *>(og + (size_t)rb * ldo + col) = pack_bf16(oacc[dt][2] * ib, oacc[dt][3] * ib);
     }
     if ((lane & 3) == 0) {
         if (ra < seq) lse[((size_t)b * seq + ra) * H + h] = (ma + log2f(la)) * LN2;
@@ -229,11 +229,11 @@ __global__ void __launch_bounds__(FNT, HD <= 64 ? 3 : 1) k_attn_fwd(bf16 *o, flo
 
 
 /* D[t, h] = sum_d dO * O; one warp per (t, h). */
-__global__ void k_attn_bwd_pre(float *D, const bf16 *dout, const bf16 *o, size_t TH, int hd) {
+__global__ void k_attn_bwd_pre(float *D, const bf16 *dout, const bf16 *o, int ldo, int H, size_t TH, int hd) {
     size_t w = blockIdx.x * (size_t)(blockDim.x / 32) + threadIdx.x / 32;
     int lane = threadIdx.x & 31;
     if (w >= TH) return;
-    const bf16 *a = dout + w * hd, *bb = o + w * hd;
+    const bf16 *a = dout + w * hd, *bb = o + (w / H) * ldo + (w % H) * hd; /* (token, head) w: o's rows ldo apart */
     float s = 0.0f;
     for (int d = lane; d < hd; d += 32) s += __bfloat162float(a[d]) * __bfloat162float(bb[d]);
     s = warp_sum(s);
@@ -521,7 +521,7 @@ void launch_fwd(cuda_impl *c, void *o, float *lse, const void *q, const void *k,
                 const us_attn_shape *sh) {
     if constexpr (HD == 64 || HD == 128) { /* the Hopper kernel (cuda_attn_wgf.cu) first */
         if (c->attn_wg &&
-            attn_fwd_wgmma(c->st, c->sm_count, (bf16 *)o, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seg,
+            attn_fwd_wgmma(c->st, c->sm_count, (bf16 *)o, us_attn_ldo(sh), lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seg,
                            sh->batch, sh->seq, sh->heads, sh->kv_heads, HD, sh->scale)) {
             CK_LAUNCH(c);
             return;
@@ -535,7 +535,7 @@ void launch_fwd(cuda_impl *c, void *o, float *lse, const void *q, const void *k,
     }
     dim3 grid(sh->heads * sh->batch, (sh->seq + FBM - 1) / FBM);
     float scale_log2 = sh->scale * LOG2E;
-    k_attn_fwd<HD><<<grid, FNT, smem, c->st>>>((bf16 *)o, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seg,
+    k_attn_fwd<HD><<<grid, FNT, smem, c->st>>>((bf16 *)o, us_attn_ldo(sh), lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seg,
                                                sh->seq, sh->heads, sh->kv_heads, scale_log2);
     CK_LAUNCH(c);
 }
@@ -608,7 +608,7 @@ void launch_bwd(cuda_impl *c, void *dq, void *dk, void *dv, const void *dout, co
         float *wD = (float *)us_cuda_scratch(c, SCR_ATTN_D, TH * 4);
         int *wseg = seg ? (int *)us_cuda_scratch(c, SCR_ATTN_SEG, (size_t)((sh->seq + 63) / 64) * sh->batch * 4) : NULL;
         if (!wq || !wD || (split && !wkv) || (seg && !wseg)) return;
-        k_attn_bwd_pre<<<ceil_div_u(TH, 8), 256, 0, c->st>>>(wD, (const bf16 *)dout, (const bf16 *)o, TH, HD);
+        k_attn_bwd_pre<<<ceil_div_u(TH, 8), 256, 0, c->st>>>(wD, (const bf16 *)dout, (const bf16 *)o, us_attn_ldo(sh), H, TH, HD);
         CK_LAUNCH(c);
         if (attn_bwd_wgmma(c->st, c->sm_count, (bf16 *)dq, (bf16 *)dk, (bf16 *)dv, wq, wkv, (const bf16 *)dout,
                            (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, lse, wD, sh->batch, sh->seq, H, KV, HD,
@@ -624,7 +624,7 @@ void launch_bwd(cuda_impl *c, void *dq, void *dk, void *dv, const void *dout, co
     if (seg) segmin = (int *)us_cuda_scratch(c, SCR_ATTN_SEG, (size_t)nqb * sh->batch * 4);
     float *dkv = split ? (float *)us_cuda_scratch(c, SCR_ATTN_DKV, 2 * nkc * 4) : NULL;
     if (!dq_acc || !D || (seg && !segmin) || (split && !dkv)) return;
-    k_attn_bwd_pre<<<ceil_div_u(TH, 8), 256, 0, c->st>>>(D, (const bf16 *)dout, (const bf16 *)o, TH, HD);
+    k_attn_bwd_pre<<<ceil_div_u(TH, 8), 256, 0, c->st>>>(D, (const bf16 *)dout, (const bf16 *)o, us_attn_ldo(sh), H, TH, HD);
     CK_LAUNCH(c);
     if (seg) {
         int n = nqb * sh->batch;

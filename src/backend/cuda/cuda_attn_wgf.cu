@@ -71,8 +71,8 @@ struct WfSmem { /* byte offsets from a 1024-aligned base */
 
 template <int HD, int BN, int NWG, int MINB, int WF_NS, bool SEG>
 __global__ void __launch_bounds__(NWG * 128, MINB)
-    k_attn_fwd_wg(fbf16 *o, float *lse, const fbf16 *q, const fbf16 *k, const fbf16 *v, const int32_t *seg, int seq,
-                  int H, int KVH, float scale_log2, int units, int nqb) {
+    k_attn_fwd_wg(fbf16 *o, int ldo, float *lse, const fbf16 *q, const fbf16 *k, const fbf16 *v, const int32_t *seg,
+                  int seq, int H, int KVH, float scale_log2, int units, int nqb) {
 #ifdef WG_SM90A
     using L = WfSmem<HD, BN, NWG, WF_NS>;
     constexpr int WF_BM = 64 * NWG, WF_NT = 128 * NWG;
@@ -261,13 +261,13 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
     lb += __shfl_xor_sync(0xffffffffu, lb, 1);
     lb += __shfl_xor_sync(0xffffffffu, lb, 2);
     const float ia = la > 0.0f ? 1.0f / la : 0.0f, ib = lb > 0.0f ? 1.0f / lb : 0.0f;
-    fbf16 *og = o + (size_t)b * seq * qs + (size_t)h * HD + (lane & 3) * 2;
+    fbf16 *og = o + (size_t)b * seq * ldo + (size_t)h * HD + (lane & 3) * 2;
 #pragma unroll
     for (int j = 0; j < HD / 8; j++) {
         if (ra < seq)
-            *reinterpret_cast<uint32_t *>(og + (size_t)ra * qs + j * 8) = pack_bf16(oacc[4 * j] * ia, oacc[4 * j + 1] * ia);
+            *reinterpret_cast<uint32_t *>(og + (size_t)ra * ldo + j * 8) = pack_bf16(oacc[4 * j] * ia, oacc[4 * j + 1] * ia);
         if (rb < seq)
-            *reinterpret_cast<uint32_t *>(og + (size_t)rb * qs + j * 8) =
+            *reinterpret_cast<uint32_t *>(og + (size_t)rb * ldo + j * 8) =
                 pack_bf16(oacc[4 * j + 2] * ib, oacc[4 * j + 3] * ib);
     }
     if ((lane & 3) == 0) {
@@ -280,7 +280,7 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
 }
 
 template <int HD, int BN, int NWG, int MINB, int NS, bool SEG>
-bool wf_launch(cudaStream_t st, fbf16 *o, float *lse, const fbf16 *q, const fbf16 *k, const fbf16 *v,
+bool wf_launch(cudaStream_t st, fbf16 *o, int ldo, float *lse, const fbf16 *q, const fbf16 *k, const fbf16 *v,
                const int32_t *seg, int batch, int seq, int H, int KV, float scale) {
     using L = WfSmem<HD, BN, NWG, NS>;
     constexpr int WF_BM = 64 * NWG;
@@ -296,7 +296,7 @@ bool wf_launch(cudaStream_t st, fbf16 *o, float *lse, const fbf16 *q, const fbf1
     }
     const int nqb = (seq + WF_BM - 1) / WF_BM, units = batch * H;
     if ((size_t)nqb * units > 0x7fffffffu) return false;
-    k_attn_fwd_wg<HD, BN, NWG, MINB, NS, SEG><<<(unsigned)(nqb * units), NWG * 128, L::bytes, st>>>(o, lse, q, k, v, seg, seq, H, KV,
+    k_attn_fwd_wg<HD, BN, NWG, MINB, NS, SEG><<<(unsigned)(nqb * units), NWG * 128, L::bytes, st>>>(o, ldo, lse, q, k, v, seg, seq, H, KV,
                                                                                  scale * WG_LOG2E, units, nqb);
     return true;
 }
@@ -332,18 +332,19 @@ bool wf_launch(cudaStream_t st, fbf16 *o, float *lse, const fbf16 *q, const fbf1
 #define WF_HD64_CFG WF_HD64_BN, WF_HD64_NWG, WF_HD64_MINB, WF_HD64_NS
 #define WF_HD128_CFG WF_HD128_BN, WF_HD128_NWG, WF_HD128_MINB, WF_HD128_NS
 
-bool attn_fwd_wgmma(cudaStream_t st, int sm_count, __nv_bfloat16 *o, float *lse, const __nv_bfloat16 *q,
+bool attn_fwd_wgmma(cudaStream_t st, int sm_count, __nv_bfloat16 *o, int ldo, float *lse, const __nv_bfloat16 *q,
                     const __nv_bfloat16 *k, const __nv_bfloat16 *v, const int32_t *seg, int batch, int seq, int H,
                     int KV, int hd, float scale) {
     (void)sm_count;
     if ((hd != 64 && hd != 128) || batch < 1 || seq < 1 || KV < 1 || H < KV || H % KV) return false;
+    if (ldo < H * hd || ldo % 8) return false;
     if (!o || !lse || !q || !k || !v) return false;
     const uintptr_t al = (uintptr_t)o | (uintptr_t)q | (uintptr_t)k | (uintptr_t)v;
     if ((al & 15) || ((uintptr_t)lse & 3) || ((uintptr_t)seg & 3)) return false;
     if (!wgmma_cc90()) return false; /* sm_90a code */
     if (hd == 64)
-        return seg ? wf_launch<64, WF_HD64_CFG, true>(st, o, lse, q, k, v, seg, batch, seq, H, KV, scale)
-                   : wf_launch<64, WF_HD64_CFG, false>(st, o, lse, q, k, v, seg, batch, seq, H, KV, scale);
-    return seg ? wf_launch<128, WF_HD128_CFG, true>(st, o, lse, q, k, v, seg, batch, seq, H, KV, scale)
-               : wf_launch<128, WF_HD128_CFG, false>(st, o, lse, q, k, v, seg, batch, seq, H, KV, scale);
+        return seg ? wf_launch<64, WF_HD64_CFG, true>(st, o, ldo, lse, q, k, v, seg, batch, seq, H, KV, scale)
+                   : wf_launch<64, WF_HD64_CFG, false>(st, o, ldo, lse, q, k, v, seg, batch, seq, H, KV, scale);
+    return seg ? wf_launch<128, WF_HD128_CFG, true>(st, o, ldo, lse, q, k, v, seg, batch, seq, H, KV, scale)
+               : wf_launch<128, WF_HD128_CFG, false>(st, o, ldo, lse, q, k, v, seg, batch, seq, H, KV, scale);
 }
