@@ -298,14 +298,19 @@ static us_status fold_list(us_model *m, us_err *e) {
     return US_OK;
 }
 
+/* a comparison knob of the folds: the environment variable set to 0 */
+static bool knob_off(const char *name) {
+    const char *v = getenv(name);
+    return v && !strcmp(v, "0");
+}
+
 /* Re-lays the frozen matrices for folding (model.h): q/k/v and gate/up as [out, in + R] (the
  * extra columns start at zero), o and down as [out + r, in + r], folded both ways (US_O_FOLD=0,
  * US_DOWN_FOLD=0: backward only, [out + r, in]). US_LORA_FOLD=0 keeps the
  * separate LoRA products (for comparison); widths not a multiple of 8 do too (16-byte rows for
  * the GPU's products). */
 static us_status fold_setup(us_model *m, us_err *e) {
-    const char *env = getenv("US_LORA_FOLD");
-    if (env && !strcmp(env, "0")) return US_OK;
+    if (knob_off("US_LORA_FOLD")) return US_OK;
     for (int t = 0; t < US_T_COUNT; t++)
         if (m->fold[t] || m->fold_rows[t]) return US_OK; /* already folded */
     const us_config *c = &m->cfg;
@@ -324,8 +329,7 @@ static us_status fold_setup(us_model *m, us_err *e) {
             m->fold_rows[t] = r;
             m->dres_ld = c->hidden + r;
             /* forward too: u beside the GLU product / the attention output (US_DOWN_FOLD=0, US_O_FOLD=0: not) */
-            const char *fenv = getenv(t == US_T_DOWN ? "US_DOWN_FOLD" : "US_O_FOLD");
-            if (in % 8 == 0 && !(fenv && !strcmp(fenv, "0"))) {
+            if (in % 8 == 0 && !knob_off(t == US_T_DOWN ? "US_DOWN_FOLD" : "US_O_FOLD")) {
                 m->fold[t] = r;
                 m->wld[t] = in + r;
             }
@@ -337,12 +341,10 @@ static us_status fold_setup(us_model *m, us_err *e) {
     if (!most) return US_OK;
     /* q, k and v folded alike: one block of rows, so that backward forms dx from [dq | dk | dv] in
      * one product (step.c); US_QKV_JOINT=0 keeps three blocks */
-    const char *jenv = getenv("US_QKV_JOINT");
     m->qkv_joint = m->fold[US_T_Q] && m->fold[US_T_K] && m->fold[US_T_V] && m->wld[US_T_Q] == m->wld[US_T_K] &&
-                   m->wld[US_T_K] == m->wld[US_T_V] && !(jenv && !strcmp(jenv, "0"));
+                   m->wld[US_T_K] == m->wld[US_T_V] && !knob_off("US_QKV_JOINT");
     /* ... with the group's A in R rows below it (backward folding; US_QKV_FOLD=0: none) */
-    const char *fenv = getenv("US_QKV_FOLD");
-    m->qkv_fold = m->qkv_joint && !(fenv && !strcmp(fenv, "0")) ? m->fold[US_T_Q] : 0;
+    m->qkv_fold = m->qkv_joint && !knob_off("US_QKV_FOLD") ? m->fold[US_T_Q] : 0;
     int qkv_rows[3] = {0};
     for (int t = US_T_Q; t <= US_T_V; t++) {
         int in, out;

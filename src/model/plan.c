@@ -133,7 +133,8 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
     size_t H = (size_t)c->heads, KV = (size_t)c->kv_heads, r = m->spec.full ? 0 : (size_t)m->spec.lora.r;
     size_t words = ((size_t)F + 31) / 32;
     size_t tt = (size_t)T, mr = (size_t)m->mlp_rows;
-    size_t OA = (size_t)m->wld[US_T_O] * A; /* an attention output row: H*hd + o_proj's folded LoRA columns */
+    /* rows of the attention output and of the GLU product: with o's / down's folded LoRA columns */
+    size_t OA = (size_t)m->wld[US_T_O] * A, FA = (size_t)m->wld[US_T_DOWN] * A;
     struct us_scratch *s = &m->s;
     /* which scratch some layer needs: the final output's buffer always, the rest when not kept */
     bool need_res[2] = {false, false}, need_mid = false, need_attn = false, need_att = false, need_mlp = false;
@@ -200,7 +201,6 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
      * before the first backward), so the logits chunk lies over it: a chunk of at least 64 MiB,
      * more rows when that scratch is larger (fewer, more efficient head products) */
     size_t group = b->off;
-    size_t FA = (size_t)m->wld[US_T_DOWN] * A; /* the product's row: F + down's folded LoRA columns */
     s->a = take(b, arows * FA);
     m->qkv_merge = false, s->dqkv = NULL;
     if (train) {
@@ -248,7 +248,7 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
         a->g = SLOT(k.gate, US_SAVE_MLP, F * A, sg);
         a->up = SLOT(k.up, US_SAVE_MLP, F * A, su);
         a->bits = SLOT(k.mlp && c->act == US_ACT_RELU, US_SAVE_MLP_MASK, words * 4, sbits);
-        a->a = SLOT(k.a, US_SAVE_MLP_DOWN_IN, (size_t)m->wld[US_T_DOWN] * A, s->a);
+        a->a = SLOT(k.a, US_SAVE_MLP_DOWN_IN, FA, s->a);
         for (int t = 0; t < US_T_COUNT; t++) /* a group's block at its lead; members are column blocks of it */
             /* down_proj's x·A stays kept even when recomputing layers: the rebuilt MLP stops
              * before the down projection, which backward does not need to redo */

@@ -45,25 +45,18 @@ static void lora_down(us_model *m, int l, int t, const void *x, int T, size_t r0
 }
 
 /* y = res + x W^T + b (+ s u B^T, u from lora_down). res NULL: none; res == y: accumulate.
- * Folded: one product over [x | u] and [W | s B] from res. Otherwise the LoRA term
- * (or res) is written first and the frozen product adds on top. */
+ * Folded: one product over [x | u] and [W | s B] from res. Otherwise the LoRA term (from res) is
+ * written first and the frozen product adds on top. */
 static void project(us_model *m, int l, int t, void *y, const void *res, const void *x, int T, size_t r0) {
     us_backend *be = m->be;
     int in, out, ld = in_pitch(m, t);
     us_target_dims(&m->cfg, t, &in, &out);
-    bool acc = res != NULL;
-    if (m->fold[t]) {
-        be->linear_fwd(be, y, res, x, ld, m->L[l].w[t], ld, m->L[l].b[t], T, ld, out);
-        return;
-    }
-    if (lora_on(m, l, t)) {
+    if (!m->fold[t] && lora_on(m, l, t)) {
         be->lora_up(be, y, res, u_at(m, l, t, r0), m->lora_ld[t], m->params + m->slot[l][t].off_B, m->lora_scale, T,
                     out, m->spec.lora.r);
-        acc = true;
-    } else if (res && res != y) {
-        be->copy(be, y, res, (size_t)T * out * be->act_bytes);
+        res = y;
     }
-    be->linear_fwd(be, y, acc ? y : NULL, x, ld, m->L[l].w[t], ld, m->L[l].b[t], T, in, out);
+    be->linear_fwd(be, y, res, x, ld, m->L[l].w[t], ld, m->L[l].b[t], T, m->fold[t] ? ld : in, out);
 }
 
 /* The input a group's backward reads: x as the projections saw it (rows ld apart), or, with rstd

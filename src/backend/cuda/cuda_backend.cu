@@ -897,7 +897,7 @@ static gemm_plan *gemm_find(cuda_impl *c, int ta, int tb, int m, int n, int k, i
  * accumulate into C in place keep the heuristic's choice: timing them
  * would need a copy of C, memory the plan does not count. Measured (H100, 2026-11-23): the folded
  * widths put some products' K past a multiple of 64, where the first choice can run 10% slow
- * (gpu_bench kpad); tuning took the 1B from 84.8k / 84.3k to 86.8k / 86.1k tokens/s.
+ * (gpu_bench kpad); tuning gave the 1B +0.75% over four alternating pairs, the 8B within noise.
  * US_CUDA_TUNE=0: the heuristic's choice everywhere. */
 static void gemm_tune(cuda_impl *c, gemm_plan *p, float alpha, const void *A, const void *B, float beta, void *C,
                       bool c_is_output) {
@@ -906,20 +906,19 @@ static void gemm_tune(cuda_impl *c, gemm_plan *p, float alpha, const void *A, co
         return;
     }
     if (c->capturing) return; /* no timing inside a graph capture: the next eager call tunes */
-    void *out = C;
-    float b = 0.0f;
+    const float zero = 0.0f; /* the candidates only write C */
     cudaEvent_t e0, e1;
     cudaEventCreate(&e0);
     cudaEventCreate(&e1);
     float best = 1e30f, first = 0.0f;
     int bi = -1;
     for (int i = 0; i < p->n_cand; i++) {
-        if (cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, B, p->lb, &b, out, p->lc, out, p->lc, &p->cand[i], c->ws,
+        if (cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, B, p->lb, &zero, C, p->lc, C, p->lc, &p->cand[i], c->ws,
                            c->ws_bytes, c->st) != CUBLAS_STATUS_SUCCESS)
             continue;
         cudaEventRecord(e0, c->st);
         for (int r = 0; r < 3; r++)
-            cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, B, p->lb, &b, out, p->lc, out, p->lc, &p->cand[i], c->ws,
+            cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, B, p->lb, &zero, C, p->lc, C, p->lc, &p->cand[i], c->ws,
                            c->ws_bytes, c->st);
         cudaEventRecord(e1, c->st);
         cudaEventSynchronize(e1);
