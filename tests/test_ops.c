@@ -862,6 +862,37 @@ static double glu_loss(void *p) {
     return wdot(c->w, c->a, (size_t)c->n);
 }
 
+/* glu_bwd's fused dA of the down projection: dA [K, cols] += dd^T a (a = the product, ad in
+ * float64), dd rows K + 2 apart, dA starting from nonzero values (it accumulates); the same with
+ * dg/du aliasing g/u (the product is formed before they are overwritten) */
+static void check_glu_dA(us_test_ctx *t, us_backend *be, int act, const float *g, const float *u, const uint32_t *bits, const float *w,
+                         const float *dg, const float *du, const double *ad, int rows, int cols, const char *what) {
+    enum { K = 3, LD = K + 2 };
+    size_t n = (size_t)rows * cols;
+    float *dd = malloc((size_t)rows * LD * 4), *dA = malloc((size_t)K * cols * 4), *dA2 = malloc((size_t)K * cols * 4);
+    float *g2 = malloc(n * 4), *u2 = malloc(n * 4), *dg2 = malloc(n * 4), *du2 = malloc(n * 4);
+    double *want = malloc((size_t)K * cols * 8), *ddd = malloc((size_t)rows * LD * 8), *dA0 = malloc((size_t)K * cols * 8);
+    rng r = {77};
+    fill(&r, dd, ddd, (size_t)rows * LD, 1);
+    fill(&r, dA, dA0, (size_t)K * cols, 0.5);
+    memcpy(dA2, dA, (size_t)K * cols * 4);
+    for (int j = 0; j < K; j++)
+        for (int c = 0; c < cols; c++) {
+            double s = dA0[j * cols + c];
+            for (int t = 0; t < rows; t++) s += ddd[t * LD + j] * ad[(size_t)t * cols + c];
+            want[j * cols + c] = s;
+        }
+    be->glu_bwd(be, act, dg2, du2, dA, dd, LD, K, w, g, u, bits, rows, cols);
+    EXPECT_CLOSE(what, dA, want, (size_t)K * cols, TOL);
+    CHECK(!memcmp(dg2, dg, n * 4) && !memcmp(du2, du, n * 4), "%s: dg/du differ with dA asked", what);
+    memcpy(g2, g, n * 4);
+    memcpy(u2, u, n * 4);
+    be->glu_bwd(be, act, g2, u2, dA2, dd, LD, K, w, g2, u2, bits, rows, cols);
+    CHECK(!memcmp(dA2, dA, (size_t)K * cols * 4) && !memcmp(g2, dg, n * 4) && !memcmp(u2, du, n * 4),
+          "%s: in place differs", what);
+    free(dd), free(dA), free(dA2), free(g2), free(u2), free(dg2), free(du2), free(want), free(ddd), free(dA0);
+}
+
 TEST(ops_glu_silu) {
     us_backend *be = cpu();
     CHECK(be, "no cpu backend");
@@ -878,9 +909,7 @@ TEST(ops_glu_silu) {
     glu_ref(&c);
     EXPECT_CLOSE("glu_fwd silu", a, ad, N, TOL);
     CHECK(!memcmp(g, g0, sizeof g), "glu_fwd silu modified g");
-    float pa[N];
-    be->glu_bwd(be, US_GLU_SILU, dg, du, pa, C, w, g, u, NULL, R, C);
-    CHECK(!memcmp(pa, a, sizeof a), "glu_bwd silu: the product differs from glu_fwd's");
+    be->glu_bwd(be, US_GLU_SILU, dg, du, NULL, NULL, 0, 0, w, g, u, NULL, R, C);
     fd_grad(glu_loss, &c, gd, N, FD_H, fd);
     EXPECT_CLOSE("glu_bwd silu dg", dg, fd, N, TOL);
     fd_grad(glu_loss, &c, ud, N, FD_H, fd);
@@ -889,19 +918,21 @@ TEST(ops_glu_silu) {
     float g2[N], u2[N];
     memcpy(g2, g, sizeof g);
     memcpy(u2, u, sizeof u);
-    be->glu_bwd(be, US_GLU_SILU, g2, u2, NULL, C, w, g2, u2, NULL, R, C);
+    be->glu_bwd(be, US_GLU_SILU, g2, u2, NULL, NULL, 0, 0, w, g2, u2, NULL, R, C);
     CHECK(!memcmp(g2, dg, sizeof g) && !memcmp(u2, du, sizeof u), "glu_bwd silu in place differs");
+    glu_ref(&c); /* fd_grad left a perturbed product in ad */
+    check_glu_dA(t, be, US_GLU_SILU, g, u, NULL, w, dg, du, ad, R, C, "glu_bwd silu dA");
+    if (t->failed) return;
     /* the product's rows LDA apart (room for the down projection's LoRA columns): the same
      * values, nothing written between the rows */
     enum { LDA = C + 7 };
-    float ap[R * LDA], pp[R * LDA];
-    for (int i = 0; i < R * LDA; i++) ap[i] = pp[i] = 1e30f;
+    float ap[R * LDA];
+    for (int i = 0; i < R * LDA; i++) ap[i] = 1e30f;
     be->glu_fwd(be, US_GLU_SILU, ap, LDA, g, u, NULL, R, C);
-    be->glu_bwd(be, US_GLU_SILU, dg, du, pp, LDA, w, g, u, NULL, R, C);
     for (int i = 0; i < R; i++)
         for (int j = 0; j < LDA; j++) {
             float want = j < C ? a[i * C + j] : 1e30f;
-            CHECK(ap[i * LDA + j] == want && pp[i * LDA + j] == want, "glu pitched product: row %d column %d", i, j);
+            CHECK(ap[i * LDA + j] == want, "glu pitched product: row %d column %d", i, j);
         }
     /* a = NULL: saving only, nothing touched */
     be->glu_fwd(be, US_GLU_SILU, NULL, C, g, u, NULL, R, C);
@@ -957,9 +988,9 @@ TEST(ops_glu_relu_bits) {
     CHECK(!memcmp(a2, a, sizeof a) && !memcmp(g2, g, sizeof g), "glu_fwd relu bits=NULL differs");
 
     /* backward from the saved relu(g), u and bits */
-    float pa[N];
-    be->glu_bwd(be, US_GLU_RELU, dg, du, pa, C, w, g, u, bits, R, C);
-    CHECK(!memcmp(pa, a, sizeof a), "glu_bwd relu: the product differs from glu_fwd's");
+    be->glu_bwd(be, US_GLU_RELU, dg, du, NULL, NULL, 0, 0, w, g, u, bits, R, C);
+    check_glu_dA(t, be, US_GLU_RELU, g, u, bits, w, dg, du, ad, R, C, "glu_bwd relu dA");
+    if (t->failed) return;
     fd_grad(glu_loss, &c, gd, N, 1e-3, fd);
     for (int i = 0; i < N; i++)
         if (gorig[i] == 0) fd[i] = 0; /* torch: relu'(0) = 0 */
@@ -971,7 +1002,7 @@ TEST(ops_glu_relu_bits) {
     memcpy(bits2, bits, sizeof bits);
     bits2[fr * WPR + fc / 32] ^= 1u << (fc % 32);
     float dg2[N], du2[N];
-    be->glu_bwd(be, US_GLU_RELU, dg2, du2, NULL, C, w, g, u, bits2, R, C);
+    be->glu_bwd(be, US_GLU_RELU, dg2, du2, NULL, NULL, 0, 0, w, g, u, bits2, R, C);
     for (int i = 0; i < N; i++) {
         CHECK(du2[i] == du[i], "flipping a mask bit changed du[%d]", i);
         if (i != fi) CHECK(dg2[i] == dg[i], "flipping the bit of element %d changed dg[%d]", fi, i);
@@ -983,7 +1014,7 @@ TEST(ops_glu_relu_bits) {
     memcpy(g2, g, sizeof g);
     float u2[N];
     memcpy(u2, u, sizeof u);
-    be->glu_bwd(be, US_GLU_RELU, g2, u2, NULL, C, w, g2, u2, bits, R, C);
+    be->glu_bwd(be, US_GLU_RELU, g2, u2, NULL, NULL, 0, 0, w, g2, u2, bits, R, C);
     CHECK(!memcmp(g2, dg, sizeof g) && !memcmp(u2, du, sizeof u), "glu_bwd relu in place differs");
     be->destroy(be);
 }

@@ -170,11 +170,12 @@ struct us_backend {
                     int cols);
     /* From da and the saved state (g or relu(g), u, bits): dg = da*u*act'(g), du = da*act(g).
      * RELU reads the gate's derivative from the packed bits, unpacked in registers. dg and du
-     * may alias g and u (they are consumed in place). a (may be NULL; aliases nothing) also
-     * receives the product act(g) * u, exactly as glu_fwd forms it: the down projection's input,
-     * for its LoRA gradient, without a separate pass over g and u (rows lda apart, as glu_fwd). */
-    void (*glu_bwd)(us_backend *be, int act, void *dg, void *du, void *a, int lda, const void *da, const void *g,
-                    const void *u, const uint32_t *bits, int rows, int cols);
+     * may alias g and u (they are consumed in place). dA (may be NULL) also receives the down
+     * projection's LoRA gradient from its input, the product a = act(g) * u exactly as glu_fwd
+     * forms it: dA [R, cols] += dd^T a, dd f32 [rows, R] with row pitch lddd (down's du). The
+     * product is never written: one pass over g and u serves both gradients. */
+    void (*glu_bwd)(us_backend *be, int act, void *dg, void *du, float *dA, const float *dd, int lddd, int R,
+                    const void *da, const void *g, const void *u, const uint32_t *bits, int rows, int cols);
 
     /* y += x over n activation elements (residual). */
     void (*add)(us_backend *be, void *y, const void *x, size_t n);

@@ -232,12 +232,11 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
         group_bwd(m, l, down, 1, &dres, m->dres_ld, p->glu_bwd ? m->s.da : NULL, false, in_down, n, r0);
     }
     if (!p->glu_bwd) return;
-    be->glu_bwd(be, act, a->g, a->up, late_prod ? prod : NULL, in_pitch(m, US_T_DOWN), m->s.da, a->g, a->up, a->bits, n, c->inter); /* dg, du in place */
-    if (late_prod) { /* down's dA from its du (still in m->s.lora) and the product just formed */
-        const us_lora_slot *s = &m->slot[l][US_T_DOWN];
-        be->lora_bwd_x(be, NULL, NULL, m->grads + s->off_A, m->s.lora, m->lora_ld[US_T_DOWN], prod, in_pitch(m, US_T_DOWN),
-                       NULL, NULL, m->params + s->off_A, n, s->in, m->lora_ld[US_T_DOWN]);
-    }
+    /* dg, du in place; late_prod: down's dA from its du (still in m->s.lora) and the product
+     * formed on the way, never written */
+    float *dA_down = late_prod ? m->grads + m->slot[l][US_T_DOWN].off_A : NULL;
+    be->glu_bwd(be, act, a->g, a->up, dA_down, m->s.lora, m->lora_ld[US_T_DOWN], m->lora_ld[US_T_DOWN], m->s.da, a->g,
+                a->up, a->bits, n, c->inter);
     /* gate/up's dA reads h2: rebuilt above in the rebuilding modes; else formed from xmid on the fly
      * (LoRA only; full weights need the rows themselves) */
     group_in in_gu = {h, hp, NULL, NULL};

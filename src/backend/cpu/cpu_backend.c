@@ -470,31 +470,40 @@ static void cpu_glu_fwd(us_backend *be, int act, void *a, int lda, void *g, cons
     }
 }
 
-static void cpu_glu_bwd(us_backend *be, int act, void *dg, void *du, void *a, int lda, const void *da, const void *g,
-                        const void *u, const uint32_t *bits, int rows, int cols) {
+/* act(g) * u as cpu_glu_fwd forms it (g already relu(g) for ReLU) */
+static float glu_product(int act, float x, float up) { return act == US_GLU_RELU ? x * up : x / (1.0f + expf(-x)) * up; }
+
+static void cpu_glu_bwd(us_backend *be, int act, void *dg, void *du, float *dA, const float *dd, int lddd, int R,
+                        const void *da, const void *g, const void *u, const uint32_t *bits, int rows, int cols) {
     (void)be;
     float *DG = dg, *DU = du;
     const float *DA = da, *G = g, *U = u;
     int W = words_per_row(cols);
+    if (dA) { /* down's dA from the product, before g and u are overwritten; a block of columns per thread */
+        #pragma omp parallel for schedule(static)
+        for (int c0 = 0; c0 < cols; c0 += 64)
+            for (int r = 0; r < rows; r++)
+                for (int c = c0; c < US_MIN(c0 + 64, cols); c++) {
+                    size_t i = (size_t)r * cols + c;
+                    float prod = glu_product(act, G[i], U[i]);
+                    for (int j = 0; j < R; j++) dA[(size_t)j * cols + c] += dd[(size_t)r * lddd + j] * prod;
+                }
+    }
     #pragma omp parallel for schedule(static)
     for (int r = 0; r < rows; r++) {
         size_t base = (size_t)r * cols;
-        float *PA = a ? (float *)a + (size_t)r * lda - base : NULL; /* PA[base + c]: row r's column c */
         for (int c = 0; c < cols; c++) {
             size_t i = base + c;
-            float x = G[i], up = U[i], d = DA[i], gate_grad, up_grad, prod;
+            float x = G[i], up = U[i], d = DA[i], gate_grad, up_grad;
             if (act == US_GLU_RELU) {
                 uint32_t bit = (bits[(size_t)r * W + (c >> 5)] >> (c & 31)) & 1u; /* the saved 1-bit gate */
                 gate_grad = bit ? d * up : 0.0f;
                 up_grad = d * x; /* x is relu(g), saved in place by the forward */
-                prod = x * up;
             } else {
                 float sg = 1.0f / (1.0f + expf(-x));
                 gate_grad = d * up * sg * (1.0f + x * (1.0f - sg));
                 up_grad = d * x * sg;
-                prod = x / (1.0f + expf(-x)) * up; /* as cpu_glu_fwd */
             }
-            if (PA) PA[i] = prod;
             DG[i] = gate_grad;
             DU[i] = up_grad;
         }

@@ -1261,7 +1261,6 @@ static void cu_rope(us_backend *be, void *x, const int32_t *pos, const float *in
 /* ------------------------------------------------------------------------------------------ */
 /* gated MLP activation with the bit-packed ReLU gate                                          */
 
-__device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + __expf(-x)); }
 
 /* Vector path (cols % 8 == 0, 16-byte aligned rows): a lane owns 8 consecutive elements; the
  * four lanes of one 32-column word exchange their bytes by shuffles and the first writes it. */
@@ -1337,24 +1336,8 @@ __global__ void k_glu_fwd(int act, bf16 *a, int lda, bf16 *g, const bf16 *u, uin
     }
 }
 
-__device__ __forceinline__ void glu_grad(int act, float d, float gv, float uv, bool bit, float &dg, float &du) {
-    if (act == US_GLU_RELU) {
-        dg = bit ? d * uv : 0.0f;
-        du = d * (bit ? gv : 0.0f); /* gv is relu(g) (or g: same where the bit is set) */
-    } else {
-        float sg = sigmoidf_(gv);
-        dg = d * uv * sg * (1.0f + gv * (1.0f - sg));
-        du = d * gv * sg;
-    }
-}
-
-/* the product as glu_fwd forms it (g is relu(g) already for ReLU) */
-__device__ __forceinline__ float glu_prod(int act, float gv, float uv) {
-    return act == US_GLU_RELU ? gv * uv : gv * sigmoidf_(gv) * uv;
-}
-
-__global__ void k_glu_bwd_vec(int act, bf16 *dg, bf16 *du, bf16 *pa, int lda, const bf16 *da, const bf16 *g,
-                              const bf16 *u, const uint32_t *bits, int rows, int cols) {
+__global__ void k_glu_bwd_vec(int act, bf16 *dg, bf16 *du, const bf16 *da, const bf16 *g, const bf16 *u,
+                              const uint32_t *bits, int rows, int cols) {
     int W = (cols + 31) / 32, upr = cols / 8;
     GRID_STRIDE(id, (size_t)rows * upr) {
         size_t row = id / upr;
@@ -1376,17 +1359,12 @@ __global__ void k_glu_bwd_vec(int act, bf16 *dg, bf16 *du, bf16 *pa, int lda, co
         }
 #pragma unroll
         for (int j = 0; j < 8; j++) glu_grad(act, df[j], gf[j], uf[j], (byte >> j) & 1u, og[j], ou[j]);
-        if (pa) {
-#pragma unroll
-            for (int j = 0; j < 8; j++) df[j] = glu_prod(act, gf[j], uf[j]);
-            store8(pa + row * lda + c0, df);
-        }
         store8(dg + off, og);
         store8(du + off, ou);
     }
 }
 
-__global__ void k_glu_bwd(int act, bf16 *dg, bf16 *du, bf16 *pa, int lda, const bf16 *da, const bf16 *g, const bf16 *u,
+__global__ void k_glu_bwd(int act, bf16 *dg, bf16 *du, const bf16 *da, const bf16 *g, const bf16 *u,
                           const uint32_t *bits, int rows, int cols) {
     int W = (cols + 31) / 32;
     GRID_STRIDE(id, (size_t)rows * cols) {
@@ -1395,9 +1373,25 @@ __global__ void k_glu_bwd(int act, bf16 *dg, bf16 *du, bf16 *pa, int lda, const 
         float gv = __bfloat162float(g[id]), uv = __bfloat162float(u[id]), d = __bfloat162float(da[id]), og, ou;
         bool bit = bits ? ((bits[row * W + col / 32] >> (col & 31)) & 1u) : gv > 0.0f;
         glu_grad(act, d, gv, uv, bit, og, ou);
-        if (pa) pa[row * lda + col] = __float2bfloat16_rn(glu_prod(act, gv, uv));
         dg[id] = __float2bfloat16_rn(og);
         du[id] = __float2bfloat16_rn(ou);
+    }
+}
+
+/* dA [R, cols] += dd^T a, a = act(g) * u rounded to bf16 as glu_fwd writes it: one thread per
+ * element of dA, down the rows (the fallback of the fused kernel in cuda_lora.cu, for shapes it
+ * does not take; runs before the in-place gradient overwrites g and u) */
+__global__ void k_glu_dA(int act, float *dA, const float *dd, int lddd, int R, const bf16 *g, const bf16 *u, int rows,
+                         int cols) {
+    GRID_STRIDE(id, (size_t)R * cols) {
+        int j = (int)(id / cols), col = (int)(id % cols);
+        float s = 0.0f;
+        for (int r = 0; r < rows; r++) {
+            size_t i = (size_t)r * cols + col;
+            float a = __bfloat162float(__float2bfloat16_rn(glu_prod(act, __bfloat162float(g[i]), __bfloat162float(u[i]))));
+            s += dd[(size_t)r * lddd + j] * a;
+        }
+        dA[id] += s;
     }
 }
 
@@ -1420,21 +1414,26 @@ static void cu_glu_fwd(us_backend *be, int act, void *a, int lda, void *g, const
     CK_LAUNCH(c);
 }
 
-static void cu_glu_bwd(us_backend *be, int act, void *dg, void *du, void *a, int lda, const void *da, const void *g,
-                       const void *u, const uint32_t *bits, int rows, int cols) {
+static void cu_glu_bwd(us_backend *be, int act, void *dg, void *du, float *dA, const float *dd, int lddd, int R,
+                       const void *da, const void *g, const void *u, const uint32_t *bits, int rows, int cols) {
     cuda_impl *c = CI(be);
     PROF(c, P_GLU_B);
     if (rows <= 0 || cols <= 0) return;
-    bool vec = cols % 8 == 0 && aligned16(g) && aligned16(u) && aligned16(da) && aligned16(dg) && aligned16(du) &&
-               (!a || (aligned16(a) && lda % 8 == 0));
+    if (dA && R > 0) {
+        if (us_cuda_glu_bwd_dA_fast(c, act, (bf16 *)dg, (bf16 *)du, dA, dd, lddd, R, (const bf16 *)da, (const bf16 *)g,
+                                    (const bf16 *)u, bits, rows, cols))
+            return;
+        k_glu_dA<<<grid_for(c, (size_t)R * cols, 256), 256, 0, c->st>>>(act, dA, dd, lddd, R, (const bf16 *)g,
+                                                                         (const bf16 *)u, rows, cols);
+        CK_LAUNCH(c);
+    }
+    bool vec = cols % 8 == 0 && aligned16(g) && aligned16(u) && aligned16(da) && aligned16(dg) && aligned16(du);
     if (vec)
         k_glu_bwd_vec<<<grid_for(c, (size_t)rows * cols / 8, 256), 256, 0, c->st>>>(
-            act, (bf16 *)dg, (bf16 *)du, (bf16 *)a, lda, (const bf16 *)da, (const bf16 *)g, (const bf16 *)u, bits, rows,
-            cols);
+            act, (bf16 *)dg, (bf16 *)du, (const bf16 *)da, (const bf16 *)g, (const bf16 *)u, bits, rows, cols);
     else
         k_glu_bwd<<<grid_for(c, (size_t)rows * cols, 256), 256, 0, c->st>>>(
-            act, (bf16 *)dg, (bf16 *)du, (bf16 *)a, lda, (const bf16 *)da, (const bf16 *)g, (const bf16 *)u, bits, rows,
-            cols);
+            act, (bf16 *)dg, (bf16 *)du, (const bf16 *)da, (const bf16 *)g, (const bf16 *)u, bits, rows, cols);
     CK_LAUNCH(c);
 }
 

@@ -162,6 +162,24 @@ __device__ __forceinline__ void store8(bf16 *p, const float f[8]) {
     *reinterpret_cast<uint4 *>(p) = u;
 }
 
+/* The gated MLP activation, elementwise (glu_fwd / glu_bwd; the fused dA kernel of cuda_lora.cu) */
+__device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + __expf(-x)); }
+__device__ __forceinline__ void glu_grad(int act, float d, float gv, float uv, bool bit, float &dg, float &du) {
+    if (act == US_GLU_RELU) {
+        dg = bit ? d * uv : 0.0f;
+        du = d * (bit ? gv : 0.0f); /* gv is relu(g) (or g: same where the bit is set) */
+    } else {
+        float sg = sigmoidf_(gv);
+        dg = d * uv * sg * (1.0f + gv * (1.0f - sg));
+        du = d * gv * sg;
+    }
+}
+
+/* the product as glu_fwd forms it (g is relu(g) already for ReLU) */
+__device__ __forceinline__ float glu_prod(int act, float gv, float uv) {
+    return act == US_GLU_RELU ? gv * uv : gv * sigmoidf_(gv) * uv;
+}
+
 static inline bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
 /* incremental decoding (cuda_decode.cu): backend.h attn_cached */
@@ -176,6 +194,9 @@ bool us_cuda_lora_up_fast(cuda_impl *c, void *y, const void *res, const float *u
                           int T, int out, int r);
 bool us_cuda_lora_bwd_dy_fast(cuda_impl *c, float *du, int lddu, float *dB, const void *dy, int ldy, const float *u, int ldu,
                               const float *B, float s, int T, int out, int r);
+/* glu_bwd with the down projection's dA fused (cuda_lora.cu); false: shape not taken, nothing run */
+bool us_cuda_glu_bwd_dA_fast(cuda_impl *c, int act, bf16 *dg, bf16 *du, float *dA, const float *dd, int lddd, int R,
+                             const bf16 *da, const bf16 *g, const bf16 *u, const uint32_t *bits, int rows, int cols);
 bool us_cuda_lora_bwd_x_fast(cuda_impl *c, void *dx, const void *res, float *dA, const float *du, int lddu,
                              const void *x, int ldx, const float *rstd, const float *w, const float *A, int T, int in, int R);
 

@@ -705,3 +705,168 @@ bool us_cuda_lora_bwd_x_fast(cuda_impl *c, void *dx, const void *res, float *dA,
     LORA_DISPATCH(R, bwd_x(c, dx, res, dA, du, lddu, x, ldx, rstd, w, A, T, in));
     return true;
 }
+
+/* ------------------------------------------------------------------------------------------ */
+/* glu_bwd with the down projection's dA fused (backend.h glu_bwd): the GLU backward reads g and
+ * u anyway, so it forms the product a = act(g) * u on its way and reduces dA [R, cols] += dd^T a
+ * from it, instead of writing a (T x F bf16) for a separate column reduction to read back.
+ *
+ * Work units are (column strip of 128, chunk of 64 rows), strip-major; each CTA (8 warps) takes
+ * an equal contiguous range of them and the grid is one wave. Per unit every thread holds 4 x 8
+ * columns of g, u and da (16-byte loads; the next unit's are issued right after the barrier, so
+ * they are in flight during this unit's MMAs), writes dg and du in place and the bf16 product
+ * into a swizzled [64 x 128] shared tile (c2_swz), and stages the unit's dd rows (f32). After one
+ * barrier warp w accumulates dA^T[16w, 16w + 16) x [0, R) over the 64 rows: A = a^T by
+ * ldmatrix.trans, B = dd packed to bf16, mma m16n8k16 (colred2's fragments). Two tile buffers:
+ * one barrier per unit. When its strip ends (or its range), a CTA adds its partial dA by f32
+ * atomics: about (units per CTA / chunks per strip + 1) partials per element. */
+namespace {
+
+constexpr int GB_LT = 256, GB_TC = 64, GB_MB = 128;
+
+template <int NT>
+struct GluDASmem {
+    static constexpr int NR = NT * 8, QP = NR + 4; /* f32 per staged dd row (colred2's pitch) */
+    static constexpr size_t P_BYTES = (size_t)GB_TC * GB_MB * 2, Q_BYTES = (size_t)GB_TC * QP * 4;
+    static constexpr size_t BYTES = 2 * (P_BYTES + Q_BYTES);
+};
+
+template <int NT>
+__global__ void __launch_bounds__(GB_LT, NT <= 3 ? 2 : 1) /* two CTAs per SM without spills up to R 24 */
+    k_glu_bwd_dA(int act, bf16 *dg, bf16 *du, float *dA, const float *dd, int lddd, int R, const bf16 *da, const bf16 *g,
+                 const bf16 *u, const uint32_t *bits, int rows, int cols, int nch, long long units) {
+    using S = GluDASmem<NT>;
+    constexpr int NR = S::NR, QP = S::QP, NQ = GB_TC * NR / GB_LT; /* dd floats a thread stages per unit */
+    extern __shared__ __align__(1024) unsigned char gb_smem[];
+    bf16 *Ps = reinterpret_cast<bf16 *>(gb_smem);                         /* [2][64 x 128] */
+    float *Qs = reinterpret_cast<float *>(gb_smem + 2 * S::P_BYTES);      /* [2][64 x QP] */
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g8 = lane >> 2, tq = lane & 3;
+    const long long u0 = (long long)blockIdx.x * units / gridDim.x, u1 = (long long)(blockIdx.x + 1) * units / gridDim.x;
+    if (u0 >= u1) return;
+    const int W = (cols + 31) / 32;
+    uint4 rg[4], ru[4], rd[4];
+    uint32_t rb[4];
+    float rq[NQ];
+    /* g and u are read with plain loads: this kernel overwrites them (each element by the thread
+     * that read it) */
+    auto load = [&](long long un) {
+        const int strip = (int)(un / nch), t0 = (int)(un % nch) * GB_TC;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int v = tid + i * GB_LT, row = t0 + (v >> 4), col = strip * GB_MB + (v & 15) * 8;
+            const bool ok = row < rows && col < cols;
+            const size_t off = (size_t)row * cols + col;
+            const uint4 z = make_uint4(0, 0, 0, 0);
+            rg[i] = ok ? *reinterpret_cast<const uint4 *>(g + off) : z;
+            ru[i] = ok ? *reinterpret_cast<const uint4 *>(u + off) : z;
+            rd[i] = ok ? __ldg(reinterpret_cast<const uint4 *>(da + off)) : z;
+            rb[i] = act == US_GLU_RELU && bits && ok ? (bits[(size_t)row * W + col / 32] >> (col & 31)) & 0xffu : 0u;
+        }
+#pragma unroll
+        for (int k = 0; k < NQ; k++) {
+            const int idx = tid + k * GB_LT, rr = idx / NR, j = idx % NR, row = t0 + rr;
+            rq[k] = row < rows && j < R ? dd[(size_t)row * lddd + j] : 0.0f;
+        }
+    };
+    float acc[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    load(u0);
+    int buf = 0;
+    for (long long un = u0; un < u1; un++, buf ^= 1) {
+        const int strip = (int)(un / nch), t0 = (int)(un % nch) * GB_TC;
+        bf16 *ps = Ps + buf * (GB_TC * GB_MB);
+        float *qs = Qs + buf * (GB_TC * QP);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int v = tid + i * GB_LT, r = v >> 4, cl = (v & 15) * 8, row = t0 + r, col = strip * GB_MB + cl;
+            float gf[8], uf[8], df[8], og[8], ou[8], pf[8];
+            unpack8(rg[i], gf);
+            unpack8(ru[i], uf);
+            unpack8(rd[i], df);
+            uint32_t byte = rb[i];
+            if (act == US_GLU_RELU && !bits) {
+                byte = 0;
+#pragma unroll
+                for (int j = 0; j < 8; j++) byte |= (gf[j] > 0.0f ? 1u : 0u) << j;
+            }
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                glu_grad(act, df[j], gf[j], uf[j], (byte >> j) & 1u, og[j], ou[j]);
+                pf[j] = glu_prod(act, gf[j], uf[j]); /* 0 outside the matrix: g = u = 0 there */
+            }
+            if (row < rows && col < cols) {
+                const size_t off = (size_t)row * cols + col;
+                store8(dg + off, og);
+                store8(du + off, ou);
+            }
+            store8(ps + c2_swz(r, cl), pf);
+        }
+#pragma unroll
+        for (int k = 0; k < NQ; k++) {
+            const int idx = tid + k * GB_LT;
+            qs[(idx / NR) * QP + idx % NR] = rq[k];
+        }
+        __syncthreads(); /* tile buf complete; the other buffer's MMAs (previous unit) are done */
+        if (un + 1 < u1) load(un + 1);
+#pragma unroll
+        for (int ks = 0; ks < GB_TC / 16; ks++) {
+            uint32_t a0, a1, a2, a3; /* (t 0-7, m 0-7), (t 0-7, m 8-15), (t 8-15, m 0-7), (t 8-15, m 8-15) */
+            const int r = ks * 16 + (lane & 7) + ((lane >> 4) & 1) * 8, cc = warp * 16 + ((lane >> 3) & 1) * 8;
+            ldsm_x4_t(a0, a1, a2, a3, smem_u32(ps + c2_swz(r, cc)));
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+                const float *q = qs + (ks * 16 + tq * 2) * QP + n * 8 + g8;
+                mma16816(acc[n], a0, a1, a2, a3, pack_bf16(q[0], q[QP]), pack_bf16(q[8 * QP], q[9 * QP]));
+            }
+        }
+        if (un + 1 == u1 || (un + 1) / nch != strip) { /* the strip's partial dA out */
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        const int m = strip * GB_MB + warp * 16 + g8 + h * 8, j = n * 8 + tq * 2 + e;
+                        if (m < cols && j < R) atomicAdd(dA + (size_t)j * cols + m, acc[n][2 * h + e]);
+                        acc[n][2 * h + e] = 0.0f;
+                    }
+        }
+    }
+}
+
+template <int NT>
+void glu_bwd_dA(cuda_impl *c, int act, bf16 *dg, bf16 *du, float *dA, const float *dd, int lddd, int R, const bf16 *da,
+                const bf16 *g, const bf16 *u, const uint32_t *bits, int rows, int cols) {
+    using S = GluDASmem<NT>;
+    auto kern = k_glu_bwd_dA<NT>;
+    static int per_sm = 0; /* resident CTAs per SM, asked once per instance (one device per process) */
+    if (!per_sm) {
+        CK(c, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)S::BYTES));
+        CK(c, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, GB_LT, S::BYTES));
+        if (per_sm < 1) per_sm = 1;
+    }
+    const int nch = (int)ceil_div_u(rows, GB_TC), nstrip = (int)ceil_div_u(cols, GB_MB);
+    const long long units = (long long)nch * nstrip;
+    const int grid = (int)(units < (long long)per_sm * c->sm_count ? units : (long long)per_sm * c->sm_count);
+    kern<<<grid, GB_LT, S::BYTES, c->st>>>(act, dg, du, dA, dd, lddd, R, da, g, u, bits, rows, cols, nch, units);
+    CK_LAUNCH(c);
+}
+
+} /* namespace */
+
+bool us_cuda_glu_bwd_dA_fast(cuda_impl *c, int act, bf16 *dg, bf16 *du, float *dA, const float *dd, int lddd, int R,
+                             const bf16 *da, const bf16 *g, const bf16 *u, const uint32_t *bits, int rows, int cols) {
+    if (R < 1 || R > 64 || cols % 8 || !aligned16(dg) || !aligned16(du) || !aligned16(da) || !aligned16(g) ||
+        !aligned16(u))
+        return false;
+    switch ((R + 7) / 8) {
+    case 1: glu_bwd_dA<1>(c, act, dg, du, dA, dd, lddd, R, da, g, u, bits, rows, cols); break;
+    case 2: glu_bwd_dA<2>(c, act, dg, du, dA, dd, lddd, R, da, g, u, bits, rows, cols); break;
+    case 3: glu_bwd_dA<3>(c, act, dg, du, dA, dd, lddd, R, da, g, u, bits, rows, cols); break;
+    case 4: glu_bwd_dA<4>(c, act, dg, du, dA, dd, lddd, R, da, g, u, bits, rows, cols); break;
+    case 5: case 6: glu_bwd_dA<6>(c, act, dg, du, dA, dd, lddd, R, da, g, u, bits, rows, cols); break;
+    default: glu_bwd_dA<8>(c, act, dg, du, dA, dd, lddd, R, da, g, u, bits, rows, cols); break;
+    }
+    return true;
+}
