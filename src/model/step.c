@@ -240,7 +240,7 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
         lo.dA = m->grads + m->slot[l][US_T_DOWN].off_A, lo.dd = m->s.lora;
         lo.lddd = lo.R = m->lora_ld[US_T_DOWN];
     }
-    bool gu_fused = !m->glu_gu_apart && lora_on(m, l, US_T_GATE) && lora_on(m, l, US_T_UP) && m->lora_lead[US_T_GATE] == US_T_GATE &&
+    bool gu_fused = lora_on(m, l, US_T_GATE) && lora_on(m, l, US_T_UP) && m->lora_lead[US_T_GATE] == US_T_GATE &&
                     !L->gw[US_T_GATE] && !L->gw[US_T_UP];
     if (gu_fused) {
         const us_lora_slot *sg = &m->slot[l][US_T_GATE], *su = &m->slot[l][US_T_UP];
