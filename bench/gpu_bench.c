@@ -115,34 +115,23 @@ int main(int argc, char **argv) {
         printf("glu_fwd silu %dx%d: %.3f ms  %.0f GB/s\n", T, F, sec * 1e3, 6.0 * T * F / sec / 1e9);
         TIME(reps, be->glu_fwd(be, US_GLU_RELU, a, F, g, u, bits, T, F), sec);
         printf("glu_fwd relu+bits %dx%d: %.3f ms  %.0f GB/s\n", T, F, sec * 1e3, 8.125 * T * F / sec / 1e9);
-        TIME(reps, be->glu_bwd(be, US_GLU_RELU, g, u, a, g, u, bits, T, F, NULL), sec);
+        TIME(reps, be->glu_bwd(be, US_GLU_RELU, g, u, NULL, NULL, 0, 0, a, g, u, bits, T, F), sec);
         printf("glu_bwd relu %dx%d: %.3f ms  %.0f GB/s\n", T, F, sec * 1e3, 10.125 * T * F / sec / 1e9);
-        TIME(reps, be->glu_bwd(be, US_GLU_SILU, g, u, a, g, u, NULL, T, F, NULL), sec);
+        TIME(reps, be->glu_bwd(be, US_GLU_SILU, g, u, NULL, NULL, 0, 0, a, g, u, NULL, T, F), sec);
         printf("glu_bwd silu %dx%d: %.3f ms  %.0f GB/s\n", T, F, sec * 1e3, 10.0 * T * F / sec / 1e9);
-        { /* the LoRA gradients fused into the GLU backward (r 16), against the passes they replace:
-           * down's dA from the written product (lora_bwd_x, dA only; plus the product's write in
-           * glu_bwd) and gate's and up's lora_bwd_dy over dg and du */
+        { /* down's dA fused into the GLU backward, against the passes it replaces: the product
+           * written (glu_fwd's write) and read back by the column reduction (lora_bwd_x, dA only) */
             float *dd = be->alloc(be, (size_t)T * 16 * 4), *dA = be->alloc(be, (size_t)16 * F * 4);
-            float *uu = be->alloc(be, (size_t)T * 32 * 4), *du2 = be->alloc(be, (size_t)T * 32 * 4);
-            float *B = be->alloc(be, (size_t)F * 32 * 4), *dB = be->alloc(be, (size_t)F * 32 * 4);
             be->act_to_f32(be, dd, rand_act((size_t)T * 16, 1, 26), (size_t)T * 16);
             be->act_to_f32(be, dA, rand_act((size_t)16 * F, 1, 28), (size_t)16 * F);
-            be->act_to_f32(be, uu, rand_act((size_t)T * 32, 1, 29), (size_t)T * 32);
-            be->act_to_f32(be, B, rand_act((size_t)F * 32, 1, 30), (size_t)F * 32);
-            be->act_to_f32(be, dB, rand_act((size_t)F * 32, 1, 31), (size_t)F * 32);
-            us_glu_lora lo = {dA, dd, 16, 16}, lo2 = {dA, dd, 16, 16, dB, dB + (size_t)F * 16, du2, du2 + 16, uu, uu + 16,
-                                                      B, B + (size_t)F * 16, 32, 16, 2.0f};
-            TIME(reps, be->glu_bwd(be, US_GLU_SILU, g, u, a, g, u, NULL, T, F, &lo), sec);
-            printf("glu_bwd silu + down dA (fused) %dx%d: %.3f ms  %.0f GB/s\n", T, F, sec * 1e3, 10.0 * T * F / sec / 1e9);
-            TIME(reps, be->glu_bwd(be, US_GLU_SILU, g, u, a, g, u, NULL, T, F, &lo2), sec);
-            printf("glu_bwd silu + down dA + gate/up dB, du (fused) %dx%d: %.3f ms  %.0f GB/s\n", T, F, sec * 1e3,
+            TIME(reps, be->glu_bwd(be, US_GLU_SILU, g, u, dA, dd, 16, 16, a, g, u, NULL, T, F), sec);
+            printf("glu_bwd silu + down dA (r 16, fused) %dx%d: %.3f ms  %.0f GB/s\n", T, F, sec * 1e3,
                    10.0 * T * F / sec / 1e9);
-            double t2, t3;
+            double t2;
             TIME(reps, be->lora_bwd_x(be, NULL, NULL, dA, dd, 16, a, F, NULL, NULL, dA, T, F, 16), t2);
-            TIME(reps, be->lora_bwd_dy(be, du2, 32, dB, g, F, uu, 32, B, 2.0f, T, F, 16, 0), t3);
-            printf("  unfused, for comparison: lora_bwd_x dA alone %.3f ms (+ the product's write in glu_bwd), "
-                   "lora_bwd_dy gate %.3f ms (x2: gate, up)\n", t2 * 1e3, t3 * 1e3);
-            be->free(be, dd), be->free(be, dA), be->free(be, uu), be->free(be, du2), be->free(be, B), be->free(be, dB);
+            printf("  unfused, for comparison: lora_bwd_x dA alone %.3f ms (+ the product's write in glu_bwd)\n",
+                   t2 * 1e3);
+            be->free(be, dd), be->free(be, dA);
         }
         be->free(be, g), be->free(be, u), be->free(be, a), be->free(be, x), be->free(be, y);
         { /* RoPE on q at the smollm2 (T 16384, 9 heads of 64) and 8B (T 2048, 32 heads of 128) shapes */

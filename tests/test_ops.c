@@ -862,69 +862,35 @@ static double glu_loss(void *p) {
     return wdot(c->w, c->a, (size_t)c->n);
 }
 
-/* glu_bwd's LoRA gradients (us_glu_lora) against float64: down's dA [K, cols] += dd^T a (a = the
- * product, ad in float64; dd rows K + 2 apart), gate's and up's dB [cols, r] += s dy^T u and
- * du = s dy B from dy = the dg, du the plain call returned (u and du rows 2r + 1 apart); the
- * accumulated gradients start from nonzero values. The same with dg/du aliasing g/u (the
- * product is formed before they are overwritten). */
-static void check_glu_lora(us_test_ctx *t, us_backend *be, int act, const float *g, const float *u, const uint32_t *bits,
-                           const float *w, const float *dg, const float *du, const double *ad, int rows, int cols,
-                           const char *what) {
-    enum { K = 3, LD = K + 2, RK = 2, LDU = 2 * RK + 1 };
-    const float s = 1.7f;
-    size_t n = (size_t)rows * cols, nA = (size_t)K * cols, nB = (size_t)cols * RK, nu = (size_t)rows * LDU;
-    float *dd = malloc((size_t)rows * LD * 4), *uu = malloc(nu * 4), *B = malloc(2 * nB * 4), *dA = malloc(nA * 4);
-    float *dB = malloc(2 * nB * 4), *duo = calloc(nu, 4), *g2 = malloc(n * 4), *u2 = malloc(n * 4), *dg2 = malloc(n * 4);
-    float *du2 = malloc(n * 4), *keep = malloc((nA + 2 * nB + nu) * 4);
-    double *ddd = malloc((size_t)rows * LD * 8), *uud = malloc(nu * 8), *Bd = malloc(2 * nB * 8), *want = malloc(nA * 8);
-    double *dA0 = malloc(nA * 8), *dB0 = malloc(2 * nB * 8), *wB = malloc(2 * nB * 8), *wu = calloc(nu, 8);
+/* glu_bwd's fused dA of the down projection: dA [K, cols] += dd^T a (a = the product, ad in
+ * float64), dd rows K + 2 apart, dA starting from nonzero values (it accumulates); the same with
+ * dg/du aliasing g/u (the product is formed before they are overwritten) */
+static void check_glu_dA(us_test_ctx *t, us_backend *be, int act, const float *g, const float *u, const uint32_t *bits, const float *w,
+                         const float *dg, const float *du, const double *ad, int rows, int cols, const char *what) {
+    enum { K = 3, LD = K + 2 };
+    size_t n = (size_t)rows * cols;
+    float *dd = malloc((size_t)rows * LD * 4), *dA = malloc((size_t)K * cols * 4), *dA2 = malloc((size_t)K * cols * 4);
+    float *g2 = malloc(n * 4), *u2 = malloc(n * 4), *dg2 = malloc(n * 4), *du2 = malloc(n * 4);
+    double *want = malloc((size_t)K * cols * 8), *ddd = malloc((size_t)rows * LD * 8), *dA0 = malloc((size_t)K * cols * 8);
     rng r = {77};
     fill(&r, dd, ddd, (size_t)rows * LD, 1);
-    fill(&r, uu, uud, nu, 1);
-    fill(&r, B, Bd, 2 * nB, 1);
-    fill(&r, dA, dA0, nA, 0.5);
-    fill(&r, dB, dB0, 2 * nB, 0.5);
+    fill(&r, dA, dA0, (size_t)K * cols, 0.5);
+    memcpy(dA2, dA, (size_t)K * cols * 4);
     for (int j = 0; j < K; j++)
         for (int c = 0; c < cols; c++) {
-            double acc = dA0[j * cols + c];
-            for (int i = 0; i < rows; i++) acc += ddd[i * LD + j] * ad[(size_t)i * cols + c];
-            want[j * cols + c] = acc;
+            double s = dA0[j * cols + c];
+            for (int t = 0; t < rows; t++) s += ddd[t * LD + j] * ad[(size_t)t * cols + c];
+            want[j * cols + c] = s;
         }
-    for (int m = 0; m < 2; m++) { /* gate (dy = dg), up (dy = du) */
-        const float *dy = m ? du : dg;
-        for (int c = 0; c < cols; c++)
-            for (int j = 0; j < RK; j++) {
-                double acc = 0;
-                for (int i = 0; i < rows; i++) acc += (double)dy[(size_t)i * cols + c] * uud[i * LDU + m * RK + j];
-                wB[m * nB + c * RK + j] = dB0[m * nB + c * RK + j] + s * acc;
-            }
-        for (int i = 0; i < rows; i++)
-            for (int j = 0; j < RK; j++) {
-                double acc = 0;
-                for (int c = 0; c < cols; c++) acc += (double)dy[(size_t)i * cols + c] * Bd[m * nB + c * RK + j];
-                wu[i * LDU + m * RK + j] = s * acc;
-            }
-    }
-    us_glu_lora lo = {dA, dd, LD, K, dB, dB + nB, duo, duo + RK, uu, uu + RK, B, B + nB, LDU, RK, s};
-    memcpy(keep, dA, nA * 4), memcpy(keep + nA, dB, 2 * nB * 4);
-    be->glu_bwd(be, act, dg2, du2, w, g, u, bits, rows, cols, &lo);
-    EXPECT_CLOSE(what, dA, want, nA, TOL);
-    EXPECT_CLOSE(what, dB, wB, 2 * nB, TOL);
-    EXPECT_CLOSE(what, duo, wu, nu, TOL); /* the column between the blocks stays 0 */
-    CHECK(!memcmp(dg2, dg, n * 4) && !memcmp(du2, du, n * 4), "%s: dg/du differ with the LoRA gradients asked", what);
-    /* in place, from the same starting gradients: the same results */
-    float *first = malloc((nA + 2 * nB + nu) * 4);
-    memcpy(first, dA, nA * 4), memcpy(first + nA, dB, 2 * nB * 4), memcpy(first + nA + 2 * nB, duo, nu * 4);
-    memcpy(dA, keep, nA * 4), memcpy(dB, keep + nA, 2 * nB * 4);
+    be->glu_bwd(be, act, dg2, du2, dA, dd, LD, K, w, g, u, bits, rows, cols);
+    EXPECT_CLOSE(what, dA, want, (size_t)K * cols, TOL);
+    CHECK(!memcmp(dg2, dg, n * 4) && !memcmp(du2, du, n * 4), "%s: dg/du differ with dA asked", what);
     memcpy(g2, g, n * 4);
     memcpy(u2, u, n * 4);
-    be->glu_bwd(be, act, g2, u2, w, g2, u2, bits, rows, cols, &lo);
-    CHECK(!memcmp(dA, first, nA * 4) && !memcmp(dB, first + nA, 2 * nB * 4) && !memcmp(duo, first + nA + 2 * nB, nu * 4) &&
-              !memcmp(g2, dg, n * 4) && !memcmp(u2, du, n * 4),
+    be->glu_bwd(be, act, g2, u2, dA2, dd, LD, K, w, g2, u2, bits, rows, cols);
+    CHECK(!memcmp(dA2, dA, (size_t)K * cols * 4) && !memcmp(g2, dg, n * 4) && !memcmp(u2, du, n * 4),
           "%s: in place differs", what);
-    free(first);
-    free(dd), free(uu), free(B), free(dA), free(dB), free(duo), free(g2), free(u2), free(dg2), free(du2), free(keep);
-    free(ddd), free(uud), free(Bd), free(want), free(dA0), free(dB0), free(wB), free(wu);
+    free(dd), free(dA), free(dA2), free(g2), free(u2), free(dg2), free(du2), free(want), free(ddd), free(dA0);
 }
 
 TEST(ops_glu_silu) {
@@ -943,7 +909,7 @@ TEST(ops_glu_silu) {
     glu_ref(&c);
     EXPECT_CLOSE("glu_fwd silu", a, ad, N, TOL);
     CHECK(!memcmp(g, g0, sizeof g), "glu_fwd silu modified g");
-    be->glu_bwd(be, US_GLU_SILU, dg, du, w, g, u, NULL, R, C, NULL);
+    be->glu_bwd(be, US_GLU_SILU, dg, du, NULL, NULL, 0, 0, w, g, u, NULL, R, C);
     fd_grad(glu_loss, &c, gd, N, FD_H, fd);
     EXPECT_CLOSE("glu_bwd silu dg", dg, fd, N, TOL);
     fd_grad(glu_loss, &c, ud, N, FD_H, fd);
@@ -952,10 +918,10 @@ TEST(ops_glu_silu) {
     float g2[N], u2[N];
     memcpy(g2, g, sizeof g);
     memcpy(u2, u, sizeof u);
-    be->glu_bwd(be, US_GLU_SILU, g2, u2, w, g2, u2, NULL, R, C, NULL);
+    be->glu_bwd(be, US_GLU_SILU, g2, u2, NULL, NULL, 0, 0, w, g2, u2, NULL, R, C);
     CHECK(!memcmp(g2, dg, sizeof g) && !memcmp(u2, du, sizeof u), "glu_bwd silu in place differs");
     glu_ref(&c); /* fd_grad left a perturbed product in ad */
-    check_glu_lora(t, be, US_GLU_SILU, g, u, NULL, w, dg, du, ad, R, C, "glu_bwd silu LoRA gradients");
+    check_glu_dA(t, be, US_GLU_SILU, g, u, NULL, w, dg, du, ad, R, C, "glu_bwd silu dA");
     if (t->failed) return;
     /* the product's rows LDA apart (room for the down projection's LoRA columns): the same
      * values, nothing written between the rows */
@@ -1022,8 +988,8 @@ TEST(ops_glu_relu_bits) {
     CHECK(!memcmp(a2, a, sizeof a) && !memcmp(g2, g, sizeof g), "glu_fwd relu bits=NULL differs");
 
     /* backward from the saved relu(g), u and bits */
-    be->glu_bwd(be, US_GLU_RELU, dg, du, w, g, u, bits, R, C, NULL);
-    check_glu_lora(t, be, US_GLU_RELU, g, u, bits, w, dg, du, ad, R, C, "glu_bwd relu LoRA gradients");
+    be->glu_bwd(be, US_GLU_RELU, dg, du, NULL, NULL, 0, 0, w, g, u, bits, R, C);
+    check_glu_dA(t, be, US_GLU_RELU, g, u, bits, w, dg, du, ad, R, C, "glu_bwd relu dA");
     if (t->failed) return;
     fd_grad(glu_loss, &c, gd, N, 1e-3, fd);
     for (int i = 0; i < N; i++)
@@ -1036,7 +1002,7 @@ TEST(ops_glu_relu_bits) {
     memcpy(bits2, bits, sizeof bits);
     bits2[fr * WPR + fc / 32] ^= 1u << (fc % 32);
     float dg2[N], du2[N];
-    be->glu_bwd(be, US_GLU_RELU, dg2, du2, w, g, u, bits2, R, C, NULL);
+    be->glu_bwd(be, US_GLU_RELU, dg2, du2, NULL, NULL, 0, 0, w, g, u, bits2, R, C);
     for (int i = 0; i < N; i++) {
         CHECK(du2[i] == du[i], "flipping a mask bit changed du[%d]", i);
         if (i != fi) CHECK(dg2[i] == dg[i], "flipping the bit of element %d changed dg[%d]", fi, i);
@@ -1048,7 +1014,7 @@ TEST(ops_glu_relu_bits) {
     memcpy(g2, g, sizeof g);
     float u2[N];
     memcpy(u2, u, sizeof u);
-    be->glu_bwd(be, US_GLU_RELU, g2, u2, w, g2, u2, bits, R, C, NULL);
+    be->glu_bwd(be, US_GLU_RELU, g2, u2, NULL, NULL, 0, 0, w, g2, u2, bits, R, C);
     CHECK(!memcmp(g2, dg, sizeof g) && !memcmp(u2, du, sizeof u), "glu_bwd relu in place differs");
     be->destroy(be);
 }

@@ -48,23 +48,6 @@ typedef struct us_attn_shape {
 /* the output's row pitch of an attention shape */
 static inline int us_attn_ldo(const us_attn_shape *sh) { return sh->ldo > 0 ? sh->ldo : sh->heads * sh->head_dim; }
 
-/* The LoRA gradients glu_bwd forms on its way (NULL pointers: not asked).
- *   down:    dA [R, cols] += dd^T a, a = act(g) * u exactly as glu_fwd forms it (never written);
- *            dd f32 [rows, R], rows lddd apart (down's du)
- *   gate/up: dBg [cols, r] += s dg^T ug and dug [rows, r] = s dg Bg (overwritten); likewise dBu,
- *            duu from du, uu, Bu (lora_bwd_dy of both; all six pointers or none). ug, uu, dug,
- *            duu f32 with rows ldu apart; Bg, Bu f32 [cols, r]. dg and du enter as the
- *            activation type rounds them. */
-typedef struct us_glu_lora {
-    float *dA;
-    const float *dd;
-    int lddd, R;
-    float *dBg, *dBu, *dug, *duu;
-    const float *ug, *uu, *Bg, *Bu;
-    int ldu, r;
-    float s;
-} us_glu_lora;
-
 struct us_backend {
     const char *name; /* "cpu", "cuda" */
     size_t act_bytes;    /* bytes per activation element */
@@ -187,11 +170,12 @@ struct us_backend {
                     int cols);
     /* From da and the saved state (g or relu(g), u, bits): dg = da*u*act'(g), du = da*act(g).
      * RELU reads the gate's derivative from the packed bits, unpacked in registers. dg and du
-     * may alias g and u (they are consumed in place). lo (may be NULL) asks for the LoRA
-     * gradients that read the same rows (us_glu_lora): the pass over g, u and da serves them all,
-     * and neither the product nor dg, du is read back by another pass. */
-    void (*glu_bwd)(us_backend *be, int act, void *dg, void *du, const void *da, const void *g, const void *u,
-                    const uint32_t *bits, int rows, int cols, const us_glu_lora *lo);
+     * may alias g and u (they are consumed in place). dA (may be NULL) also receives the down
+     * projection's LoRA gradient from its input, the product a = act(g) * u exactly as glu_fwd
+     * forms it: dA [R, cols] += dd^T a, dd f32 [rows, R] with row pitch lddd (down's du). The
+     * product is never written: one pass over g and u serves both gradients. */
+    void (*glu_bwd)(us_backend *be, int act, void *dg, void *du, float *dA, const float *dd, int lddd, int R,
+                    const void *da, const void *g, const void *u, const uint32_t *bits, int rows, int cols);
 
     /* y += x over n activation elements (residual). */
     void (*add)(us_backend *be, void *y, const void *x, size_t n);

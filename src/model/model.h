@@ -167,7 +167,7 @@ typedef struct us_model {
     us_layer_acts *acts;   /* [layers] */
     struct us_scratch {
         void *h, *a, *dres, *dh, *dq, *dk, *dv, *datt, *da, *logits, *xfin, *dqkv;
-        float *rstd, *lora, *lora2, *loss; /* lora2: gate/up's du while down's (lora) is still read (step.c) */
+        float *rstd, *lora, *loss;
     } s;
     size_t backend_scratch; /* the backend's own buffers for a step (scratch_bytes op), if known */
     uint64_t step_key;      /* the last training step's shape and scale (step.c: graph replay) */

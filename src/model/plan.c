@@ -218,8 +218,7 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
         m->qkv_ld = (int)qkvw + (room >= tt * (qkvw + (size_t)m->qkv_fold) * A ? m->qkv_fold : 0);
         m->qkv_merge = m->qkv_joint && room >= tt * (size_t)m->qkv_ld * A;
         s->dqkv = m->qkv_merge && b->base ? b->base + datt_at : NULL;
-        s->lora = take(b, tt * ldmax * 4);  /* du of one LoRA group */
-        s->lora2 = take(b, tt * ldmax * 4); /* gate/up's du formed beside down's by glu_bwd */
+        s->lora = take(b, tt * ldmax * 4); /* du of one LoRA group */
     }
     size_t row = (size_t)c->vocab * A, room = US_MAX((size_t)64 << 20, b->off - group);
     size_t fit = US_MAX((size_t)1, US_MIN(tt, room / row)), parts = (tt + fit - 1) / fit;

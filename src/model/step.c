@@ -69,11 +69,11 @@ typedef struct {
 
 /* Backward of the n projections ts[] of one group, which all read in.x: dx (+)= sum dy_t W_t and
  * the LoRA terms (dx NULL: not needed), LoRA and full-weight gradients (full weights need the
- * normed rows themselves). The group's du is formed once (du_given: already, with dB, by the pass
- * that formed dy: glu_bwd), its LoRA input gradient written into dx first; the frozen products add
- * on top. in.x NULL (LoRA only): dA is left for the caller, from du still in m->s.lora. */
+ * normed rows themselves). The group's du is formed once, its LoRA input gradient written into dx
+ * first; the frozen products add on top. in.x NULL (LoRA only): dA is left for the caller, from du
+ * still in m->s.lora (down_dA). */
 static void group_bwd(us_model *m, int l, const int *ts, int n, void *const *dys, int ldy, void *dx, bool acc,
-                      group_in in_, int T, size_t r0, const float *du_given) {
+                      group_in in_, int T, size_t r0) {
     const void *x = in_.x;
     /* q/k/v merged (backward_layer): dys are column blocks of one [T, ldy] matrix, W their rows in
      * one block, and one product forms dx */
@@ -87,7 +87,7 @@ static void group_bwd(us_model *m, int l, const int *ts, int n, void *const *dys
     bool joint_fold = joint && ldy > qkvw;
     bool fold_dx = lead >= 0 && (m->fold_rows[lead] || joint_fold) && lora_on(m, l, lead);
     if (lead >= 0 && lora_on(m, l, lead)) {
-        for (int i = 0, col = 0; i < n && !du_given; i++, col += out) { /* col: dys[i]'s first column in dqkv */
+        for (int i = 0, col = 0; i < n; i++, col += out) { /* col: dys[i]'s first column in dqkv */
             int t = ts[i];
             us_target_dims(&m->cfg, t, &in, &out);
             if (!lora_on(m, l, t)) continue;
@@ -99,7 +99,7 @@ static void group_bwd(us_model *m, int l, const int *ts, int n, void *const *dys
         }
         const us_lora_slot *s = &m->slot[l][lead];
         if (x || !fold_dx) {
-            be->lora_bwd_x(be, fold_dx ? NULL : dx, acc ? dx : NULL, x ? m->grads + s->off_A : NULL, du_given ? du_given : m->s.lora,
+            be->lora_bwd_x(be, fold_dx ? NULL : dx, acc ? dx : NULL, x ? m->grads + s->off_A : NULL, m->s.lora,
                            m->lora_ld[lead], x, in_.ld, in_.rstd, in_.w, m->params + s->off_A, T, s->in, m->lora_ld[lead]);
             if (!fold_dx) acc = true;
         }
@@ -229,28 +229,14 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
     if (p->glu_bwd || down_trains) {
         static const int down[] = {US_T_DOWN};
         group_in in_down = {late_prod ? NULL : prod, in_pitch(m, US_T_DOWN), NULL, NULL};
-        group_bwd(m, l, down, 1, &dres, m->dres_ld, p->glu_bwd ? m->s.da : NULL, false, in_down, n, r0, NULL);
+        group_bwd(m, l, down, 1, &dres, m->dres_ld, p->glu_bwd ? m->s.da : NULL, false, in_down, n, r0);
     }
     if (!p->glu_bwd) return;
-    /* dg, du in place, and on the way the LoRA gradients that read the same rows: late_prod,
-     * down's dA from its du (still in m->s.lora) and the product, never written; gate and up
-     * adapted (LoRA alone), their du (into m->s.lora2) and dB */
-    us_glu_lora lo = {0};
-    if (late_prod) {
-        lo.dA = m->grads + m->slot[l][US_T_DOWN].off_A, lo.dd = m->s.lora;
-        lo.lddd = lo.R = m->lora_ld[US_T_DOWN];
-    }
-    bool gu_fused = lora_on(m, l, US_T_GATE) && lora_on(m, l, US_T_UP) && m->lora_lead[US_T_GATE] == US_T_GATE &&
-                    !L->gw[US_T_GATE] && !L->gw[US_T_UP];
-    if (gu_fused) {
-        const us_lora_slot *sg = &m->slot[l][US_T_GATE], *su = &m->slot[l][US_T_UP];
-        lo.dBg = m->grads + sg->off_B, lo.dBu = m->grads + su->off_B;
-        lo.dug = m->s.lora2 + m->lora_col[US_T_GATE], lo.duu = m->s.lora2 + m->lora_col[US_T_UP];
-        lo.ug = u_at(m, l, US_T_GATE, r0), lo.uu = u_at(m, l, US_T_UP, r0);
-        lo.Bg = m->params + sg->off_B, lo.Bu = m->params + su->off_B;
-        lo.ldu = m->lora_ld[US_T_GATE], lo.r = m->spec.lora.r, lo.s = m->lora_scale;
-    }
-    be->glu_bwd(be, act, a->g, a->up, m->s.da, a->g, a->up, a->bits, n, c->inter, late_prod || gu_fused ? &lo : NULL);
+    /* dg, du in place; late_prod: down's dA from its du (still in m->s.lora) and the product
+     * formed on the way, never written */
+    float *dA_down = late_prod ? m->grads + m->slot[l][US_T_DOWN].off_A : NULL;
+    be->glu_bwd(be, act, a->g, a->up, dA_down, m->s.lora, m->lora_ld[US_T_DOWN], m->lora_ld[US_T_DOWN], m->s.da, a->g,
+                a->up, a->bits, n, c->inter);
     /* gate/up's dA reads h2: rebuilt above in the rebuilding modes; else formed from xmid on the fly
      * (LoRA only; full weights need the rows themselves) */
     group_in in_gu = {h, hp, NULL, NULL};
@@ -262,7 +248,7 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
     }
     static const int gate_up[] = {US_T_GATE, US_T_UP};
     void *dgu[] = {a->g, a->up};
-    group_bwd(m, l, gate_up, 2, dgu, 0, p->prior_mlp ? dh : NULL, false, in_gu, n, r0, gu_fused ? m->s.lora2 : NULL);
+    group_bwd(m, l, gate_up, 2, dgu, 0, p->prior_mlp ? dh : NULL, false, in_gu, n, r0);
     if (p->prior_mlp)
         be->rmsnorm_bwd(be, dres, m->dres_ld, true, L->gln2, dh, rows_at(m, a->xmid, r0, D), a->rstd2 + r0, L->ln2, n, c->hidden);
 }
@@ -308,7 +294,7 @@ static bool backward_layer(us_model *m, int l, const us_batch *b) {
     static const int o_proj[] = {US_T_O}, qkv[] = {US_T_Q, US_T_K, US_T_V};
     group_in in_o = {a->att, in_pitch(m, US_T_O), NULL, NULL};
     if (p->save_att)
-        group_bwd(m, l, o_proj, 1, &m->s.dres, m->dres_ld, p->attn_bwd ? m->s.datt : NULL, false, in_o, T, 0, NULL);
+        group_bwd(m, l, o_proj, 1, &m->s.dres, m->dres_ld, p->attn_bwd ? m->s.datt : NULL, false, in_o, T, 0);
     if (p->attn_bwd) {
         be->attn_bwd(be, m->s.dq, m->s.dk, m->s.dv, m->s.datt, a->q, a->k, a->v, a->att, a->lse, b->seg_start, &sh);
         int qd = c->heads * c->head_dim, kd = c->kv_heads * c->head_dim, ldqkv = m->qkv_merge ? m->qkv_ld : qd + 2 * kd;
@@ -328,7 +314,7 @@ static bool backward_layer(us_model *m, int l, const us_batch *b) {
             be->rmsnorm_fwd(be, m->s.h, in_pitch(m, US_T_Q), m->s.rstd, a->xin, L->ln1, T, D, (float)c->rms_eps);
             in_qkv = (group_in){m->s.h, in_pitch(m, US_T_Q), NULL, NULL};
         }
-        group_bwd(m, l, qkv, 3, dqkv, m->qkv_merge ? ldqkv : 0, p->prior_attn ? m->s.dh : NULL, false, in_qkv, T, 0, NULL);
+        group_bwd(m, l, qkv, 3, dqkv, m->qkv_merge ? ldqkv : 0, p->prior_attn ? m->s.dh : NULL, false, in_qkv, T, 0);
         if (p->prior_attn) be->rmsnorm_bwd(be, m->s.dres, m->dres_ld, true, L->gln1, m->s.dh, a->xin, a->rstd1, L->ln1, T, D);
     }
     return p->prior_attn;

@@ -473,22 +473,21 @@ static void cpu_glu_fwd(us_backend *be, int act, void *a, int lda, void *g, cons
 /* act(g) * u as cpu_glu_fwd forms it (g already relu(g) for ReLU) */
 static float glu_product(int act, float x, float up) { return act == US_GLU_RELU ? x * up : x / (1.0f + expf(-x)) * up; }
 
-static void cpu_glu_bwd(us_backend *be, int act, void *dg, void *du, const void *da, const void *g, const void *u,
-                        const uint32_t *bits, int rows, int cols, const us_glu_lora *lo) {
+static void cpu_glu_bwd(us_backend *be, int act, void *dg, void *du, float *dA, const float *dd, int lddd, int R,
+                        const void *da, const void *g, const void *u, const uint32_t *bits, int rows, int cols) {
+    (void)be;
     float *DG = dg, *DU = du;
     const float *DA = da, *G = g, *U = u;
     int W = words_per_row(cols);
-    if (lo && lo->dA) { /* down's dA from the product (formed here, before g and u are overwritten) */
-        float *prod = malloc((size_t)rows * cols * sizeof *prod);
-        if (!prod) { /* out of host memory: the op table has no error channel; poison dA */
-            for (size_t i = 0; i < (size_t)lo->R * cols; i++) lo->dA[i] = NAN;
-        } else {
-            #pragma omp parallel for schedule(static)
-            for (size_t i = 0; i < (size_t)rows * cols; i++) prod[i] = glu_product(act, G[i], U[i]);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, lo->R, cols, rows, 1.0f, lo->dd, lo->lddd, prod, cols,
-                        1.0f, lo->dA, cols);
-            free(prod);
-        }
+    if (dA) { /* down's dA from the product, before g and u are overwritten; a block of columns per thread */
+        #pragma omp parallel for schedule(static)
+        for (int c0 = 0; c0 < cols; c0 += 64)
+            for (int r = 0; r < rows; r++)
+                for (int c = c0; c < US_MIN(c0 + 64, cols); c++) {
+                    size_t i = (size_t)r * cols + c;
+                    float prod = glu_product(act, G[i], U[i]);
+                    for (int j = 0; j < R; j++) dA[(size_t)j * cols + c] += dd[(size_t)r * lddd + j] * prod;
+                }
     }
     #pragma omp parallel for schedule(static)
     for (int r = 0; r < rows; r++) {
@@ -508,10 +507,6 @@ static void cpu_glu_bwd(us_backend *be, int act, void *dg, void *du, const void 
             DG[i] = gate_grad;
             DU[i] = up_grad;
         }
-    }
-    if (lo && lo->dBg) { /* gate/up's lora_bwd_dy from the gradients just formed */
-        cpu_lora_bwd_dy(be, lo->dug, lo->ldu, lo->dBg, DG, cols, lo->ug, lo->ldu, lo->Bg, lo->s, rows, cols, lo->r, 0);
-        cpu_lora_bwd_dy(be, lo->duu, lo->ldu, lo->dBu, DU, cols, lo->uu, lo->ldu, lo->Bu, lo->s, rows, cols, lo->r, 0);
     }
 }
 

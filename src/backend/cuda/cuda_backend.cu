@@ -1414,19 +1414,17 @@ static void cu_glu_fwd(us_backend *be, int act, void *a, int lda, void *g, const
     CK_LAUNCH(c);
 }
 
-static void cu_glu_bwd(us_backend *be, int act, void *dg, void *du, const void *da, const void *g, const void *u,
-                       const uint32_t *bits, int rows, int cols, const us_glu_lora *lo) {
+static void cu_glu_bwd(us_backend *be, int act, void *dg, void *du, float *dA, const float *dd, int lddd, int R,
+                       const void *da, const void *g, const void *u, const uint32_t *bits, int rows, int cols) {
     cuda_impl *c = CI(be);
     PROF(c, P_GLU_B);
     if (rows <= 0 || cols <= 0) return;
-    if (lo && (lo->dBg || (lo->dA && lo->R > 0)) &&
-        us_cuda_glu_bwd_lora_fast(c, act, (bf16 *)dg, (bf16 *)du, (const bf16 *)da, (const bf16 *)g, (const bf16 *)u, bits,
-                                  rows, cols, lo))
-        return;
-    /* the shapes the fused kernel does not take: the same in separate passes */
-    if (lo && lo->dA && lo->R > 0) {
-        k_glu_dA<<<grid_for(c, (size_t)lo->R * cols, 256), 256, 0, c->st>>>(act, lo->dA, lo->dd, lo->lddd, lo->R,
-                                                                            (const bf16 *)g, (const bf16 *)u, rows, cols);
+    if (dA && R > 0) {
+        if (us_cuda_glu_bwd_dA_fast(c, act, (bf16 *)dg, (bf16 *)du, dA, dd, lddd, R, (const bf16 *)da, (const bf16 *)g,
+                                    (const bf16 *)u, bits, rows, cols))
+            return;
+        k_glu_dA<<<grid_for(c, (size_t)R * cols, 256), 256, 0, c->st>>>(act, dA, dd, lddd, R, (const bf16 *)g,
+                                                                         (const bf16 *)u, rows, cols);
         CK_LAUNCH(c);
     }
     bool vec = cols % 8 == 0 && aligned16(g) && aligned16(u) && aligned16(da) && aligned16(dg) && aligned16(du);
@@ -1437,10 +1435,6 @@ static void cu_glu_bwd(us_backend *be, int act, void *dg, void *du, const void *
         k_glu_bwd<<<grid_for(c, (size_t)rows * cols, 256), 256, 0, c->st>>>(
             act, (bf16 *)dg, (bf16 *)du, (const bf16 *)da, (const bf16 *)g, (const bf16 *)u, bits, rows, cols);
     CK_LAUNCH(c);
-    if (lo && lo->dBg) {
-        cu_lora_bwd_dy(be, lo->dug, lo->ldu, lo->dBg, dg, cols, lo->ug, lo->ldu, lo->Bg, lo->s, rows, cols, lo->r, 0);
-        cu_lora_bwd_dy(be, lo->duu, lo->ldu, lo->dBu, du, cols, lo->uu, lo->ldu, lo->Bu, lo->s, rows, cols, lo->r, 0);
-    }
 }
 
 /* ------------------------------------------------------------------------------------------ */

@@ -194,9 +194,9 @@ bool us_cuda_lora_up_fast(cuda_impl *c, void *y, const void *res, const float *u
                           int T, int out, int r);
 bool us_cuda_lora_bwd_dy_fast(cuda_impl *c, float *du, int lddu, float *dB, const void *dy, int ldy, const float *u, int ldu,
                               const float *B, float s, int T, int out, int r);
-/* glu_bwd with the LoRA gradients of us_glu_lora fused (cuda_lora.cu); false: not taken, nothing run */
-bool us_cuda_glu_bwd_lora_fast(cuda_impl *c, int act, bf16 *dg, bf16 *du, const bf16 *da, const bf16 *g, const bf16 *u,
-                               const uint32_t *bits, int rows, int cols, const us_glu_lora *lo);
+/* glu_bwd with the down projection's dA fused (cuda_lora.cu); false: shape not taken, nothing run */
+bool us_cuda_glu_bwd_dA_fast(cuda_impl *c, int act, bf16 *dg, bf16 *du, float *dA, const float *dd, int lddd, int R,
+                             const bf16 *da, const bf16 *g, const bf16 *u, const uint32_t *bits, int rows, int cols);
 bool us_cuda_lora_bwd_x_fast(cuda_impl *c, void *dx, const void *res, float *dA, const float *du, int lddu,
                              const void *x, int ldx, const float *rstd, const float *w, const float *A, int T, int in, int R);
 

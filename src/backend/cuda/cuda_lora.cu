@@ -707,73 +707,48 @@ bool us_cuda_lora_bwd_x_fast(cuda_impl *c, void *dx, const void *res, float *dA,
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* glu_bwd with the LoRA gradients that read its rows (backend.h us_glu_lora): the GLU backward
- * reads g, u and da anyway, so it forms the product a = act(g) * u on its way into the down
- * projection's dA [R, cols] += dd^T a (a is never written for a column reduction to read back),
- * and with GU also gate's and up's lora_bwd_dy from dg and du as it writes them: dB [cols, r] +=
- * s dg^T ug and dug [rows, r] = s dg Bg (likewise up), so no pass reads dg or du back for them.
+/* glu_bwd with the down projection's dA fused (backend.h glu_bwd): the GLU backward reads g and
+ * u anyway, so it forms the product a = act(g) * u on its way and reduces dA [R, cols] += dd^T a
+ * from it, instead of writing a (T x F bf16) for a separate column reduction to read back.
  *
  * Work units are (column strip of 128, chunk of 64 rows), strip-major; each CTA (8 warps) takes
  * an equal contiguous range of them and the grid is one wave. Per unit every thread holds 4 x 8
  * columns of g, u and da (16-byte loads; the next unit's are issued right after the barrier, so
- * they are in flight during this unit's MMAs) and its share of the unit's narrow rows (dd; ug, uu),
- * writes dg and du in place and the bf16 tiles (a; dg, du) into swizzled [64 x 128] shared tiles
- * (c2_swz). After a barrier:
- *  - column reductions: warp w owns columns [16w, 16w + 16) of the strip and accumulates
- *    dA^T += a^T dd (and dBg += dg^T ug, dBu += du^T uu) over the unit's 64 rows: A by
- *    ldmatrix.trans, B packed to bf16 from the staged f32 rows, mma m16n8k16 (colred2's
- *    fragments); they go out by f32 atomics when the CTA's strip ends (about units per CTA /
- *    chunks per strip + 1 partials per element);
- *  - with GU, row reductions: warp w takes rows [16 (w & 3), +16) of dg (w < 4) or du (w >= 4)
- *    against the strip's 128 rows of Bg or Bu (staged as f32 when the strip changes) and adds its
- *    16 x r partial of dug / duu by red.global.add.v2 (zeroed before the launch): cols / 128
- *    partials per element.
- * Without GU two tile buffers take turns (one barrier per unit); with GU the three tiles and the
- * staged B fit twice per SM only once, so a second barrier closes each unit. */
+ * they are in flight during this unit's MMAs), writes dg and du in place and the bf16 product
+ * into a swizzled [64 x 128] shared tile (c2_swz), and stages the unit's dd rows (f32). After one
+ * barrier warp w accumulates dA^T[16w, 16w + 16) x [0, R) over the 64 rows: A = a^T by
+ * ldmatrix.trans, B = dd packed to bf16, mma m16n8k16 (colred2's fragments). Two tile buffers:
+ * one barrier per unit. When its strip ends (or its range), a CTA adds its partial dA by f32
+ * atomics: about (units per CTA / chunks per strip + 1) partials per element. */
 namespace {
 
 constexpr int GB_LT = 256, GB_TC = 64, GB_MB = 128;
 
-template <int NT, bool GU>
-struct GluLoraSmem {
-    static constexpr int NR = NT * 8, QP = NR + 4;  /* f32 per staged narrow row (colred2's pitch) */
-    static constexpr int NB = GU ? 1 : 2;           /* tile buffers */
-    static constexpr int NTILE = GU ? 3 : 1;        /* a; dg, du */
-    static constexpr int NQ = GU ? 3 : 1;           /* dd; ug, uu */
-    static constexpr size_t TILE = (size_t)GB_TC * GB_MB * 2, QROWS = (size_t)GB_TC * QP * 4;
-    static constexpr size_t BUF = NTILE * TILE;                     /* a tile buffer */
-    static constexpr size_t Q_OFF = NB * BUF, QBUF = NQ * QROWS;    /* two narrow-row buffers (cp.async) */
-    static constexpr size_t B_OFF = Q_OFF + 2 * QBUF, BROWS = (size_t)GB_MB * QP * 4; /* Bg, Bu of the strip */
-    static constexpr size_t BYTES = B_OFF + (GU ? 2 * BROWS : 0);
+template <int NT>
+struct GluDASmem {
+    static constexpr int NR = NT * 8, QP = NR + 4; /* f32 per staged dd row (colred2's pitch) */
+    static constexpr size_t P_BYTES = (size_t)GB_TC * GB_MB * 2, Q_BYTES = (size_t)GB_TC * QP * 4;
+    static constexpr size_t BYTES = 2 * (P_BYTES + Q_BYTES);
 };
 
-struct GluLoraArgs {
-    int act;
-    bf16 *dg, *du;
-    const bf16 *da, *g, *u;
-    const uint32_t *bits;
-    int rows, cols, nch;
-    long long units;
-    us_glu_lora lo;
-};
-
-template <int NT, bool GU>
-__global__ void __launch_bounds__(GB_LT, GU || NT <= 2 ? 2 : 1) /* two CTAs per SM (GU: spilling a little) */
-    k_glu_bwd_lora(const GluLoraArgs p) {
-    using S = GluLoraSmem<NT, GU>;
-    constexpr int NR = S::NR, QP = S::QP, QPT = GB_TC * NR / GB_LT; /* narrow floats a thread stages, per matrix */
+template <int NT>
+__global__ void __launch_bounds__(GB_LT, NT <= 3 ? 2 : 1) /* two CTAs per SM without spills up to R 24 */
+    k_glu_bwd_dA(int act, bf16 *dg, bf16 *du, float *dA, const float *dd, int lddd, int R, const bf16 *da, const bf16 *g,
+                 const bf16 *u, const uint32_t *bits, int rows, int cols, int nch, long long units) {
+    using S = GluDASmem<NT>;
+    constexpr int NR = S::NR, QP = S::QP, NQ = GB_TC * NR / GB_LT; /* dd floats a thread stages per unit */
     extern __shared__ __align__(1024) unsigned char gb_smem[];
+    bf16 *Ps = reinterpret_cast<bf16 *>(gb_smem);                         /* [2][64 x 128] */
+    float *Qs = reinterpret_cast<float *>(gb_smem + 2 * S::P_BYTES);      /* [2][64 x QP] */
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g8 = lane >> 2, tq = lane & 3;
-    const long long u0 = (long long)blockIdx.x * p.units / gridDim.x, u1 = (long long)(blockIdx.x + 1) * p.units / gridDim.x;
+    const long long u0 = (long long)blockIdx.x * units / gridDim.x, u1 = (long long)(blockIdx.x + 1) * units / gridDim.x;
     if (u0 >= u1) return;
-    const int act = p.act, rows = p.rows, cols = p.cols, nch = p.nch, W = (cols + 31) / 32;
-    const bool has_dA = p.lo.dA != nullptr;
-    const float *qsrc[3] = {p.lo.dd, p.lo.ug, p.lo.uu};
-    const int qld[3] = {p.lo.lddd, p.lo.ldu, p.lo.ldu}, qw[3] = {p.lo.R, p.lo.r, p.lo.r};
+    const int W = (cols + 31) / 32;
     uint4 rg[4], ru[4], rd[4];
     uint32_t rb[4];
+    float rq[NQ];
     /* g and u are read with plain loads: this kernel overwrites them (each element by the thread
-     * that read it); the narrow rows go to shared memory by cp.async (Q buffer un & 1) */
+     * that read it) */
     auto load = [&](long long un) {
         const int strip = (int)(un / nch), t0 = (int)(un % nch) * GB_TC;
 #pragma unroll
@@ -782,191 +757,116 @@ __global__ void __launch_bounds__(GB_LT, GU || NT <= 2 ? 2 : 1) /* two CTAs per 
             const bool ok = row < rows && col < cols;
             const size_t off = (size_t)row * cols + col;
             const uint4 z = make_uint4(0, 0, 0, 0);
-            rg[i] = ok ? *reinterpret_cast<const uint4 *>(p.g + off) : z;
-            ru[i] = ok ? *reinterpret_cast<const uint4 *>(p.u + off) : z;
-            rd[i] = ok ? __ldg(reinterpret_cast<const uint4 *>(p.da + off)) : z;
-            rb[i] = act == US_GLU_RELU && p.bits && ok ? (p.bits[(size_t)row * W + col / 32] >> (col & 31)) & 0xffu : 0u;
+            rg[i] = ok ? *reinterpret_cast<const uint4 *>(g + off) : z;
+            ru[i] = ok ? *reinterpret_cast<const uint4 *>(u + off) : z;
+            rd[i] = ok ? __ldg(reinterpret_cast<const uint4 *>(da + off)) : z;
+            rb[i] = act == US_GLU_RELU && bits && ok ? (bits[(size_t)row * W + col / 32] >> (col & 31)) & 0xffu : 0u;
         }
-        float *qn = reinterpret_cast<float *>(gb_smem + S::Q_OFF + (un & 1) * S::QBUF);
 #pragma unroll
-        for (int q = 0; q < S::NQ; q++)
-#pragma unroll
-            for (int k = 0; k < QPT; k++) {
-                const int idx = tid + k * GB_LT, rr = idx / NR, j = idx % NR, row = t0 + rr;
-                const bool ok = qsrc[q] && row < rows && j < qw[q];
-                cp_async4(smem_u32(qn + q * (GB_TC * QP) + rr * QP + j), ok ? (const void *)(qsrc[q] + (size_t)row * qld[q] + j)
-                                                                            : (const void *)p.da, ok);
-            }
-        cp_async_commit();
+        for (int k = 0; k < NQ; k++) {
+            const int idx = tid + k * GB_LT, rr = idx / NR, j = idx % NR, row = t0 + rr;
+            rq[k] = row < rows && j < R ? dd[(size_t)row * lddd + j] : 0.0f;
+        }
     };
-    float acc[S::NQ][NT][4]; /* column reductions: dA; dBg, dBu */
+    float acc[NT][4];
 #pragma unroll
-    for (int q = 0; q < S::NQ; q++)
-#pragma unroll
-        for (int n = 0; n < NT; n++) acc[q][n][0] = acc[q][n][1] = acc[q][n][2] = acc[q][n][3] = 0.0f;
+    for (int n = 0; n < NT; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
     load(u0);
-    int buf = 0, staged = -1;
-    for (long long un = u0; un < u1; un++, buf ^= (S::NB - 1)) {
+    int buf = 0;
+    for (long long un = u0; un < u1; un++, buf ^= 1) {
         const int strip = (int)(un / nch), t0 = (int)(un % nch) * GB_TC;
-        unsigned char *base = gb_smem + buf * S::BUF;
-        bf16 *tile[3] = {reinterpret_cast<bf16 *>(base), reinterpret_cast<bf16 *>(base + S::TILE),
-                         reinterpret_cast<bf16 *>(base + 2 * S::TILE)};
-        const float *qs = reinterpret_cast<const float *>(gb_smem + S::Q_OFF + (un & 1) * S::QBUF);
-        float *bs = reinterpret_cast<float *>(gb_smem + S::B_OFF);
-        if (GU && strip != staged) { /* the strip's rows of Bg and Bu (the previous unit's MMAs are done) */
-            for (int idx = tid; idx < 2 * GB_MB * NR; idx += GB_LT) {
-                const int mat = idx / (GB_MB * NR), rr = (idx / NR) % GB_MB, j = idx % NR, col = strip * GB_MB + rr;
-                const float *B = mat ? p.lo.Bu : p.lo.Bg;
-                bs[mat * (GB_MB * QP) + rr * QP + j] = col < cols && j < p.lo.r ? B[(size_t)col * p.lo.r + j] : 0.0f;
-            }
-            staged = strip;
-        }
+        bf16 *ps = Ps + buf * (GB_TC * GB_MB);
+        float *qs = Qs + buf * (GB_TC * QP);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const int v = tid + i * GB_LT, r = v >> 4, cl = (v & 15) * 8, row = t0 + r, col = strip * GB_MB + cl;
-            float gf[8], uf[8], df[8], og[8], ou[8];
+            float gf[8], uf[8], df[8], og[8], ou[8], pf[8];
             unpack8(rg[i], gf);
             unpack8(ru[i], uf);
             unpack8(rd[i], df);
             uint32_t byte = rb[i];
-            if (act == US_GLU_RELU && !p.bits) {
+            if (act == US_GLU_RELU && !bits) {
                 byte = 0;
 #pragma unroll
                 for (int j = 0; j < 8; j++) byte |= (gf[j] > 0.0f ? 1u : 0u) << j;
             }
 #pragma unroll
-            for (int j = 0; j < 8; j++) glu_grad(act, df[j], gf[j], uf[j], (byte >> j) & 1u, og[j], ou[j]);
+            for (int j = 0; j < 8; j++) {
+                glu_grad(act, df[j], gf[j], uf[j], (byte >> j) & 1u, og[j], ou[j]);
+                pf[j] = glu_prod(act, gf[j], uf[j]); /* 0 outside the matrix: g = u = 0 there */
+            }
             if (row < rows && col < cols) {
                 const size_t off = (size_t)row * cols + col;
-                store8(p.dg + off, og);
-                store8(p.du + off, ou);
+                store8(dg + off, og);
+                store8(du + off, ou);
             }
-            if (has_dA) {
-#pragma unroll
-                for (int j = 0; j < 8; j++) df[j] = glu_prod(act, gf[j], uf[j]); /* 0 outside: g = u = 0 there */
-                store8(tile[0] + c2_swz(r, cl), df);
-            }
-            if (GU) { /* 0 outside the matrix: da = 0 there */
-                store8(tile[1] + c2_swz(r, cl), og);
-                store8(tile[2] + c2_swz(r, cl), ou);
-            }
+            store8(ps + c2_swz(r, cl), pf);
         }
-        cp_async_wait_all();
-        __syncthreads(); /* the unit's tiles and narrow rows are complete */
+#pragma unroll
+        for (int k = 0; k < NQ; k++) {
+            const int idx = tid + k * GB_LT;
+            qs[(idx / NR) * QP + idx % NR] = rq[k];
+        }
+        __syncthreads(); /* tile buf complete; the other buffer's MMAs (previous unit) are done */
         if (un + 1 < u1) load(un + 1);
 #pragma unroll
         for (int ks = 0; ks < GB_TC / 16; ks++) {
+            uint32_t a0, a1, a2, a3; /* (t 0-7, m 0-7), (t 0-7, m 8-15), (t 8-15, m 0-7), (t 8-15, m 8-15) */
             const int r = ks * 16 + (lane & 7) + ((lane >> 4) & 1) * 8, cc = warp * 16 + ((lane >> 3) & 1) * 8;
+            ldsm_x4_t(a0, a1, a2, a3, smem_u32(ps + c2_swz(r, cc)));
 #pragma unroll
-            for (int q = 0; q < S::NQ; q++) {
-                if (q == 0 && !has_dA) continue;
-                uint32_t a0, a1, a2, a3; /* (t 0-7, m 0-7), (t 0-7, m 8-15), (t 8-15, m 0-7), (t 8-15, m 8-15) */
-                ldsm_x4_t(a0, a1, a2, a3, smem_u32(tile[q] + c2_swz(r, cc)));
-#pragma unroll
-                for (int n = 0; n < NT; n++) {
-                    const float *b = qs + q * (GB_TC * QP) + (ks * 16 + tq * 2) * QP + n * 8 + g8;
-                    mma16816(acc[q][n], a0, a1, a2, a3, pack_bf16(b[0], b[QP]), pack_bf16(b[8 * QP], b[9 * QP]));
-                }
+            for (int n = 0; n < NT; n++) {
+                const float *q = qs + (ks * 16 + tq * 2) * QP + n * 8 + g8;
+                mma16816(acc[n], a0, a1, a2, a3, pack_bf16(q[0], q[QP]), pack_bf16(q[8 * QP], q[9 * QP]));
             }
         }
-        if (GU) { /* row reductions: warp w, rows 16 (w & 3).., of dg (w < 4) or du */
-            const int mt = warp & 3, mat = warp >> 2;
-            const bf16 *tl = tile[1 + mat];
-            const float *bm = bs + mat * (GB_MB * QP);
-            float dacc[NT][4]; /* this warp's 16 rows of dug or duu */
-#pragma unroll
-            for (int n = 0; n < NT; n++) dacc[n][0] = dacc[n][1] = dacc[n][2] = dacc[n][3] = 0.0f;
-#pragma unroll
-            for (int ks = 0; ks < GB_MB / 16; ks++) {
-                uint32_t a0, a1, a2, a3; /* (t 0-7, k 0-7), (t 8-15, k 0-7), (t 0-7, k 8-15), (t 8-15, k 8-15) */
-                const int r = mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, cc = ks * 16 + ((lane >> 4) & 1) * 8;
-                ldsm_x4(a0, a1, a2, a3, smem_u32(tl + c2_swz(r, cc)));
-#pragma unroll
-                for (int n = 0; n < NT; n++) {
-                    const float *b = bm + (ks * 16 + tq * 2) * QP + n * 8 + g8;
-                    mma16816(dacc[n], a0, a1, a2, a3, pack_bf16(b[0], b[QP]), pack_bf16(b[8 * QP], b[9 * QP]));
-                }
-            }
-            float *dst = mat ? p.lo.duu : p.lo.dug;
+        if (un + 1 == u1 || (un + 1) / nch != strip) { /* the strip's partial dA out */
 #pragma unroll
             for (int n = 0; n < NT; n++)
 #pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    const int row = t0 + mt * 16 + g8 + h * 8, j = n * 8 + tq * 2;
-                    if (row < rows && j < p.lo.r)
-                        c2_red2(dst + (size_t)row * p.lo.ldu + j, p.lo.s * dacc[n][2 * h], p.lo.s * dacc[n][2 * h + 1]);
-                }
-            __syncthreads(); /* the tiles and the staged rows are free for the next unit */
-        }
-        if (un + 1 == u1 || (un + 1) / nch != strip) { /* the strip's partial column reductions out */
+                for (int h = 0; h < 2; h++)
 #pragma unroll
-            for (int q = 0; q < S::NQ; q++) {
-                if (q == 0 && !has_dA) continue;
-#pragma unroll
-                for (int n = 0; n < NT; n++)
-#pragma unroll
-                    for (int h = 0; h < 2; h++)
-#pragma unroll
-                        for (int e = 0; e < 2; e++) {
-                            const int m = strip * GB_MB + warp * 16 + g8 + h * 8, j = n * 8 + tq * 2 + e;
-                            if (q == 0) {
-                                if (m < cols && j < p.lo.R) atomicAdd(p.lo.dA + (size_t)j * cols + m, acc[q][n][2 * h + e]);
-                            } else if (m < cols && j < p.lo.r) {
-                                atomicAdd((q == 1 ? p.lo.dBg : p.lo.dBu) + (size_t)m * p.lo.r + j, p.lo.s * acc[q][n][2 * h + e]);
-                            }
-                            acc[q][n][2 * h + e] = 0.0f;
-                        }
-            }
+                    for (int e = 0; e < 2; e++) {
+                        const int m = strip * GB_MB + warp * 16 + g8 + h * 8, j = n * 8 + tq * 2 + e;
+                        if (m < cols && j < R) atomicAdd(dA + (size_t)j * cols + m, acc[n][2 * h + e]);
+                        acc[n][2 * h + e] = 0.0f;
+                    }
         }
     }
 }
 
-template <int NT, bool GU>
-void glu_bwd_lora(cuda_impl *c, GluLoraArgs &a) {
-    using S = GluLoraSmem<NT, GU>;
-    auto kern = k_glu_bwd_lora<NT, GU>;
+template <int NT>
+void glu_bwd_dA(cuda_impl *c, int act, bf16 *dg, bf16 *du, float *dA, const float *dd, int lddd, int R, const bf16 *da,
+                const bf16 *g, const bf16 *u, const uint32_t *bits, int rows, int cols) {
+    using S = GluDASmem<NT>;
+    auto kern = k_glu_bwd_dA<NT>;
     static int per_sm = 0; /* resident CTAs per SM, asked once per instance (one device per process) */
     if (!per_sm) {
         CK(c, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)S::BYTES));
         CK(c, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, GB_LT, S::BYTES));
         if (per_sm < 1) per_sm = 1;
     }
-    if (GU) { /* dug, duu are sums of partials */
-        CK(c, cudaMemset2DAsync(a.lo.dug, (size_t)a.lo.ldu * 4, 0, (size_t)a.lo.r * 4, (size_t)a.rows, c->st));
-        CK(c, cudaMemset2DAsync(a.lo.duu, (size_t)a.lo.ldu * 4, 0, (size_t)a.lo.r * 4, (size_t)a.rows, c->st));
-    }
-    a.nch = (int)ceil_div_u(a.rows, GB_TC);
-    a.units = (long long)a.nch * ceil_div_u(a.cols, GB_MB);
-    const long long slots = (long long)per_sm * c->sm_count;
-    kern<<<(int)(a.units < slots ? a.units : slots), GB_LT, S::BYTES, c->st>>>(a);
+    const int nch = (int)ceil_div_u(rows, GB_TC), nstrip = (int)ceil_div_u(cols, GB_MB);
+    const long long units = (long long)nch * nstrip;
+    const int grid = (int)(units < (long long)per_sm * c->sm_count ? units : (long long)per_sm * c->sm_count);
+    kern<<<grid, GB_LT, S::BYTES, c->st>>>(act, dg, du, dA, dd, lddd, R, da, g, u, bits, rows, cols, nch, units);
     CK_LAUNCH(c);
 }
 
 } /* namespace */
 
-bool us_cuda_glu_bwd_lora_fast(cuda_impl *c, int act, bf16 *dg, bf16 *du, const bf16 *da, const bf16 *g, const bf16 *u,
-                               const uint32_t *bits, int rows, int cols, const us_glu_lora *lo) {
-    const bool gu = lo->dBg != nullptr, has_dA = lo->dA != nullptr && lo->R > 0;
-    if ((!gu && !has_dA) || cols % 8 || !aligned16(dg) || !aligned16(du) || !aligned16(da) || !aligned16(g) || !aligned16(u))
+bool us_cuda_glu_bwd_dA_fast(cuda_impl *c, int act, bf16 *dg, bf16 *du, float *dA, const float *dd, int lddd, int R,
+                             const bf16 *da, const bf16 *g, const bf16 *u, const uint32_t *bits, int rows, int cols) {
+    if (R < 1 || R > 64 || cols % 8 || !aligned16(dg) || !aligned16(du) || !aligned16(da) || !aligned16(g) ||
+        !aligned16(u))
         return false;
-    if (has_dA && lo->R > 64) return false;
-    /* gate/up: ranks to 16 (two CTAs per SM), du pairs 8-byte aligned for the vector adds */
-    if (gu && (lo->r < 2 || lo->r > 16 || lo->r % 2 || lo->ldu % 2 || !a8(lo->dug) || !a8(lo->duu) || (has_dA && lo->R > 16)))
-        return false;
-    GluLoraArgs a = {act, dg, du, da, g, u, bits, rows, cols, 0, 0, *lo};
-    if (!has_dA) a.lo.dA = nullptr;
-    if (gu) {
-        if ((has_dA && lo->R > lo->r ? lo->R : lo->r) <= 8) glu_bwd_lora<1, true>(c, a);
-        else glu_bwd_lora<2, true>(c, a);
-        return true;
-    }
-    switch ((lo->R + 7) / 8) {
-    case 1: glu_bwd_lora<1, false>(c, a); break;
-    case 2: glu_bwd_lora<2, false>(c, a); break;
-    case 3: glu_bwd_lora<3, false>(c, a); break;
-    case 4: glu_bwd_lora<4, false>(c, a); break;
-    case 5: case 6: glu_bwd_lora<6, false>(c, a); break;
-    default: glu_bwd_lora<8, false>(c, a); break;
+    switch ((R + 7) / 8) {
+    case 1: glu_bwd_dA<1>(c, act, dg, du, dA, dd, lddd, R, da, g, u, bits, rows, cols); break;
+    case 2: glu_bwd_dA<2>(c, act, dg, du, dA, dd, lddd, R, da, g, u, bits, rows, cols); break;
+    case 3: glu_bwd_dA<3>(c, act, dg, du, dA, dd, lddd, R, da, g, u, bits, rows, cols); break;
+    case 4: glu_bwd_dA<4>(c, act, dg, du, dA, dd, lddd, R, da, g, u, bits, rows, cols); break;
+    case 5: case 6: glu_bwd_dA<6>(c, act, dg, du, dA, dd, lddd, R, da, g, u, bits, rows, cols); break;
+    default: glu_bwd_dA<8>(c, act, dg, du, dA, dd, lddd, R, da, g, u, bits, rows, cols); break;
     }
     return true;
 }
