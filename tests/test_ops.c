@@ -604,54 +604,6 @@ TEST(ops_qkv_merge) {
     be->destroy(be);
 }
 
-/* qkv_split: from [q | k | v] rows (pitched), q = rope(q + bq), k = rope(k + bk), v = v + bv
- * against the rotation in float64 (angles as the f32 product pos * inv_freq, as transformers
- * forms them); without biases the same as with zero ones. qkv_merge's rows back from the
- * rotated q, k give the unrotated ones (rope^-1 after rope). */
-TEST(ops_qkv_split) {
-    us_backend *be = cpu();
-    CHECK(be, "no cpu backend");
-    rng r = {17};
-    enum { T = 5, NQ = 4, NK = 2, HD = 8, W = (NQ + 2 * NK) * HD, LD = W + 3 };
-    const int32_t pos[T] = {3, 4, 0, 1, 90};
-    float inv[HD / 2];
-    for (int i = 0; i < HD / 2; i++) inv[i] = (float)pow(10000.0, -2.0 * i / HD);
-    float src[T * LD], bias[W], q[T * NQ * HD], k[T * NK * HD], v[T * NK * HD];
-    double srcd[T * LD], biasd[W], want[T * W];
-    fill(&r, src, srcd, T * LD, 1);
-    fill(&r, bias, biasd, W, 1);
-    for (int t = 0; t < T; t++)
-        for (int h = 0; h < NQ + 2 * NK; h++) {
-            const double *x = srcd + t * LD + h * HD, *bb = biasd + h * HD;
-            double *o = want + t * W + h * HD;
-            for (int i = 0; i < HD / 2; i++) {
-                double a = x[i] + bb[i], b2 = x[i + HD / 2] + bb[i + HD / 2];
-                double ang = (double)((float)pos[t] * inv[i]), c = cos(ang), sn = sin(ang);
-                if (h >= NQ + NK) c = 1, sn = 0; /* v: no rotation */
-                o[i] = a * c - b2 * sn;
-                o[i + HD / 2] = b2 * c + a * sn;
-            }
-        }
-    be->qkv_split(be, q, k, v, src, LD, bias, bias + NQ * HD, bias + (NQ + NK) * HD, pos, inv, T, NQ, NK, HD);
-    float got[T * W];
-    for (int t = 0; t < T; t++) {
-        memcpy(got + t * W, q + t * NQ * HD, NQ * HD * sizeof(float));
-        memcpy(got + t * W + NQ * HD, k + t * NK * HD, NK * HD * sizeof(float));
-        memcpy(got + t * W + (NQ + NK) * HD, v + t * NK * HD, NK * HD * sizeof(float));
-    }
-    EXPECT_CLOSE("qkv_split = [rope(q + bq) | rope(k + bk) | v + bv]", got, want, T * W, TOL);
-    /* no biases: as zero biases; and merge (rope^-1) of the rotated q, k gives the source back */
-    float zero[W] = {0}, q2[T * NQ * HD], k2[T * NK * HD], v2[T * NK * HD], back[T * LD];
-    be->qkv_split(be, q, k, v, src, LD, zero, zero, zero, pos, inv, T, NQ, NK, HD);
-    be->qkv_split(be, q2, k2, v2, src, LD, NULL, NULL, NULL, pos, inv, T, NQ, NK, HD);
-    CHECK(!memcmp(q, q2, sizeof q) && !memcmp(k, k2, sizeof k) && !memcmp(v, v2, sizeof v), "qkv_split: NULL biases differ from zeros");
-    be->qkv_merge(be, back, LD, q2, k2, v2, pos, inv, T, NQ, NK, HD);
-    for (int t = 0; t < T; t++)
-        for (int j = 0; j < W; j++) want[t * W + j] = srcd[t * LD + j], got[t * W + j] = back[t * LD + j];
-    EXPECT_CLOSE("qkv_merge(qkv_split(x)) = x", got, want, T * W, TOL);
-    be->destroy(be);
-}
-
 /* ==== attention ==== */
 
 typedef struct attn_ctx {

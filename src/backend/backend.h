@@ -153,13 +153,6 @@ struct us_backend {
     void (*qkv_merge)(us_backend *be, void *dst, int ld, const void *dq, const void *dk, const void *dv,
                       const int32_t *pos, const float *inv_freq, int T, int nq, int nkv, int hd);
 
-    /* Forward twin of qkv_merge: from src [T, (nq + 2 nkv) hd] (row pitch ld) = [q | k | v] as one
-     * product over the joint q/k/v rows writes them, q = rope(q + bq), k = rope(k + bk) and
-     * v = v + bv into their own tensors ([T, nq, hd], [T, nkv, hd]); biases f32 or NULL. */
-    void (*qkv_split)(us_backend *be, void *q, void *k, void *v, const void *src, int ld, const float *bq,
-                      const float *bk, const float *bv, const int32_t *pos, const float *inv_freq, int T, int nq, int nkv,
-                      int hd);
-
     /* Causal attention. Forward writes o and lse only (no score matrix is kept). */
     void (*attn_fwd)(us_backend *be, void *o, float *lse, const void *q, const void *k, const void *v,
                      const int32_t *seg_start, const us_attn_shape *sh);

@@ -310,7 +310,6 @@ static bool knob_off(const char *name) {
  * separate LoRA products (for comparison); widths not a multiple of 8 do too (16-byte rows for
  * the GPU's products). */
 static us_status fold_setup(us_model *m, us_err *e) {
-    m->qkv_split_off = knob_off("US_QKV_SPLIT");
     if (knob_off("US_LORA_FOLD")) return US_OK;
     for (int t = 0; t < US_T_COUNT; t++)
         if (m->fold[t] || m->fold_rows[t]) return US_OK; /* already folded */

@@ -124,8 +124,6 @@ typedef struct us_model {
     int qkv_fold, qkv_ld;
     int qkv_joint_layers; /* layers whose k and v already lie in q's block (the rest: their own, on a failed load) */
     bool qkv_merge;       /* training merges dq, dk, dv into s.dqkv (it fits over datt and da: plan.c) */
-    bool qkv_split;       /* the forward's q, k, v from one product into s.a, split and rotated (it fits: plan.c) */
-    bool qkv_split_off;   /* US_QKV_SPLIT=0: three products and two rotations instead (comparison) */
     us_put *fold_list; /* backend memory: every folded s*B and A block, for us_model_fold_refresh */
     int n_fold;
     /* flat trainable state on the device */

@@ -202,8 +202,6 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
      * more rows when that scratch is larger (fewer, more efficient head products) */
     size_t group = b->off;
     s->a = take(b, arows * FA);
-    /* the joint q/k/v rows' forward product lands there before its split (step.c forward_attn) */
-    m->qkv_split = m->qkv_joint && !m->qkv_split_off && arows * FA >= tt * (size_t)(H + 2 * KV) * hd * A;
     m->qkv_merge = false, s->dqkv = NULL;
     if (train) {
         s->dq = take(b, tt * H * hd * A);

@@ -144,19 +144,11 @@ static void forward_attn(us_model *m, int l, const us_batch *b, bool rebuild) {
     us_attn_shape sh = attn_shape(m, b);
     be->rmsnorm_fwd(be, m->s.h, in_pitch(m, US_T_Q), a->rstd1, a->xin, m->L[l].ln1, T, D, (float)c->rms_eps);
     lora_down(m, l, US_T_Q, m->s.h, T, 0);
-    const us_layer_weights *L = &m->L[l];
-    if (m->qkv_split && l < m->qkv_joint_layers) { /* one product over the joint rows, split and rotated */
-        int ld = in_pitch(m, US_T_Q), n = (c->heads + 2 * c->kv_heads) * c->head_dim;
-        be->linear_fwd(be, m->s.a, NULL, m->s.h, ld, L->w[US_T_Q], ld, NULL, T, ld, n);
-        be->qkv_split(be, a->q, a->k, a->v, m->s.a, n, L->b[US_T_Q], L->b[US_T_K], L->b[US_T_V], b->pos, m->inv_freq, T,
-                      c->heads, c->kv_heads, c->head_dim);
-    } else {
-        project(m, l, US_T_Q, a->q, NULL, m->s.h, T, 0);
-        project(m, l, US_T_K, a->k, NULL, m->s.h, T, 0);
-        project(m, l, US_T_V, a->v, NULL, m->s.h, T, 0);
-        be->rope(be, a->q, b->pos, m->inv_freq, T, c->heads, c->head_dim, false);
-        be->rope(be, a->k, b->pos, m->inv_freq, T, c->kv_heads, c->head_dim, false);
-    }
+    project(m, l, US_T_Q, a->q, NULL, m->s.h, T, 0);
+    project(m, l, US_T_K, a->k, NULL, m->s.h, T, 0);
+    project(m, l, US_T_V, a->v, NULL, m->s.h, T, 0);
+    be->rope(be, a->q, b->pos, m->inv_freq, T, c->heads, c->head_dim, false);
+    be->rope(be, a->k, b->pos, m->inv_freq, T, c->kv_heads, c->head_dim, false);
     if (!rebuild || us_layer_attn(m, l) == US_ATT_REBUILD)
         be->attn_fwd(be, a->att, a->lse, a->q, a->k, a->v, b->seg_start, &sh);
     lora_down(m, l, US_T_O, a->att, T, 0);

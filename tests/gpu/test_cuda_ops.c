@@ -373,34 +373,6 @@ TEST(cuda_rope) {
     gpair_close(&p);
 }
 
-/* qkv_split: GPU against CPU from the same pitched [q | k | v] rows, 16-byte path (hd 64, 128) and
- * scalar path (hd 24), with and without biases */
-TEST(cuda_qkv_split) {
-    OPEN_PAIR(p);
-    int cases[][5] = {{70, 9, 3, 64, 1}, {33, 32, 8, 128, 0}, {17, 5, 1, 24, 1}, {40, 8, 2, 64, 0}};
-    for (int k = 0; k < 4; k++) {
-        int T = cases[k][0], nq = cases[k][1], nkv = cases[k][2], hd = cases[k][3], biased = cases[k][4];
-        int w = (nq + 2 * nkv) * hd, ld = w + 8;
-        size_t nd = (size_t)T * ld, nqe = (size_t)T * nq * hd, nke = (size_t)T * nkv * hd;
-        float *src = rnd(nd, 1.0f, 70 + k), *bias = rnd((size_t)w, 1.0f, 80 + k), *inv = malloc((size_t)hd / 2 * 4);
-        int32_t *pos = malloc((size_t)T * 4);
-        for (int i = 0; i < hd / 2; i++) inv[i] = (float)pow(10000.0, -2.0 * i / hd);
-        for (int t = 0; t < T; t++) pos[t] = (t * 53) % 4096;
-        float *gb = biased ? g_f32_at(&p, bias, (size_t)w, 0) : NULL, *cb = biased ? c_f32(&p, bias, (size_t)w) : NULL;
-        void *gq = g_poison(&p, nqe * 2), *gk = g_poison(&p, nke * 2), *gv = g_poison(&p, nke * 2);
-        float *cq = p.c->alloc(p.c, nqe * 4), *ck = p.c->alloc(p.c, nke * 4), *cv = p.c->alloc(p.c, nke * 4);
-        p.g->qkv_split(p.g, gq, gk, gv, g_act(&p, src, nd), ld, gb, gb ? gb + nq * hd : NULL, gb ? gb + (nq + nkv) * hd : NULL,
-                       g_bytes(&p, pos, (size_t)T * 4), g_bytes(&p, inv, (size_t)hd / 2 * 4), T, nq, nkv, hd);
-        p.c->qkv_split(p.c, cq, ck, cv, c_f32(&p, src, nd), ld, cb, cb ? cb + nq * hd : NULL, cb ? cb + (nq + nkv) * hd : NULL,
-                       c_bytes(&p, pos, (size_t)T * 4), c_f32(&p, inv, (size_t)hd / 2), T, nq, nkv, hd);
-        double eq = err_act(&p, gq, cq, nqe), ek = err_act(&p, gk, ck, nke), ev = err_act(&p, gv, cv, nke);
-        free(src), free(bias), free(inv), free(pos);
-        CHECK(eq < TOL_EW && ek < TOL_EW && ev < TOL_EW, "qkv_split T=%d nq=%d nkv=%d hd=%d bias %d: q %g k %g v %g", T, nq,
-              nkv, hd, biased, eq, ek, ev);
-    }
-    gpair_close(&p);
-}
-
 /* qkv_merge: GPU against CPU, 16-byte path (hd 64, 128) and scalar path (hd 24), head counts not a
  * multiple of the kernel's 4, the pitch's spare columns left as they were (NaN) */
 TEST(cuda_qkv_merge) {

@@ -305,28 +305,6 @@ static void cpu_qkv_merge(us_backend *be, void *dst, int ld, const void *dq, con
     }
 }
 
-static void cpu_qkv_split(us_backend *be, void *q, void *k, void *v, const void *src, int ld, const float *bq,
-                          const float *bk, const float *bv, const int32_t *pos, const float *inv_freq, int T, int nq,
-                          int nkv, int hd) {
-    (void)be;
-    int half = hd / 2;
-    #pragma omp parallel for schedule(static)
-    for (int t = 0; t < T; t++) {
-        float c[512], sn[512], head[1024];
-        rope_angles(c, sn, pos[t], inv_freq, half, false);
-        const float *row = (const float *)src + (size_t)t * ld;
-        for (int h = 0; h < nq + 2 * nkv; h++) {
-            int kind = h < nq ? 0 : h < nq + nkv ? 1 : 2, hh = kind == 0 ? h : kind == 1 ? h - nq : h - nq - nkv;
-            const float *bias = kind == 0 ? bq : kind == 1 ? bk : bv;
-            float *dst = kind == 0 ? (float *)q + ((size_t)t * nq + hh) * hd
-                                   : (float *)(kind == 1 ? k : v) + ((size_t)t * nkv + hh) * hd;
-            for (int i = 0; i < hd; i++) head[i] = row[(size_t)h * hd + i] + (bias ? bias[(size_t)hh * hd + i] : 0.0f);
-            if (kind == 2) memcpy(dst, head, (size_t)hd * sizeof(float));
-            else rope_head(dst, head, c, sn, half);
-        }
-    }
-}
-
 /* Attention, blocked: for QB query rows at a time, scores against every key up to the block's
  * last row come from one sgemm, then masking (causal, example boundaries) and the softmax, then
  * the output from another sgemm. Backward recomputes the probabilities from q, k and the saved
@@ -638,7 +616,7 @@ us_status us_backend_cpu_create(int threads, us_backend **out, us_err *e) {
         .rmsnorm_fwd = cpu_rmsnorm_fwd, .rmsnorm_bwd = cpu_rmsnorm_bwd,
         .linear_fwd = cpu_linear_fwd, .linear_bwd_x = cpu_linear_bwd_x, .linear_bwd_w = cpu_linear_bwd_w,
         .lora_down = cpu_lora_down, .lora_up = cpu_lora_up,
-        .lora_bwd_dy = cpu_lora_bwd_dy, .lora_bwd_x = cpu_lora_bwd_x, .rope = cpu_rope, .qkv_merge = cpu_qkv_merge, .qkv_split = cpu_qkv_split,
+        .lora_bwd_dy = cpu_lora_bwd_dy, .lora_bwd_x = cpu_lora_bwd_x, .rope = cpu_rope, .qkv_merge = cpu_qkv_merge,
         .attn_fwd = cpu_attn_fwd, .attn_bwd = cpu_attn_bwd, .glu_fwd = cpu_glu_fwd, .glu_bwd = cpu_glu_bwd,
         .add = cpu_add, .xent_fwd_bwd = cpu_xent_fwd_bwd, .adamw = cpu_adamw, .sumsq = cpu_sumsq,
         .scale = cpu_scale, .nonfinite = cpu_nonfinite, .destroy = cpu_destroy,

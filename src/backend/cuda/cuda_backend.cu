@@ -1146,7 +1146,7 @@ __global__ void k_rope(bf16 *x, const int32_t *pos, const float *inv_freq, int T
 constexpr int RH = 4;
 template <int W>
 __device__ __forceinline__ void rope_heads(bf16 *dst, const bf16 *src, int hd, int nh, const int32_t *pos, int t,
-                                           const float *inv_freq, float sgn, const float *bias = nullptr) {
+                                           const float *inv_freq, float sgn) {
     const int half = hd / 2;
     float sn[W], cs[W];
     const float p = (float)pos[t];
@@ -1173,9 +1173,6 @@ __device__ __forceinline__ void rope_heads(bf16 *dst, const bf16 *src, int hd, i
             fa[0] = __bfloat162float(*reinterpret_cast<const bf16 *>(&ra[k]));
             fb[0] = __bfloat162float(*reinterpret_cast<const bf16 *>(&rb[k]));
         }
-        if (bias) /* added before the rotation (qkv_split) */
-#pragma unroll
-            for (int j = 0; j < W; j++) fa[j] += bias[k * hd + j], fb[j] += bias[k * hd + half + j];
 #pragma unroll
         for (int j = 0; j < W; j++) oa[j] = fa[j] * cs[j] - fb[j] * sn[j], ob[j] = fb[j] * cs[j] + fa[j] * sn[j];
         if constexpr (W == 8) {
@@ -1243,65 +1240,6 @@ static void cu_qkv_merge(us_backend *be, void *dst, int ld, const void *dq, cons
     else
         k_qkv_merge<1><<<grid_for(c, n, 256), 256, 0, c->st>>>((bf16 *)dst, ld, (const bf16 *)dq, (const bf16 *)dk,
                                                               (const bf16 *)dv, pos, inv_freq, T, nq, nkv, hd);
-    CK_LAUNCH(c);
-}
-
-/* qkv_split (backend.h): the mirror of k_qkv_merge, from the joint product's rows into q, k, v,
- * rotating q and k (biases added first) and copying v (plus its bias). */
-template <int W>
-__global__ void k_qkv_split(bf16 *q, bf16 *k, bf16 *v, const bf16 *src, int ld, const float *bq, const float *bk,
-                            const float *bv, const int32_t *pos, const float *inv_freq, int T, int nq, int nkv, int hd) {
-    const int ng = hd / 2 / W, gq = (nq + RH - 1) / RH, gk = (nkv + RH - 1) / RH;
-    const int per = (gq + gk) * ng + nkv * hd / W; /* units per token: rotations, then v */
-    const long long n = (long long)T * per;
-    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n; idx += (long long)gridDim.x * blockDim.x) {
-        const int t = (int)(idx / per), rem = (int)(idx - (long long)t * per);
-        const bf16 *row = src + (size_t)t * ld;
-        if (rem >= (gq + gk) * ng) { /* v */
-            const int u = (rem - (gq + gk) * ng) * W;
-            const bf16 *sv = row + (size_t)(nq + nkv) * hd + u;
-            bf16 *dv = v + (size_t)t * nkv * hd + u;
-            if constexpr (W == 8) {
-                if (bv) {
-                    float f[8];
-                    load8(sv, f);
-#pragma unroll
-                    for (int j = 0; j < 8; j++) f[j] += bv[u + j];
-                    store8(dv, f);
-                } else {
-                    *reinterpret_cast<uint4 *>(dv) = *reinterpret_cast<const uint4 *>(sv);
-                }
-            } else {
-                *dv = bv ? __float2bfloat16_rn(__bfloat162float(*sv) + bv[u]) : *sv;
-            }
-            continue;
-        }
-        const int hg = rem / ng, i0 = (rem % ng) * W;
-        const bool isq = hg < gq;
-        const int h0 = (isq ? hg : hg - gq) * RH, nh = isq ? nq : nkv;
-        bf16 *dst = (isq ? q + (size_t)t * nq * hd : k + (size_t)t * nkv * hd) + (size_t)h0 * hd + i0;
-        const float *b = isq ? bq : bk;
-        rope_heads<W>(dst, row + (size_t)(isq ? h0 : nq + h0) * hd + i0, hd, nh - h0, pos, t, inv_freq + i0, 1.0f,
-                      b ? b + (size_t)h0 * hd + i0 : nullptr);
-    }
-}
-
-static void cu_qkv_split(us_backend *be, void *q, void *k, void *v, const void *src, int ld, const float *bq,
-                         const float *bk, const float *bv, const int32_t *pos, const float *inv_freq, int T, int nq, int nkv,
-                         int hd) {
-    cuda_impl *c = CI(be);
-    PROF(c, P_ROPE);
-    if (T <= 0) return;
-    const bool vec = hd % 16 == 0 && ld % 8 == 0 && aligned16(src) && aligned16(q) && aligned16(k) && aligned16(v);
-    const int w = vec ? 8 : 1;
-    const size_t per = ((nq + RH - 1) / RH + (nkv + RH - 1) / RH) * (size_t)(hd / 2 / w) + (size_t)nkv * hd / w;
-    const size_t n = (size_t)T * per;
-    if (vec)
-        k_qkv_split<8><<<grid_for(c, n, 256), 256, 0, c->st>>>((bf16 *)q, (bf16 *)k, (bf16 *)v, (const bf16 *)src, ld, bq, bk,
-                                                              bv, pos, inv_freq, T, nq, nkv, hd);
-    else
-        k_qkv_split<1><<<grid_for(c, n, 256), 256, 0, c->st>>>((bf16 *)q, (bf16 *)k, (bf16 *)v, (const bf16 *)src, ld, bq, bk,
-                                                              bv, pos, inv_freq, T, nq, nkv, hd);
     CK_LAUNCH(c);
 }
 
@@ -1902,7 +1840,6 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
     be->lora_bwd_x = cu_lora_bwd_x;
     be->rope = cu_rope;
     be->qkv_merge = cu_qkv_merge;
-    be->qkv_split = cu_qkv_split;
     be->attn_fwd = us_cuda_attn_fwd;
     /* US_CUDA_ATTN_CACHED=0: decode.c's host attention instead, to compare */
     be->attn_cached = env_int("US_CUDA_ATTN_CACHED", 1) ? us_cuda_attn_cached : NULL;
