@@ -228,7 +228,25 @@ __global__ void __launch_bounds__(FNT, HD <= 64 ? 3 : 1) k_attn_fwd(bf16 *o, int
 /* backward                                                                                    */
 
 
-/* D[t, h] = sum_d dO * O; one warp per (t, h). */
+/* D[t, h] = sum_d dO * O, by G = hd / 8 lanes per (t, h), 16-byte loads (hd 64: MEASURE at the
+ * 1B shape, T 8192 x 32 heads; the warp per (t, h) of two-byte loads below is the fallback) */
+template <int G>
+__global__ void k_attn_bwd_pre_vec(float *D, const bf16 *dout, const bf16 *o, int ldo, int H, size_t TH) {
+    const size_t w = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) / G;
+    const int part = threadIdx.x % G;
+    float s = 0.0f;
+    if (w < TH) {
+        float a[8], b[8];
+        load8(dout + w * (G * 8) + part * 8, a);
+        load8(o + (w / H) * ldo + (w % H) * (G * 8) + part * 8, b);
+#pragma unroll
+        for (int j = 0; j < 8; j++) s += a[j] * b[j];
+    }
+#pragma unroll
+    for (int off = G / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (w < TH && part == 0) D[w] = s;
+}
+
 __global__ void k_attn_bwd_pre(float *D, const bf16 *dout, const bf16 *o, int ldo, int H, size_t TH, int hd) {
     size_t w = blockIdx.x * (size_t)(blockDim.x / 32) + threadIdx.x / 32;
     int lane = threadIdx.x & 31;
@@ -582,6 +600,20 @@ bool attn_wg_fits(cuda_impl *c, size_t T, int H, int KV, int hd) {
            attn_acc_bytes(T, H, H / KV, hd) <= c->attn_wg_bytes;
 }
 
+/* D = rowsum(dO * O) for every (token, head) */
+void attn_bwd_pre(cuda_impl *c, float *D, const void *dout, const void *o, const us_attn_shape *sh) {
+    const size_t TH = (size_t)sh->batch * sh->seq * sh->heads;
+    const int hd = sh->head_dim, ldo = us_attn_ldo(sh);
+    const bool vec = hd % 8 == 0 && ldo % 8 == 0 && aligned16(dout) && aligned16(o);
+    if (vec && hd == 64)
+        k_attn_bwd_pre_vec<8><<<ceil_div_u(TH * 8, 256), 256, 0, c->st>>>(D, (const bf16 *)dout, (const bf16 *)o, ldo, sh->heads, TH);
+    else if (vec && hd == 128)
+        k_attn_bwd_pre_vec<16><<<ceil_div_u(TH * 16, 256), 256, 0, c->st>>>(D, (const bf16 *)dout, (const bf16 *)o, ldo, sh->heads, TH);
+    else
+        k_attn_bwd_pre<<<ceil_div_u(TH, 8), 256, 0, c->st>>>(D, (const bf16 *)dout, (const bf16 *)o, ldo, sh->heads, TH, hd);
+    CK_LAUNCH(c);
+}
+
 int attn_chunk_heads(size_t budget, size_t T, int H, int KV, int hd) {
     const int GH = H / KV;
     for (int nh = H; nh >= 1; nh--) {
@@ -608,8 +640,7 @@ void launch_bwd(cuda_impl *c, void *dq, void *dk, void *dv, const void *dout, co
         float *wD = (float *)us_cuda_scratch(c, SCR_ATTN_D, TH * 4);
         int *wseg = seg ? (int *)us_cuda_scratch(c, SCR_ATTN_SEG, (size_t)((sh->seq + 63) / 64) * sh->batch * 4) : NULL;
         if (!wq || !wD || (split && !wkv) || (seg && !wseg)) return;
-        k_attn_bwd_pre<<<ceil_div_u(TH, 8), 256, 0, c->st>>>(wD, (const bf16 *)dout, (const bf16 *)o, us_attn_ldo(sh), H, TH, HD);
-        CK_LAUNCH(c);
+        attn_bwd_pre(c, wD, dout, o, sh);
         if (attn_bwd_wgmma(c->st, c->sm_count, (bf16 *)dq, (bf16 *)dk, (bf16 *)dv, wq, wkv, (const bf16 *)dout,
                            (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, lse, wD, sh->batch, sh->seq, H, KV, HD,
                            sh->scale, wseg, seg, c->attn_wg_dq)) {
@@ -624,8 +655,7 @@ void launch_bwd(cuda_impl *c, void *dq, void *dk, void *dv, const void *dout, co
     if (seg) segmin = (int *)us_cuda_scratch(c, SCR_ATTN_SEG, (size_t)nqb * sh->batch * 4);
     float *dkv = split ? (float *)us_cuda_scratch(c, SCR_ATTN_DKV, 2 * nkc * 4) : NULL;
     if (!dq_acc || !D || (seg && !segmin) || (split && !dkv)) return;
-    k_attn_bwd_pre<<<ceil_div_u(TH, 8), 256, 0, c->st>>>(D, (const bf16 *)dout, (const bf16 *)o, us_attn_ldo(sh), H, TH, HD);
-    CK_LAUNCH(c);
+    attn_bwd_pre(c, D, dout, o, sh);
     if (seg) {
         int n = nqb * sh->batch;
         k_seg_blockmin<<<ceil_div_u(n, 128), 128, 0, c->st>>>(segmin, seg, sh->seq, nqb, BQ, sh->batch);
