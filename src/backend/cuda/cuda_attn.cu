@@ -228,7 +228,7 @@ __global__ void __launch_bounds__(FNT, HD <= 64 ? 3 : 1) k_attn_fwd(bf16 *o, int
 /* backward                                                                                    */
 
 
-/* D[t, h] = sum_d dO * O, by G = hd / 8 lanes per (t, h), 16-byte loads (hd 64: MEASURE at the
+/* D[t, h] = sum_d dO * O, by G = hd / 8 lanes per (t, h), 16-byte loads (hd 64: 51.0 -> 24.7 us at the
  * 1B shape, T 8192 x 32 heads; the warp per (t, h) of two-byte loads below is the fallback) */
 template <int G>
 __global__ void k_attn_bwd_pre_vec(float *D, const bf16 *dout, const bf16 *o, int ldo, int H, size_t TH) {
