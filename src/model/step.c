@@ -221,8 +221,8 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
         prod = m->s.a;
     } else if (!p->save_a && down_trains) { /* rebuild the down_proj input; the bits stay untouched */
         prod = m->s.a;
-        /* with LoRA alone on down_proj and gate/up's backward to run, the GLU backward rebuilds
-         * it on its way (one pass over g and up instead of two); down's dA waits for it */
+        /* with LoRA alone on down_proj and gate/up's backward to run, the GLU backward forms it
+         * on its way into down's dA (one pass over g and up instead of two, nothing written) */
         late_prod = p->glu_bwd && !L->gw[US_T_DOWN];
         if (!late_prod) be->glu_fwd(be, act, prod, in_pitch(m, US_T_DOWN), a->g, a->up, NULL, n, c->inter);
     }

@@ -479,15 +479,16 @@ static void cpu_glu_bwd(us_backend *be, int act, void *dg, void *du, float *dA, 
     float *DG = dg, *DU = du;
     const float *DA = da, *G = g, *U = u;
     int W = words_per_row(cols);
-    if (dA) { /* down's dA from the product, before g and u are overwritten; a block of columns per thread */
-        #pragma omp parallel for schedule(static)
-        for (int c0 = 0; c0 < cols; c0 += 64)
-            for (int r = 0; r < rows; r++)
-                for (int c = c0; c < US_MIN(c0 + 64, cols); c++) {
-                    size_t i = (size_t)r * cols + c;
-                    float prod = glu_product(act, G[i], U[i]);
-                    for (int j = 0; j < R; j++) dA[(size_t)j * cols + c] += dd[(size_t)r * lddd + j] * prod;
-                }
+    if (dA) { /* down's dA from the product (formed here, before g and u are overwritten) */
+        float *prod = malloc((size_t)rows * cols * sizeof *prod);
+        if (!prod) { /* out of host memory: the op table has no error channel; poison dA */
+            for (size_t i = 0; i < (size_t)R * cols; i++) dA[i] = NAN;
+        } else {
+            #pragma omp parallel for schedule(static)
+            for (size_t i = 0; i < (size_t)rows * cols; i++) prod[i] = glu_product(act, G[i], U[i]);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, cols, rows, 1.0f, dd, lddd, prod, cols, 1.0f, dA, cols);
+            free(prod);
+        }
     }
     #pragma omp parallel for schedule(static)
     for (int r = 0; r < rows; r++) {
