@@ -479,7 +479,7 @@ static void cpu_glu_bwd(us_backend *be, int act, void *dg, void *du, float *dA, 
     float *DG = dg, *DU = du;
     const float *DA = da, *G = g, *U = u;
     int W = words_per_row(cols);
-    if (dA) { /* down's dA from the product (formed here, before g and u are overwritten) */
+    if (dA && rows > 0 && cols > 0) { /* down's dA from the product (formed here, before g and u are overwritten) */
         float *prod = malloc((size_t)rows * cols * sizeof *prod);
         if (!prod) { /* out of host memory: the op table has no error channel; poison dA */
             for (size_t i = 0; i < (size_t)R * cols; i++) dA[i] = NAN;
