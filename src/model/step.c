@@ -205,7 +205,7 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
     bool down_trains = lora_on(m, l, US_T_DOWN) || L->gw[US_T_DOWN];
     bool gu_trains = lora_on(m, l, US_T_GATE) || lora_on(m, l, US_T_UP) || L->gw[US_T_GATE];
     int mode = us_layer_mode(m, l);
-    bool late_prod = false;
+    bool dA_in_glu = false;
     /* gate/up (or the product) were kept: here, on the host (fetched back by run()), or gate only */
     bool kept = mode == US_RECOMPUTE_NONE || mode == US_OFFLOAD_MLP || mode == US_RECOMPUTE_UP;
     int hp = in_pitch(m, US_T_GATE);
@@ -223,18 +223,18 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
         prod = m->s.a;
         /* with LoRA alone on down_proj and gate/up's backward to run, the GLU backward forms it
          * on its way into down's dA (one pass over g and up instead of two, nothing written) */
-        late_prod = p->glu_bwd && !L->gw[US_T_DOWN];
-        if (!late_prod) be->glu_fwd(be, act, prod, in_pitch(m, US_T_DOWN), a->g, a->up, NULL, n, c->inter);
+        dA_in_glu = p->glu_bwd && !L->gw[US_T_DOWN];
+        if (!dA_in_glu) be->glu_fwd(be, act, prod, in_pitch(m, US_T_DOWN), a->g, a->up, NULL, n, c->inter);
     }
     if (p->glu_bwd || down_trains) {
         static const int down[] = {US_T_DOWN};
-        group_in in_down = {late_prod ? NULL : prod, in_pitch(m, US_T_DOWN), NULL, NULL};
+        group_in in_down = {dA_in_glu ? NULL : prod, in_pitch(m, US_T_DOWN), NULL, NULL};
         group_bwd(m, l, down, 1, &dres, m->dres_ld, p->glu_bwd ? m->s.da : NULL, false, in_down, n, r0);
     }
     if (!p->glu_bwd) return;
-    /* dg, du in place; late_prod: down's dA from its du (still in m->s.lora) and the product
+    /* dg, du in place; dA_in_glu: down's dA from its du (still in m->s.lora) and the product
      * formed on the way, never written */
-    float *dA_down = late_prod ? m->grads + m->slot[l][US_T_DOWN].off_A : NULL;
+    float *dA_down = dA_in_glu ? m->grads + m->slot[l][US_T_DOWN].off_A : NULL;
     be->glu_bwd(be, act, a->g, a->up, dA_down, m->s.lora, m->lora_ld[US_T_DOWN], m->lora_ld[US_T_DOWN], m->s.da, a->g,
                 a->up, a->bits, n, c->inter);
     /* gate/up's dA reads h2: rebuilt above in the rebuilding modes; else formed from xmid on the fly

@@ -439,6 +439,9 @@ static void cpu_attn_bwd(us_backend *be, void *dq, void *dk, void *dv, const voi
 
 static inline int words_per_row(int cols) { return (cols + 31) / 32; }
 
+/* act(g) * u, g already relu(g) for ReLU: glu_fwd writes it, glu_bwd forms it again for down's dA */
+static float glu_product(int act, float x, float up) { return act == US_GLU_RELU ? x * up : x / (1.0f + expf(-x)) * up; }
+
 static void cpu_glu_fwd(us_backend *be, int act, void *a, int lda, void *g, const void *u, uint32_t *bits, int rows,
                         int cols) {
     (void)be;
@@ -457,21 +460,15 @@ static void cpu_glu_fwd(us_backend *be, int act, void *a, int lda, void *g, cons
                     float rl = x > 0.0f ? x : 0.0f;
                     if (x > 0.0f) word |= 1u << (c & 31);
                     G[base + c] = rl;
-                    if (A) A[base + c] = rl * U[base + c];
+                    if (A) A[base + c] = glu_product(act, rl, U[base + c]);
                 }
                 if (bits) bits[(size_t)r * W + w] = word;
             }
         } else if (A) {
-            for (int c = 0; c < cols; c++) {
-                float x = G[base + c];
-                A[base + c] = x / (1.0f + expf(-x)) * U[base + c];
-            }
+            for (int c = 0; c < cols; c++) A[base + c] = glu_product(act, G[base + c], U[base + c]);
         }
     }
 }
-
-/* act(g) * u as cpu_glu_fwd forms it (g already relu(g) for ReLU) */
-static float glu_product(int act, float x, float up) { return act == US_GLU_RELU ? x * up : x / (1.0f + expf(-x)) * up; }
 
 static void cpu_glu_bwd(us_backend *be, int act, void *dg, void *du, float *dA, const float *dd, int lddd, int R,
                         const void *da, const void *g, const void *u, const uint32_t *bits, int rows, int cols) {
