@@ -123,21 +123,22 @@ static void free_bufs(Bufs &B) {
 
 typedef bool (*RunFn)(cudaStream_t, int, bf *, bf *, bf *, float *, float *, const bf *, const bf *, const bf *,
                       const bf *, const float *, const float *, int, int, int, int, int, float, int *, const int32_t *,
-                      int);
+                      int, int *);
 static RunFn g_run = attn_bwd_wgmma;
 /* kernel variants (template configurations of the launcher), for "variants" mode */
 template <int HD, int BQ, int BN, int DQM = 1>
 static bool variant(cudaStream_t st, int sms, bf *dq, bf *dk, bf *dv, float *dqa, float *dkva, const bf *dout,
                     const bf *q, const bf *k, const bf *v, const float *lse, const float *D, int b, int s, int H, int KV,
-                    int hd, float scale, int *segs, const int32_t *seg, int /* dq_mode: DQM is the template's */) {
+                    int hd, float scale, int *segs, const int32_t *seg, int /* dq_mode: DQM is the template's */,
+                    int *f32_left) {
     if (hd != HD) return false;
     return wg_launch<HD, BQ, BN, DQM>(st, sms, dq, dk, dv, dqa, dkva, dout, q, k, v, lse, D, b, s, H, KV, scale, segs,
-                                      seg);
+                                      seg, f32_left);
 }
 
 static bool run_wg(const Bufs &B, const Shape &S, int sms) {
     return g_run(0, sms, B.dq, B.dk, B.dv, B.dq_acc, B.dkv_acc, B.dout, B.q, B.k, B.v, B.lse, B.D, S.b, S.s,
-                          S.H, S.KV, S.hd, 1.0f / sqrtf((float)S.hd), B.segs, B.seg, 0);
+                          S.H, S.KV, S.hd, 1.0f / sqrtf((float)S.hd), B.segs, B.seg, 0, nullptr);
 }
 
 static size_t g_row = 1; /* elements per token row, for the failure report */

@@ -92,7 +92,7 @@ int main(int argc, char **argv) {
         int r = sh.seq > 4096 ? 3 : reps;
         double fl = 4.0 * sh.batch * (double)sh.seq * sh.seq / 2 * sh.heads * sh.head_dim, tb;
         TIME(r, be->attn_fwd(be, o, lse, q, k, v, NULL, &sh), sec);
-        TIME(r, be->attn_bwd(be, dq, dk, dv, dO, q, k, v, o, lse, NULL, &sh), tb);
+        TIME(r, be->attn_bwd(be, dq, dk, dv, dO, q, k, v, o, lse, NULL, &sh, NULL), tb);
         printf("attention b=%d s=%d H=%d KV=%d hd=%d: fwd %.3f ms %.1f TFLOP/s, bwd %.3f ms %.1f TFLOP/s\n", sh.batch,
                sh.seq, sh.heads, sh.kv_heads, sh.head_dim, sec * 1e3, fl / sec / 1e12, tb * 1e3, 2.5 * fl / tb / 1e12);
         be->free(be, q), be->free(be, k), be->free(be, v), be->free(be, o), be->free(be, dO), be->free(be, dq);

@@ -671,7 +671,7 @@ static void attn_case(us_test_ctx *t, int H, int KV, const int32_t *seg, const c
     /* dq, dk, dv are written, not added: start from garbage */
     for (int i = 0; i < nq; i++) dq[i] = 1e3f;
     for (int i = 0; i < nk; i++) dk[i] = dv[i] = -1e3f;
-    be->attn_bwd(be, dq, dk, dv, w, q, k, v, o, lse, seg, &sh);
+    be->attn_bwd(be, dq, dk, dv, w, q, k, v, o, lse, seg, &sh, NULL);
     double eq, ek, ev;
     fd_grad(attn_loss, &c, qd, nq, FD_H, fd);
     eq = serr(dq, fd, nq, 1e-30);
@@ -743,10 +743,21 @@ TEST(ops_attention_output_pitch) {
         for (int j = 0; j < LDO; j++)
             CHECK(op[t2 * LDO + j] == (j < QD ? o[t2 * QD + j] : 1e30f), "pitched output: token %d column %d", t2, j);
     CHECK(!memcmp(lse, lse2, sizeof lse), "pitched output: lse differs");
-    be->attn_bwd(be, dq, dk, dv, dout, q, k, v, o, lse, NULL, &sh);
-    be->attn_bwd(be, dq2, dk2, dv2, dout, q, k, v, op, lse, NULL, &shp);
+    be->attn_bwd(be, dq, dk, dv, dout, q, k, v, o, lse, NULL, &sh, NULL);
+    be->attn_bwd(be, dq2, dk2, dv2, dout, q, k, v, op, lse, NULL, &shp, NULL);
     CHECK(!memcmp(dq, dq2, sizeof dq) && !memcmp(dk, dk2, sizeof dk) && !memcmp(dv, dv2, sizeof dv),
           "attention backward reads the pitched output differently");
+    /* merge: the backward's gradients straight into qkv_merge's pitched rows (spare columns kept) */
+    enum { LD = QD + 2 * KV * HD + 5 };
+    float inv[HD / 2], m1[T * LD], m2[T * LD];
+    int32_t pos[T];
+    for (int i = 0; i < HD / 2; i++) inv[i] = powf(10000.0f, -2.0f * i / HD);
+    for (int t2 = 0; t2 < T; t2++) pos[t2] = 3 * t2 + 1;
+    for (int i = 0; i < T * LD; i++) m1[i] = m2[i] = 1e30f;
+    be->qkv_merge(be, m1, LD, dq, dk, dv, pos, inv, T, H, KV, HD);
+    us_qkv_merge_out mg = {m2, LD, pos, inv};
+    be->attn_bwd(be, dq2, dk2, dv2, dout, q, k, v, o, lse, NULL, &sh, &mg);
+    CHECK(!memcmp(m1, m2, sizeof m1), "attn_bwd's merge differs from attn_bwd then qkv_merge");
     be->destroy(be);
 }
 
@@ -790,7 +801,7 @@ TEST(ops_attention_long_rows) {
         attn_ref(&c);
         be->attn_fwd(be, o, lse, q, k, v, sg, &sh);
         double e1 = serr(o, od, NQ, 1e-30), e2 = serr(lse, lsed, T * H, 1e-30);
-        be->attn_bwd(be, dq, dk, dv, w, q, k, v, o, lse, sg, &sh);
+        be->attn_bwd(be, dq, dk, dv, w, q, k, v, o, lse, sg, &sh, NULL);
         /* sample: random coordinates, plus the last token of each row */
         size_t iq[NS], ik[NS];
         for (int s = 0; s < NS; s++) {

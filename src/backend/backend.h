@@ -45,6 +45,15 @@ typedef struct us_attn_shape {
                     folded LoRA columns beside it) */
 } us_attn_shape;
 
+/* attn_bwd's q/k/v input gradients already merged: qkv_merge's output (dst [T, (heads + 2
+ * kv_heads) head_dim], row pitch ld; rope^-1 at pos with inv_freq for the dq and dk columns). */
+typedef struct us_qkv_merge_out {
+    void *dst;
+    int ld;
+    const int32_t *pos;
+    const float *inv_freq;
+} us_qkv_merge_out;
+
 /* the output's row pitch of an attention shape */
 static inline int us_attn_ldo(const us_attn_shape *sh) { return sh->ldo > 0 ? sh->ldo : sh->heads * sh->head_dim; }
 
@@ -156,10 +165,12 @@ struct us_backend {
     /* Causal attention. Forward writes o and lse only (no score matrix is kept). */
     void (*attn_fwd)(us_backend *be, void *o, float *lse, const void *q, const void *k, const void *v,
                      const int32_t *seg_start, const us_attn_shape *sh);
-    /* Writes dq, dk, dv (not acc); dk/dv sum over the query heads sharing a kv head. */
+    /* Writes dq, dk, dv (not acc); dk/dv sum over the query heads sharing a kv head. merge not
+     * NULL: merge->dst receives qkv_merge(dq, dk, dv) instead, and dq, dk, dv are scratch (left
+     * undefined) — a backend that sums in f32 then rounds once, straight into the merged rows. */
     void (*attn_bwd)(us_backend *be, void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
                      const void *v, const void *o, const float *lse, const int32_t *seg_start,
-                     const us_attn_shape *sh);
+                     const us_attn_shape *sh, const us_qkv_merge_out *merge);
 
     /* Gated MLP activation over n = T*F elements: a = act(g) * u.
      * RELU: also writes the packed mask bits (g > 0) and replaces g in place by relu(g); cols = F

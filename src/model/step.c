@@ -296,12 +296,13 @@ static bool backward_layer(us_model *m, int l, const us_batch *b) {
     if (p->save_att)
         group_bwd(m, l, o_proj, 1, &m->s.dres, m->dres_ld, p->attn_bwd ? m->s.datt : NULL, false, in_o, T, 0);
     if (p->attn_bwd) {
-        be->attn_bwd(be, m->s.dq, m->s.dk, m->s.dv, m->s.datt, a->q, a->k, a->v, a->att, a->lse, b->seg_start, &sh);
         int qd = c->heads * c->head_dim, kd = c->kv_heads * c->head_dim, ldqkv = m->qkv_merge ? m->qkv_ld : qd + 2 * kd;
+        /* merged: [rope^-1(dq) | rope^-1(dk) | dv] rows for the one input-gradient product */
+        us_qkv_merge_out mg = {m->s.dqkv, ldqkv, b->pos, m->inv_freq};
+        be->attn_bwd(be, m->s.dq, m->s.dk, m->s.dv, m->s.datt, a->q, a->k, a->v, a->att, a->lse, b->seg_start, &sh,
+                     m->qkv_merge ? &mg : NULL);
         void *dqkv[] = {m->s.dq, m->s.dk, m->s.dv};
-        if (m->qkv_merge) { /* [dq | dk | dv] rows for the one input-gradient product */
-            be->qkv_merge(be, m->s.dqkv, ldqkv, m->s.dq, m->s.dk, m->s.dv, b->pos, m->inv_freq, T, c->heads,
-                          c->kv_heads, c->head_dim);
+        if (m->qkv_merge) {
             size_t ab = be->act_bytes;
             dqkv[0] = m->s.dqkv, dqkv[1] = (char *)m->s.dqkv + qd * ab, dqkv[2] = (char *)m->s.dqkv + (qd + kd) * ab;
         } else {

@@ -442,8 +442,8 @@ static int attn_case(gpair *p, us_test_ctx *t, int batch, int seq, int H, int KV
         void *gdo = g_act(p, dout, nq), *cdo = c_f32(p, dout, nq);
         void *gdq = g_poison(p, nq * 2), *gdk = g_poison(p, nk * 2), *gdv = g_poison(p, nk * 2);
         void *cdq = p->c->alloc(p->c, nq * 4), *cdk = p->c->alloc(p->c, nk * 4), *cdv = p->c->alloc(p->c, nk * 4);
-        p->g->attn_bwd(p->g, gdq, gdk, gdv, gdo, gq, gk, gv, go, gl, gs, &sh);
-        p->c->attn_bwd(p->c, cdq, cdk, cdv, cdo, cq, ck, cv, cob, clg, cs, &sh);
+        p->g->attn_bwd(p->g, gdq, gdk, gdv, gdo, gq, gk, gv, go, gl, gs, &sh, NULL);
+        p->c->attn_bwd(p->c, cdq, cdk, cdv, cdo, cq, ck, cv, cob, clg, cs, &sh, NULL);
         double eq = err_act(p, gdq, cdq, nq), ek = err_act(p, gdk, cdk, nk), ev = err_act(p, gdv, cdv, nk);
         if (!(eq < TOL_GRAD && ek < TOL_GRAD && ev < TOL_GRAD)) {
             snprintf(t->msg, sizeof t->msg, "attn_bwd b=%d s=%d H=%d KV=%d hd=%d seg=%d: dq %g dk %g dv %g", batch, seq,
@@ -463,7 +463,7 @@ static int attn_case(gpair *p, us_test_ctx *t, int batch, int seq, int H, int KV
             same &= !memcmp(hop + r2 * shp.ldo, ho + r2 * H * hd, (size_t)H * hd * 4);
             for (int j = H * hd; j < shp.ldo; j++) pads &= !isfinite(hop[r2 * shp.ldo + j]);
         }
-        p->g->attn_bwd(p->g, gdq2, gdk2, gdv2, gdo, gq, gk, gv, gop, gl, gs, &shp);
+        p->g->attn_bwd(p->g, gdq2, gdk2, gdv2, gdo, gq, gk, gv, gop, gl, gs, &shp, NULL);
         double eq2 = err_act(p, gdq2, cdq, nq), ek2 = err_act(p, gdk2, cdk, nk), ev2 = err_act(p, gdv2, cdv, nk);
         if (ok && !(same && pads && eq2 < TOL_GRAD && ek2 < TOL_GRAD && ev2 < TOL_GRAD)) {
             snprintf(t->msg, sizeof t->msg, "attn ldo %d b=%d s=%d H=%d KV=%d hd=%d seg=%d: o %s%s, dq %g dk %g dv %g",
@@ -471,6 +471,34 @@ static int attn_case(gpair *p, us_test_ctx *t, int batch, int seq, int H, int KV
                      eq2, ek2, ev2);
             ok = 0;
         }
+        /* merged (attn_bwd's merge): rope^-1(dq) | rope^-1(dk) | dv straight into rows ld apart,
+         * against the CPU's qkv_merge of its own gradients; the spare columns left alone */
+        int ld = (H + 2 * KV) * hd + 8, used = (H + 2 * KV) * hd;
+        size_t nd = T * (size_t)ld;
+        float *inv = malloc((size_t)hd / 2 * 4);
+        int32_t *pos = malloc(T * 4);
+        for (int i = 0; i < hd / 2; i++) inv[i] = (float)pow(10000.0, -2.0 * i / hd);
+        for (size_t r2 = 0; r2 < T; r2++) pos[r2] = (int32_t)((r2 * 53) % 4096);
+        us_qkv_merge_out gm = {g_poison(p, nd * 2), ld, g_bytes(p, pos, T * 4), g_bytes(p, inv, (size_t)hd / 2 * 4)};
+        float *cd = p->c->alloc(p->c, nd * 4);
+        p->c->qkv_merge(p->c, cd, ld, cdq, cdk, cdv, c_bytes(p, pos, T * 4), c_f32(p, inv, (size_t)hd / 2), (int)T, H,
+                        KV, hd);
+        p->g->attn_bwd(p->g, g_poison(p, nq * 2), g_poison(p, nk * 2), g_poison(p, nk * 2), gdo, gq, gk, gv, go, gl, gs,
+                       &sh, &gm);
+        float *hm = get_act(p, gm.dst, nd), *hw = malloc(nd * 4), *cw = malloc(nd * 4);
+        size_t nu = 0, spare_kept = 0;
+        for (size_t r2 = 0; r2 < T; r2++)
+            for (int j = 0; j < ld; j++) {
+                if (j < used) hw[nu] = hm[r2 * ld + j], cw[nu++] = cd[r2 * ld + j];
+                else spare_kept += !isfinite(hm[r2 * ld + j]);
+            }
+        double em = rel_l2(hw, cw, nu);
+        if (ok && !(em < TOL_GRAD && spare_kept == T * 8)) {
+            snprintf(t->msg, sizeof t->msg, "attn_bwd merged b=%d s=%d H=%d KV=%d hd=%d seg=%d: %g, spare kept %zu of %zu",
+                     batch, seq, H, KV, hd, use_seg, em, spare_kept, T * 8);
+            ok = 0;
+        }
+        free(inv), free(pos), free(hm), free(hw), free(cw);
         free(hop), free(ho), free(hl);
     } else {
         snprintf(t->msg, sizeof t->msg, "attn_fwd b=%d s=%d H=%d KV=%d hd=%d seg=%d: o %g lse %g", batch, seq, H, KV, hd,
@@ -696,14 +724,18 @@ TEST(cuda_add_and_xent) {
         double e = err_act(&p, gy, cy, n);
         CHECK(e < TOL_EW, "add: %g", e);
     }
-    /* 1001: the scalar path; 128256 and 151936: the benchmark models' and Qwen2's rows */
-    int vocabs[] = {256, 1000, 1001, 49152, 128256, 151936};
-    for (int vi = 0; vi < 6; vi++) {
+    /* 1001: the scalar path; 128256 and 151936: the benchmark models' and Qwen2's rows. The
+     * row-in-registers kernel (clusters of 1, 2, 4, 8 CTAs of 32,768 elements): 256 to 151936,
+     * 262144 (8 full CTAs); 262152 takes the two-pass kernel. Labels: one ignored row, the
+     * first and last element, the rest anywhere. */
+    int vocabs[] = {256, 1000, 1001, 49152, 128256, 151936, 262144, 262152};
+    for (int vi = 0; vi < 8; vi++) {
         int rows = 9, V = vocabs[vi];
         size_t nl = (size_t)rows * V;
         float *L = rnd(nl, 3.0f, 10 + vi);
         int32_t lab[9];
         for (int r = 0; r < rows; r++) lab[r] = r == 3 ? -100 : (int32_t)(us_hash64(r + vi) % V);
+        lab[5] = 0, lab[7] = V - 1;
         void *gL = g_act(&p, L, nl), *cL = c_f32(&p, L, nl);
         int32_t *gl = g_bytes(&p, lab, sizeof lab), *cl = c_bytes(&p, lab, sizeof lab);
         float z = 1.5f;
@@ -855,7 +887,7 @@ TEST(cuda_scratch_bytes_counts_attention) {
     g->attn_fwd(g, o, lse, q, k, v, NULL, &sh);
     size_t u1, pk1;
     g->mem_info(g, &u1, &pk1, NULL);
-    g->attn_bwd(g, dq, dk, dv, o, q, k, v, o, lse, NULL, &sh);
+    g->attn_bwd(g, dq, dk, dv, o, q, k, v, o, lse, NULL, &sh, NULL);
     g->sync(g);
     size_t u2, pk2;
     g->mem_info(g, &u2, &pk2, NULL);

@@ -377,7 +377,7 @@ static void cpu_attn_fwd(us_backend *be, void *o, float *lse, const void *q, con
 
 static void cpu_attn_bwd(us_backend *be, void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
                          const void *v, const void *o, const float *lse, const int32_t *seg_start,
-                         const us_attn_shape *sh) {
+                         const us_attn_shape *sh, const us_qkv_merge_out *merge) {
     cpu_state *st = be->impl;
     const int S = sh->seq, H = sh->heads, KV = sh->kv_heads, hd = sh->head_dim, grp = H / KV;
     const float *Q = q, *K = k, *V = v, *O = o, *dO = dout;
@@ -435,6 +435,7 @@ static void cpu_attn_bwd(us_backend *be, void *dq, void *dk, void *dv, const voi
                 dv_[d] = sv;
             }
         }
+    if (merge) cpu_qkv_merge(be, merge->dst, merge->ld, dq, dk, dv, merge->pos, merge->inv_freq, (int)T, H, KV, hd);
 }
 
 static inline int words_per_row(int cols) { return (cols + 31) / 32; }

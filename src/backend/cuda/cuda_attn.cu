@@ -625,7 +625,8 @@ int attn_chunk_heads(size_t budget, size_t T, int H, int KV, int hd) {
 
 template <int HD, int BN>
 void launch_bwd(cuda_impl *c, void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
-                const void *v, const void *o, const float *lse, const int32_t *seg, const us_attn_shape *sh) {
+                const void *v, const void *o, const float *lse, const int32_t *seg, const us_attn_shape *sh,
+                const us_qkv_merge_out *mg) {
     constexpr int BQ = HD >= 128 ? 32 : 64;
     using L = BwdSmem<HD, BQ, BN>;
     const int T = sh->batch * sh->seq, H = sh->heads, KV = sh->kv_heads, GH = H / KV;
@@ -641,10 +642,16 @@ void launch_bwd(cuda_impl *c, void *dq, void *dk, void *dv, const void *dout, co
         int *wseg = seg ? (int *)us_cuda_scratch(c, SCR_ATTN_SEG, (size_t)((sh->seq + 63) / 64) * sh->batch * 4) : NULL;
         if (!wq || !wD || (split && !wkv) || (seg && !wseg)) return;
         attn_bwd_pre(c, wD, dout, o, sh);
+        int f32_left = 0; /* merging: the kernel may leave dQ (and GQA's dK, dV) as f32 sums */
         if (attn_bwd_wgmma(c->st, c->sm_count, (bf16 *)dq, (bf16 *)dk, (bf16 *)dv, wq, wkv, (const bf16 *)dout,
                            (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, lse, wD, sh->batch, sh->seq, H, KV, HD,
-                           sh->scale, wseg, seg, c->attn_wg_dq)) {
+                           sh->scale, wseg, seg, c->attn_wg_dq, mg ? &f32_left : NULL)) {
             CK_LAUNCH(c);
+            if (f32_left)
+                us_cuda_qkv_merge(c, mg, wq, true, f32_left == 1 ? wkv : dk,
+                                  f32_left == 1 ? wkv + (size_t)T * KV * HD : dv, f32_left == 1, T, H, KV, HD);
+            else if (mg)
+                us_cuda_qkv_merge(c, mg, dq, false, dk, dv, false, T, H, KV, HD);
             return;
         }
     }
@@ -683,6 +690,7 @@ void launch_bwd(cuda_impl *c, void *dq, void *dk, void *dv, const void *dout, co
             acc_to_bf16(c, (bf16 *)dv + (size_t)kv0 * HD, ks, dkv + nkc, nkv * HD, (size_t)T);
         }
     }
+    if (mg) us_cuda_qkv_merge(c, mg, dq, false, dk, dv, false, T, H, KV, HD);
 }
 
 bool shape_ok(cuda_impl *c, const us_attn_shape *sh) {
@@ -731,20 +739,20 @@ void us_cuda_attn_fwd(us_backend *be, void *o, float *lse, const void *q, const 
 
 void us_cuda_attn_bwd(us_backend *be, void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
                       const void *v, const void *o, const float *lse, const int32_t *seg_start,
-                      const us_attn_shape *sh) {
+                      const us_attn_shape *sh, const us_qkv_merge_out *merge) {
     cuda_impl *c = CI(be);
     if (!shape_ok(c, sh)) return;
     PROF(c, P_ATTN_B);
     switch (sh->head_dim) {
-    case 16: launch_bwd<16, 64>(c, dq, dk, dv, dout, q, k, v, o, lse, seg_start, sh); break;
-    case 32: launch_bwd<32, 64>(c, dq, dk, dv, dout, q, k, v, o, lse, seg_start, sh); break;
+    case 16: launch_bwd<16, 64>(c, dq, dk, dv, dout, q, k, v, o, lse, seg_start, sh, merge); break;
+    case 32: launch_bwd<32, 64>(c, dq, dk, dv, dout, q, k, v, o, lse, seg_start, sh, merge); break;
     case 64:
-        if (c->attn_bn == 64) launch_bwd<64, 64>(c, dq, dk, dv, dout, q, k, v, o, lse, seg_start, sh);
-        else launch_bwd<64, 128>(c, dq, dk, dv, dout, q, k, v, o, lse, seg_start, sh);
+        if (c->attn_bn == 64) launch_bwd<64, 64>(c, dq, dk, dv, dout, q, k, v, o, lse, seg_start, sh, merge);
+        else launch_bwd<64, 128>(c, dq, dk, dv, dout, q, k, v, o, lse, seg_start, sh, merge);
         break;
     default:
-        if (c->attn_bn == 64) launch_bwd<128, 64>(c, dq, dk, dv, dout, q, k, v, o, lse, seg_start, sh);
-        else launch_bwd<128, 128>(c, dq, dk, dv, dout, q, k, v, o, lse, seg_start, sh);
+        if (c->attn_bn == 64) launch_bwd<128, 64>(c, dq, dk, dv, dout, q, k, v, o, lse, seg_start, sh, merge);
+        else launch_bwd<128, 128>(c, dq, dk, dv, dout, q, k, v, o, lse, seg_start, sh, merge);
         break;
     }
 }

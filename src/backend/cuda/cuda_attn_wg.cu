@@ -594,7 +594,7 @@ size_t wg_counter_ints(int batch, int seq, int H, int KV) {
 template <int HD, int BQ, int BN, int DQM, int FUSE, bool SEG>
 bool wg_launch_t(cudaStream_t st, int sm_count, wbf16 *dq, wbf16 *dk, wbf16 *dv, float *dq_acc, float *dkv_acc,
                  const wbf16 *dout, const wbf16 *q, const wbf16 *k, const wbf16 *v, const float *lse, const float *D,
-                 int batch, int seq, int H, int KV, float scale, int *seg_scratch, const int32_t *seg) {
+                 int batch, int seq, int H, int KV, float scale, int *seg_scratch, const int32_t *seg, int *f32_left) {
     static int attr = 0; /* per instance: 1 set, -1 failed; one device per process */
     if (attr == 0)
         attr = cudaFuncSetAttribute(k_attn_bwd_wg<HD, BQ, BN, DQM, FUSE, SEG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -627,6 +627,10 @@ bool wg_launch_t(cudaStream_t st, int sm_count, wbf16 *dq, wbf16 *dk, wbf16 *dv,
         dq_acc, dq, dk, dv, split ? dkv_acc : nullptr, cnt, dout, q, k, v, lse, D, seg, SEG ? seg_scratch : nullptr,
         seq, H, KV, scale, scale * WG_LOG2E, units, nkb, chunk);
     if (FUSE == 1) return true;
+    if (f32_left && DQM != 3) { /* the caller rounds the row-ordered sums itself (attn_bwd_wgmma) */
+        *f32_left = split && FUSE == 0 ? 1 : 2;
+        return true;
+    }
     if constexpr (DQM == 3) {
         const size_t n4 = nq / 4 + (split && FUSE == 0 ? nk / 2 : 0), cap = (size_t)sms * 16;
         const size_t g = (n4 + 255) / 256 < cap ? (n4 + 255) / 256 : cap;
@@ -642,13 +646,13 @@ bool wg_launch_t(cudaStream_t st, int sm_count, wbf16 *dq, wbf16 *dk, wbf16 *dv,
 template <int HD, int BQ, int BN, int DQM = 1>
 bool wg_launch(cudaStream_t st, int sm_count, wbf16 *dq, wbf16 *dk, wbf16 *dv, float *dq_acc, float *dkv_acc,
                const wbf16 *dout, const wbf16 *q, const wbf16 *k, const wbf16 *v, const float *lse, const float *D,
-               int batch, int seq, int H, int KV, float scale, int *seg_scratch, const int32_t *seg) {
+               int batch, int seq, int H, int KV, float scale, int *seg_scratch, const int32_t *seg, int *f32_left) {
     int fuse = wg_fuse_mode >= 0 ? wg_fuse_mode : HD == 64 ? WG_FUSE64 : WG_FUSE128;
     if (fuse == 2 && H == KV) fuse = 0; /* nothing to fuse but dQ */
     constexpr int F1 = DQM == 3 ? 2 : 1; /* tile-ordered dQ is cast after the kernel */
 #define WG_LT(F, S)                                                                                                    \
     wg_launch_t<HD, BQ, BN, DQM, F, S>(st, sm_count, dq, dk, dv, dq_acc, dkv_acc, dout, q, k, v, lse, D, batch, seq, H, \
-                                       KV, scale, seg_scratch, seg)
+                                       KV, scale, seg_scratch, seg, f32_left)
     if (seg) return fuse == 1 ? WG_LT(F1, true) : fuse == 2 ? WG_LT(2, true) : WG_LT(0, true);
     return fuse == 1 ? WG_LT(F1, false) : fuse == 2 ? WG_LT(2, false) : WG_LT(0, false);
 #undef WG_LT
@@ -663,7 +667,9 @@ size_t attn_wg_dq_scratch_bytes(int batch, int seq, int H, int KV, int hd) { /* 
 bool attn_bwd_wgmma(cudaStream_t st, int sm_count, __nv_bfloat16 *dq, __nv_bfloat16 *dk, __nv_bfloat16 *dv,
                     float *dq_acc, float *dkv_acc, const __nv_bfloat16 *dout, const __nv_bfloat16 *q,
                     const __nv_bfloat16 *k, const __nv_bfloat16 *v, const float *lse, const float *D, int batch,
-                    int seq, int H, int KV, int hd, float scale, int *seg_scratch, const int32_t *seg, int dq_mode) {
+                    int seq, int H, int KV, int hd, float scale, int *seg_scratch, const int32_t *seg, int dq_mode,
+                    int *f32_left) {
+    if (f32_left) *f32_left = 0;
     if ((hd != 64 && hd != 128) || batch < 1 || seq < 1 || KV < 1 || H < KV || H % KV) return false;
     if (seg && !seg_scratch) return false;
     if ((size_t)batch * H * ((seq + 63) / 64) > 0x7fffffffu) return false;
@@ -677,7 +683,7 @@ bool attn_bwd_wgmma(cudaStream_t st, int sm_count, __nv_bfloat16 *dq, __nv_bfloa
     const int m = dq_mode >= 1 && dq_mode <= 3 ? dq_mode : hd == 64 ? 1 : 3;
 #define WG_GO(HD, DQM)                                                                                                 \
     wg_launch<HD, 64, 128, DQM>(st, sm_count, dq, dk, dv, dq_acc, dkv_acc, dout, q, k, v, lse, D, batch, seq, H, KV,  \
-                                scale, seg_scratch, seg)
+                                scale, seg_scratch, seg, f32_left)
     if (hd == 64) return m == 3 ? WG_GO(64, 3) : m == 2 ? WG_GO(64, 2) : WG_GO(64, 1);
     return m == 3 ? WG_GO(128, 3) : m == 2 ? WG_GO(128, 2) : WG_GO(128, 1);
 #undef WG_GO

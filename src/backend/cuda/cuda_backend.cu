@@ -18,6 +18,9 @@
 
 #include "cuda_internal.cuh"
 
+#include <cooperative_groups.h>
+namespace cg = cooperative_groups;
+
 #define PIN_BYTES ((size_t)16 << 20)
 #define WS_BYTES ((size_t)32 << 20)
 
@@ -1140,12 +1143,40 @@ __global__ void k_rope(bf16 *x, const int32_t *pos, const float *inv_freq, int T
     }
 }
 
+/* W consecutive elements of a source (bf16 or f32 — the attention backward's f32 sums), kept
+ * packed in registers until used */
+template <typename S, int W> struct Packed;
+template <> struct Packed<bf16, 8> {
+    uint4 v;
+    __device__ void load(const bf16 *p) { v = *reinterpret_cast<const uint4 *>(p); }
+    __device__ void get(float f[8]) const { unpack8(v, f); }
+};
+template <> struct Packed<bf16, 1> {
+    bf16 v;
+    __device__ void load(const bf16 *p) { v = *p; }
+    __device__ void get(float f[1]) const { f[0] = __bfloat162float(v); }
+};
+template <> struct Packed<float, 8> {
+    float4 a, b;
+    __device__ void load(const float *p) { a = *reinterpret_cast<const float4 *>(p), b = *reinterpret_cast<const float4 *>(p + 4); }
+    __device__ void get(float f[8]) const { f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w; }
+};
+template <> struct Packed<float, 1> {
+    float v;
+    __device__ void load(const float *p) { v = *p; }
+    __device__ void get(float f[1]) const { f[0] = v; }
+};
+template <int W> __device__ __forceinline__ void storew(bf16 *p, const float f[W]) {
+    if constexpr (W == 8) store8(p, f);
+    else *p = __float2bfloat16_rn(f[0]);
+}
+
 /* Rotation of RH heads by W frequencies each (W = 8: 16-byte accesses; W = 1: scalar): the heads'
  * first halves start hd apart at src / dst, their second halves hd/2 further; only the first nh
  * of them exist. Every load comes before the first store, so dst may be src (in place). */
 constexpr int RH = 4;
-template <int W>
-__device__ __forceinline__ void rope_heads(bf16 *dst, const bf16 *src, int hd, int nh, const int32_t *pos, int t,
+template <int W, typename S>
+__device__ __forceinline__ void rope_heads(bf16 *dst, const S *src, int hd, int nh, const int32_t *pos, int t,
                                            const float *inv_freq, float sgn) {
     const int half = hd / 2;
     float sn[W], cs[W];
@@ -1155,32 +1186,21 @@ __device__ __forceinline__ void rope_heads(bf16 *dst, const bf16 *src, int hd, i
         sincosf(p * inv_freq[j], &sn[j], &cs[j]);
         sn[j] *= sgn;
     }
-    using V = typename std::conditional<W == 8, uint4, bf16>::type; /* W bf16, kept packed until used */
-    V ra[RH], rb[RH];
+    Packed<S, W> ra[RH], rb[RH];
 #pragma unroll
     for (int k = 0; k < RH; k++) {
         if (k >= nh) break;
-        ra[k] = *reinterpret_cast<const V *>(src + k * hd), rb[k] = *reinterpret_cast<const V *>(src + k * hd + half);
+        ra[k].load(src + k * hd), rb[k].load(src + k * hd + half);
     }
 #pragma unroll
     for (int k = 0; k < RH; k++) {
         if (k >= nh) break;
         float fa[W], fb[W], oa[W], ob[W];
-        if constexpr (W == 8) {
-            unpack8(*reinterpret_cast<const uint4 *>(&ra[k]), fa);
-            unpack8(*reinterpret_cast<const uint4 *>(&rb[k]), fb);
-        } else {
-            fa[0] = __bfloat162float(*reinterpret_cast<const bf16 *>(&ra[k]));
-            fb[0] = __bfloat162float(*reinterpret_cast<const bf16 *>(&rb[k]));
-        }
+        ra[k].get(fa), rb[k].get(fb);
 #pragma unroll
         for (int j = 0; j < W; j++) oa[j] = fa[j] * cs[j] - fb[j] * sn[j], ob[j] = fb[j] * cs[j] + fa[j] * sn[j];
-        if constexpr (W == 8) {
-            store8(dst + k * hd, oa);
-            store8(dst + k * hd + half, ob);
-        } else {
-            dst[k * hd] = __float2bfloat16_rn(oa[0]), dst[k * hd + half] = __float2bfloat16_rn(ob[0]);
-        }
+        storew<W>(dst + k * hd, oa);
+        storew<W>(dst + k * hd + half, ob);
     }
 }
 
@@ -1200,9 +1220,10 @@ __global__ void k_rope8(bf16 *x, const int32_t *pos, const float *inv_freq, int 
 
 /* qkv_merge (backend.h): rope^-1 of dq and dk and a copy of dv into one pitched matrix. A thread
  * takes W frequencies of one token for RH heads of q or k (out of place), or W elements of v;
- * W = 8: 16-byte accesses (hd % 16 == 0, everything 16-byte aligned), else 1. */
-template <int W>
-__global__ void k_qkv_merge(bf16 *dst, int ld, const bf16 *dq, const bf16 *dk, const bf16 *dv, const int32_t *pos,
+ * W = 8: 16-byte accesses (hd % 16 == 0, everything 16-byte aligned), else 1. The sources are
+ * bf16 or the attention backward's f32 sums (QS for dq, KS for dk and dv; attn_bwd's merge). */
+template <int W, typename QS, typename KS>
+__global__ void k_qkv_merge(bf16 *dst, int ld, const QS *dq, const KS *dk, const KS *dv, const int32_t *pos,
                             const float *inv_freq, int T, int nq, int nkv, int hd) {
     const int ng = hd / 2 / W, gq = (nq + RH - 1) / RH, gk = (nkv + RH - 1) / RH;
     const int per = (gq + gk) * ng + nkv * hd / W; /* units per token: rotations, then v */
@@ -1212,35 +1233,54 @@ __global__ void k_qkv_merge(bf16 *dst, int ld, const bf16 *dq, const bf16 *dk, c
         bf16 *row = dst + (size_t)t * ld;
         if (rem >= (gq + gk) * ng) { /* dv */
             const int u = (rem - (gq + gk) * ng) * W;
-            const bf16 *v = dv + (size_t)t * nkv * hd + u;
-            if constexpr (W == 8) *reinterpret_cast<uint4 *>(row + (size_t)(nq + nkv) * hd + u) = *reinterpret_cast<const uint4 *>(v);
-            else row[(size_t)(nq + nkv) * hd + u] = *v;
+            Packed<KS, W> v;
+            float f[W];
+            v.load(dv + (size_t)t * nkv * hd + u);
+            v.get(f);
+            storew<W>(row + (size_t)(nq + nkv) * hd + u, f);
             continue;
         }
         const int hg = rem / ng, i0 = (rem % ng) * W;
-        const bool isq = hg < gq;
-        const int h0 = (isq ? hg : hg - gq) * RH, nh = isq ? nq : nkv;
-        const bf16 *src = (isq ? dq + (size_t)t * nq * hd : dk + (size_t)t * nkv * hd) + (size_t)h0 * hd + i0;
-        rope_heads<W>(row + (size_t)(isq ? h0 : nq + h0) * hd + i0, src, hd, nh - h0, pos, t, inv_freq + i0, -1.0f);
+        const int h0 = (hg < gq ? hg : hg - gq) * RH;
+        bf16 *d = row + (size_t)(hg < gq ? h0 : nq + h0) * hd + i0;
+        if (hg < gq) rope_heads<W>(d, dq + ((size_t)t * nq + h0) * hd + i0, hd, nq - h0, pos, t, inv_freq + i0, -1.0f);
+        else rope_heads<W>(d, dk + ((size_t)t * nkv + h0) * hd + i0, hd, nkv - h0, pos, t, inv_freq + i0, -1.0f);
     }
 }
 
-static void cu_qkv_merge(us_backend *be, void *dst, int ld, const void *dq, const void *dk, const void *dv,
-                         const int32_t *pos, const float *inv_freq, int T, int nq, int nkv, int hd) {
-    cuda_impl *c = CI(be);
-    PROF(c, P_ROPE);
+template <typename QS, typename KS>
+static void qkv_merge_launch(cuda_impl *c, void *dst, int ld, const void *dq, const void *dk, const void *dv,
+                             const int32_t *pos, const float *inv_freq, int T, int nq, int nkv, int hd) {
     if (T <= 0) return;
     const bool vec = hd % 16 == 0 && ld % 8 == 0 && aligned16(dst) && aligned16(dq) && aligned16(dk) && aligned16(dv);
     const int w = vec ? 8 : 1;
     const size_t per = ((nq + RH - 1) / RH + (nkv + RH - 1) / RH) * (size_t)(hd / 2 / w) + (size_t)nkv * hd / w;
     const size_t n = (size_t)T * per;
     if (vec)
-        k_qkv_merge<8><<<grid_for(c, n, 256), 256, 0, c->st>>>((bf16 *)dst, ld, (const bf16 *)dq, (const bf16 *)dk,
-                                                              (const bf16 *)dv, pos, inv_freq, T, nq, nkv, hd);
+        k_qkv_merge<8, QS, KS><<<grid_for(c, n, 256), 256, 0, c->st>>>((bf16 *)dst, ld, (const QS *)dq, (const KS *)dk,
+                                                                      (const KS *)dv, pos, inv_freq, T, nq, nkv, hd);
     else
-        k_qkv_merge<1><<<grid_for(c, n, 256), 256, 0, c->st>>>((bf16 *)dst, ld, (const bf16 *)dq, (const bf16 *)dk,
-                                                              (const bf16 *)dv, pos, inv_freq, T, nq, nkv, hd);
+        k_qkv_merge<1, QS, KS><<<grid_for(c, n, 256), 256, 0, c->st>>>((bf16 *)dst, ld, (const QS *)dq, (const KS *)dk,
+                                                                      (const KS *)dv, pos, inv_freq, T, nq, nkv, hd);
     CK_LAUNCH(c);
+}
+
+void us_cuda_qkv_merge(cuda_impl *c, const us_qkv_merge_out *mg, const void *dq, bool dq_f32, const void *dk,
+                       const void *dv, bool kv_f32, int T, int nq, int nkv, int hd) {
+    if (dq_f32 && kv_f32)
+        qkv_merge_launch<float, float>(c, mg->dst, mg->ld, dq, dk, dv, mg->pos, mg->inv_freq, T, nq, nkv, hd);
+    else if (dq_f32)
+        qkv_merge_launch<float, bf16>(c, mg->dst, mg->ld, dq, dk, dv, mg->pos, mg->inv_freq, T, nq, nkv, hd);
+    else
+        qkv_merge_launch<bf16, bf16>(c, mg->dst, mg->ld, dq, dk, dv, mg->pos, mg->inv_freq, T, nq, nkv, hd);
+}
+
+static void cu_qkv_merge(us_backend *be, void *dst, int ld, const void *dq, const void *dk, const void *dv,
+                         const int32_t *pos, const float *inv_freq, int T, int nq, int nkv, int hd) {
+    cuda_impl *c = CI(be);
+    PROF(c, P_ROPE);
+    const us_qkv_merge_out mg = {dst, ld, pos, inv_freq};
+    us_cuda_qkv_merge(c, &mg, dq, false, dk, dv, false, T, nq, nkv, hd);
 }
 
 static void cu_rope(us_backend *be, void *x, const int32_t *pos, const float *inv_freq, int T, int nh, int hd,
@@ -1539,11 +1579,116 @@ __global__ void __launch_bounds__(XENT_THREADS) k_xent(bf16 *logits, const int32
     }
 }
 
+/* Version 2: the row read once. A cluster of CL CTAs takes a row, each thread XC_U 16-byte pieces
+ * of it held in registers (CL * 32,768 elements a cluster: vocab 128,256 takes 4 CTAs); the
+ * (max, sum) pairs meet in shared memory, then across the cluster through distributed shared
+ * memory, and dlogits leave from the registers. k_xent reads each row twice: its rows (256 KB
+ * at vocab 128,256, hundreds in flight) do not stay in L2 from one pass to the next. */
+#define XC_THREADS 512
+#define XC_U 8
+template <int CL>
+__global__ void __launch_bounds__(XC_THREADS, 2) k_xent_cl(bf16 *logits, const int32_t *labels, float *loss_sum,
+                                                            float grad_scale, int vocab) {
+    cg::cluster_group cl = cg::this_cluster();
+    __shared__ float sm[XC_THREADS / 32], ss[XC_THREADS / 32];
+    __shared__ float2 part; /* this CTA's (max, sum), read by the whole cluster */
+    __shared__ float s_lse;
+    const int rank = (int)cl.block_rank(), row = blockIdx.x / CL, lab = labels[row];
+    const int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5, n8 = vocab / 8;
+    bf16 *L = logits + (size_t)row * vocab;
+    auto piece = [&](int k) { return (k * CL + rank) * XC_THREADS + tid; }; /* coalesced across the cluster */
+    if (lab < 0 || lab >= vocab) { /* the whole cluster takes this branch: no cluster barrier */
+#pragma unroll
+        for (int k = 0; k < XC_U; k++)
+            if (piece(k) < n8) *reinterpret_cast<uint4 *>(L + (size_t)piece(k) * 8) = make_uint4(0, 0, 0, 0);
+        return;
+    }
+    uint4 v[XC_U];
+#pragma unroll
+    for (int k = 0; k < XC_U; k++)
+        v[k] = piece(k) < n8 ? *reinterpret_cast<const uint4 *>(L + (size_t)piece(k) * 8) : make_uint4(0, 0, 0, 0);
+    const float xlab = rank == 0 && tid == 0 ? __bfloat162float(L[lab]) : 0.0f; /* read before any CTA writes */
+    float m = -INFINITY, s = 0;
+#pragma unroll
+    for (int k = 0; k < XC_U; k++) {
+        if (piece(k) >= n8) continue;
+        float f[8];
+        unpack8(v[k], f);
+#pragma unroll
+        for (int j = 0; j < 8; j++) m = fmaxf(m, f[j]);
+    }
+#pragma unroll
+    for (int k = 0; k < XC_U; k++) {
+        if (piece(k) >= n8) continue;
+        float f[8];
+        unpack8(v[k], f);
+#pragma unroll
+        for (int j = 0; j < 8; j++) s += __expf(f[j] - m);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+        ms_merge(m, s, m2, s2);
+    }
+    if (lane == 0) sm[wid] = m, ss[wid] = s;
+    __syncthreads();
+    if (tid == 0) {
+        float M = sm[0], S = ss[0];
+        for (int i = 1; i < XC_THREADS / 32; i++) ms_merge(M, S, sm[i], ss[i]);
+        part = make_float2(M, S);
+    }
+    cl.sync(); /* every CTA's part is written */
+    if (tid == 0) {
+        float M = -INFINITY, S = 0;
+        for (int r = 0; r < CL; r++) {
+            const float2 p = *cl.map_shared_rank(&part, r);
+            ms_merge(M, S, p.x, p.y);
+        }
+        s_lse = M + logf(S);
+        if (rank == 0) atomicAdd(loss_sum, s_lse - xlab);
+    }
+    cl.sync(); /* the parts are read (a CTA may leave); s_lse is set */
+    const float lse = s_lse;
+#pragma unroll
+    for (int k = 0; k < XC_U; k++) {
+        const int i = piece(k);
+        if (i >= n8) continue;
+        float f[8];
+        unpack8(v[k], f);
+#pragma unroll
+        for (int j = 0; j < 8; j++) f[j] = __expf(f[j] - lse) * grad_scale - (i * 8 + j == lab ? grad_scale : 0.0f);
+        store8(L + (size_t)i * 8, f);
+    }
+}
+
+/* k_xent_cl for a row of vocab elements (a multiple of 8, 16-byte aligned rows) when a cluster of
+ * at most 8 CTAs holds it; false: not taken */
+static bool xent_cluster(cuda_impl *c, bf16 *L, const int32_t *labels, float *loss_sum, float grad_scale, int rows,
+                         int vocab) {
+    const size_t per_cta = (size_t)XC_THREADS * XC_U * 8;
+    int cl = 1;
+    while (cl < 8 && cl * per_cta < (size_t)vocab) cl *= 2;
+    if (!c->clusters || c->xent_v1 || vocab % 8 || !aligned16(L) || cl * per_cta < (size_t)vocab) return false;
+    cudaLaunchConfig_t lc = {};
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeClusterDimension;
+    at[0].val.clusterDim.x = (unsigned)cl, at[0].val.clusterDim.y = 1, at[0].val.clusterDim.z = 1;
+    lc.gridDim = dim3((unsigned)rows * cl), lc.blockDim = dim3(XC_THREADS), lc.stream = c->st;
+    lc.attrs = at, lc.numAttrs = 1;
+    cudaError_t e = cl == 1   ? cudaLaunchKernelEx(&lc, k_xent_cl<1>, L, labels, loss_sum, grad_scale, vocab)
+                    : cl == 2 ? cudaLaunchKernelEx(&lc, k_xent_cl<2>, L, labels, loss_sum, grad_scale, vocab)
+                    : cl == 4 ? cudaLaunchKernelEx(&lc, k_xent_cl<4>, L, labels, loss_sum, grad_scale, vocab)
+                              : cudaLaunchKernelEx(&lc, k_xent_cl<8>, L, labels, loss_sum, grad_scale, vocab);
+    CK(c, e);
+    return true;
+}
+
 static void cu_xent_fwd_bwd(us_backend *be, void *logits, const int32_t *labels, float *loss_sum, float grad_scale,
                             int rows, int vocab) {
     cuda_impl *c = CI(be);
     PROF(c, P_XENT);
     if (rows <= 0) return;
+    if (xent_cluster(c, (bf16 *)logits, labels, loss_sum, grad_scale, rows, vocab)) return;
     if (vocab % 8 == 0 && aligned16(logits))
         k_xent<true><<<rows, XENT_THREADS, 0, c->st>>>((bf16 *)logits, labels, loss_sum, grad_scale, vocab);
     else
@@ -1799,6 +1944,8 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
         c->gemm_tune_off = env_int("US_CUDA_TUNE", 1) == 0;
         c->rms_wpr = env_int("US_CUDA_RMS_WPR", 0);
         c->rope_v1 = env_int("US_CUDA_ROPE", 0) == 1;
+        c->xent_v1 = env_int("US_CUDA_XENT", 2) == 1;
+        c->clusters = prop.major >= 9;
         c->lora_down_v1 = env_int("US_CUDA_LORA_DOWN", 2) == 1;
         c->lora_colred_v1 = env_int("US_CUDA_LORA_COLRED", 2) == 1;
         c->lora_down_ctas = env_int("US_CUDA_LORA_DOWN_CTAS", 0);

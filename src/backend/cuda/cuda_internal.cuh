@@ -97,6 +97,8 @@ typedef struct cuda_impl {
     /* earlier kernel versions and their knobs, for comparison (docs/GPU.md, "Knobs") */
     int rms_wpr;                     /* US_CUDA_RMS_WPR: warps per RMSNorm row (0: by width) */
     bool rope_v1;                    /* US_CUDA_ROPE=1 */
+    bool xent_v1;                    /* US_CUDA_XENT=1: cross-entropy reading each row twice (k_xent) */
+    bool clusters;                   /* thread-block clusters (compute capability 9.0 and later) */
     bool lora_down_v1, lora_colred_v1; /* US_CUDA_LORA_DOWN=1, US_CUDA_LORA_COLRED=1 */
     int lora_down_ctas;              /* US_CUDA_LORA_DOWN_CTAS (0: one per SM) */
 } cuda_impl;
@@ -207,6 +209,10 @@ void us_cuda_attn_fwd(us_backend *be, void *o, float *lse, const void *q, const 
 size_t us_cuda_attn_scratch_bytes(cuda_impl *c, int T, const us_attn_shape *sh);
 void us_cuda_attn_bwd(us_backend *be, void *dq, void *dk, void *dv, const void *dout, const void *q, const void *k,
                       const void *v, const void *o, const float *lse, const int32_t *seg_start,
-                      const us_attn_shape *sh);
+                      const us_attn_shape *sh, const us_qkv_merge_out *merge);
+/* qkv_merge into mg from bf16 sources, or from the attention backward's f32 sums (dq_f32: dq;
+ * kv_f32: dk and dv) */
+void us_cuda_qkv_merge(cuda_impl *c, const us_qkv_merge_out *mg, const void *dq, bool dq_f32, const void *dk,
+                       const void *dv, bool kv_f32, int T, int nq, int nkv, int hd);
 
 #endif
