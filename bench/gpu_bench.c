@@ -111,9 +111,9 @@ int main(int argc, char **argv) {
         printf("add %dx%d: %.3f ms  %.0f GB/s\n", T, D, sec * 1e3, 6.0 * T * D / sec / 1e9);
         void *g = rand_act((size_t)T * F, 1, 23), *u = rand_act((size_t)T * F, 1, 24), *a = rand_act((size_t)T * F, 1, 25);
         uint32_t *bits = be->alloc(be, (size_t)T * F / 8);
-        TIME(reps, be->glu_fwd(be, US_GLU_SILU, a, F, g, u, NULL, T, F), sec);
+        TIME(reps, be->glu_fwd(be, US_GLU_SILU, a, F, g, u, NULL, T, F, NULL, 0, NULL, 0, false), sec);
         printf("glu_fwd silu %dx%d: %.3f ms  %.0f GB/s\n", T, F, sec * 1e3, 6.0 * T * F / sec / 1e9);
-        TIME(reps, be->glu_fwd(be, US_GLU_RELU, a, F, g, u, bits, T, F), sec);
+        TIME(reps, be->glu_fwd(be, US_GLU_RELU, a, F, g, u, bits, T, F, NULL, 0, NULL, 0, false), sec);
         printf("glu_fwd relu+bits %dx%d: %.3f ms  %.0f GB/s\n", T, F, sec * 1e3, 8.125 * T * F / sec / 1e9);
         TIME(reps, be->glu_bwd(be, US_GLU_RELU, g, u, NULL, NULL, 0, 0, a, g, u, bits, T, F), sec);
         printf("glu_bwd relu %dx%d: %.3f ms  %.0f GB/s\n", T, F, sec * 1e3, 10.125 * T * F / sec / 1e9);

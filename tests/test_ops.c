@@ -915,7 +915,7 @@ TEST(ops_glu_silu) {
     fill(&r, u, ud, N, 1);
     fill(&r, w, wd, N, 1);
     memcpy(g0, g, sizeof g);
-    be->glu_fwd(be, US_GLU_SILU, a, C, g, u, NULL, R, C);
+    be->glu_fwd(be, US_GLU_SILU, a, C, g, u, NULL, R, C, NULL, 0, NULL, 0, false);
     glu_ctx c = {gd, ud, wd, ad, N, US_GLU_SILU};
     glu_ref(&c);
     EXPECT_CLOSE("glu_fwd silu", a, ad, N, TOL);
@@ -939,14 +939,32 @@ TEST(ops_glu_silu) {
     enum { LDA = C + 7 };
     float ap[R * LDA];
     for (int i = 0; i < R * LDA; i++) ap[i] = 1e30f;
-    be->glu_fwd(be, US_GLU_SILU, ap, LDA, g, u, NULL, R, C);
+    be->glu_fwd(be, US_GLU_SILU, ap, LDA, g, u, NULL, R, C, NULL, 0, NULL, 0, false);
     for (int i = 0; i < R; i++)
         for (int j = 0; j < LDA; j++) {
             float want = j < C ? a[i * C + j] : 1e30f;
             CHECK(ap[i * LDA + j] == want, "glu pitched product: row %d column %d", i, j);
         }
+    /* down's x·A from the product as written (ud: float64 reference), folded beside the product */
+    enum { K = 3, LDU = K + 2 };
+    float Ad[K * C], xa[R * LDU];
+    fill(&r, Ad, NULL, K * C, 1);
+    for (int i = 0; i < R * LDA; i++) ap[i] = 1e30f;
+    for (int i = 0; i < R * LDU; i++) xa[i] = 1e30f;
+    be->glu_fwd(be, US_GLU_SILU, ap, LDA, g, u, NULL, R, C, xa, LDU, Ad, K, true);
+    for (int i = 0; i < R; i++) {
+        for (int j = 0; j < K; j++) {
+            double want = 0;
+            for (int k = 0; k < C; k++) want += (double)a[i * C + k] * Ad[j * C + k];
+            CHECK(fabs(xa[i * LDU + j] - want) <= 1e-5 * (1 + fabs(want)), "glu_fwd ud[%d][%d] %g, want %g", i, j,
+                  xa[i * LDU + j], want);
+            CHECK(ap[i * LDA + C + j] == xa[i * LDU + j], "glu_fwd fold: row %d column %d", i, C + j);
+        }
+        for (int j = K; j < LDU; j++) CHECK(xa[i * LDU + j] == 1e30f, "glu_fwd wrote ud[%d][%d]", i, j);
+        for (int j = C + K; j < LDA; j++) CHECK(ap[i * LDA + j] == 1e30f, "glu_fwd wrote past the fold: row %d", i);
+    }
     /* a = NULL: saving only, nothing touched */
-    be->glu_fwd(be, US_GLU_SILU, NULL, C, g, u, NULL, R, C);
+    be->glu_fwd(be, US_GLU_SILU, NULL, C, g, u, NULL, R, C, NULL, 0, NULL, 0, false);
     CHECK(!memcmp(g, g0, sizeof g), "glu_fwd silu a=NULL modified g");
     be->destroy(be);
 }
@@ -972,7 +990,7 @@ TEST(ops_glu_relu_bits) {
     fill(&r, u, ud, N, 1);
     fill(&r, w, wd, N, 1);
     for (size_t i = 0; i < sizeof bits / 4; i++) bits[i] = 0xA5A5A5A5u;
-    be->glu_fwd(be, US_GLU_RELU, a, C, g, u, bits, R, C);
+    be->glu_fwd(be, US_GLU_RELU, a, C, g, u, bits, R, C, NULL, 0, NULL, 0, false);
     glu_ctx c = {gd, ud, wd, ad, N, US_GLU_RELU};
     glu_ref(&c);
     EXPECT_CLOSE("glu_fwd relu a", a, ad, N, 1e-7);
@@ -991,11 +1009,11 @@ TEST(ops_glu_relu_bits) {
     /* a = NULL (saving only): same bits and relu, nothing else */
     memcpy(g2, gorig, sizeof g);
     for (size_t i = 0; i < sizeof bits / 4; i++) bits2[i] = 0;
-    be->glu_fwd(be, US_GLU_RELU, NULL, C, g2, u, bits2, R, C);
+    be->glu_fwd(be, US_GLU_RELU, NULL, C, g2, u, bits2, R, C, NULL, 0, NULL, 0, false);
     CHECK(!memcmp(bits2, bits, R * WPR * 4) && !memcmp(g2, g, sizeof g), "glu_fwd relu a=NULL differs");
     /* bits = NULL (recompute): relu applied (idempotent on relu(g)), a the same */
     memcpy(g2, g, sizeof g);
-    be->glu_fwd(be, US_GLU_RELU, a2, C, g2, u, NULL, R, C);
+    be->glu_fwd(be, US_GLU_RELU, a2, C, g2, u, NULL, R, C, NULL, 0, NULL, 0, false);
     CHECK(!memcmp(a2, a, sizeof a) && !memcmp(g2, g, sizeof g), "glu_fwd relu bits=NULL differs");
 
     /* backward from the saved relu(g), u and bits */

@@ -176,9 +176,12 @@ struct us_backend {
      * RELU: also writes the packed mask bits (g > 0) and replaces g in place by relu(g); cols = F
      *       gives the packing row length. bits may be NULL (recompute: nothing packed).
      * SILU: g is left as is. a may be NULL (saving only); its rows lie lda (>= cols) apart (the
-     * down projection's input, with room for its folded LoRA columns). */
+     * down projection's input, with room for its folded LoRA columns). ud not NULL (a not NULL):
+     * also the down projection's lora_down from a as written, ud [rows, R] (f32, row pitch ldud)
+     * = a A^T with A [R, cols], and with fold its bf16 copy in a's columns cols..cols+R-1 (lda >=
+     * cols + R) — lora_down(ud, ldud, a, lda, A, rows, cols, R, fold) without a second pass over a. */
     void (*glu_fwd)(us_backend *be, int act, void *a, int lda, void *g, const void *u, uint32_t *bits, int rows,
-                    int cols);
+                    int cols, float *ud, int ldud, const float *A, int R, bool fold);
     /* From da and the saved state (g or relu(g), u, bits): dg = da*u*act'(g), du = da*act(g).
      * RELU reads the gate's derivative from the packed bits, unpacked in registers. dg and du
      * may alias g and u (they are consumed in place). dA (may be NULL) also receives the down

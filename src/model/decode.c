@@ -194,7 +194,7 @@ static void run_chunk(us_decoder *d, const int32_t *ids, int T, bool want_logits
         be->rmsnorm_fwd(be, d->h, D, d->rstd, d->x, L->ln2, T, D, (float)c->rms_eps);
         project(d, l, US_T_GATE, d->g, false, d->h, T);
         project(d, l, US_T_UP, d->up, false, d->h, T);
-        be->glu_fwd(be, act, d->a, F, d->g, d->up, NULL, T, F);
+        be->glu_fwd(be, act, d->a, F, d->g, d->up, NULL, T, F, NULL, 0, NULL, 0, false);
         project(d, l, US_T_DOWN, d->x, true, d->a, T);
     }
     d->len += T;

@@ -157,8 +157,9 @@ static void forward_attn(us_model *m, int l, const us_batch *b, bool rebuild) {
 
 /* MLP rows [r0, r0+n): h2 = rmsnorm(xmid) into m->s.h, gate and up (+LoRA) into the chunk
  * buffers, the activation (ReLU: bits packed, relu in place), and the product into prod when
- * not NULL. */
-static void mlp_front(us_model *m, int l, size_t r0, int n, void *prod) {
+ * not NULL. down_u: the down projection's x·A formed by the activation on its way (glu_fwd's
+ * ud) when down has an adapter; returns whether it did (else the caller's lora_down). */
+static bool mlp_front(us_model *m, int l, size_t r0, int n, void *prod, bool down_u) {
     us_backend *be = m->be;
     const us_config *c = &m->cfg;
     us_layer_acts *a = &m->acts[l];
@@ -169,7 +170,13 @@ static void mlp_front(us_model *m, int l, size_t r0, int n, void *prod) {
     lora_down(m, l, US_T_GATE, h, n, r0);
     project(m, l, US_T_GATE, a->g, NULL, h, n, r0);
     project(m, l, US_T_UP, a->up, NULL, h, n, r0);
-    be->glu_fwd(be, glu_act(m), prod, in_pitch(m, US_T_DOWN), a->g, a->up, a->bits, n, c->inter);
+    int lead = m->lora_lead[US_T_DOWN];
+    bool fuse = down_u && prod && lead >= 0 && lora_on(m, l, lead);
+    int R = fuse ? m->lora_ld[lead] : 0;
+    be->glu_fwd(be, glu_act(m), prod, in_pitch(m, US_T_DOWN), a->g, a->up, a->bits, n, c->inter,
+                fuse ? u_at(m, l, lead, r0) : NULL, R, fuse ? m->params + m->slot[l][lead].off_A : NULL, R,
+                fuse && m->fold[lead] > 0);
+    return fuse;
 }
 
 /* Rows of layer l's MLP processed at once: all of them where the layer keeps its MLP tensors,
@@ -186,8 +193,7 @@ static void mlp_forward(us_model *m, int l, int T, void *out) {
     int rows = mlp_chunk(m, l, T);
     for (int r0 = 0; r0 < T; r0 += rows) {
         int n = US_MIN(rows, T - r0);
-        mlp_front(m, l, (size_t)r0, n, a->a);
-        lora_down(m, l, US_T_DOWN, a->a, n, (size_t)r0);
+        if (!mlp_front(m, l, (size_t)r0, n, a->a, true)) lora_down(m, l, US_T_DOWN, a->a, n, (size_t)r0);
         project(m, l, US_T_DOWN, rows_at(m, out, (size_t)r0, D), rows_at(m, a->xmid, (size_t)r0, D), a->a, n, (size_t)r0);
     }
 }
@@ -217,14 +223,14 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
         project(m, l, US_T_UP, a->up, NULL, h, n, r0);
     }
     if (!kept) { /* rebuild this chunk: h2, gate, up, bits and (when down trains) the product */
-        mlp_front(m, l, r0, n, down_trains ? m->s.a : NULL);
+        mlp_front(m, l, r0, n, down_trains ? m->s.a : NULL, false);
         prod = m->s.a;
     } else if (!p->save_a && down_trains) { /* rebuild the down_proj input; the bits stay untouched */
         prod = m->s.a;
         /* with LoRA alone on down_proj and gate/up's backward to run, the GLU backward forms it
          * on its way into down's dA (one pass over g and up instead of two, nothing written) */
         dA_in_glu = p->glu_bwd && !L->gw[US_T_DOWN];
-        if (!dA_in_glu) be->glu_fwd(be, act, prod, in_pitch(m, US_T_DOWN), a->g, a->up, NULL, n, c->inter);
+        if (!dA_in_glu) be->glu_fwd(be, act, prod, in_pitch(m, US_T_DOWN), a->g, a->up, NULL, n, c->inter, NULL, 0, NULL, 0, false);
     }
     if (p->glu_bwd || down_trains) {
         static const int down[] = {US_T_DOWN};

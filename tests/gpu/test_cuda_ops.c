@@ -568,30 +568,49 @@ TEST(cuda_attention_bwd_chunked) {
 TEST(cuda_glu_fwd_bwd_bits) {
     OPEN_PAIR(p);
     /* cols not a multiple of 8 take the fallback kernels; the ranks R of the fused dA: padded to
-     * 8 (5, 3), several n-tiles (40: 6), across many row chunks and column strips (777 x 1032) */
-    int colss[] = {160, 100, 1536, 33, 1032}, rowss[] = {37, 37, 37, 37, 777}, Rs[] = {16, 5, 40, 3, 16};
-    for (int ci = 0; ci < 5; ci++)
+     * 8 (5, 3), several n-tiles (40: 6), across many row chunks and column strips (777 x 1032).
+     * The forward's fused x·A of down (ud) takes columns that are a multiple of 32 (160, 1536,
+     * 1056 over 777 rows: many row chunks and a partial last strip, 224 at R 5); the others
+     * compose glu_fwd and lora_down. */
+    int colss[] = {160, 100, 1536, 33, 1032, 1056, 224}, rowss[] = {37, 37, 37, 37, 777, 777, 130};
+    int Rs[] = {16, 5, 40, 3, 16, 16, 5};
+    for (int ci = 0; ci < 7; ci++)
         for (int act = 0; act < 2; act++) {
-            /* the product's rows lda apart (the down projection's input beside its LoRA columns) */
-            int rows = rowss[ci], cols = colss[ci], W = (cols + 31) / 32, lda = cols + 8, R = Rs[ci], lddd = R + 3;
-            size_t n = (size_t)rows * cols, na = (size_t)rows * lda;
+            /* the product's rows lda apart: the down projection's input, its folded LoRA columns
+             * (ud in bf16) and 8 more that nothing may write */
+            int rows = rowss[ci], cols = colss[ci], W = (cols + 31) / 32, R = Rs[ci], lda = cols + R + 8, lddd = R + 3;
+            size_t n = (size_t)rows * cols, na = (size_t)rows * lda, nu = (size_t)rows * lddd;
             float *g = rnd(n, 1.0f, 1 + ci), *u = rnd(n, 1.0f, 2 + ci), *da = rnd(n, 1.0f, 3 + ci);
+            float *Ad = rnd((size_t)R * cols, 0.05f, 6 + ci), *nan = malloc(na * 4);
+            for (size_t i = 0; i < na; i++) nan[i] = NAN;
             void *gg = g_act(&p, g, n), *gu = g_act(&p, u, n), *ga = g_poison(&p, na * 2);
             uint32_t *gb = g_poison(&p, (size_t)rows * W * 4);
-            void *cg = c_f32(&p, g, n), *cu = c_f32(&p, u, n), *ca = p.c->alloc(p.c, n * 4);
+            float *gud = g_poison(&p, nu * 4), *gAd = g_f32_at(&p, Ad, (size_t)R * cols, 0);
+            void *cg = c_f32(&p, g, n), *cu = c_f32(&p, u, n), *ca = c_f32(&p, nan, na);
             uint32_t *cb = p.c->alloc(p.c, (size_t)rows * W * 4);
-            p.g->glu_fwd(p.g, act, ga, lda, gg, gu, act == US_GLU_RELU ? gb : NULL, rows, cols);
-            p.c->glu_fwd(p.c, act, ca, cols, cg, cu, act == US_GLU_RELU ? cb : NULL, rows, cols);
-            float *hga = get_act(&p, ga, na), *dense = malloc(n * 4);
+            float *cud = c_f32(&p, nan, nu), *cAd = c_f32(&p, Ad, (size_t)R * cols);
+            p.g->glu_fwd(p.g, act, ga, lda, gg, gu, act == US_GLU_RELU ? gb : NULL, rows, cols, gud, lddd, gAd, R, true);
+            p.c->glu_fwd(p.c, act, ca, lda, cg, cu, act == US_GLU_RELU ? cb : NULL, rows, cols, cud, lddd, cAd, R, true);
+            float *hga = get_act(&p, ga, na), *hud = get_f32(&p, gud, nu), *dense = malloc(n * 4), *cdense = malloc(n * 4);
+            float *fold = malloc((size_t)rows * R * 4), *cfold = malloc((size_t)rows * R * 4);
+            float *ud = malloc((size_t)rows * R * 4), *cud_ = malloc((size_t)rows * R * 4);
             int pads_kept = 1;
             for (int r2 = 0; r2 < rows; r2++) {
                 memcpy(dense + (size_t)r2 * cols, hga + (size_t)r2 * lda, (size_t)cols * 4);
-                for (int j = cols; j < lda; j++) pads_kept &= !isfinite(hga[(size_t)r2 * lda + j]);
+                memcpy(cdense + (size_t)r2 * cols, (float *)ca + (size_t)r2 * lda, (size_t)cols * 4);
+                memcpy(fold + (size_t)r2 * R, hga + (size_t)r2 * lda + cols, (size_t)R * 4);
+                memcpy(cfold + (size_t)r2 * R, (float *)ca + (size_t)r2 * lda + cols, (size_t)R * 4);
+                memcpy(ud + (size_t)r2 * R, hud + (size_t)r2 * lddd, (size_t)R * 4);
+                memcpy(cud_ + (size_t)r2 * R, cud + (size_t)r2 * lddd, (size_t)R * 4);
+                for (int j = cols + R; j < lda; j++) pads_kept &= !isfinite(hga[(size_t)r2 * lda + j]);
+                for (int j = R; j < lddd; j++) pads_kept &= !isfinite(hud[(size_t)r2 * lddd + j]);
             }
-            double ea = rel_l2(dense, ca, n), eg = err_act(&p, gg, cg, n);
-            free(dense);
-            CHECK(ea < TOL_EW && eg < TOL_EW && pads_kept, "glu_fwd act=%d cols=%d lda=%d: a %g g %g%s", act, cols, lda,
-                  ea, eg, pads_kept ? "" : ", wrote between rows");
+            double ea = rel_l2(dense, cdense, n), eg = err_act(&p, gg, cg, n);
+            double eu = rel_l2(ud, cud_, (size_t)rows * R), ef = rel_l2(fold, cfold, (size_t)rows * R);
+            free(dense), free(cdense), free(fold), free(cfold), free(ud), free(cud_), free(hud), free(nan), free(Ad);
+            CHECK(ea < TOL_EW && eg < TOL_EW && eu < TOL_EW && ef < TOL_EW && pads_kept,
+                  "glu_fwd act=%d rows=%d cols=%d R=%d: a %g g %g, down's x·A %g, folded %g%s", act, rows, cols, R, ea, eg,
+                  eu, ef, pads_kept ? "" : ", wrote between rows");
             if (act == US_GLU_RELU) {
                 uint32_t *hb = malloc((size_t)rows * W * 4);
                 p.g->download(p.g, hb, gb, (size_t)rows * W * 4);

@@ -444,8 +444,7 @@ static inline int words_per_row(int cols) { return (cols + 31) / 32; }
 static float glu_product(int act, float x, float up) { return act == US_GLU_RELU ? x * up : x / (1.0f + expf(-x)) * up; }
 
 static void cpu_glu_fwd(us_backend *be, int act, void *a, int lda, void *g, const void *u, uint32_t *bits, int rows,
-                        int cols) {
-    (void)be;
+                        int cols, float *ud, int ldud, const float *Ad, int R, bool fold) {
     float *G = g;
     const float *U = u;
     int W = words_per_row(cols);
@@ -469,6 +468,7 @@ static void cpu_glu_fwd(us_backend *be, int act, void *a, int lda, void *g, cons
             for (int c = 0; c < cols; c++) A[base + c] = glu_product(act, G[base + c], U[base + c]);
         }
     }
+    if (ud && a) cpu_lora_down(be, ud, ldud, a, lda, Ad, rows, cols, R, fold);
 }
 
 static void cpu_glu_bwd(us_backend *be, int act, void *dg, void *du, float *dA, const float *dd, int lddd, int R,

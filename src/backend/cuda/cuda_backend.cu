@@ -1435,12 +1435,9 @@ __global__ void k_glu_dA(int act, float *dA, const float *dd, int lddd, int R, c
     }
 }
 
-static void cu_glu_fwd(us_backend *be, int act, void *a, int lda, void *g, const void *u, uint32_t *bits, int rows,
-                       int cols) {
-    cuda_impl *c = CI(be);
+static void glu_fwd_plain(cuda_impl *c, int act, void *a, int lda, void *g, const void *u, uint32_t *bits, int rows,
+                          int cols) {
     PROF(c, P_GLU_F);
-    if (rows <= 0 || cols <= 0) return;
-    if (act != US_GLU_RELU && !a) return;
     int W = (cols + 31) / 32;
     bool vec = cols % 8 == 0 && aligned16(g) && aligned16(u) && (!a || (aligned16(a) && lda % 8 == 0));
     if (vec) {
@@ -1452,6 +1449,29 @@ static void cu_glu_fwd(us_backend *be, int act, void *a, int lda, void *g, const
         k_glu_fwd<<<grid_for(c, n, 256), 256, 0, c->st>>>(act, (bf16 *)a, lda, (bf16 *)g, (const bf16 *)u, bits, rows, cols);
     }
     CK_LAUNCH(c);
+}
+
+static bool glu_fwd_u(cuda_impl *c, int act, void *a, int lda, void *g, const void *u, uint32_t *bits, int rows, int cols,
+                      float *ud, int ldud, const float *A, int R, bool fold) {
+    PROF(c, P_GLU_F);
+    if (c->glu_u_off || !us_cuda_glu_fwd_u_fast(c, act, (bf16 *)a, lda, (bf16 *)g, (const bf16 *)u, bits, ud, ldud, A, R,
+                                                rows, cols))
+        return false;
+    if (fold) {
+        k_lora_fold<<<grid_for(c, (size_t)rows * R, 256), 256, 0, c->st>>>((bf16 *)a + cols, lda, ud, ldud, rows, R);
+        CK_LAUNCH(c);
+    }
+    return true;
+}
+
+static void cu_glu_fwd(us_backend *be, int act, void *a, int lda, void *g, const void *u, uint32_t *bits, int rows,
+                       int cols, float *ud, int ldud, const float *A, int R, bool fold) {
+    cuda_impl *c = CI(be);
+    if (rows <= 0 || cols <= 0) return;
+    if (act != US_GLU_RELU && !a) return;
+    if (ud && a && glu_fwd_u(c, act, a, lda, g, u, bits, rows, cols, ud, ldud, A, R, fold)) return;
+    glu_fwd_plain(c, act, a, lda, g, u, bits, rows, cols);
+    if (ud && a) cu_lora_down(be, ud, ldud, a, lda, A, rows, cols, R, fold);
 }
 
 static void cu_glu_bwd(us_backend *be, int act, void *dg, void *du, float *dA, const float *dd, int lddd, int R,
@@ -1945,6 +1965,7 @@ extern "C" us_status us_backend_cuda_create(us_backend **out, us_err *e) {
         c->rms_wpr = env_int("US_CUDA_RMS_WPR", 0);
         c->rope_v1 = env_int("US_CUDA_ROPE", 0) == 1;
         c->xent_v1 = env_int("US_CUDA_XENT", 2) == 1;
+        c->glu_u_off = env_int("US_CUDA_GLU_U", 1) == 0;
         c->clusters = prop.major >= 9;
         c->lora_down_v1 = env_int("US_CUDA_LORA_DOWN", 2) == 1;
         c->lora_colred_v1 = env_int("US_CUDA_LORA_COLRED", 2) == 1;

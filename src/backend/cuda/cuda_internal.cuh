@@ -99,6 +99,7 @@ typedef struct cuda_impl {
     bool rope_v1;                    /* US_CUDA_ROPE=1 */
     bool xent_v1;                    /* US_CUDA_XENT=1: cross-entropy reading each row twice (k_xent) */
     bool clusters;                   /* thread-block clusters (compute capability 9.0 and later) */
+    bool glu_u_off;                  /* US_CUDA_GLU_U=0: down's lora_down as its own pass after glu_fwd */
     bool lora_down_v1, lora_colred_v1; /* US_CUDA_LORA_DOWN=1, US_CUDA_LORA_COLRED=1 */
     int lora_down_ctas;              /* US_CUDA_LORA_DOWN_CTAS (0: one per SM) */
 } cuda_impl;
@@ -199,6 +200,10 @@ bool us_cuda_lora_bwd_dy_fast(cuda_impl *c, float *du, int lddu, float *dB, cons
 /* glu_bwd with the down projection's dA fused (cuda_lora.cu); false: shape not taken, nothing run */
 bool us_cuda_glu_bwd_dA_fast(cuda_impl *c, int act, bf16 *dg, bf16 *du, float *dA, const float *dd, int lddd, int R,
                              const bf16 *da, const bf16 *g, const bf16 *u, const uint32_t *bits, int rows, int cols);
+/* glu_fwd with the down projection's lora_down fused (cuda_lora.cu): ud = a A^T (zeroed, then
+ * summed); no fold. false: shape not taken, nothing run */
+bool us_cuda_glu_fwd_u_fast(cuda_impl *c, int act, bf16 *a, int lda, bf16 *g, const bf16 *u, uint32_t *bits, float *ud,
+                            int ldud, const float *A, int R, int rows, int cols);
 bool us_cuda_lora_bwd_x_fast(cuda_impl *c, void *dx, const void *res, float *dA, const float *du, int lddu,
                              const void *x, int ldx, const float *rstd, const float *w, const float *A, int T, int in, int R);
 

@@ -855,6 +855,168 @@ void glu_bwd_dA(cuda_impl *c, int act, bf16 *dg, bf16 *du, float *dA, const floa
 
 } /* namespace */
 
+/* glu_fwd with the down projection's lora_down fused (backend.h glu_fwd): ud = a A^T from the
+ * product a = act(g) * u as it is formed, instead of a second pass reading a back. The units are
+ * glu_bwd_dA's transposed: (chunk of 64 rows, column strip of 128), row-major, each CTA an equal
+ * contiguous range in one wave. Per unit every thread forms 4 x 8 columns of a (16-byte loads of g
+ * and u, the next unit's issued during this one's MMAs), writes them (and ReLU's mask words,
+ * packed by 4-lane shuffles) and puts them into a swizzled [64 x 128] shared tile beside the
+ * unit's A columns (f32 staged as loaded). Warp w then takes rows 16 (w % 4).. of the tile and
+ * columns 64 (w / 4).. against every rank: ldmatrix + mma m16n8k16, A packed to bf16 on the way
+ * (as lora_down2 rounds it). A CTA's sums leave by f32 atomics into ud (zeroed first) when its
+ * row chunk ends; the fold (ud in bf16 beside a) is a separate pass once every sum is in. */
+namespace {
+
+template <int NT>
+struct GluUSmem {
+    static constexpr int NR = NT * 8, QP = GB_MB + 8; /* f32 per staged A row (float2 reads: no bank conflicts) */
+    static constexpr size_t P_BYTES = (size_t)GB_TC * GB_MB * 2, Q_BYTES = (size_t)NR * QP * 4;
+    static constexpr size_t BYTES = 2 * (P_BYTES + Q_BYTES);
+};
+
+template <int NT>
+__global__ void __launch_bounds__(GB_LT, 2)
+    k_glu_fwd_u(int act, bf16 *a, int lda, bf16 *g, const bf16 *u, uint32_t *bits, float *ud, int ldud,
+                const float *A, int R, int rows, int cols, int nstrip, long long units) {
+    using S = GluUSmem<NT>;
+    constexpr int NR = S::NR, QP = S::QP, NQ = NR * GB_MB / GB_LT; /* A floats a thread stages per unit */
+    extern __shared__ __align__(1024) unsigned char gu_smem[];
+    bf16 *Ps = reinterpret_cast<bf16 *>(gu_smem);                    /* [2][64 x 128] */
+    float *Qs = reinterpret_cast<float *>(gu_smem + 2 * S::P_BYTES); /* [2][NR x QP] */
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g8 = lane >> 2, tq = lane & 3;
+    const int mt = warp & 3, kh = warp >> 2;
+    const long long u0 = (long long)blockIdx.x * units / gridDim.x, u1 = (long long)(blockIdx.x + 1) * units / gridDim.x;
+    if (u0 >= u1) return;
+    const int W = (cols + 31) / 32;
+    uint4 rg[4], ru[4];
+    float rq[NQ];
+    auto load = [&](long long un) {
+        const int t0 = (int)(un / nstrip) * GB_TC, c0 = (int)(un % nstrip) * GB_MB;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int v = tid + i * GB_LT, row = t0 + (v >> 4), col = c0 + (v & 15) * 8;
+            const bool ok = row < rows && col < cols;
+            const size_t off = (size_t)row * cols + col;
+            rg[i] = ok ? *reinterpret_cast<const uint4 *>(g + off) : make_uint4(0, 0, 0, 0);
+            ru[i] = ok ? __ldg(reinterpret_cast<const uint4 *>(u + off)) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int k = 0; k < NQ; k++) {
+            const int idx = tid + k * GB_LT, j = idx / GB_MB, m = idx % GB_MB;
+            rq[k] = j < R && c0 + m < cols ? __ldg(A + (size_t)j * cols + c0 + m) : 0.0f;
+        }
+    };
+    float acc[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    load(u0);
+    int buf = 0;
+    for (long long un = u0; un < u1; un++, buf ^= 1) {
+        const int rc = (int)(un / nstrip), t0 = rc * GB_TC, c0 = (int)(un % nstrip) * GB_MB;
+        bf16 *ps = Ps + buf * (GB_TC * GB_MB);
+        float *qs = Qs + buf * (NR * QP);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int v = tid + i * GB_LT, r = v >> 4, cl = (v & 15) * 8, row = t0 + r, col = c0 + cl;
+            const bool ok = row < rows && col < cols;
+            float gf[8], uf[8], pf[8];
+            unpack8(rg[i], gf);
+            unpack8(ru[i], uf);
+            uint32_t byte = 0;
+            if (act == US_GLU_RELU) {
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    byte |= (gf[j] > 0.0f ? 1u : 0u) << j;
+                    gf[j] = fmaxf(gf[j], 0.0f);
+                }
+                if (bits) { /* lanes 4k..4k+3 hold one 32-column word of this row */
+                    const int base = lane & ~3;
+                    const uint32_t b0 = __shfl_sync(0xffffffffu, byte, base), b1 = __shfl_sync(0xffffffffu, byte, base + 1);
+                    const uint32_t b2 = __shfl_sync(0xffffffffu, byte, base + 2), b3 = __shfl_sync(0xffffffffu, byte, base + 3);
+                    if ((lane & 3) == 0 && ok) bits[(size_t)row * W + col / 32] = b0 | (b1 << 8) | (b2 << 16) | (b3 << 24);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < 8; j++) pf[j] = glu_prod(act, gf[j], uf[j]); /* 0 outside: g = u = 0 there */
+            if (ok) {
+                const size_t off = (size_t)row * cols + col;
+                if (act == US_GLU_RELU) store8(g + off, gf);
+                store8(a + (size_t)row * lda + col, pf);
+            }
+            store8(ps + c2_swz(r, cl), pf); /* rounded as written: ud is exactly a's product with A */
+        }
+#pragma unroll
+        for (int k = 0; k < NQ; k++) {
+            const int idx = tid + k * GB_LT;
+            qs[(idx / GB_MB) * QP + idx % GB_MB] = rq[k];
+        }
+        __syncthreads(); /* tile buf complete; the other buffer's MMAs (previous unit) are done */
+        if (un + 1 < u1) load(un + 1);
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++) {
+            const int k0 = kh * 64 + ks * 16;
+            uint32_t a0, a1, a2, a3; /* (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15) */
+            const int r = mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, cc = k0 + (lane >> 4) * 8;
+            ldsm_x4(a0, a1, a2, a3, smem_u32(ps + c2_swz(r, cc)));
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+                const float2 b0 = *reinterpret_cast<const float2 *>(qs + (n * 8 + g8) * QP + k0 + tq * 2);
+                const float2 b1 = *reinterpret_cast<const float2 *>(qs + (n * 8 + g8) * QP + k0 + 8 + tq * 2);
+                mma16816(acc[n], a0, a1, a2, a3, pack_bf16(b0.x, b0.y), pack_bf16(b1.x, b1.y));
+            }
+        }
+        if (un + 1 == u1 || (un + 1) / nstrip != rc) { /* the row chunk's partial sums out */
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        const int t = t0 + mt * 16 + g8 + h * 8, j = n * 8 + tq * 2 + e;
+                        if (t < rows && j < R) atomicAdd(ud + (size_t)t * ldud + j, acc[n][2 * h + e]);
+                        acc[n][2 * h + e] = 0.0f;
+                    }
+        }
+    }
+}
+
+template <int NT>
+void glu_fwd_u(cuda_impl *c, int act, bf16 *a, int lda, bf16 *g, const bf16 *u, uint32_t *bits, float *ud, int ldud,
+               const float *A, int R, int rows, int cols) {
+    using S = GluUSmem<NT>;
+    auto kern = k_glu_fwd_u<NT>;
+    static int per_sm = 0; /* resident CTAs per SM, asked once per instance (one device per process) */
+    if (!per_sm) {
+        CK(c, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)S::BYTES));
+        CK(c, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, GB_LT, S::BYTES));
+        if (per_sm < 1) per_sm = 1;
+    }
+    CK(c, cudaMemset2DAsync(ud, (size_t)ldud * 4, 0, (size_t)R * 4, (size_t)rows, c->st));
+    const int nch = (int)ceil_div_u(rows, GB_TC), nstrip = (int)ceil_div_u(cols, GB_MB);
+    const long long units = (long long)nch * nstrip;
+    const int grid = (int)(units < (long long)per_sm * c->sm_count ? units : (long long)per_sm * c->sm_count);
+    kern<<<grid, GB_LT, S::BYTES, c->st>>>(act, a, lda, g, u, bits, ud, ldud, A, R, rows, cols, nstrip, units);
+    CK_LAUNCH(c);
+}
+
+} /* namespace */
+
+bool us_cuda_glu_fwd_u_fast(cuda_impl *c, int act, bf16 *a, int lda, bf16 *g, const bf16 *u, uint32_t *bits, float *ud,
+                            int ldud, const float *A, int R, int rows, int cols) {
+    if (R < 1 || R > 64 || cols % 32 || lda % 8 || !a || !aligned16(a) || !aligned16(g) || !aligned16(u) ||
+        ((uintptr_t)A & 7u) || cols % 2)
+        return false;
+    switch ((R + 7) / 8) {
+    case 1: glu_fwd_u<1>(c, act, a, lda, g, u, bits, ud, ldud, A, R, rows, cols); break;
+    case 2: glu_fwd_u<2>(c, act, a, lda, g, u, bits, ud, ldud, A, R, rows, cols); break;
+    case 3: glu_fwd_u<3>(c, act, a, lda, g, u, bits, ud, ldud, A, R, rows, cols); break;
+    case 4: glu_fwd_u<4>(c, act, a, lda, g, u, bits, ud, ldud, A, R, rows, cols); break;
+    case 5: case 6: glu_fwd_u<6>(c, act, a, lda, g, u, bits, ud, ldud, A, R, rows, cols); break;
+    default: glu_fwd_u<8>(c, act, a, lda, g, u, bits, ud, ldud, A, R, rows, cols); break;
+    }
+    return true;
+}
+
 bool us_cuda_glu_bwd_dA_fast(cuda_impl *c, int act, bf16 *dg, bf16 *du, float *dA, const float *dd, int lddd, int R,
                              const bf16 *da, const bf16 *g, const bf16 *u, const uint32_t *bits, int rows, int cols) {
     if (R < 1 || R > 64 || cols % 8 || !aligned16(dg) || !aligned16(du) || !aligned16(da) || !aligned16(g) ||
