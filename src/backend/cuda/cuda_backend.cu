@@ -1599,16 +1599,18 @@ __global__ void __launch_bounds__(XENT_THREADS) k_xent(bf16 *logits, const int32
     }
 }
 
-/* Version 2: the row read once. A cluster of CL CTAs takes a row, each thread XC_U 16-byte pieces
- * of it held in registers (CL * 32,768 elements a cluster: vocab 128,256 takes 4 CTAs); the
- * (max, sum) pairs meet in shared memory, then across the cluster through distributed shared
- * memory, and dlogits leave from the registers. k_xent reads each row twice: its rows (256 KB
- * at vocab 128,256, hundreds in flight) do not stay in L2 from one pass to the next. */
-#define XC_THREADS 512
+/* Version 2: the row read once. A cluster of CL CTAs of NTH threads takes a row, each thread XC_U
+ * 16-byte pieces of it held in registers (CL * NTH * 64 elements a cluster: vocab 128,256 takes 8
+ * CTAs of 256 threads, four resident per SM, so that one CTA's loads overlap another's
+ * arithmetic); the (max, sum) pairs meet in shared memory, then across the cluster through
+ * distributed shared memory, and dlogits leave from the registers. k_xent reads each row twice:
+ * its rows (256 KB at vocab 128,256, hundreds in flight) do not stay in L2 from one pass to the
+ * next. */
 #define XC_U 8
-template <int CL>
-__global__ void __launch_bounds__(XC_THREADS, 2) k_xent_cl(bf16 *logits, const int32_t *labels, float *loss_sum,
-                                                            float grad_scale, int vocab) {
+template <int CL, int NTH>
+__global__ void __launch_bounds__(NTH, 1024 / NTH) k_xent_cl(bf16 *logits, const int32_t *labels, float *loss_sum,
+                                                              float grad_scale, int vocab) {
+    constexpr int XC_THREADS = NTH;
     cg::cluster_group cl = cg::this_cluster();
     __shared__ float sm[XC_THREADS / 32], ss[XC_THREADS / 32];
     __shared__ float2 part; /* this CTA's (max, sum), read by the whole cluster */
@@ -1685,20 +1687,22 @@ __global__ void __launch_bounds__(XC_THREADS, 2) k_xent_cl(bf16 *logits, const i
  * at most 8 CTAs holds it; false: not taken */
 static bool xent_cluster(cuda_impl *c, bf16 *L, const int32_t *labels, float *loss_sum, float grad_scale, int rows,
                          int vocab) {
-    const size_t per_cta = (size_t)XC_THREADS * XC_U * 8;
-    int cl = 1;
-    while (cl < 8 && cl * per_cta < (size_t)vocab) cl *= 2;
-    if (!c->clusters || c->xent_v1 || vocab % 8 || !aligned16(L) || cl * per_cta < (size_t)vocab) return false;
+    int nth = 256, cl = 1; /* the smallest cluster of 256-thread CTAs, else of 512 */
+    while (cl < 8 && (size_t)cl * nth * XC_U * 8 < (size_t)vocab) cl *= 2;
+    if ((size_t)cl * nth * XC_U * 8 < (size_t)vocab)
+        for (nth = 512, cl = 1; cl < 8 && (size_t)cl * nth * XC_U * 8 < (size_t)vocab;) cl *= 2;
+    if (!c->clusters || c->xent_v1 || vocab % 8 || !aligned16(L) || (size_t)cl * nth * XC_U * 8 < (size_t)vocab)
+        return false;
     cudaLaunchConfig_t lc = {};
     cudaLaunchAttribute at[1];
     at[0].id = cudaLaunchAttributeClusterDimension;
     at[0].val.clusterDim.x = (unsigned)cl, at[0].val.clusterDim.y = 1, at[0].val.clusterDim.z = 1;
-    lc.gridDim = dim3((unsigned)rows * cl), lc.blockDim = dim3(XC_THREADS), lc.stream = c->st;
+    lc.gridDim = dim3((unsigned)rows * cl), lc.blockDim = dim3((unsigned)nth), lc.stream = c->st;
     lc.attrs = at, lc.numAttrs = 1;
-    cudaError_t e = cl == 1   ? cudaLaunchKernelEx(&lc, k_xent_cl<1>, L, labels, loss_sum, grad_scale, vocab)
-                    : cl == 2 ? cudaLaunchKernelEx(&lc, k_xent_cl<2>, L, labels, loss_sum, grad_scale, vocab)
-                    : cl == 4 ? cudaLaunchKernelEx(&lc, k_xent_cl<4>, L, labels, loss_sum, grad_scale, vocab)
-                              : cudaLaunchKernelEx(&lc, k_xent_cl<8>, L, labels, loss_sum, grad_scale, vocab);
+#define XC_GO(C, N) cudaLaunchKernelEx(&lc, k_xent_cl<C, N>, L, labels, loss_sum, grad_scale, vocab)
+    cudaError_t e = nth == 256 ? (cl == 1 ? XC_GO(1, 256) : cl == 2 ? XC_GO(2, 256) : cl == 4 ? XC_GO(4, 256) : XC_GO(8, 256))
+                               : (cl == 1 ? XC_GO(1, 512) : cl == 2 ? XC_GO(2, 512) : cl == 4 ? XC_GO(4, 512) : XC_GO(8, 512));
+#undef XC_GO
     CK(c, e);
     return true;
 }

@@ -858,70 +858,81 @@ void glu_bwd_dA(cuda_impl *c, int act, bf16 *dg, bf16 *du, float *dA, const floa
 /* glu_fwd with the down projection's lora_down fused (backend.h glu_fwd): ud = a A^T from the
  * product a = act(g) * u as it is formed, instead of a second pass reading a back. The units are
  * glu_bwd_dA's transposed: (chunk of 64 rows, column strip of 128), row-major, each CTA an equal
- * contiguous range in one wave. Per unit every thread forms 4 x 8 columns of a (16-byte loads of g
- * and u, the next unit's issued during this one's MMAs), writes them (and ReLU's mask words,
- * packed by 4-lane shuffles) and puts them into a swizzled [64 x 128] shared tile beside the
- * unit's A columns (f32 staged as loaded). Warp w then takes rows 16 (w % 4).. of the tile and
- * columns 64 (w / 4).. against every rank: ldmatrix + mma m16n8k16, A packed to bf16 on the way
- * (as lora_down2 rounds it). A CTA's sums leave by f32 atomics into ud (zeroed first) when its
- * row chunk ends; the fold (ud in bf16 beside a) is a separate pass once every sum is in. */
+ * contiguous range in one wave of one CTA per SM. g, u and the unit's A columns (f32) arrive by
+ * cp.async through NS stages, so NS - 1 units' loads are in flight while one is computed (the
+ * same pass with loads into registers, one unit ahead at two CTAs per SM, ran at ~2.2 TB/s: its
+ * loads waited on each unit's arithmetic). A thread reads back only the 16-byte pieces of g and u
+ * it copied itself, forms 4 x 8 columns of a, writes them (and ReLU's mask words, packed by
+ * 4-lane shuffles) and puts them into a swizzled [64 x 128] shared tile. After one barrier warp w
+ * takes rows 16 (w % 4).. of the tile and columns 64 (w / 4).. against every rank: ldmatrix + mma
+ * m16n8k16, A packed to bf16 on the way (as lora_down2 rounds it). A CTA's sums leave by f32
+ * atomics into ud (zeroed first) when its row chunk ends; the fold (ud in bf16 beside a) is a
+ * separate pass once every sum is in. */
 namespace {
 
 template <int NT>
 struct GluUSmem {
-    static constexpr int NR = NT * 8, QP = GB_MB + 8; /* f32 per staged A row (float2 reads: no bank conflicts) */
-    static constexpr size_t P_BYTES = (size_t)GB_TC * GB_MB * 2, Q_BYTES = (size_t)NR * QP * 4;
-    static constexpr size_t BYTES = 2 * (P_BYTES + Q_BYTES);
+    static constexpr int NR = NT * 8, QP = GB_MB + 8;                           /* f32 per staged A row (float2 reads: no bank conflicts) */
+    static constexpr size_t P_BYTES = (size_t)GB_TC * GB_MB * 2;                 /* one tile of a, or of g, or of u */
+    static constexpr size_t STAGE = 2 * P_BYTES + (size_t)NR * QP * 4;           /* g, u, A */
+    static constexpr int NS = (int)((220u * 1024 - 2 * P_BYTES) / STAGE) < 4 ? (int)((220u * 1024 - 2 * P_BYTES) / STAGE) : 4;
+    static constexpr size_t BYTES = 2 * P_BYTES + NS * STAGE;
 };
 
 template <int NT>
-__global__ void __launch_bounds__(GB_LT, 2)
+__global__ void __launch_bounds__(GB_LT, 1)
     k_glu_fwd_u(int act, bf16 *a, int lda, bf16 *g, const bf16 *u, uint32_t *bits, float *ud, int ldud,
                 const float *A, int R, int rows, int cols, int nstrip, long long units) {
     using S = GluUSmem<NT>;
-    constexpr int NR = S::NR, QP = S::QP, NQ = NR * GB_MB / GB_LT; /* A floats a thread stages per unit */
+    constexpr int NR = S::NR, QP = S::QP, NS = S::NS;
+    static_assert(NS >= 2, "shared memory for two stages");
     extern __shared__ __align__(1024) unsigned char gu_smem[];
-    bf16 *Ps = reinterpret_cast<bf16 *>(gu_smem);                    /* [2][64 x 128] */
-    float *Qs = reinterpret_cast<float *>(gu_smem + 2 * S::P_BYTES); /* [2][NR x QP] */
+    bf16 *Ps = reinterpret_cast<bf16 *>(gu_smem); /* [2][64 x 128] */
+    unsigned char *stages = gu_smem + 2 * S::P_BYTES;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g8 = lane >> 2, tq = lane & 3;
     const int mt = warp & 3, kh = warp >> 2;
     const long long u0 = (long long)blockIdx.x * units / gridDim.x, u1 = (long long)(blockIdx.x + 1) * units / gridDim.x;
     if (u0 >= u1) return;
     const int W = (cols + 31) / 32;
-    uint4 rg[4], ru[4];
-    float rq[NQ];
-    auto load = [&](long long un) {
-        const int t0 = (int)(un / nstrip) * GB_TC, c0 = (int)(un % nstrip) * GB_MB;
+    auto stage_g = [&](int st) { return reinterpret_cast<uint4 *>(stages + st * S::STAGE); };
+    auto stage_u = [&](int st) { return reinterpret_cast<uint4 *>(stages + st * S::STAGE + S::P_BYTES); };
+    auto stage_a = [&](int st) { return reinterpret_cast<float *>(stages + st * S::STAGE + 2 * S::P_BYTES); };
+    auto issue = [&](long long un) {
+        if (un < u1) {
+            const int st = (int)(un % NS), t0 = (int)(un / nstrip) * GB_TC, c0 = (int)(un % nstrip) * GB_MB;
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int v = tid + i * GB_LT, row = t0 + (v >> 4), col = c0 + (v & 15) * 8;
-            const bool ok = row < rows && col < cols;
-            const size_t off = (size_t)row * cols + col;
-            rg[i] = ok ? *reinterpret_cast<const uint4 *>(g + off) : make_uint4(0, 0, 0, 0);
-            ru[i] = ok ? __ldg(reinterpret_cast<const uint4 *>(u + off)) : make_uint4(0, 0, 0, 0);
+            for (int i = 0; i < 4; i++) { /* thread tid's own pieces tid + 256 i */
+                const int v = tid + i * GB_LT, row = t0 + (v >> 4), col = c0 + (v & 15) * 8;
+                const bool ok = row < rows && col < cols;
+                const size_t off = ok ? (size_t)row * cols + col : 0;
+                cp_async16(smem_u32(stage_g(st) + v), g + off, ok);
+                cp_async16(smem_u32(stage_u(st) + v), u + off, ok);
+            }
+            float *qa = stage_a(st);
+            for (int idx = tid; idx < NR * (GB_MB / 4); idx += GB_LT) { /* A's rows j < R, columns of the strip */
+                const int j = idx / (GB_MB / 4), m = (idx % (GB_MB / 4)) * 4;
+                const bool ok = j < R && c0 + m < cols;
+                cp_async16(smem_u32(qa + j * QP + m), ok ? (const void *)(A + (size_t)j * cols + c0 + m) : (const void *)A, ok);
+            }
         }
-#pragma unroll
-        for (int k = 0; k < NQ; k++) {
-            const int idx = tid + k * GB_LT, j = idx / GB_MB, m = idx % GB_MB;
-            rq[k] = j < R && c0 + m < cols ? __ldg(A + (size_t)j * cols + c0 + m) : 0.0f;
-        }
+        cp_async_commit(); /* one group per unit, empty past the range: the wait count stays exact */
     };
     float acc[NT][4];
 #pragma unroll
     for (int n = 0; n < NT; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-    load(u0);
-    int buf = 0;
-    for (long long un = u0; un < u1; un++, buf ^= 1) {
-        const int rc = (int)(un / nstrip), t0 = rc * GB_TC, c0 = (int)(un % nstrip) * GB_MB;
-        bf16 *ps = Ps + buf * (GB_TC * GB_MB);
-        float *qs = Qs + buf * (NR * QP);
+#pragma unroll
+    for (int k = 0; k < NS - 1; k++) issue(u0 + k);
+    for (long long un = u0; un < u1; un++) {
+        const int rc = (int)(un / nstrip), t0 = rc * GB_TC, c0 = (int)(un % nstrip) * GB_MB, st = (int)(un % NS);
+        bf16 *ps = Ps + (un & 1) * (GB_TC * GB_MB);
+        cp_async_wait<NS - 2>(); /* this thread's copies of unit un are in */
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const int v = tid + i * GB_LT, r = v >> 4, cl = (v & 15) * 8, row = t0 + r, col = c0 + cl;
             const bool ok = row < rows && col < cols;
             float gf[8], uf[8], pf[8];
-            unpack8(rg[i], gf);
-            unpack8(ru[i], uf);
+            unpack8(stage_g(st)[v], gf);
+            unpack8(stage_u(st)[v], uf);
             uint32_t byte = 0;
             if (act == US_GLU_RELU) {
 #pragma unroll
@@ -945,13 +956,10 @@ __global__ void __launch_bounds__(GB_LT, 2)
             }
             store8(ps + c2_swz(r, cl), pf); /* rounded as written: ud is exactly a's product with A */
         }
-#pragma unroll
-        for (int k = 0; k < NQ; k++) {
-            const int idx = tid + k * GB_LT;
-            qs[(idx / GB_MB) * QP + idx % GB_MB] = rq[k];
-        }
-        __syncthreads(); /* tile buf complete; the other buffer's MMAs (previous unit) are done */
-        if (un + 1 < u1) load(un + 1);
+        __syncthreads(); /* tile complete; every thread's copies of unit un (A) are in; the MMAs of
+                            unit un - 1 are done, so its stage is free */
+        issue(un + NS - 1);
+        const float *qs = stage_a(st);
 #pragma unroll
         for (int ks = 0; ks < 4; ks++) {
             const int k0 = kh * 64 + ks * 16;
@@ -978,6 +986,7 @@ __global__ void __launch_bounds__(GB_LT, 2)
                     }
         }
     }
+    cp_async_wait<0>(); /* nothing left in flight at exit (the groups past the range are empty) */
 }
 
 template <int NT>
@@ -985,16 +994,15 @@ void glu_fwd_u(cuda_impl *c, int act, bf16 *a, int lda, bf16 *g, const bf16 *u, 
                const float *A, int R, int rows, int cols) {
     using S = GluUSmem<NT>;
     auto kern = k_glu_fwd_u<NT>;
-    static int per_sm = 0; /* resident CTAs per SM, asked once per instance (one device per process) */
-    if (!per_sm) {
+    static bool attr = false;
+    if (!attr) {
         CK(c, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)S::BYTES));
-        CK(c, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, GB_LT, S::BYTES));
-        if (per_sm < 1) per_sm = 1;
+        attr = true;
     }
     CK(c, cudaMemset2DAsync(ud, (size_t)ldud * 4, 0, (size_t)R * 4, (size_t)rows, c->st));
     const int nch = (int)ceil_div_u(rows, GB_TC), nstrip = (int)ceil_div_u(cols, GB_MB);
     const long long units = (long long)nch * nstrip;
-    const int grid = (int)(units < (long long)per_sm * c->sm_count ? units : (long long)per_sm * c->sm_count);
+    const int grid = (int)(units < (long long)c->sm_count ? units : (long long)c->sm_count);
     kern<<<grid, GB_LT, S::BYTES, c->st>>>(act, a, lda, g, u, bits, ud, ldud, A, R, rows, cols, nstrip, units);
     CK_LAUNCH(c);
 }
@@ -1003,8 +1011,7 @@ void glu_fwd_u(cuda_impl *c, int act, bf16 *a, int lda, bf16 *g, const bf16 *u, 
 
 bool us_cuda_glu_fwd_u_fast(cuda_impl *c, int act, bf16 *a, int lda, bf16 *g, const bf16 *u, uint32_t *bits, float *ud,
                             int ldud, const float *A, int R, int rows, int cols) {
-    if (R < 1 || R > 64 || cols % 32 || lda % 8 || !a || !aligned16(a) || !aligned16(g) || !aligned16(u) ||
-        ((uintptr_t)A & 7u) || cols % 2)
+    if (R < 1 || R > 64 || cols % 32 || lda % 8 || !a || !aligned16(a) || !aligned16(g) || !aligned16(u) || !aligned16(A))
         return false;
     switch ((R + 7) / 8) {
     case 1: glu_fwd_u<1>(c, act, a, lda, g, u, bits, ud, ldud, A, R, rows, cols); break;
