@@ -861,9 +861,10 @@ void glu_bwd_dA(cuda_impl *c, int act, bf16 *dg, bf16 *du, float *dA, const floa
  * contiguous range in one wave of one CTA per SM. g, u and the unit's A columns (f32) arrive by
  * cp.async through NS stages, so NS - 1 units' loads are in flight while one is computed (the
  * same pass with loads into registers, one unit ahead at two CTAs per SM, ran at ~2.2 TB/s: its
- * loads waited on each unit's arithmetic). A thread reads back only the 16-byte pieces of g and u
- * it copied itself, forms 4 x 8 columns of a, writes them (and ReLU's mask words, packed by
- * 4-lane shuffles) and puts them into a swizzled [64 x 128] shared tile. After one barrier warp w
+ * loads waited on each unit's arithmetic), and 1024 threads share the arithmetic (256 left too
+ * few warps to hide its latency: 253 against 179 us a 1B layer). A thread reads back only the
+ * 16-byte piece of g and of u it copied itself, forms 8 columns of a, writes them (and ReLU's mask words, packed by
+ * 4-lane shuffles) and puts them into a swizzled [64 x 128] shared tile. After one barrier warp w < 8
  * takes rows 16 (w % 4).. of the tile and columns 64 (w / 4).. against every rank: ldmatrix + mma
  * m16n8k16, A packed to bf16 on the way (as lora_down2 rounds it). A CTA's sums leave by f32
  * atomics into ud (zeroed first) when its row chunk ends; the fold (ud in bf16 beside a) is a
@@ -879,8 +880,10 @@ struct GluUSmem {
     static constexpr size_t BYTES = 2 * P_BYTES + NS * STAGE;
 };
 
+constexpr int GU_LT = 1024, GU_SLOTS = GB_TC * GB_MB / 8 / GU_LT; /* 16-byte pieces a thread forms per unit */
+
 template <int NT>
-__global__ void __launch_bounds__(GB_LT, 1)
+__global__ void __launch_bounds__(GU_LT, 1)
     k_glu_fwd_u(int act, bf16 *a, int lda, bf16 *g, const bf16 *u, uint32_t *bits, float *ud, int ldud,
                 const float *A, int R, int rows, int cols, int nstrip, long long units) {
     using S = GluUSmem<NT>;
@@ -901,15 +904,15 @@ __global__ void __launch_bounds__(GB_LT, 1)
         if (un < u1) {
             const int st = (int)(un % NS), t0 = (int)(un / nstrip) * GB_TC, c0 = (int)(un % nstrip) * GB_MB;
 #pragma unroll
-            for (int i = 0; i < 4; i++) { /* thread tid's own pieces tid + 256 i */
-                const int v = tid + i * GB_LT, row = t0 + (v >> 4), col = c0 + (v & 15) * 8;
+            for (int i = 0; i < GU_SLOTS; i++) { /* thread tid's own pieces tid + GU_LT i */
+                const int v = tid + i * GU_LT, row = t0 + (v >> 4), col = c0 + (v & 15) * 8;
                 const bool ok = row < rows && col < cols;
                 const size_t off = ok ? (size_t)row * cols + col : 0;
                 cp_async16(smem_u32(stage_g(st) + v), g + off, ok);
                 cp_async16(smem_u32(stage_u(st) + v), u + off, ok);
             }
             float *qa = stage_a(st);
-            for (int idx = tid; idx < NR * (GB_MB / 4); idx += GB_LT) { /* A's rows j < R, columns of the strip */
+            for (int idx = tid; idx < NR * (GB_MB / 4); idx += GU_LT) { /* A's rows j < R, columns of the strip */
                 const int j = idx / (GB_MB / 4), m = (idx % (GB_MB / 4)) * 4;
                 const bool ok = j < R && c0 + m < cols;
                 cp_async16(smem_u32(qa + j * QP + m), ok ? (const void *)(A + (size_t)j * cols + c0 + m) : (const void *)A, ok);
@@ -927,8 +930,8 @@ __global__ void __launch_bounds__(GB_LT, 1)
         bf16 *ps = Ps + (un & 1) * (GB_TC * GB_MB);
         cp_async_wait<NS - 2>(); /* this thread's copies of unit un are in */
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int v = tid + i * GB_LT, r = v >> 4, cl = (v & 15) * 8, row = t0 + r, col = c0 + cl;
+        for (int i = 0; i < GU_SLOTS; i++) {
+            const int v = tid + i * GU_LT, r = v >> 4, cl = (v & 15) * 8, row = t0 + r, col = c0 + cl;
             const bool ok = row < rows && col < cols;
             float gf[8], uf[8], pf[8];
             unpack8(stage_g(st)[v], gf);
@@ -959,6 +962,7 @@ __global__ void __launch_bounds__(GB_LT, 1)
         __syncthreads(); /* tile complete; every thread's copies of unit un (A) are in; the MMAs of
                             unit un - 1 are done, so its stage is free */
         issue(un + NS - 1);
+        if (warp >= 8) continue;
         const float *qs = stage_a(st);
 #pragma unroll
         for (int ks = 0; ks < 4; ks++) {
@@ -1003,7 +1007,7 @@ void glu_fwd_u(cuda_impl *c, int act, bf16 *a, int lda, bf16 *g, const bf16 *u, 
     const int nch = (int)ceil_div_u(rows, GB_TC), nstrip = (int)ceil_div_u(cols, GB_MB);
     const long long units = (long long)nch * nstrip;
     const int grid = (int)(units < (long long)c->sm_count ? units : (long long)c->sm_count);
-    kern<<<grid, GB_LT, S::BYTES, c->st>>>(act, a, lda, g, u, bits, ud, ldud, A, R, rows, cols, nstrip, units);
+    kern<<<grid, GU_LT, S::BYTES, c->st>>>(act, a, lda, g, u, bits, ud, ldud, A, R, rows, cols, nstrip, units);
     CK_LAUNCH(c);
 }
 
@@ -1011,15 +1015,13 @@ void glu_fwd_u(cuda_impl *c, int act, bf16 *a, int lda, bf16 *g, const bf16 *u, 
 
 bool us_cuda_glu_fwd_u_fast(cuda_impl *c, int act, bf16 *a, int lda, bf16 *g, const bf16 *u, uint32_t *bits, float *ud,
                             int ldud, const float *A, int R, int rows, int cols) {
-    if (R < 1 || R > 64 || cols % 32 || lda % 8 || !a || !aligned16(a) || !aligned16(g) || !aligned16(u) || !aligned16(A))
-        return false;
+    if (R < 1 || R > 32 || cols % 32 || lda % 8 || !a || !aligned16(a) || !aligned16(g) || !aligned16(u) || !aligned16(A))
+        return false; /* R <= 32: the sums fit 1024 threads' registers */
     switch ((R + 7) / 8) {
     case 1: glu_fwd_u<1>(c, act, a, lda, g, u, bits, ud, ldud, A, R, rows, cols); break;
     case 2: glu_fwd_u<2>(c, act, a, lda, g, u, bits, ud, ldud, A, R, rows, cols); break;
     case 3: glu_fwd_u<3>(c, act, a, lda, g, u, bits, ud, ldud, A, R, rows, cols); break;
-    case 4: glu_fwd_u<4>(c, act, a, lda, g, u, bits, ud, ldud, A, R, rows, cols); break;
-    case 5: case 6: glu_fwd_u<6>(c, act, a, lda, g, u, bits, ud, ldud, A, R, rows, cols); break;
-    default: glu_fwd_u<8>(c, act, a, lda, g, u, bits, ud, ldud, A, R, rows, cols); break;
+    default: glu_fwd_u<4>(c, act, a, lda, g, u, bits, ud, ldud, A, R, rows, cols); break;
     }
     return true;
 }
