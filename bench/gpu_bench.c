@@ -294,6 +294,21 @@ int main(int argc, char **argv) {
             be->free(be, h), be->free(be, w), be->free(be, lg);
         }
     }
+    if (PART("headc")) { /* the 1B head's two products over 8192 tokens by chunk size (plan.c picks 1366) */
+        int T = 8192, D = 2048, V = 128256, Cs[] = {683, 1024, 1366, 1639, 2048, 2731, 4096};
+        void *h = rand_act((size_t)T * D, 1, 60), *w = rand_act((size_t)V * D, 0.02f, 61), *lg = rand_act((size_t)4096 * V, 1, 62);
+        for (size_t k = 0; k < sizeof Cs / sizeof Cs[0]; k++) {
+            int C = Cs[k];
+            double tf, tb;
+            TIME(reps, for (int r0 = 0; r0 < T; r0 += C) be->linear_fwd(be, lg, NULL, (char *)h + (size_t)r0 * D * 2, D, w, D,
+                                                                        NULL, T - r0 < C ? T - r0 : C, D, V), tf);
+            TIME(reps, for (int r0 = 0; r0 < T; r0 += C) be->linear_bwd_x(be, (char *)h + (size_t)r0 * D * 2, false, lg, V, w,
+                                                                          D, T - r0 < C ? T - r0 : C, D, V), tb);
+            printf("head 1b chunks of %d: forward %.3f ms, input gradient %.3f ms, %.0f TFLOP/s\n", C, tf * 1e3, tb * 1e3,
+                   4.0 * T * D * V / (tf + tb) / 1e12);
+        }
+        be->free(be, h), be->free(be, w), be->free(be, lg);
+    }
     if (PART("fuse")) { /* q+k+v and gate+up: separate accumulating products (as step.c runs them) vs one */
         struct { const char *name; int T, in, n, outs[3]; } fs[] = {
             {"8b q+k+v", 2048, 4096, 3, {4096, 1024, 1024}}, {"8b gate+up", 2048, 4096, 2, {14336, 14336, 0}},
