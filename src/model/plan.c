@@ -223,14 +223,7 @@ static void layout(us_model *m, int T, bool train, bump *b, double per_tok[US_SA
     size_t row = (size_t)c->vocab * A, room = US_MAX((size_t)64 << 20, b->off - group);
     size_t fit = US_MAX((size_t)1, US_MIN(tt, room / row)), parts = (tt + fit - 1) / fit;
     /* as many chunks as the room needs, of equal rows (no small last chunk: the head's products
-     * over few rows run far below the GEMM rate), and rather up to twice as many whose rows are a
-     * multiple of 256 (the products' tiles: 8 chunks of 1024 rows took the 1B head's two products
-     * at 715-746 TFLOP/s, 6 of 1366 at 650-695; gpu_bench headc) */
-    for (size_t p = parts; p <= 2 * parts && p < tt; p++)
-        if (tt % p == 0 && (tt / p) % 256 == 0) {
-            parts = p;
-            break;
-        }
+     * over few rows run far below the GEMM rate) */
     m->head_chunk = (int)US_MAX((size_t)1, US_MIN(tt, m->head_chunk_rows ? (size_t)m->head_chunk_rows : (tt + parts - 1) / parts));
     s->logits = b->base ? b->base + group : NULL;
     b->off = US_MAX(b->off, group + ((size_t)m->head_chunk * row + 255) / 256 * 256);
