@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Draws docs/img/gpu_vs_peft.svg (and docs/img/gpu_longctx.svg, at the end): tokens/s and peak GPU memory of unswag (default plan, and
 --max-memory at each shape's memory target: 5, 8, 19 GiB) beside transformers + PEFT for the
-three benchmark shapes, from the figures in docs/BENCHMARKS.md (H100, one call, 2026-11-23 05:07
-UTC, commit 2450a10: medians of three alternating runs; the --max-memory rows one run each). Plain SVG, no plotting library needed.
+three benchmark shapes, from the figures in docs/BENCHMARKS.md (H100, one call, 2026-11-23 06:36
+UTC, commit cbfe64f: medians of three alternating runs; the --max-memory rows one run each). Plain SVG, no plotting library needed.
   python3 bench/plot_gpu.py [OUT.svg]"""
 import sys
 
 shapes = ["smollm2-135m 8×2048", "llama-3.2-1b 4×2048", "llama-3.1-8b 1×2048"]
-tok = {"PEFT": [75975, 39566, 7247], "unswag": [320552, 86600, 16666], "unswag --max-memory 5/8/19": [309968, 85836, 16517]}
+tok = {"PEFT": [86040, 39500, 9319], "unswag": [325045, 87288, 16620], "unswag --max-memory 5/8/19": [316901, 86362, 16543]}
 gib = {"PEFT": [21.80, 28.55, 31.78], "unswag": [6.16, 9.41, 21.77], "unswag --max-memory 5/8/19": [4.98, 7.91, 18.93]}
 colors = {"PEFT": "#9ca3af", "unswag": "#2563eb", "unswag --max-memory 5/8/19": "#60a5fa"}
 W, H, pad = 980, 410, 50
