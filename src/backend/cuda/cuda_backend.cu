@@ -1537,6 +1537,24 @@ __device__ __forceinline__ void ms_merge(float &m, float &s, float m2, float s2)
     m = mn;
 }
 
+/* the (max, sum) pairs of a block of NTH threads merged (by warp shuffles, then over the warps
+ * through sm / ss); the result is thread 0's */
+template <int NTH>
+__device__ __forceinline__ float2 block_ms(float m, float s, float *sm, float *ss) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+        ms_merge(m, s, m2, s2);
+    }
+    if (lane == 0) sm[wid] = m, ss[wid] = s;
+    __syncthreads();
+    float M = sm[0], S = ss[0];
+    if (threadIdx.x == 0)
+        for (int i = 1; i < NTH / 32; i++) ms_merge(M, S, sm[i], ss[i]);
+    return make_float2(M, S);
+}
+
 template <bool VEC>
 __global__ void __launch_bounds__(XENT_THREADS) k_xent(bf16 *logits, const int32_t *labels, float *loss_sum,
                                                        float grad_scale, int vocab) {
@@ -1544,7 +1562,7 @@ __global__ void __launch_bounds__(XENT_THREADS) k_xent(bf16 *logits, const int32
     __shared__ float s_lse;
     int row = blockIdx.x, lab = labels[row];
     bf16 *L = logits + (size_t)row * vocab;
-    int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5;
+    int tid = threadIdx.x;
     if (lab < 0 || lab >= vocab) {
         if (VEC) {
             for (int i = tid; i < vocab / 8; i += XENT_THREADS) *reinterpret_cast<uint4 *>(L + i * 8) = make_uint4(0, 0, 0, 0);
@@ -1569,17 +1587,9 @@ __global__ void __launch_bounds__(XENT_THREADS) k_xent(bf16 *logits, const int32
     } else {
         for (int i = tid; i < vocab; i += XENT_THREADS) ms_merge(m, s, __bfloat162float(L[i]), 1.0f);
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
-        ms_merge(m, s, m2, s2);
-    }
-    if (lane == 0) sm[wid] = m, ss[wid] = s;
-    __syncthreads();
+    const float2 ms = block_ms<XENT_THREADS>(m, s, sm, ss);
     if (tid == 0) {
-        float M = sm[0], S = ss[0];
-        for (int i = 1; i < XENT_THREADS / 32; i++) ms_merge(M, S, sm[i], ss[i]);
-        float lse = M + logf(S);
+        float lse = ms.x + logf(ms.y);
         s_lse = lse;
         atomicAdd(loss_sum, lse - __bfloat162float(L[lab]));
     }
@@ -1616,7 +1626,7 @@ __global__ void __launch_bounds__(NTH, 1024 / NTH) k_xent_cl(bf16 *logits, const
     __shared__ float2 part; /* this CTA's (max, sum), read by the whole cluster */
     __shared__ float s_lse;
     const int rank = (int)cl.block_rank(), row = blockIdx.x / CL, lab = labels[row];
-    const int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5, n8 = vocab / 8;
+    const int tid = threadIdx.x, n8 = vocab / 8;
     bf16 *L = logits + (size_t)row * vocab;
     auto piece = [&](int k) { return (k * CL + rank) * XC_THREADS + tid; }; /* coalesced across the cluster */
     if (lab < 0 || lab >= vocab) { /* the whole cluster takes this branch: no cluster barrier */
@@ -1647,18 +1657,8 @@ __global__ void __launch_bounds__(NTH, 1024 / NTH) k_xent_cl(bf16 *logits, const
 #pragma unroll
         for (int j = 0; j < 8; j++) s += __expf(f[j] - m);
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
-        ms_merge(m, s, m2, s2);
-    }
-    if (lane == 0) sm[wid] = m, ss[wid] = s;
-    __syncthreads();
-    if (tid == 0) {
-        float M = sm[0], S = ss[0];
-        for (int i = 1; i < XC_THREADS / 32; i++) ms_merge(M, S, sm[i], ss[i]);
-        part = make_float2(M, S);
-    }
+    const float2 ms = block_ms<XC_THREADS>(m, s, sm, ss);
+    if (tid == 0) part = ms;
     cl.sync(); /* every CTA's part is written */
     if (tid == 0) {
         float M = -INFINITY, S = 0;

@@ -724,6 +724,23 @@ namespace {
 
 constexpr int GB_LT = 256, GB_TC = 64, GB_MB = 128;
 
+/* A warp's m16n8 accumulators (NT n-tiles) added by f32 atomics where addr(row 0..15, column
+ * 0..8 NT - 1) gives a target (nullptr: outside), then zeroed */
+template <int NT, typename Addr>
+__device__ __forceinline__ void acc_flush(float (&acc)[NT][4], Addr addr) {
+    const int lane = threadIdx.x & 31, g8 = lane >> 2, tq = lane & 3;
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                float *p = addr(g8 + h * 8, n * 8 + tq * 2 + e);
+                if (p) atomicAdd(p, acc[n][2 * h + e]);
+                acc[n][2 * h + e] = 0.0f;
+            }
+}
+
 template <int NT>
 struct GluDASmem {
     static constexpr int NR = NT * 8, QP = NR + 4; /* f32 per staged dd row (colred2's pitch) */
@@ -820,18 +837,11 @@ __global__ void __launch_bounds__(GB_LT, NT <= 3 ? 2 : 1) /* two CTAs per SM wit
                 mma16816(acc[n], a0, a1, a2, a3, pack_bf16(q[0], q[QP]), pack_bf16(q[8 * QP], q[9 * QP]));
             }
         }
-        if (un + 1 == u1 || (un + 1) / nch != strip) { /* the strip's partial dA out */
-#pragma unroll
-            for (int n = 0; n < NT; n++)
-#pragma unroll
-                for (int h = 0; h < 2; h++)
-#pragma unroll
-                    for (int e = 0; e < 2; e++) {
-                        const int m = strip * GB_MB + warp * 16 + g8 + h * 8, j = n * 8 + tq * 2 + e;
-                        if (m < cols && j < R) atomicAdd(dA + (size_t)j * cols + m, acc[n][2 * h + e]);
-                        acc[n][2 * h + e] = 0.0f;
-                    }
-        }
+        if (un + 1 == u1 || (un + 1) / nch != strip) /* the strip's partial dA out */
+            acc_flush<NT>(acc, [&](int r, int j) {
+                const int m = strip * GB_MB + warp * 16 + r;
+                return m < cols && j < R ? dA + (size_t)j * cols + m : nullptr;
+            });
     }
 }
 
@@ -977,18 +987,11 @@ __global__ void __launch_bounds__(GU_LT, 1)
                 mma16816(acc[n], a0, a1, a2, a3, pack_bf16(b0.x, b0.y), pack_bf16(b1.x, b1.y));
             }
         }
-        if (un + 1 == u1 || (un + 1) / nstrip != rc) { /* the row chunk's partial sums out */
-#pragma unroll
-            for (int n = 0; n < NT; n++)
-#pragma unroll
-                for (int h = 0; h < 2; h++)
-#pragma unroll
-                    for (int e = 0; e < 2; e++) {
-                        const int t = t0 + mt * 16 + g8 + h * 8, j = n * 8 + tq * 2 + e;
-                        if (t < rows && j < R) atomicAdd(ud + (size_t)t * ldud + j, acc[n][2 * h + e]);
-                        acc[n][2 * h + e] = 0.0f;
-                    }
-        }
+        if (un + 1 == u1 || (un + 1) / nstrip != rc) /* the row chunk's partial sums out */
+            acc_flush<NT>(acc, [&](int r, int j) {
+                const int t = t0 + mt * 16 + r;
+                return t < rows && j < R ? ud + (size_t)t * ldud + j : nullptr;
+            });
     }
     cp_async_wait<0>(); /* nothing left in flight at exit (the groups past the range are empty) */
 }
