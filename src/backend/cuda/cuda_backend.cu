@@ -1640,23 +1640,24 @@ __global__ void __launch_bounds__(NTH, 1024 / NTH) k_xent_cl(bf16 *logits, const
     for (int k = 0; k < XC_U; k++)
         v[k] = piece(k) < n8 ? *reinterpret_cast<const uint4 *>(L + (size_t)piece(k) * 8) : make_uint4(0, 0, 0, 0);
     const float xlab = rank == 0 && tid == 0 ? __bfloat162float(L[lab]) : 0.0f; /* read before any CTA writes */
-    float m = -INFINITY, s = 0;
+    auto each = [&](auto fn) { /* fn(8 values, piece index) over this thread's pieces inside the row */
 #pragma unroll
-    for (int k = 0; k < XC_U; k++) {
-        if (piece(k) >= n8) continue;
-        float f[8];
-        unpack8(v[k], f);
+        for (int k = 0; k < XC_U; k++) {
+            if (piece(k) >= n8) continue;
+            float f[8];
+            unpack8(v[k], f);
+            fn(f, piece(k));
+        }
+    };
+    float m = -INFINITY, s = 0;
+    each([&](float *f, int) {
 #pragma unroll
         for (int j = 0; j < 8; j++) m = fmaxf(m, f[j]);
-    }
-#pragma unroll
-    for (int k = 0; k < XC_U; k++) {
-        if (piece(k) >= n8) continue;
-        float f[8];
-        unpack8(v[k], f);
+    });
+    each([&](float *f, int) {
 #pragma unroll
         for (int j = 0; j < 8; j++) s += __expf(f[j] - m);
-    }
+    });
     const float2 ms = block_ms<XC_THREADS>(m, s, sm, ss);
     if (tid == 0) part = ms;
     cl.sync(); /* every CTA's part is written */
@@ -1671,16 +1672,11 @@ __global__ void __launch_bounds__(NTH, 1024 / NTH) k_xent_cl(bf16 *logits, const
     }
     cl.sync(); /* the parts are read (a CTA may leave); s_lse is set */
     const float lse = s_lse;
-#pragma unroll
-    for (int k = 0; k < XC_U; k++) {
-        const int i = piece(k);
-        if (i >= n8) continue;
-        float f[8];
-        unpack8(v[k], f);
+    each([&](float *f, int i) {
 #pragma unroll
         for (int j = 0; j < 8; j++) f[j] = __expf(f[j] - lse) * grad_scale - (i * 8 + j == lab ? grad_scale : 0.0f);
         store8(L + (size_t)i * 8, f);
-    }
+    });
 }
 
 /* k_xent_cl for a row of vocab elements (a multiple of 8, 16-byte aligned rows) when a cluster of
