@@ -893,7 +893,7 @@ static gemm_plan *gemm_find(cuda_impl *c, int ta, int tb, int m, int n, int k, i
     return p;
 }
 
-/* Times the heuristic's candidates on the real operands, the output into C itself (beta 0, or
+/* Times the heuristic's candidates once on the real operands, the output into C itself (beta 0, or
  * a source other than C: C is then only written), and keeps the fastest where it beats the
  * heuristic's first choice by 3% (a near tie keeps the first, so the choice rarely differs from
  * run to run; US_CUDA_TUNE=0 for products that repeat bit for bit between runs). Products that
@@ -910,36 +910,30 @@ static void gemm_tune(cuda_impl *c, gemm_plan *p, float alpha, const void *A, co
     }
     if (c->capturing) return; /* no timing inside a graph capture: the next eager call tunes */
     const float zero = 0.0f; /* the candidates only write C */
-    auto run = [&](int i) {
-        return cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, B, p->lb, &zero, C, p->lc, C, p->lc, &p->cand[i], c->ws,
-                              c->ws_bytes, c->st) == CUBLAS_STATUS_SUCCESS;
-    };
     cudaEvent_t e0, e1;
     cudaEventCreate(&e0);
     cudaEventCreate(&e1);
-    float t[8];
-    bool ok[8];
-    for (int i = 0; i < p->n_cand; i++) t[i] = 1e30f, ok[i] = run(i); /* each once (and the clocks up) */
-    /* two rounds over all candidates, each candidate's best kept: a single timing in candidate
-     * order favoured the later ones (the clocks still rising) and picked differently from run to
-     * run (a 1B step's down and q/k/v input-gradient products 6-11% slower in one run) */
-    for (int round = 0; round < 2; round++)
-        for (int i = 0; i < p->n_cand; i++) {
-            if (!ok[i]) continue;
-            cudaEventRecord(e0, c->st);
-            for (int r = 0; r < 3; r++) run(i);
-            cudaEventRecord(e1, c->st);
-            cudaEventSynchronize(e1);
-            float ms = 0;
-            if (cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess && ms < t[i]) t[i] = ms;
-        }
+    float best = 1e30f, first = 0.0f;
+    int bi = -1;
+    for (int i = 0; i < p->n_cand; i++) {
+        if (cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, B, p->lb, &zero, C, p->lc, C, p->lc, &p->cand[i], c->ws,
+                           c->ws_bytes, c->st) != CUBLAS_STATUS_SUCCESS)
+            continue;
+        cudaEventRecord(e0, c->st);
+        for (int r = 0; r < 3; r++)
+            cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, B, p->lb, &zero, C, p->lc, C, p->lc, &p->cand[i], c->ws,
+                           c->ws_bytes, c->st);
+        cudaEventRecord(e1, c->st);
+        cudaEventSynchronize(e1);
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess) continue;
+        if (i == 0) first = ms;
+        if (ms < best) best = ms, bi = i;
+    }
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
     (void)cudaGetLastError();
-    int bi = -1;
-    for (int i = 0; i < p->n_cand; i++)
-        if (ok[i] && t[i] < 1e30f && (bi < 0 || t[i] < t[bi])) bi = i;
-    if (bi > 0 && (!ok[0] || t[bi] < 0.97f * t[0])) p->algo = p->cand[bi];
+    if (bi >= 0 && (first <= 0.0f || best < 0.97f * first)) p->algo = p->cand[bi];
     p->tuned = 1;
 }
 
