@@ -811,14 +811,11 @@ static void cu_rmsnorm_bwd(us_backend *be, void *dx, int ldx, bool acc, float *d
 /* ------------------------------------------------------------------------------------------ */
 /* matrix products: cuBLASLt, column-major, plans cached by shape, types and alignment          */
 
-/* candidates asked of cuBLASLt's heuristic per product shape, then timed (gemm_tune) */
-#define GEMM_CANDS 16
-
 struct gemm_plan {
     int ta, tb, m, n, k, lda, ldb, ldc, at, bt, ct, align_a, align_b, align_c;
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t la, lb, lc;
-    cublasLtMatmulAlgo_t algo, cand[GEMM_CANDS];
+    cublasLtMatmulAlgo_t algo, cand[8];
     int ok, n_cand, tuned;
 };
 
@@ -875,9 +872,9 @@ static gemm_plan *gemm_find(cuda_impl *c, int ta, int tb, int m, int n, int k, i
     LTCK(c, cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &b32, sizeof b32));
     LTCK(c, cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &c32, sizeof c32));
     LTCK(c, cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &c32, sizeof c32));
-    cublasLtMatmulHeuristicResult_t res[GEMM_CANDS];
+    cublasLtMatmulHeuristicResult_t res[8];
     int found = 0;
-    cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, GEMM_CANDS, res, &found);
+    cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 8, res, &found);
     cublasLtMatmulPreferenceDestroy(pref);
     if (s == CUBLAS_STATUS_SUCCESS && found > 0) {
         p->algo = res[0].algo;
