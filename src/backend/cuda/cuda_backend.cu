@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cuda_internal.cuh"
+#include "cuda_ptx.cuh"
 
 #include <cooperative_groups.h>
 namespace cg = cooperative_groups;
@@ -1336,10 +1337,8 @@ __global__ void k_glu_fwd_vec(int act, bf16 *a, int lda, bf16 *g, const bf16 *u,
             if (a) store8(a + row * lda + c0, af);
         }
         if (act == US_GLU_RELU && bits) {
-            int base = lane & ~3;
-            uint32_t b0 = __shfl_sync(0xffffffffu, byte, base), b1 = __shfl_sync(0xffffffffu, byte, base + 1);
-            uint32_t b2 = __shfl_sync(0xffffffffu, byte, base + 2), b3 = __shfl_sync(0xffffffffu, byte, base + 3);
-            if ((lane & 3) == 0 && id < total) bits[row * W + cu / 4] = b0 | (b1 << 8) | (b2 << 16) | (b3 << 24);
+            const uint32_t word = mask_word4(byte);
+            if ((lane & 3) == 0 && id < total) bits[row * W + cu / 4] = word;
         }
     }
 }
@@ -1620,15 +1619,14 @@ __global__ void __launch_bounds__(XENT_THREADS) k_xent(bf16 *logits, const int32
 template <int CL, int NTH>
 __global__ void __launch_bounds__(NTH, 1024 / NTH) k_xent_cl(bf16 *logits, const int32_t *labels, float *loss_sum,
                                                               float grad_scale, int vocab) {
-    constexpr int XC_THREADS = NTH;
     cg::cluster_group cl = cg::this_cluster();
-    __shared__ float sm[XC_THREADS / 32], ss[XC_THREADS / 32];
+    __shared__ float sm[NTH / 32], ss[NTH / 32];
     __shared__ float2 part; /* this CTA's (max, sum), read by the whole cluster */
     __shared__ float s_lse;
     const int rank = (int)cl.block_rank(), row = blockIdx.x / CL, lab = labels[row];
     const int tid = threadIdx.x, n8 = vocab / 8;
     bf16 *L = logits + (size_t)row * vocab;
-    auto piece = [&](int k) { return (k * CL + rank) * XC_THREADS + tid; }; /* coalesced across the cluster */
+    auto piece = [&](int k) { return (k * CL + rank) * NTH + tid; }; /* coalesced across the cluster */
     if (lab < 0 || lab >= vocab) { /* the whole cluster takes this branch: no cluster barrier */
 #pragma unroll
         for (int k = 0; k < XC_U; k++)
@@ -1658,7 +1656,7 @@ __global__ void __launch_bounds__(NTH, 1024 / NTH) k_xent_cl(bf16 *logits, const
 #pragma unroll
         for (int j = 0; j < 8; j++) s += __expf(f[j] - m);
     });
-    const float2 ms = block_ms<XC_THREADS>(m, s, sm, ss);
+    const float2 ms = block_ms<NTH>(m, s, sm, ss);
     if (tid == 0) part = ms;
     cl.sync(); /* every CTA's part is written */
     if (tid == 0) {
@@ -1679,23 +1677,24 @@ __global__ void __launch_bounds__(NTH, 1024 / NTH) k_xent_cl(bf16 *logits, const
     });
 }
 
-/* k_xent_cl for a row of vocab elements (a multiple of 8, 16-byte aligned rows) when a cluster of
- * at most 8 CTAs holds it; false: not taken */
+/* CTAs of nth threads a cluster of k_xent_cl needs for a row of vocab elements: a power of two up
+ * to 8, 0 when more */
+static int xent_cluster_size(int nth, int vocab) {
+    for (int cl = 1; cl <= 8; cl *= 2)
+        if ((size_t)cl * nth * XC_U * 8 >= (size_t)vocab) return cl;
+    return 0;
+}
+
+/* k_xent_cl for rows of vocab elements (a multiple of 8, 16-byte aligned rows): the smallest
+ * cluster of 256-thread CTAs that holds a row, else of 512; false: not taken */
 static bool xent_cluster(cuda_impl *c, bf16 *L, const int32_t *labels, float *loss_sum, float grad_scale, int rows,
                          int vocab) {
-    int nth = 256, cl = 1; /* the smallest cluster of 256-thread CTAs, else of 512 */
-    while (cl < 8 && (size_t)cl * nth * XC_U * 8 < (size_t)vocab) cl *= 2;
-    if ((size_t)cl * nth * XC_U * 8 < (size_t)vocab)
-        for (nth = 512, cl = 1; cl < 8 && (size_t)cl * nth * XC_U * 8 < (size_t)vocab;) cl *= 2;
-    if (!c->clusters || c->xent_v1 || vocab % 8 || !aligned16(L) || (size_t)cl * nth * XC_U * 8 < (size_t)vocab)
-        return false;
-    cudaLaunchConfig_t lc = {};
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeClusterDimension;
-    at[0].val.clusterDim.x = (unsigned)cl, at[0].val.clusterDim.y = 1, at[0].val.clusterDim.z = 1;
-    lc.gridDim = dim3((unsigned)rows * cl), lc.blockDim = dim3((unsigned)nth), lc.stream = c->st;
-    lc.attrs = at, lc.numAttrs = 1;
-#define XC_GO(C, N) cudaLaunchKernelEx(&lc, k_xent_cl<C, N>, L, labels, loss_sum, grad_scale, vocab)
+    if (!c->clusters || c->xent_v1 || vocab % 8 || !aligned16(L)) return false;
+    int nth = 256, cl = xent_cluster_size(256, vocab);
+    if (!cl) nth = 512, cl = xent_cluster_size(512, vocab);
+    if (!cl) return false;
+    ClusterLaunch l(dim3((unsigned)rows * cl), nth, 0, c->st, cl);
+#define XC_GO(C, N) cudaLaunchKernelEx(&l.lc, k_xent_cl<C, N>, L, labels, loss_sum, grad_scale, vocab)
     cudaError_t e = nth == 256 ? (cl == 1 ? XC_GO(1, 256) : cl == 2 ? XC_GO(2, 256) : cl == 4 ? XC_GO(4, 256) : XC_GO(8, 256))
                                : (cl == 1 ? XC_GO(1, 512) : cl == 2 ? XC_GO(2, 512) : cl == 4 ? XC_GO(4, 512) : XC_GO(8, 512));
 #undef XC_GO

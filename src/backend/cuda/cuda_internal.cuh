@@ -178,6 +178,15 @@ __device__ __forceinline__ void glu_grad(int act, float d, float gv, float uv, b
     }
 }
 
+/* ReLU's 32-bit mask word from the 8-bit masks of lanes 4k..4k+3 (8 consecutive columns each):
+ * every lane of the warp must call it; the word is right in the first lane of each four */
+__device__ __forceinline__ uint32_t mask_word4(uint32_t byte) {
+    const int base = (threadIdx.x & 31) & ~3;
+    const uint32_t b0 = __shfl_sync(0xffffffffu, byte, base), b1 = __shfl_sync(0xffffffffu, byte, base + 1);
+    const uint32_t b2 = __shfl_sync(0xffffffffu, byte, base + 2), b3 = __shfl_sync(0xffffffffu, byte, base + 3);
+    return b0 | (b1 << 8) | (b2 << 16) | (b3 << 24);
+}
+
 /* the product as glu_fwd forms it (g is relu(g) already for ReLU) */
 __device__ __forceinline__ float glu_prod(int act, float gv, float uv) {
     return act == US_GLU_RELU ? gv * uv : gv * sigmoidf_(gv) * uv;

@@ -954,10 +954,8 @@ __global__ void __launch_bounds__(GU_LT, 1)
                     gf[j] = fmaxf(gf[j], 0.0f);
                 }
                 if (bits) { /* lanes 4k..4k+3 hold one 32-column word of this row */
-                    const int base = lane & ~3;
-                    const uint32_t b0 = __shfl_sync(0xffffffffu, byte, base), b1 = __shfl_sync(0xffffffffu, byte, base + 1);
-                    const uint32_t b2 = __shfl_sync(0xffffffffu, byte, base + 2), b3 = __shfl_sync(0xffffffffu, byte, base + 3);
-                    if ((lane & 3) == 0 && ok) bits[(size_t)row * W + col / 32] = b0 | (b1 << 8) | (b2 << 16) | (b3 << 24);
+                    const uint32_t word = mask_word4(byte);
+                    if ((lane & 3) == 0 && ok) bits[(size_t)row * W + col / 32] = word;
                 }
             }
 #pragma unroll

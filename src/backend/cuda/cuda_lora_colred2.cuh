@@ -389,20 +389,6 @@ __global__ void __launch_bounds__(C2_LT, 2) k_lora_colred2(float *O, int osm, in
     }
 }
 
-/* A launch configuration for a grid of thread-block clusters of cx x cy CTAs (used in place: lc
- * points at the object's own attribute) */
-struct ClusterLaunch {
-    cudaLaunchConfig_t lc;
-    cudaLaunchAttribute at[1];
-    ClusterLaunch(dim3 grid, int threads, size_t smem, cudaStream_t st, int cx, int cy = 1) : lc() {
-        at[0].id = cudaLaunchAttributeClusterDimension;
-        at[0].val.clusterDim.x = (unsigned)cx, at[0].val.clusterDim.y = (unsigned)cy, at[0].val.clusterDim.z = 1;
-        lc.gridDim = grid, lc.blockDim = dim3((unsigned)threads), lc.dynamicSmemBytes = smem, lc.stream = st;
-        lc.attrs = at, lc.numAttrs = 1;
-    }
-    ClusterLaunch(const ClusterLaunch &) = delete;
-};
-
 /* A launch configuration: clusters of cx CTAs along the columns (with Du: 1, 2, 4, 8 or 16);
  * per_sm > 0 caps the CTAs per SM the grid is sized for (0: as many as fit). */
 struct Colred2Cfg {

@@ -2,11 +2,12 @@
  * cuda_lora.cu): shared-memory addresses, ldmatrix (plain and transposed), bf16 mma.sync
  * m16n8k16 with fp32 accumulation, cp.async of 16 or 4 bytes (zero-filled when the predicate is
  * false) with its commit/wait, and bf16x2 packing. sm_80+ instructions; the kernels built here
- * target sm_90a. */
+ * target sm_90a. Host side: the launch configuration of a grid of thread-block clusters. */
 #ifndef US_CUDA_PTX_CUH
 #define US_CUDA_PTX_CUH
 
 #include <cuda_bf16.h>
+#include <cuda_runtime.h>
 #include <stdint.h>
 
 namespace {
@@ -63,6 +64,20 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t *>(&h);
 }
+
+/* A launch configuration for a grid of thread-block clusters of cx x cy CTAs (used in place: lc
+ * points at the object's own attribute) */
+struct ClusterLaunch {
+    cudaLaunchConfig_t lc;
+    cudaLaunchAttribute at[1];
+    ClusterLaunch(dim3 grid, int threads, size_t smem, cudaStream_t st, int cx, int cy = 1) : lc() {
+        at[0].id = cudaLaunchAttributeClusterDimension;
+        at[0].val.clusterDim.x = (unsigned)cx, at[0].val.clusterDim.y = (unsigned)cy, at[0].val.clusterDim.z = 1;
+        lc.gridDim = grid, lc.blockDim = dim3((unsigned)threads), lc.dynamicSmemBytes = smem, lc.stream = st;
+        lc.attrs = at, lc.numAttrs = 1;
+    }
+    ClusterLaunch(const ClusterLaunch &) = delete;
+};
 
 } /* namespace */
 
