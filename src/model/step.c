@@ -155,27 +155,6 @@ static void forward_attn(us_model *m, int l, const us_batch *b, bool rebuild) {
     project(m, l, US_T_O, a->xmid, a->xin, a->att, T, 0);
 }
 
-/* whether layer l rebuilds its MLP tensors in backward (then they live in chunk buffers) */
-static bool mlp_rebuilt(const us_model *m, int l) {
-    int mode = us_layer_mode(m, l);
-    return mode == US_RECOMPUTE_MLP || mode == US_RECOMPUTE_LAYER;
-}
-
-/* Rows [r0, ...) of layer l's gate, up, bits and product: in the whole-layer tensors where the
- * layer keeps them, at the start of the chunk buffers where it rebuilds them. */
-typedef struct {
-    void *g, *up, *a;
-    uint32_t *bits;
-} mlp_rows_at;
-
-static mlp_rows_at mlp_at(const us_model *m, int l, size_t r0) {
-    const us_layer_acts *a = &m->acts[l];
-    size_t F = (size_t)m->cfg.inter, r = mlp_rebuilt(m, l) ? 0 : r0;
-    return (mlp_rows_at){rows_at(m, a->g, r, F), rows_at(m, a->up, r, F),
-                         a->a ? rows_at(m, a->a, r, (size_t)in_pitch(m, US_T_DOWN)) : NULL,
-                         a->bits ? a->bits + r * ((F + 31) / 32) : NULL};
-}
-
 /* MLP rows [r0, r0+n): h2 = rmsnorm(xmid) into m->s.h, gate and up (+LoRA) into the chunk
  * buffers, the activation (ReLU: bits packed, relu in place), and the product into prod when
  * not NULL. down_u: the down projection's x·A formed by the activation on its way (glu_fwd's
@@ -189,13 +168,12 @@ static bool mlp_front(us_model *m, int l, size_t r0, int n, void *prod, bool dow
     void *h = rows_at(m, m->s.h, r0, (size_t)hp);
     be->rmsnorm_fwd(be, h, hp, a->rstd2 + r0, rows_at(m, a->xmid, r0, D), m->L[l].ln2, n, c->hidden, (float)c->rms_eps);
     lora_down(m, l, US_T_GATE, h, n, r0);
-    mlp_rows_at v = mlp_at(m, l, r0);
-    project(m, l, US_T_GATE, v.g, NULL, h, n, r0);
-    project(m, l, US_T_UP, v.up, NULL, h, n, r0);
+    project(m, l, US_T_GATE, a->g, NULL, h, n, r0);
+    project(m, l, US_T_UP, a->up, NULL, h, n, r0);
     int lead = m->lora_lead[US_T_DOWN];
     bool fuse = down_u && prod && lead >= 0 && lora_on(m, l, lead);
     int R = fuse ? m->lora_ld[lead] : 0;
-    be->glu_fwd(be, glu_act(m), prod, in_pitch(m, US_T_DOWN), v.g, v.up, v.bits, n, c->inter,
+    be->glu_fwd(be, glu_act(m), prod, in_pitch(m, US_T_DOWN), a->g, a->up, a->bits, n, c->inter,
                 fuse ? u_at(m, l, lead, r0) : NULL, R, fuse ? m->params + m->slot[l][lead].off_A : NULL, R,
                 fuse && m->fold[lead] > 0);
     return fuse;
@@ -204,10 +182,8 @@ static bool mlp_front(us_model *m, int l, size_t r0, int n, void *prod, bool dow
 /* Rows of layer l's MLP processed at once: all of them where the layer keeps its MLP tensors,
  * m->mlp_rows where they are rebuilt (chunk buffers). */
 static int mlp_chunk(const us_model *m, int l, int T) {
-    if (mlp_rebuilt(m, l)) return m->mlp_rows;
-    const char *e = getenv("US_MLP_ROWS"); /* EXPERIMENT */
-    int r = e ? atoi(e) : 0;
-    return r > 0 && r < T ? r : T;
+    int mode = us_layer_mode(m, l);
+    return mode == US_RECOMPUTE_MLP || mode == US_RECOMPUTE_LAYER ? m->mlp_rows : T;
 }
 
 /* MLP block, forward: out = xmid + down(act(gate(h2)) * up(h2)), chunk by chunk */
@@ -217,9 +193,8 @@ static void mlp_forward(us_model *m, int l, int T, void *out) {
     int rows = mlp_chunk(m, l, T);
     for (int r0 = 0; r0 < T; r0 += rows) {
         int n = US_MIN(rows, T - r0);
-        void *prod = mlp_at(m, l, (size_t)r0).a;
-        if (!mlp_front(m, l, (size_t)r0, n, prod, true)) lora_down(m, l, US_T_DOWN, prod, n, (size_t)r0);
-        project(m, l, US_T_DOWN, rows_at(m, out, (size_t)r0, D), rows_at(m, a->xmid, (size_t)r0, D), prod, n, (size_t)r0);
+        if (!mlp_front(m, l, (size_t)r0, n, a->a, true)) lora_down(m, l, US_T_DOWN, a->a, n, (size_t)r0);
+        project(m, l, US_T_DOWN, rows_at(m, out, (size_t)r0, D), rows_at(m, a->xmid, (size_t)r0, D), a->a, n, (size_t)r0);
     }
 }
 
@@ -241,12 +216,11 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
     bool kept = mode == US_RECOMPUTE_NONE || mode == US_OFFLOAD_MLP || mode == US_RECOMPUTE_UP;
     int hp = in_pitch(m, US_T_GATE);
     void *dres = rows_at(m, m->s.dres, r0, (size_t)m->dres_ld), *dh = rows_at(m, m->s.dh, r0, D), *h = rows_at(m, m->s.h, r0, (size_t)hp);
-    mlp_rows_at v = mlp_at(m, l, r0);
-    void *prod = v.a;
+    void *prod = a->a;
     if (mode == US_RECOMPUTE_UP) { /* the gate was kept; rebuild h2 and the up projection (its x·A was kept) */
         be->rmsnorm_fwd(be, h, hp, m->s.rstd, rows_at(m, a->xmid, r0, D), L->ln2, n, c->hidden, (float)c->rms_eps);
         if (m->fold[US_T_UP]) lora_down(m, l, US_T_UP, h, n, r0); /* u beside h again (the same x·A) */
-        project(m, l, US_T_UP, v.up, NULL, h, n, r0);
+        project(m, l, US_T_UP, a->up, NULL, h, n, r0);
     }
     if (!kept) { /* rebuild this chunk: h2, gate, up, bits and (when down trains) the product */
         mlp_front(m, l, r0, n, down_trains ? m->s.a : NULL, false);
@@ -256,7 +230,7 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
         /* with LoRA alone on down_proj and gate/up's backward to run, the GLU backward forms it
          * on its way into down's dA (one pass over g and up instead of two, nothing written) */
         dA_in_glu = p->glu_bwd && !L->gw[US_T_DOWN];
-        if (!dA_in_glu) be->glu_fwd(be, act, prod, in_pitch(m, US_T_DOWN), v.g, v.up, NULL, n, c->inter, NULL, 0, NULL, 0, false);
+        if (!dA_in_glu) be->glu_fwd(be, act, prod, in_pitch(m, US_T_DOWN), a->g, a->up, NULL, n, c->inter, NULL, 0, NULL, 0, false);
     }
     if (p->glu_bwd || down_trains) {
         static const int down[] = {US_T_DOWN};
@@ -267,8 +241,8 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
     /* dg, du in place; dA_in_glu: down's dA from its du (still in m->s.lora) and the product
      * formed on the way, never written */
     float *dA_down = dA_in_glu ? m->grads + m->slot[l][US_T_DOWN].off_A : NULL;
-    be->glu_bwd(be, act, v.g, v.up, dA_down, m->s.lora, m->lora_ld[US_T_DOWN], m->lora_ld[US_T_DOWN], m->s.da, v.g,
-                v.up, v.bits, n, c->inter);
+    be->glu_bwd(be, act, a->g, a->up, dA_down, m->s.lora, m->lora_ld[US_T_DOWN], m->lora_ld[US_T_DOWN], m->s.da, a->g,
+                a->up, a->bits, n, c->inter);
     /* gate/up's dA reads h2: rebuilt above in the rebuilding modes; else formed from xmid on the fly
      * (LoRA only; full weights need the rows themselves) */
     group_in in_gu = {h, hp, NULL, NULL};
@@ -279,7 +253,7 @@ static void mlp_backward(us_model *m, int l, size_t r0, int n) {
             in_gu = (group_in){rows_at(m, a->xmid, r0, D), (int)D, a->rstd2 + r0, L->ln2};
     }
     static const int gate_up[] = {US_T_GATE, US_T_UP};
-    void *dgu[] = {v.g, v.up};
+    void *dgu[] = {a->g, a->up};
     group_bwd(m, l, gate_up, 2, dgu, 0, p->prior_mlp ? dh : NULL, false, in_gu, n, r0);
     if (p->prior_mlp)
         be->rmsnorm_bwd(be, dres, m->dres_ld, true, L->gln2, dh, rows_at(m, a->xmid, r0, D), a->rstd2 + r0, L->ln2, n, c->hidden);
