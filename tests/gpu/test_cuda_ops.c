@@ -162,6 +162,21 @@ TEST(cuda_linear_fwd_bwd) {
                 p.g->linear_fwd(p.g, gy2, gres, gx, in, gW, in, NULL, T, in, out);
                 double e2 = err_act(&p, gy2, cy, (size_t)T * out), e3 = err_act(&p, gres, cres, (size_t)T * out);
                 CHECK(e2 < TOL_MM && e3 < TOL_MM, "linear_fwd %dx%dx%d res elsewhere: %g (res against y0: %g)", T, in, out, e2, e3);
+                /* and a bias with it: aligned (cuBLASLt's bias epilogue) and 4 bytes off (added
+                 * by a kernel after the product) */
+                float *b1 = calloc((size_t)out + 1, 4);
+                memcpy(b1 + 1, b, (size_t)out * 4);
+                float *gb1 = g_bytes(&p, b1, (out + 1) * 4);
+                free(b1);
+                void *cyb = p.c->alloc(p.c, (size_t)T * out * 4);
+                p.c->linear_fwd(p.c, cyb, cres, cx, in, cW, in, cb, T, in, out);
+                for (int mis = 0; mis < 2; mis++) {
+                    void *gy3 = g_poison(&p, (size_t)T * out * 2);
+                    p.g->linear_fwd(p.g, gy3, gres, gx, in, gW, in, mis ? gb1 + 1 : gb, T, in, out);
+                    double e4 = err_act(&p, gy3, cyb, (size_t)T * out);
+                    CHECK(e4 < TOL_MM, "linear_fwd %dx%dx%d res elsewhere, bias %s: %g", T, in, out,
+                          mis ? "misaligned" : "aligned", e4);
+                }
             }
             if (!acc) { /* x and W with rows in + 8 apart, NaN between: the same product */
                 int ld = in + 8;

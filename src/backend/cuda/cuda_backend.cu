@@ -814,6 +814,7 @@ static void cu_rmsnorm_bwd(us_backend *be, void *dx, int ldx, bool acc, float *d
 
 struct gemm_plan {
     int ta, tb, m, n, k, lda, ldb, ldc, at, bt, ct, align_a, align_b, align_c;
+    int bias; /* the epilogue adds an f32 vector over C's rows (CUBLASLT_EPILOGUE_BIAS) */
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t la, lb, lc;
     cublasLtMatmulAlgo_t algo, cand[8];
@@ -838,12 +839,12 @@ static int ptr_align(const void *p) {
     } while (0)
 
 static gemm_plan *gemm_find(cuda_impl *c, int ta, int tb, int m, int n, int k, int lda, int ldb, int ldc,
-                            cudaDataType at, cudaDataType bt, cudaDataType ct, int aa, int ab, int ac) {
+                            cudaDataType at, cudaDataType bt, cudaDataType ct, int aa, int ab, int ac, int bias) {
     for (int i = 0; i < c->n_plans; i++) {
         gemm_plan *p = &c->plans[i];
         if (p->ta == ta && p->tb == tb && p->m == m && p->n == n && p->k == k && p->lda == lda && p->ldb == ldb &&
             p->ldc == ldc && p->at == (int)at && p->bt == (int)bt && p->ct == (int)ct && p->align_a == aa &&
-            p->align_b == ab && p->align_c == ac)
+            p->align_b == ab && p->align_c == ac && p->bias == bias)
             return p;
     }
     if (c->n_plans == c->cap_plans) {
@@ -856,11 +857,17 @@ static gemm_plan *gemm_find(cuda_impl *c, int ta, int tb, int m, int n, int k, i
     gemm_plan *p = &c->plans[c->n_plans];
     memset(p, 0, sizeof *p);
     p->ta = ta, p->tb = tb, p->m = m, p->n = n, p->k = k, p->lda = lda, p->ldb = ldb, p->ldc = ldc;
-    p->at = at, p->bt = bt, p->ct = ct, p->align_a = aa, p->align_b = ab, p->align_c = ac;
+    p->at = at, p->bt = bt, p->ct = ct, p->align_a = aa, p->align_b = ab, p->align_c = ac, p->bias = bias;
     cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
     LTCK(c, cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     LTCK(c, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
     LTCK(c, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
+    if (bias) {
+        cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+        cudaDataType bt32 = CUDA_R_32F;
+        LTCK(c, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+        LTCK(c, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt32, sizeof bt32));
+    }
     LTCK(c, cublasLtMatrixLayoutCreate(&p->la, at, ta ? k : m, ta ? m : k, lda));
     LTCK(c, cublasLtMatrixLayoutCreate(&p->lb, bt, tb ? n : k, tb ? k : n, ldb));
     LTCK(c, cublasLtMatrixLayoutCreate(&p->lc, ct, m, n, ldc));
@@ -884,7 +891,7 @@ static gemm_plan *gemm_find(cuda_impl *c, int ta, int tb, int m, int n, int k, i
             if (res[i].state == CUBLAS_STATUS_SUCCESS) p->cand[p->n_cand++] = res[i].algo;
         p->tuned = p->n_cand <= 1;
         p->ok = 1;
-    } else {
+    } else if (!bias) { /* a bias epilogue without an algorithm: the caller adds the bias itself */
         char msg[160];
         snprintf(msg, sizeof msg, "no cuBLASLt algorithm for m=%d n=%d k=%d ta=%d tb=%d (status %d)", m, n, k, ta, tb,
                  (int)s);
@@ -938,25 +945,31 @@ static void gemm_tune(cuda_impl *c, gemm_plan *p, float alpha, const void *A, co
     p->tuned = 1;
 }
 
-/* Column-major C[m,n] = alpha op(A) op(B) + beta S, op(A) m x k, S = Cs (same layout as C) or,
- * with Cs NULL, C itself. */
-static void gemm_src(cuda_impl *c, bool ta, bool tb, int m, int n, int k, float alpha, const void *A, cudaDataType at,
+/* Column-major C[m,n] = alpha op(A) op(B) + beta S (+ bias[i] on row i), op(A) m x k, S = Cs
+ * (same layout as C) or, with Cs NULL, C itself. Returns whether the bias was added (false: no
+ * algorithm takes that epilogue at this shape; the caller adds it). */
+static bool gemm_src(cuda_impl *c, bool ta, bool tb, int m, int n, int k, float alpha, const void *A, cudaDataType at,
                      int lda, const void *B, cudaDataType bt, int ldb, float beta, const void *Cs, void *C,
-                     cudaDataType ct, int ldc) {
-    if (m <= 0 || n <= 0) return;
+                     cudaDataType ct, int ldc, const float *bias = NULL) {
+    if (m <= 0 || n <= 0) return true;
     const size_t bytes = (size_t)ldc * n * (ct == CUDA_R_32F ? 4 : 2);
     if (!Cs) Cs = C;
     if (k <= 0) {
         if (beta == 0.0f) CK(c, cudaMemsetAsync(C, 0, bytes, c->st));
         else if (Cs != C) CK(c, cudaMemcpyAsync(C, Cs, bytes, cudaMemcpyDeviceToDevice, c->st));
-        return;
+        return !bias;
     }
-    gemm_plan *p = gemm_find(c, ta, tb, m, n, k, lda, ldb, ldc, at, bt, ct, ptr_align(A), ptr_align(B),
-                             US_MIN(ptr_align(C), ptr_align(Cs)));
-    if (!p || !p->ok) return;
+    int ac = US_MIN(ptr_align(C), ptr_align(Cs));
+    gemm_plan *p = bias && ptr_align(bias) >= 16
+                       ? gemm_find(c, ta, tb, m, n, k, lda, ldb, ldc, at, bt, ct, ptr_align(A), ptr_align(B), ac, 1)
+                       : NULL;
+    if (p && p->ok) LTCK(c, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    else p = gemm_find(c, ta, tb, m, n, k, lda, ldb, ldc, at, bt, ct, ptr_align(A), ptr_align(B), ac, 0);
+    if (!p || !p->ok) return true; /* reported */
     if (!p->tuned) gemm_tune(c, p, alpha, A, B, beta, C, Cs != C);
     LTCK(c, cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, B, p->lb, &beta, Cs, p->lc, C, p->lc, &p->algo, c->ws,
                            c->ws_bytes, c->st));
+    return p->bias || !bias;
 }
 
 static void gemm(cuda_impl *c, bool ta, bool tb, int m, int n, int k, float alpha, const void *A, cudaDataType at,
@@ -976,8 +989,7 @@ static void cu_linear_fwd(us_backend *be, void *y, const void *res, const void *
     cuda_impl *c = CI(be);
     PROF(c, P_LINEAR_F);
     /* y^T (out x T) = res^T + W (out x in) x^T */
-    gemm_src(c, true, false, out, T, in, 1.0f, W, BF, ldw, x, BF, ldx, res ? 1.0f : 0.0f, res, y, BF, out);
-    if (bias) {
+    if (!gemm_src(c, true, false, out, T, in, 1.0f, W, BF, ldw, x, BF, ldx, res ? 1.0f : 0.0f, res, y, BF, out, bias)) {
         k_add_bias<<<grid_for(c, (size_t)T * out, 256), 256, 0, c->st>>>((bf16 *)y, bias, (size_t)T, out);
         CK_LAUNCH(c);
     }
@@ -1608,16 +1620,15 @@ __global__ void __launch_bounds__(XENT_THREADS) k_xent(bf16 *logits, const int32
     }
 }
 
-/* Version 2: the row read once. A cluster of CL CTAs of NTH threads takes a row, each thread XC_U
- * 16-byte pieces of it held in registers (CL * NTH * 64 elements a cluster: vocab 128,256 takes 8
- * CTAs of 256 threads, four resident per SM, so that one CTA's loads overlap another's
- * arithmetic); the (max, sum) pairs meet in shared memory, then across the cluster through
- * distributed shared memory, and dlogits leave from the registers. k_xent reads each row twice:
- * its rows (256 KB at vocab 128,256, hundreds in flight) do not stay in L2 from one pass to the
- * next. */
-#define XC_U 8
-template <int CL, int NTH>
-__global__ void __launch_bounds__(NTH, 1024 / NTH) k_xent_cl(bf16 *logits, const int32_t *labels, float *loss_sum,
+/* Version 2: the row read once. A cluster of CL CTAs of NTH threads takes a row, each thread U
+ * 16-byte pieces of it held in registers (CL * NTH * U * 8 elements a cluster: vocab 128,256 takes
+ * 8 CTAs of 256 threads with U = 8, four resident per SM, so that one CTA's loads overlap
+ * another's arithmetic); the (max, sum) pairs meet in shared memory, then across the cluster
+ * through distributed shared memory, and dlogits leave from the registers. k_xent reads each row
+ * twice: its rows (256 KB at vocab 128,256, hundreds in flight) do not stay in L2 from one pass
+ * to the next. */
+template <int CL, int NTH, int U>
+__global__ void __launch_bounds__(NTH, (U <= 10 ? 1024 : 512) / NTH) k_xent_cl(bf16 *logits, const int32_t *labels, float *loss_sum,
                                                               float grad_scale, int vocab) {
     cg::cluster_group cl = cg::this_cluster();
     __shared__ float sm[NTH / 32], ss[NTH / 32];
@@ -1629,18 +1640,18 @@ __global__ void __launch_bounds__(NTH, 1024 / NTH) k_xent_cl(bf16 *logits, const
     auto piece = [&](int k) { return (k * CL + rank) * NTH + tid; }; /* coalesced across the cluster */
     if (lab < 0 || lab >= vocab) { /* the whole cluster takes this branch: no cluster barrier */
 #pragma unroll
-        for (int k = 0; k < XC_U; k++)
+        for (int k = 0; k < U; k++)
             if (piece(k) < n8) *reinterpret_cast<uint4 *>(L + (size_t)piece(k) * 8) = make_uint4(0, 0, 0, 0);
         return;
     }
-    uint4 v[XC_U];
+    uint4 v[U];
 #pragma unroll
-    for (int k = 0; k < XC_U; k++)
+    for (int k = 0; k < U; k++)
         v[k] = piece(k) < n8 ? *reinterpret_cast<const uint4 *>(L + (size_t)piece(k) * 8) : make_uint4(0, 0, 0, 0);
     const float xlab = rank == 0 && tid == 0 ? __bfloat162float(L[lab]) : 0.0f; /* read before any CTA writes */
     auto each = [&](auto fn) { /* fn(8 values, piece index) over this thread's pieces inside the row */
 #pragma unroll
-        for (int k = 0; k < XC_U; k++) {
+        for (int k = 0; k < U; k++) {
             if (piece(k) >= n8) continue;
             float f[8];
             unpack8(v[k], f);
@@ -1677,26 +1688,38 @@ __global__ void __launch_bounds__(NTH, 1024 / NTH) k_xent_cl(bf16 *logits, const
     });
 }
 
-/* CTAs of nth threads a cluster of k_xent_cl needs for a row of vocab elements: a power of two up
- * to 8, 0 when more */
-static int xent_cluster_size(int nth, int vocab) {
+/* CTAs of nth threads holding u pieces each a cluster of k_xent_cl needs for a row of vocab
+ * elements: a power of two up to 8, 0 when more */
+static int xent_cluster_size(int nth, int u, int vocab) {
     for (int cl = 1; cl <= 8; cl *= 2)
-        if ((size_t)cl * nth * XC_U * 8 >= (size_t)vocab) return cl;
+        if ((size_t)cl * nth * u * 8 >= (size_t)vocab) return cl;
     return 0;
 }
 
 /* k_xent_cl for rows of vocab elements (a multiple of 8, 16-byte aligned rows): the smallest
- * cluster of 256-thread CTAs that holds a row, else of 512; false: not taken */
+ * cluster of 256-thread CTAs with 8 pieces a thread that holds a row; past 131,072 elements 8
+ * CTAs of 256 threads with 10 or 16 pieces (Qwen's 151,936, Gemma's 262,144), else of 512 with 8;
+ * false: not taken */
 static bool xent_cluster(cuda_impl *c, bf16 *L, const int32_t *labels, float *loss_sum, float grad_scale, int rows,
                          int vocab) {
     if (!c->clusters || c->xent_v1 || vocab % 8 || !aligned16(L)) return false;
-    int nth = 256, cl = xent_cluster_size(256, vocab);
-    if (!cl) nth = 512, cl = xent_cluster_size(512, vocab);
+    int nth = 256, u = 8, cl = xent_cluster_size(256, 8, vocab);
+    const char *cfg = getenv("US_CUDA_XENT_CFG"); /* EXPERIMENT: "nth,u" */
+    if (cfg) {
+        sscanf(cfg, "%d,%d", &nth, &u);
+        cl = xent_cluster_size(nth, u, vocab);
+    }
+    if (!cl) u = 10, cl = xent_cluster_size(256, 10, vocab) == 8 ? 8 : 0;
+    if (!cl) u = 16, cl = xent_cluster_size(256, 16, vocab) == 8 ? 8 : 0;
+    if (!cl) nth = 512, u = 8, cl = xent_cluster_size(512, 8, vocab);
     if (!cl) return false;
     ClusterLaunch l(dim3((unsigned)rows * cl), nth, 0, c->st, cl);
-#define XC_GO(C, N) cudaLaunchKernelEx(&l.lc, k_xent_cl<C, N>, L, labels, loss_sum, grad_scale, vocab)
-    cudaError_t e = nth == 256 ? (cl == 1 ? XC_GO(1, 256) : cl == 2 ? XC_GO(2, 256) : cl == 4 ? XC_GO(4, 256) : XC_GO(8, 256))
-                               : (cl == 1 ? XC_GO(1, 512) : cl == 2 ? XC_GO(2, 512) : cl == 4 ? XC_GO(4, 512) : XC_GO(8, 512));
+#define XC_GO(C, N, U) cudaLaunchKernelEx(&l.lc, k_xent_cl<C, N, U>, L, labels, loss_sum, grad_scale, vocab)
+    cudaError_t e;
+    if (nth == 512) e = cl == 1 ? XC_GO(1, 512, 8) : cl == 2 ? XC_GO(2, 512, 8) : cl == 4 ? XC_GO(4, 512, 8) : XC_GO(8, 512, 8);
+    else if (u == 10) e = XC_GO(8, 256, 10);
+    else if (u == 16) e = XC_GO(8, 256, 16);
+    else e = cl == 1 ? XC_GO(1, 256, 8) : cl == 2 ? XC_GO(2, 256, 8) : cl == 4 ? XC_GO(4, 256, 8) : XC_GO(8, 256, 8);
 #undef XC_GO
     CK(c, e);
     return true;
