@@ -1706,8 +1706,10 @@ static bool xent_cluster(cuda_impl *c, bf16 *L, const int32_t *labels, float *lo
     int nth = 256, u = 8, cl = xent_cluster_size(256, 8, vocab);
     const char *cfg = getenv("US_CUDA_XENT_CFG"); /* EXPERIMENT: "nth,u" */
     if (cfg) {
-        sscanf(cfg, "%d,%d", &nth, &u);
-        cl = xent_cluster_size(nth, u, vocab);
+        int n2 = 256, u2 = 8;
+        sscanf(cfg, "%d,%d", &n2, &u2);
+        int c2 = xent_cluster_size(n2, u2, vocab);
+        if (c2 && (u2 == 8 || c2 == 8) && (n2 == 256 || u2 == 8)) nth = n2, u = u2, cl = c2;
     }
     if (!cl) u = 10, cl = xent_cluster_size(256, 10, vocab) == 8 ? 8 : 0;
     if (!cl) u = 16, cl = xent_cluster_size(256, 16, vocab) == 8 ? 8 : 0;
