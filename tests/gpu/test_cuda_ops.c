@@ -140,6 +140,19 @@ TEST(cuda_rmsnorm_fwd_bwd) {
 
 TEST(cuda_linear_fwd_bwd) {
     OPEN_PAIR(p);
+    { /* a bias wider than the epilogue's copy (32,768): added by a kernel after the product */
+        int T = 16, in = 64, out = 32776;
+        float *x = rnd((size_t)T * in, 1.0f, 11), *W = rnd((size_t)out * in, 0.05f, 12), *b = rnd(out, 0.1f, 13);
+        void *gx = g_act(&p, x, (size_t)T * in), *gW = p.g->weight_upload(p.g, W, US_DT_F32, (size_t)out * in);
+        float *gb = g_bytes(&p, b, (size_t)out * 4), *cb = c_f32(&p, b, out);
+        void *cx = c_f32(&p, x, (size_t)T * in), *cW = c_f32(&p, W, (size_t)out * in);
+        void *gy = g_poison(&p, (size_t)T * out * 2), *cy = p.c->alloc(p.c, (size_t)T * out * 4);
+        p.g->linear_fwd(p.g, gy, NULL, gx, in, gW, in, gb, T, in, out);
+        p.c->linear_fwd(p.c, cy, NULL, cx, in, cW, in, cb, T, in, out);
+        double e = err_act(&p, gy, cy, (size_t)T * out);
+        CHECK(e < TOL_MM, "linear_fwd %dx%dx%d with its bias: %g", T, in, out, e);
+        free(x), free(W), free(b);
+    }
     int shapes[][3] = {{100, 64, 96}, {512, 576, 1536}, {77, 40, 24}};
     for (int si = 0; si < 3; si++) {
         int T = shapes[si][0], in = shapes[si][1], out = shapes[si][2];
@@ -162,21 +175,12 @@ TEST(cuda_linear_fwd_bwd) {
                 p.g->linear_fwd(p.g, gy2, gres, gx, in, gW, in, NULL, T, in, out);
                 double e2 = err_act(&p, gy2, cy, (size_t)T * out), e3 = err_act(&p, gres, cres, (size_t)T * out);
                 CHECK(e2 < TOL_MM && e3 < TOL_MM, "linear_fwd %dx%dx%d res elsewhere: %g (res against y0: %g)", T, in, out, e2, e3);
-                /* and a bias with it: aligned (cuBLASLt's bias epilogue) and 4 bytes off (added
-                 * by a kernel after the product) */
-                float *b1 = calloc((size_t)out + 1, 4);
-                memcpy(b1 + 1, b, (size_t)out * 4);
-                float *gb1 = g_bytes(&p, b1, (out + 1) * 4);
-                free(b1);
-                void *cyb = p.c->alloc(p.c, (size_t)T * out * 4);
+                /* and a bias with it (cuBLASLt's bias epilogue) */
+                void *cyb = p.c->alloc(p.c, (size_t)T * out * 4), *gy3 = g_poison(&p, (size_t)T * out * 2);
                 p.c->linear_fwd(p.c, cyb, cres, cx, in, cW, in, cb, T, in, out);
-                for (int mis = 0; mis < 2; mis++) {
-                    void *gy3 = g_poison(&p, (size_t)T * out * 2);
-                    p.g->linear_fwd(p.g, gy3, gres, gx, in, gW, in, mis ? gb1 + 1 : gb, T, in, out);
-                    double e4 = err_act(&p, gy3, cyb, (size_t)T * out);
-                    CHECK(e4 < TOL_MM, "linear_fwd %dx%dx%d res elsewhere, bias %s: %g", T, in, out,
-                          mis ? "misaligned" : "aligned", e4);
-                }
+                p.g->linear_fwd(p.g, gy3, gres, gx, in, gW, in, gb, T, in, out);
+                double e4 = err_act(&p, gy3, cyb, (size_t)T * out);
+                CHECK(e4 < TOL_MM, "linear_fwd %dx%dx%d res elsewhere and bias: %g", T, in, out, e4);
             }
             if (!acc) { /* x and W with rows in + 8 apart, NaN between: the same product */
                 int ld = in + 8;
@@ -759,11 +763,12 @@ TEST(cuda_add_and_xent) {
         CHECK(e < TOL_EW, "add: %g", e);
     }
     /* 1001: the scalar path; 128256 and 151936: the benchmark models' and Qwen2's rows. The
-     * row-in-registers kernel (clusters of 1, 2, 4, 8 CTAs of 32,768 elements): 256 to 151936,
-     * 262144 (8 full CTAs); 262152 takes the two-pass kernel. Labels: one ignored row, the
-     * first and last element, the rest anywhere. */
-    int vocabs[] = {256, 1000, 1001, 49152, 128256, 151936, 262144, 262152};
-    for (int vi = 0; vi < 8; vi++) {
+     * row-in-registers kernel: clusters of 1, 2, 4, 8 CTAs of 256 threads with 8 pieces of 8
+     * elements (256 to 128256), 8 CTAs with 10 pieces (151936, 163840 full), 8 CTAs of 512
+     * threads (200000, 262144 full); 262152 takes the two-pass kernel. Labels: one ignored row,
+     * the first and last element, the rest anywhere. */
+    int vocabs[] = {256, 1000, 1001, 49152, 128256, 151936, 163840, 200000, 262144, 262152};
+    for (int vi = 0; vi < 10; vi++) {
         int rows = 9, V = vocabs[vi];
         size_t nl = (size_t)rows * V;
         float *L = rnd(nl, 3.0f, 10 + vi);

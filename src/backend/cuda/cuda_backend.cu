@@ -336,9 +336,12 @@ static void cu_copy_wait(us_backend *be, int ticket) {
  * workspace, the attention backward's accumulators and D, the reduction scalar. LoRA at r = 8, 16,
  * 32 needs nothing (the cuBLASLt fallback for other ranks adds (r*in + out*r + T*r) * 2 bytes for
  * the largest adapter). */
+/* widest bias the product's epilogue adds (linear_fwd; wider ones by k_add_bias) */
+#define BIAS_MAX 32768
+
 static size_t cu_scratch_bytes(us_backend *be, int T, const us_attn_shape *sh) {
     cuda_impl *c = CI(be);
-    size_t b = c->ws_bytes + 256;
+    size_t b = c->ws_bytes + 256 + BIAS_MAX * 2; /* workspace, SCR_RED, SCR_BIAS */
     if (sh && T > 0) b += us_cuda_attn_scratch_bytes(c, T, sh);
     return b;
 }
@@ -814,7 +817,7 @@ static void cu_rmsnorm_bwd(us_backend *be, void *dx, int ldx, bool acc, float *d
 
 struct gemm_plan {
     int ta, tb, m, n, k, lda, ldb, ldc, at, bt, ct, align_a, align_b, align_c;
-    int bias; /* the epilogue adds an f32 vector over C's rows (CUBLASLT_EPILOGUE_BIAS) */
+    int bias; /* the epilogue adds a vector of C's type over C's rows (CUBLASLT_EPILOGUE_BIAS) */
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t la, lb, lc;
     cublasLtMatmulAlgo_t algo, cand[8];
@@ -862,11 +865,9 @@ static gemm_plan *gemm_find(cuda_impl *c, int ta, int tb, int m, int n, int k, i
     LTCK(c, cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     LTCK(c, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
     LTCK(c, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
-    if (bias) {
+    if (bias) { /* the bias in C's type: cuBLASLt 13 has no f32 bias for a bf16 C */
         cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-        cudaDataType bt32 = CUDA_R_32F;
         LTCK(c, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
-        LTCK(c, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt32, sizeof bt32));
     }
     LTCK(c, cublasLtMatrixLayoutCreate(&p->la, at, ta ? k : m, ta ? m : k, lda));
     LTCK(c, cublasLtMatrixLayoutCreate(&p->lb, bt, tb ? n : k, tb ? k : n, ldb));
@@ -950,7 +951,7 @@ static void gemm_tune(cuda_impl *c, gemm_plan *p, float alpha, const void *A, co
  * algorithm takes that epilogue at this shape; the caller adds it). */
 static bool gemm_src(cuda_impl *c, bool ta, bool tb, int m, int n, int k, float alpha, const void *A, cudaDataType at,
                      int lda, const void *B, cudaDataType bt, int ldb, float beta, const void *Cs, void *C,
-                     cudaDataType ct, int ldc, const float *bias = NULL) {
+                     cudaDataType ct, int ldc, const void *bias = NULL) {
     if (m <= 0 || n <= 0) return true;
     const size_t bytes = (size_t)ldc * n * (ct == CUDA_R_32F ? 4 : 2);
     if (!Cs) Cs = C;
@@ -988,8 +989,13 @@ static void cu_linear_fwd(us_backend *be, void *y, const void *res, const void *
                           const float *bias, int T, int in, int out) {
     cuda_impl *c = CI(be);
     PROF(c, P_LINEAR_F);
-    /* y^T (out x T) = res^T + W (out x in) x^T */
-    if (!gemm_src(c, true, false, out, T, in, 1.0f, W, BF, ldw, x, BF, ldx, res ? 1.0f : 0.0f, res, y, BF, out, bias)) {
+    /* the bias rounded to bf16 (as a bf16 model holds it) and added by the product's epilogue to
+     * its f32 sums: one rounding, no pass over y */
+    bf16 *bb = bias && out <= BIAS_MAX ? (bf16 *)us_cuda_scratch(c, SCR_BIAS, BIAS_MAX * 2) : NULL;
+    if (bb) f32_to_bf16(c, bb, bias, (size_t)out);
+    /* y^T (out x T) = res^T + W (out x in) x^T (+ bias) */
+    if (!gemm_src(c, true, false, out, T, in, 1.0f, W, BF, ldw, x, BF, ldx, res ? 1.0f : 0.0f, res, y, BF, out, bb) ||
+        (bias && !bb)) {
         k_add_bias<<<grid_for(c, (size_t)T * out, 256), 256, 0, c->st>>>((bf16 *)y, bias, (size_t)T, out);
         CK_LAUNCH(c);
     }
@@ -1628,7 +1634,7 @@ __global__ void __launch_bounds__(XENT_THREADS) k_xent(bf16 *logits, const int32
  * twice: its rows (256 KB at vocab 128,256, hundreds in flight) do not stay in L2 from one pass
  * to the next. */
 template <int CL, int NTH, int U>
-__global__ void __launch_bounds__(NTH, (U <= 10 ? 1024 : 512) / NTH) k_xent_cl(bf16 *logits, const int32_t *labels, float *loss_sum,
+__global__ void __launch_bounds__(NTH, 1024 / NTH) k_xent_cl(bf16 *logits, const int32_t *labels, float *loss_sum,
                                                               float grad_scale, int vocab) {
     cg::cluster_group cl = cg::this_cluster();
     __shared__ float sm[NTH / 32], ss[NTH / 32];
@@ -1697,30 +1703,24 @@ static int xent_cluster_size(int nth, int u, int vocab) {
 }
 
 /* k_xent_cl for rows of vocab elements (a multiple of 8, 16-byte aligned rows): the smallest
- * cluster of 256-thread CTAs with 8 pieces a thread that holds a row; past 131,072 elements 8
- * CTAs of 256 threads with 10 or 16 pieces (Qwen's 151,936, Gemma's 262,144), else of 512 with 8;
+ * cluster of 256-thread CTAs with 8 pieces a thread that holds a row; up to 163,840 elements
+ * (Qwen's 151,936) 8 CTAs of 256 threads with 10 pieces, up to 262,144 8 CTAs of 512 threads.
+ * Measured (`build/unswag_gpu_bench 20 mem`, 1024 rows, H100, 2026-11-23): at 151,936 0.262 ms
+ * against 0.357 with 8 CTAs of 512 threads and 0.393 with 16 pieces; at 262,144 512-thread CTAs
+ * 0.488 ms against 0.526 with 16 pieces; at 128,256 10 pieces 0.234 against 0.219 with 8.
  * false: not taken */
 static bool xent_cluster(cuda_impl *c, bf16 *L, const int32_t *labels, float *loss_sum, float grad_scale, int rows,
                          int vocab) {
     if (!c->clusters || c->xent_v1 || vocab % 8 || !aligned16(L)) return false;
     int nth = 256, u = 8, cl = xent_cluster_size(256, 8, vocab);
-    const char *cfg = getenv("US_CUDA_XENT_CFG"); /* EXPERIMENT: "nth,u" */
-    if (cfg) {
-        int n2 = 256, u2 = 8;
-        sscanf(cfg, "%d,%d", &n2, &u2);
-        int c2 = xent_cluster_size(n2, u2, vocab);
-        if (c2 && (u2 == 8 || c2 == 8) && (n2 == 256 || u2 == 8)) nth = n2, u = u2, cl = c2;
-    }
-    if (!cl) u = 10, cl = xent_cluster_size(256, 10, vocab) == 8 ? 8 : 0;
-    if (!cl) u = 16, cl = xent_cluster_size(256, 16, vocab) == 8 ? 8 : 0;
-    if (!cl) nth = 512, u = 8, cl = xent_cluster_size(512, 8, vocab);
+    if (!cl && xent_cluster_size(256, 10, vocab) == 8) u = 10, cl = 8;
+    if (!cl && xent_cluster_size(512, 8, vocab) == 8) nth = 512, cl = 8;
     if (!cl) return false;
     ClusterLaunch l(dim3((unsigned)rows * cl), nth, 0, c->st, cl);
 #define XC_GO(C, N, U) cudaLaunchKernelEx(&l.lc, k_xent_cl<C, N, U>, L, labels, loss_sum, grad_scale, vocab)
     cudaError_t e;
-    if (nth == 512) e = cl == 1 ? XC_GO(1, 512, 8) : cl == 2 ? XC_GO(2, 512, 8) : cl == 4 ? XC_GO(4, 512, 8) : XC_GO(8, 512, 8);
+    if (nth == 512) e = XC_GO(8, 512, 8);
     else if (u == 10) e = XC_GO(8, 256, 10);
-    else if (u == 16) e = XC_GO(8, 256, 16);
     else e = cl == 1 ? XC_GO(1, 256, 8) : cl == 2 ? XC_GO(2, 256, 8) : cl == 4 ? XC_GO(4, 256, 8) : XC_GO(8, 256, 8);
 #undef XC_GO
     CK(c, e);

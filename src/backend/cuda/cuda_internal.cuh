@@ -29,6 +29,7 @@ enum {
     SCR_ATTN_DKV,   /* attention backward (GQA): f32 dK, dV accumulators */
     SCR_RED,        /* reductions: one double / int */
     SCR_NORM_ROWS,  /* lora_bwd_x given an RMSNorm's input, on the paths without scales: the normed rows */
+    SCR_BIAS,       /* linear_fwd: bf16 copy of the bias for cuBLASLt's bias epilogue (BIAS_MAX elements) */
     SCR_COUNT
 };
 
