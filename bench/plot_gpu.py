@@ -1,22 +1,25 @@
 #!/usr/bin/env python3
 """Draws docs/img/gpu_vs_peft.svg (and docs/img/gpu_longctx.svg, at the end): tokens/s and peak GPU memory of unswag (default plan, and
---max-memory at each shape's memory target: 5, 8, 19 GiB) beside transformers + PEFT for the
-three benchmark shapes, from the figures in docs/BENCHMARKS.md (H100, one call, 2026-11-23 06:36
-UTC, commit cbfe64f: medians of three alternating runs; the --max-memory rows one run each). Plain SVG, no plotting library needed.
+--max-memory at each shape's memory target: 5, 8, 19 GiB; 5 for Qwen2.5-0.5B, which the issue's
+table does not list) beside transformers + PEFT for the benchmark shapes, from the figures in
+docs/BENCHMARKS.md (H100, one card, 2026-11-23 08:19-08:22 UTC, commit 5b1ee42: medians of three
+alternating runs; the --max-memory rows one run each). Plain SVG, no plotting library needed.
   python3 bench/plot_gpu.py [OUT.svg]"""
 import sys
 
-shapes = ["smollm2-135m 8×2048", "llama-3.2-1b 4×2048", "llama-3.1-8b 1×2048"]
-tok = {"PEFT": [86040, 39500, 9319], "unswag": [325045, 87288, 16620], "unswag --max-memory 5/8/19": [316901, 86362, 16543]}
-gib = {"PEFT": [21.80, 28.55, 31.78], "unswag": [6.16, 9.41, 21.77], "unswag --max-memory 5/8/19": [4.98, 7.91, 18.93]}
-colors = {"PEFT": "#9ca3af", "unswag": "#2563eb", "unswag --max-memory 5/8/19": "#60a5fa"}
-W, H, pad = 980, 410, 50
+shapes = ["smollm2-135m 8×2048", "qwen2.5-0.5b 8×2048", "llama-3.2-1b 4×2048", "llama-3.1-8b 1×2048"]
+tok = {"PEFT": [94601, 57034, 39593, 9175], "unswag": [323506, 157702, 85127, 16214],
+       "unswag --max-memory 5/5/8/19": [311862, 143547, 84026, 16001]}
+gib = {"PEFT": [21.80, 51.35, 28.55, 31.78], "unswag": [6.16, 11.79, 9.41, 21.77],
+       "unswag --max-memory 5/5/8/19": [4.98, 4.96, 7.91, 18.93]}
+colors = {"PEFT": "#9ca3af", "unswag": "#2563eb", "unswag --max-memory 5/5/8/19": "#60a5fa"}
+W, H, pad = 1180, 410, 50
 out = []
 def text(x, y, s, size=12, anchor="middle", weight="normal", fill="#111827"):
     out.append(f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" font-weight="{weight}" fill="{fill}">{s}</text>')
 
 def panel(x0, title, data, fmt, rel):
-    pw, ph = 440, 250
+    pw, ph = 540, 250
     text(x0 + pw / 2, 30, title, 14, weight="bold")
     y0 = 50 + ph
     out.append(f'<line x1="{x0}" y1="{y0}" x2="{x0 + pw}" y2="{y0}" stroke="#374151"/>')
@@ -37,7 +40,7 @@ def panel(x0, title, data, fmt, rel):
 out.append(f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif">')
 out.append(f'<rect width="{W}" height="{H}" fill="white"/>')
 panel(pad - 20, "training tokens/s (higher is better)", tok, lambda v: f"{v / 1000:.1f}k" if v < 1e5 else f"{v / 1000:.0f}k", lambda v, p: f"{v / p:.2f}×")
-panel(pad + 470, "peak GPU memory, GiB (lower is better)", gib, lambda v: f"{v:.1f}", lambda v, p: "")
+panel(pad + 570, "peak GPU memory, GiB (lower is better)", gib, lambda v: f"{v:.1f}", lambda v, p: "")
 lx = pad
 for name, c in colors.items():
     out.append(f'<rect x="{lx}" y="{H - 58}" width="14" height="14" fill="{c}"/>')
