@@ -332,13 +332,13 @@ static void cu_copy_wait(us_backend *be, int ticket) {
     if (ticket > 0) CK(c, cudaStreamWaitEvent(c->st, c->ev_ring[ticket % COPY_RING], 0));
 }
 
-/* What the backend allocates beyond the model's buffers for a step of T tokens: the cuBLASLt
- * workspace, the attention backward's accumulators and D, the reduction scalar. LoRA at r = 8, 16,
- * 32 needs nothing (the cuBLASLt fallback for other ranks adds (r*in + out*r + T*r) * 2 bytes for
- * the largest adapter). */
 /* widest bias the product's epilogue adds (linear_fwd; wider ones by k_add_bias) */
 #define BIAS_MAX 32768
 
+/* What the backend allocates beyond the model's buffers for a step of T tokens: the cuBLASLt
+ * workspace, the attention backward's accumulators and D, the reduction scalar, the bf16 bias
+ * copy. LoRA at r = 8, 16, 32 needs nothing (the cuBLASLt fallback for other ranks adds (r*in +
+ * out*r + T*r) * 2 bytes for the largest adapter). */
 static size_t cu_scratch_bytes(us_backend *be, int T, const us_attn_shape *sh) {
     cuda_impl *c = CI(be);
     size_t b = c->ws_bytes + 256 + BIAS_MAX * 2; /* workspace, SCR_RED, SCR_BIAS */
