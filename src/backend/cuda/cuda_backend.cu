@@ -1112,7 +1112,9 @@ static void cu_lora_bwd_dy(us_backend *be, float *du, int lddu, float *dB, const
                            int ldu, const float *B, float s, int T, int out, int r, int fold_at) {
     cuda_impl *c = CI(be);
     PROF(c, P_LORA_B);
-    if (lora_gemm_forced() || !us_cuda_lora_bwd_dy_fast(c, du, lddu, dB, dy, ldy, u, ldu, B, s, T, out, r)) {
+    bool folded = false; /* du's bf16 copy written by the reduction itself (when its rows end there) */
+    void *fold = fold_at > 0 ? (bf16 *)dy + fold_at : NULL;
+    if (lora_gemm_forced() || !us_cuda_lora_bwd_dy_fast(c, du, lddu, dB, dy, ldy, u, ldu, B, s, T, out, r, fold, &folded)) {
         bf16 *Bb = (bf16 *)us_cuda_scratch(c, SCR_LORA_B, (size_t)out * r * 2), *ub = lora_bf16_rows(c, SCR_LORA_U, u, ldu, T, r);
         if (!Bb || !ub) return;
         f32_to_bf16(c, Bb, B, (size_t)out * r);
@@ -1121,7 +1123,7 @@ static void cu_lora_bwd_dy(us_backend *be, float *du, int lddu, float *dB, const
         /* du^T (r x T) = s B^T (r x out) dy^T */
         gemm(c, false, false, r, T, out, s, Bb, BF, r, dy, BF, ldy, 0.0f, du, F32, lddu);
     }
-    if (fold_at > 0 && T > 0) { /* du into dy's rows, for dy's folded input-gradient product */
+    if (fold_at > 0 && T > 0 && !folded) { /* du into dy's rows, for dy's folded input-gradient product */
         k_lora_fold<<<grid_for(c, (size_t)T * r, 256), 256, 0, c->st>>>((bf16 *)dy + fold_at, ldy, du, lddu, T, r);
         CK_LAUNCH(c);
     }

@@ -205,8 +205,10 @@ bool us_cuda_lora_down_fast(cuda_impl *c, float *u, int ldu, const void *x, int 
                             int R, bool fold, bool *folded);
 bool us_cuda_lora_up_fast(cuda_impl *c, void *y, const void *res, const float *u, int ldu, const float *B, float s,
                           int T, int out, int r);
+/* fold (may be NULL): where du's bf16 copy goes (rows ldy apart); *folded: whether the kernel
+ * wrote it (else the caller folds) */
 bool us_cuda_lora_bwd_dy_fast(cuda_impl *c, float *du, int lddu, float *dB, const void *dy, int ldy, const float *u, int ldu,
-                              const float *B, float s, int T, int out, int r);
+                              const float *B, float s, int T, int out, int r, void *fold, bool *folded);
 /* glu_bwd with the down projection's dA fused (cuda_lora.cu); false: shape not taken, nothing run */
 bool us_cuda_glu_bwd_dA_fast(cuda_impl *c, int act, bf16 *dg, bf16 *du, float *dA, const float *dd, int lddd, int R,
                              const bf16 *da, const bf16 *g, const bf16 *u, const uint32_t *bits, int rows, int cols);

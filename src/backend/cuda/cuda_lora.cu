@@ -611,16 +611,20 @@ void colred(cuda_impl *c, float *O, int osm, int osj, const void *P, int ldp, in
 /* colred by version 2 (cuda_lora_colred2.cuh: clusters exchanging du, a deeper cp.async ring, one
  * wave of CTAs); US_CUDA_LORA_COLRED=1 runs version 1 above */
 /* qscale / oscale (version 2 only: the caller checks c->lora_colred_v1 first) as colred_v2_cfg's */
+/* Fd / ldf / folded: Du's bf16 copy as colred_v2_cfg's (version 2 only; *folded says whether it
+ * was written) */
 template <int R>
 void colred_any(cuda_impl *c, float *O, int osm, int osj, const void *P, int ldp, int T, int M, const float *Q, int ldq,
                 float scale, float *Du = NULL, int lddu = 0, const float *Wd = NULL, float dscale = 0.0f,
-                const float *qscale = NULL, const float *oscale = NULL) {
+                const float *qscale = NULL, const float *oscale = NULL, bf16 *Fd = NULL, int ldf = 0,
+                bool *folded = NULL) {
+    if (folded) *folded = false;
     if (c->lora_colred_v1) {
         colred<R>(c, O, osm, osj, P, ldp, T, M, Q, ldq, scale, Du, lddu, Wd, dscale);
         return;
     }
     CK(c, colred_v2_cfg<R>(c->st, c->sm_count, colred2_default_cfg(T, M, Du != NULL), O, osm, osj, (const bf16 *)P, ldp, T,
-                           M, Q, ldq, scale, Du, lddu, Wd, dscale, qscale, oscale));
+                           M, Q, ldq, scale, Du, lddu, Wd, dscale, qscale, oscale, Fd, ldf, folded));
     CK_LAUNCH(c);
 }
 
@@ -638,9 +642,10 @@ struct lora_at {
         expand<R>(c, y, res, T, out, u, ldu, B, R, 1, s); /* y = res + s u B^T   (B [out, R]) */
     }
     static void bwd_dy(cuda_impl *c, float *du, int lddu, float *dB, const void *dy, int ldy, const float *u, int ldu,
-                       const float *B, float s, int T, int out) {
-        /* one pass over dy: dB(o, j) += s sum_t dy[t, o] u[t, j] and du = s dy B */
-        colred_any<R>(c, dB, R, 1, dy, ldy, T, out, u, ldu, s, du, lddu, B, s);
+                       const float *B, float s, int T, int out, bf16 *fold, bool *folded) {
+        /* one pass over dy: dB(o, j) += s sum_t dy[t, o] u[t, j] and du = s dy B (and, where the
+         * kernel can, du's bf16 copy at fold, rows ldy apart) */
+        colred_any<R>(c, dB, R, 1, dy, ldy, T, out, u, ldu, s, du, lddu, B, s, NULL, NULL, fold, ldy, folded);
     }
     static void bwd_x(cuda_impl *c, void *dx, const void *res, float *dA, const float *du, int lddu, const void *x,
                       int ldx, const float *rstd, const float *w, const float *A, int T, int in) {
@@ -688,10 +693,11 @@ bool us_cuda_lora_up_fast(cuda_impl *c, void *y, const void *res, const float *u
 }
 
 bool us_cuda_lora_bwd_dy_fast(cuda_impl *c, float *du, int lddu, float *dB, const void *dy, int ldy, const float *u,
-                              int ldu, const float *B, float s, int T, int out, int r) {
+                              int ldu, const float *B, float s, int T, int out, int r, void *fold, bool *folded) {
+    *folded = false;
     if (T <= 0) return true;
     if (!width_ok(r) || out % 8 || ldy % 8 || !aligned16(dy) || !a8(u) || !a8(du) || ldu % 2 || lddu % 2) return false;
-    LORA_DISPATCH(r, bwd_dy(c, du, lddu, dB, dy, ldy, u, ldu, B, s, T, out));
+    LORA_DISPATCH(r, bwd_dy(c, du, lddu, dB, dy, ldy, u, ldu, B, s, T, out, (bf16 *)fold, folded));
     return true;
 }
 

@@ -132,6 +132,8 @@ constexpr int c2_stages() {
  * expect_tx + the pushed bytes; empty[b]: in the sender, one relaxed remote arrive per owner once
  * the owner's reads of that buffer are done, after the next loop-top __syncthreads).
  * du_mode: 0 plain stores (the cluster spans all of M), 1 atomics (Du zeroed by the launcher).
+ * Fd (du_mode 0 only; NULL: none): Du's bf16 copy too, rows ldf apart (the columns beside dy a
+ * folded input-gradient product reads), so no separate fold pass follows.
  * omode: 1 O rows contiguous (osj == 1), 2 O columns contiguous (osm == 1), both with 16-byte
  * vector atomics; 0 scalar atomics. vecq: Q rows 16-byte aligned. duvec: Du rows 16-byte aligned.
  * wvec: Wd 16-byte aligned. */
@@ -140,7 +142,7 @@ __global__ void __launch_bounds__(C2_LT, 2) k_lora_colred2(float *O, int osm, in
                                                            int M, const float *Q, int ldq, float scale, int tpc, int vecq,
                                                            int omode, float *Du, int lddu, const float *Wd, float dscale,
                                                            int du_mode, int duvec, int wvec, const float *qscale,
-                                                           const float *oscale) {
+                                                           const float *oscale, __nv_bfloat16 *Fd, int ldf) {
     constexpr int NT = R / 8;
     using S = C2Smem<R, NS, DU>;
     extern __shared__ __align__(128) unsigned char c2_smem[];
@@ -268,6 +270,11 @@ __global__ void __launch_bounds__(C2_LT, 2) k_lora_colred2(float *O, int osm, in
                 } else {
                     *reinterpret_cast<float2 *>(d) = make_float2(s.x, s.y);
                     *reinterpret_cast<float2 *>(d + 2) = make_float2(s.z, s.w);
+                }
+                if (Fd) { /* the bf16 copy: 4-byte aligned pairs (ldf and the fold column are even) */
+                    __nv_bfloat162 *f = reinterpret_cast<__nv_bfloat162 *>(Fd + (size_t)t * ldf + j);
+                    f[0] = __floats2bfloat162_rn(s.x, s.y);
+                    f[1] = __floats2bfloat162_rn(s.z, s.w);
                 }
             } else {
                 if (duvec) {
@@ -398,7 +405,8 @@ struct Colred2Cfg {
 template <int R, int NS, bool DU>
 cudaError_t colred2_launch(cudaStream_t st, int sm_count, Colred2Cfg cfg, float *O, int osm, int osj,
                            const __nv_bfloat16 *P, int ldp, int T, int M, const float *Q, int ldq, float scale, float *Du,
-                           int lddu, const float *Wd, float dscale, const float *qscale, const float *oscale) {
+                           int lddu, const float *Wd, float dscale, const float *qscale, const float *oscale,
+                           __nv_bfloat16 *Fd, int ldf, bool *folded) {
     using S = C2Smem<R, NS, DU>;
     auto kern = k_lora_colred2<R, NS, DU>;
     static bool attr_set = false;
@@ -436,6 +444,9 @@ cudaError_t colred2_launch(cudaStream_t st, int sm_count, Colred2Cfg cfg, float 
     gy = (T + tpc - 1) / tpc;
 
     const int du_mode = (DU && gx > cx) ? 1 : 0;
+    /* Du's bf16 copy in the kernel where its rows are final there (plain stores) */
+    if (!DU || du_mode != 0 || ((uintptr_t)Fd & 3u) || ldf % 2) Fd = NULL;
+    if (folded) *folded = Fd != NULL;
     if (DU && du_mode == 1)
         if ((e = cudaMemset2DAsync(Du, (size_t)lddu * 4, 0, (size_t)R * 4, (size_t)T, st)) != cudaSuccess) return e;
     const int vecq = ((uintptr_t)Q & 15u) == 0 && ldq % 4 == 0;
@@ -446,7 +457,7 @@ cudaError_t colred2_launch(cudaStream_t st, int sm_count, Colred2Cfg cfg, float 
 
     ClusterLaunch l(dim3(gx, gy), C2_LT, S::BYTES, st, cx);
     return cudaLaunchKernelEx(&l.lc, kern, O, osm, osj, P, ldp, T, M, Q, ldq, scale, tpc, vecq, omode, Du, lddu, Wd,
-                              dscale, du_mode, duvec, wvec, qscale, oscale);
+                              dscale, du_mode, duvec, wvec, qscale, oscale, Fd, ldf);
 }
 
 /* The default configuration (measured on an H100 at the shapes of the checker below). With Du:
@@ -471,12 +482,13 @@ inline Colred2Cfg colred2_default_cfg(int T, int M, bool du) {
 template <int R>
 cudaError_t colred_v2_cfg(cudaStream_t st, int sm_count, Colred2Cfg cfg, float *O, int osm, int osj,
                           const __nv_bfloat16 *P, int ldp, int T, int M, const float *Q, int ldq, float scale, float *Du,
-                          int lddu, const float *Wd, float dscale, const float *qscale = NULL, const float *oscale = NULL) {
+                          int lddu, const float *Wd, float dscale, const float *qscale = NULL, const float *oscale = NULL,
+                          __nv_bfloat16 *Fd = NULL, int ldf = 0, bool *folded = NULL) {
     if (Du)
         return colred2_launch<R, c2_stages<R, true>(), true>(st, sm_count, cfg, O, osm, osj, P, ldp, T, M, Q, ldq, scale,
-                                                             Du, lddu, Wd, dscale, qscale, oscale);
+                                                             Du, lddu, Wd, dscale, qscale, oscale, Fd, ldf, folded);
     return colred2_launch<R, c2_stages<R, false>(), false>(st, sm_count, cfg, O, osm, osj, P, ldp, T, M, Q, ldq, scale,
-                                                           Du, lddu, Wd, dscale, qscale, oscale);
+                                                           Du, lddu, Wd, dscale, qscale, oscale, NULL, 0, folded);
 }
 
 /* Drop-in launcher (errors: as any launch, through cudaGetLastError). */
