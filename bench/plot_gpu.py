@@ -2,14 +2,14 @@
 """Draws docs/img/gpu_vs_peft.svg (and docs/img/gpu_longctx.svg, at the end): tokens/s and peak GPU memory of unswag (default plan, and
 --max-memory at each shape's memory target: 5, 8, 19 GiB; 5 for Qwen2.5-0.5B, which the issue's
 table does not list) beside transformers + PEFT for the benchmark shapes, from the figures in
-docs/BENCHMARKS.md (H100, one call, 2026-11-23 08:37 UTC, commit 04243e5: medians of three
+docs/BENCHMARKS.md (H100, one call, 2026-11-23 09:03 UTC, commit 92309a0: medians of three
 alternating runs; the --max-memory rows one run each). Plain SVG, no plotting library needed.
   python3 bench/plot_gpu.py [OUT.svg]"""
 import sys
 
 shapes = ["smollm2-135m 8×2048", "qwen2.5-0.5b 8×2048", "llama-3.2-1b 4×2048", "llama-3.1-8b 1×2048"]
-tok = {"PEFT": [68532, 57434, 39693, 8654], "unswag": [327122, 162174, 87781, 16834],
-       "unswag --max-memory 5/5/8/19": [318287, 148237, 85946, 16565]}
+tok = {"PEFT": [65713, 57155, 39591, 8270], "unswag": [328884, 163100, 88401, 16882],
+       "unswag --max-memory 5/5/8/19": [318932, 148927, 86392, 16585]}
 gib = {"PEFT": [21.80, 51.35, 28.55, 31.78], "unswag": [6.16, 11.79, 9.41, 21.77],
        "unswag --max-memory 5/5/8/19": [4.98, 4.96, 7.91, 18.93]}
 colors = {"PEFT": "#9ca3af", "unswag": "#2563eb", "unswag --max-memory 5/5/8/19": "#60a5fa"}
