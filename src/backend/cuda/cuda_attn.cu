@@ -64,7 +64,6 @@ constexpr int FBM = 64, FBN = 64, FNT = 128;
 template <int HD>
 __global__ void __launch_bounds__(FNT, HD <= 64 ? 3 : 1) k_attn_fwd(bf16 *o, int ldo, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
                                                   const int32_t *seg, int seq, int H, int KVH, float scale_log2) {
-    pdl_begin();
     extern __shared__ __align__(128) unsigned char smraw[];
     bf16 *sQ = reinterpret_cast<bf16 *>(smraw);
     bf16 *sK = sQ + FBM * HD; /* 2 stages */
@@ -233,7 +232,6 @@ __global__ void __launch_bounds__(FNT, HD <= 64 ? 3 : 1) k_attn_fwd(bf16 *o, int
  * 1B shape, T 8192 x 32 heads; the warp per (t, h) of two-byte loads below is the fallback) */
 template <int G>
 __global__ void k_attn_bwd_pre_vec(float *D, const bf16 *dout, const bf16 *o, int ldo, int H, size_t TH) {
-    pdl_begin();
     const size_t w = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) / G;
     const int part = threadIdx.x % G;
     float s = 0.0f;
@@ -250,7 +248,6 @@ __global__ void k_attn_bwd_pre_vec(float *D, const bf16 *dout, const bf16 *o, in
 }
 
 __global__ void k_attn_bwd_pre(float *D, const bf16 *dout, const bf16 *o, int ldo, int H, size_t TH, int hd) {
-    pdl_begin();
     size_t w = blockIdx.x * (size_t)(blockDim.x / 32) + threadIdx.x / 32;
     int lane = threadIdx.x & 31;
     if (w >= TH) return;
@@ -263,7 +260,6 @@ __global__ void k_attn_bwd_pre(float *D, const bf16 *dout, const bf16 *o, int ld
 
 /* Minimum seg_start of each query block of BQ rows (per batch row). */
 __global__ void k_seg_blockmin(int *out, const int32_t *seg, int seq, int nqb, int BQ, int batch) {
-    pdl_begin();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= nqb * batch) return;
     int b = i / nqb, qb = i % nqb, m = seq;
@@ -288,7 +284,6 @@ __global__ void __launch_bounds__(BN * 2) k_attn_bwd(float *dq_acc, bf16 *dk, bf
                                                   const float *Dg, const int32_t *seg, const int *segmin_blk, int seq,
                                                   int H, int KVH, float scale, float scale_log2, int h0, int acc_qs,
                                                   int acc_ks) {
-    pdl_begin();
     using L = BwdSmem<HD, BQ, BN>;
     constexpr int BNT = BN * 2, NW = BN / 16; /* a warp per 16 keys */
     extern __shared__ __align__(128) unsigned char smraw[];
@@ -558,13 +553,12 @@ void launch_fwd(cuda_impl *c, void *o, float *lse, const void *q, const void *k,
     }
     dim3 grid(sh->heads * sh->batch, (sh->seq + FBM - 1) / FBM);
     float scale_log2 = sh->scale * LOG2E;
-    pdl_launch(c->st, grid, FNT, smem, k_attn_fwd<HD>, (bf16 *)o, us_attn_ldo(sh), lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seg,
+    k_attn_fwd<HD><<<grid, FNT, smem, c->st>>>((bf16 *)o, us_attn_ldo(sh), lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seg,
                                                sh->seq, sh->heads, sh->kv_heads, scale_log2);
     CK_LAUNCH(c);
 }
 
 __global__ void k_acc_to_bf16_2d(bf16 *d, size_t dstride, const float *s, int cols, size_t rows) {
-    pdl_begin();
     const size_t n4 = rows * (size_t)(cols / 4);
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
         const size_t r = i / (cols / 4);
@@ -581,7 +575,7 @@ __global__ void k_acc_to_bf16_2d(bf16 *d, size_t dstride, const float *s, int co
 void acc_to_bf16(cuda_impl *c, void *dst, size_t dstride, const float *src, int cols, size_t rows) {
     size_t n4 = rows * (size_t)(cols / 4);
     unsigned g = (unsigned)US_MIN((n4 + 255) / 256, (size_t)c->sm_count * 32);
-    pdl_launch(c->st, g ? g : 1, 256, 0, k_acc_to_bf16_2d, (bf16 *)dst, dstride, src, cols, rows);
+    k_acc_to_bf16_2d<<<g ? g : 1, 256, 0, c->st>>>((bf16 *)dst, dstride, src, cols, rows);
     CK_LAUNCH(c);
 }
 
@@ -612,11 +606,11 @@ void attn_bwd_pre(cuda_impl *c, float *D, const void *dout, const void *o, const
     const int hd = sh->head_dim, ldo = us_attn_ldo(sh);
     const bool vec = hd % 8 == 0 && ldo % 8 == 0 && aligned16(dout) && aligned16(o);
     if (vec && hd == 64)
-        pdl_launch(c->st, ceil_div_u(TH * 8, 256), 256, 0, k_attn_bwd_pre_vec<8>, D, (const bf16 *)dout, (const bf16 *)o, ldo, sh->heads, TH);
+        k_attn_bwd_pre_vec<8><<<ceil_div_u(TH * 8, 256), 256, 0, c->st>>>(D, (const bf16 *)dout, (const bf16 *)o, ldo, sh->heads, TH);
     else if (vec && hd == 128)
-        pdl_launch(c->st, ceil_div_u(TH * 16, 256), 256, 0, k_attn_bwd_pre_vec<16>, D, (const bf16 *)dout, (const bf16 *)o, ldo, sh->heads, TH);
+        k_attn_bwd_pre_vec<16><<<ceil_div_u(TH * 16, 256), 256, 0, c->st>>>(D, (const bf16 *)dout, (const bf16 *)o, ldo, sh->heads, TH);
     else
-        pdl_launch(c->st, ceil_div_u(TH, 8), 256, 0, k_attn_bwd_pre, D, (const bf16 *)dout, (const bf16 *)o, ldo, sh->heads, TH, hd);
+        k_attn_bwd_pre<<<ceil_div_u(TH, 8), 256, 0, c->st>>>(D, (const bf16 *)dout, (const bf16 *)o, ldo, sh->heads, TH, hd);
     CK_LAUNCH(c);
 }
 
@@ -671,7 +665,7 @@ void launch_bwd(cuda_impl *c, void *dq, void *dk, void *dv, const void *dout, co
     attn_bwd_pre(c, D, dout, o, sh);
     if (seg) {
         int n = nqb * sh->batch;
-        pdl_launch(c->st, ceil_div_u(n, 128), 128, 0, k_seg_blockmin, segmin, seg, sh->seq, nqb, BQ, sh->batch);
+        k_seg_blockmin<<<ceil_div_u(n, 128), 128, 0, c->st>>>(segmin, seg, sh->seq, nqb, BQ, sh->batch);
         CK_LAUNCH(c);
     }
     static bool attr_set = false;
@@ -685,7 +679,7 @@ void launch_bwd(cuda_impl *c, void *dq, void *dk, void *dv, const void *dout, co
         CK(c, cudaMemsetAsync(dq_acc, 0, nqc * 4, c->st));
         if (split && group_start) CK(c, cudaMemsetAsync(dkv, 0, 2 * nkc * 4, c->st));
         dim3 grid(nh * sh->batch, (sh->seq + BN - 1) / BN);
-        pdl_launch(c->st, grid, BN * 2, L::bytes, k_attn_bwd<HD, BQ, BN>, dq_acc, (bf16 *)dk, (bf16 *)dv, dkv, (const bf16 *)dout,
+        k_attn_bwd<HD, BQ, BN><<<grid, BN * 2, L::bytes, c->st>>>(dq_acc, (bf16 *)dk, (bf16 *)dv, dkv, (const bf16 *)dout,
                                                            (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, lse, D,
                                                            seg, segmin, sh->seq, H, KV, sh->scale, sh->scale * LOG2E,
                                                            h0, nh * HD, nkv * HD);

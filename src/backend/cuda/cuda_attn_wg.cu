@@ -126,7 +126,6 @@ __global__ void __launch_bounds__(WG_BN * 2, WG_BN == 64 ? 2 : 1)
                   const wbf16 *q, const wbf16 *k, const wbf16 *v, const float *lse, const float *Dg,
                   const int32_t *seg, const int *segmin, int seq, int H, int KVH, float scale, float scale_log2,
                   int units, int nkb, int chunk) {
-    pdl_begin();
 #ifdef WG_SM90A
     using L = WgSmem<HD, WG_BQ, WG_BN, DQM>;
     static_assert((DQM != 2 && DQM != 3) || (WG_BN == 128 && WG_BQ == 64), "bulk dQ: two warpgroups, BQ = 64");
@@ -518,7 +517,6 @@ __device__ __forceinline__ void cast4(wbf16 *d, const float *s, size_t j) {
 
 __global__ void k_wg_f32_to_bf16(wbf16 *d0, const float *s0, size_t n0, wbf16 *d1, const float *s1, wbf16 *d2,
                                  const float *s2, size_t n1) {
-    pdl_begin();
     const size_t a = n0 / 4, c = n1 / 4, n4 = a + 2 * c;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
         const float *s = i < a ? s0 : i < a + c ? s1 : s2;
@@ -533,7 +531,6 @@ __global__ void k_wg_f32_to_bf16(wbf16 *d0, const float *s0, size_t n0, wbf16 *d
 template <int HD>
 __global__ void k_wg_cast_tiles(wbf16 *dq, const float *dq_acc, int units, int nqb, int seq, int H, wbf16 *dk,
                                 wbf16 *dv, const float *dkv_acc, size_t nk) {
-    pdl_begin();
     constexpr int F = HD / 16, TILE4 = 128 * F; /* float4s a thread, a tile */
     const size_t nq4 = (size_t)units * nqb * 2 * TILE4, n4 = nq4 + (dk ? nk / 2 : 0);
     const size_t qs = (size_t)H * HD;
@@ -561,12 +558,11 @@ void wg_cast(cudaStream_t st, int sm_count, wbf16 *d0, const float *s0, size_t n
     const size_t n4 = n0 / 4 + 2 * (n1 / 4);
     size_t g = (n4 + 255) / 256, cap = (size_t)(sm_count > 0 ? sm_count : 132) * 16;
     if (g > cap) g = cap;
-    pdl_launch(st, (unsigned)(g ? g : 1), 256, 0, k_wg_f32_to_bf16, d0, s0, n0, d1, s1, d2, s2, n1);
+    k_wg_f32_to_bf16<<<(unsigned)(g ? g : 1), 256, 0, st>>>(d0, s0, n0, d1, s1, d2, s2, n1);
 }
 
 /* Minimum (clamped to [0, row]) of seg over each query block of BQ rows: a warp per block. */
 __global__ void k_wg_segmin(int *out, const int32_t *seg, int seq, int nqb, int BQ, int nblk) {
-    pdl_begin();
     const int w = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
     if (w >= nblk) return;
     const int b = w / nqb, r0 = (w % nqb) * BQ, r1 = min(seq, r0 + BQ);
@@ -617,7 +613,7 @@ bool wg_launch_t(cudaStream_t st, int sm_count, wbf16 *dq, wbf16 *dk, wbf16 *dv,
     if (split) cudaMemsetAsync(dkv_acc, 0, 2 * nk * 4, st);
     if (SEG) {
         const int n = batch * nqb;
-        pdl_launch(st, (unsigned)((n + 7) / 8), 256, 0, k_wg_segmin, seg_scratch, seg, seq, nqb, BQ, n);
+        k_wg_segmin<<<(unsigned)((n + 7) / 8), 256, 0, st>>>(seg_scratch, seg, seq, nqb, BQ, n);
     }
     /* chunk: units whose dq_acc (f32) and Q, dO (bf16) take about 24 MiB of L2, at least two
      * CTAs per SM */
@@ -627,7 +623,7 @@ bool wg_launch_t(cudaStream_t st, int sm_count, wbf16 *dq, wbf16 *dk, wbf16 *dv,
     chunk = chunk > (2 * sms + nkb - 1) / nkb ? chunk : (2 * sms + nkb - 1) / nkb;
     if (wg_chunk_override) chunk = wg_chunk_override;
     chunk = chunk < 1 ? 1 : chunk > units ? units : chunk;
-    pdl_launch(st, (unsigned)units * nkb, BN * 2, WgSmem<HD, BQ, BN, DQM>::bytes, k_attn_bwd_wg<HD, BQ, BN, DQM, FUSE, SEG>, 
+    k_attn_bwd_wg<HD, BQ, BN, DQM, FUSE, SEG><<<(unsigned)units * nkb, BN * 2, WgSmem<HD, BQ, BN, DQM>::bytes, st>>>(
         dq_acc, dq, dk, dv, split ? dkv_acc : nullptr, cnt, dout, q, k, v, lse, D, seg, SEG ? seg_scratch : nullptr,
         seq, H, KV, scale, scale * WG_LOG2E, units, nkb, chunk);
     if (FUSE == 1) return true;
@@ -638,7 +634,7 @@ bool wg_launch_t(cudaStream_t st, int sm_count, wbf16 *dq, wbf16 *dk, wbf16 *dv,
     if constexpr (DQM == 3) {
         const size_t n4 = nq / 4 + (split && FUSE == 0 ? nk / 2 : 0), cap = (size_t)sms * 16;
         const size_t g = (n4 + 255) / 256 < cap ? (n4 + 255) / 256 : cap;
-        pdl_launch(st, (unsigned)g, 256, 0, k_wg_cast_tiles<HD>, dq, dq_acc, units, nqb, seq, H, split && FUSE == 0 ? dk : nullptr,
+        k_wg_cast_tiles<HD><<<(unsigned)g, 256, 0, st>>>(dq, dq_acc, units, nqb, seq, H, split && FUSE == 0 ? dk : nullptr,
                                                         dv, dkv_acc, nk);
         return true;
     }

@@ -73,7 +73,6 @@ template <int HD, int BN, int NWG, int MINB, int WF_NS, bool SEG>
 __global__ void __launch_bounds__(NWG * 128, MINB)
     k_attn_fwd_wg(fbf16 *o, int ldo, float *lse, const fbf16 *q, const fbf16 *k, const fbf16 *v, const int32_t *seg,
                   int seq, int H, int KVH, float scale_log2, int units, int nqb) {
-    pdl_begin();
 #ifdef WG_SM90A
     using L = WfSmem<HD, BN, NWG, WF_NS>;
     constexpr int WF_BM = 64 * NWG, WF_NT = 128 * NWG;
@@ -297,7 +296,7 @@ bool wf_launch(cudaStream_t st, fbf16 *o, int ldo, float *lse, const fbf16 *q, c
     }
     const int nqb = (seq + WF_BM - 1) / WF_BM, units = batch * H;
     if ((size_t)nqb * units > 0x7fffffffu) return false;
-    pdl_launch(st, (unsigned)(nqb * units), NWG * 128, L::bytes, k_attn_fwd_wg<HD, BN, NWG, MINB, NS, SEG>, o, ldo, lse, q, k, v, seg, seq, H, KV,
+    k_attn_fwd_wg<HD, BN, NWG, MINB, NS, SEG><<<(unsigned)(nqb * units), NWG * 128, L::bytes, st>>>(o, ldo, lse, q, k, v, seg, seq, H, KV,
                                                                                  scale * WG_LOG2E, units, nqb);
     return true;
 }

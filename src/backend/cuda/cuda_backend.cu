@@ -374,23 +374,20 @@ static unsigned grid_for(cuda_impl *c, size_t n, int threads) {
     return (unsigned)(b ? b : 1);
 }
 
-__global__ void k_f32_to_bf16(bf16 *d, const float *s, size_t n) {
-    pdl_begin(); GRID_STRIDE(i, n) d[i] = __float2bfloat16_rn(s[i]); }
-__global__ void k_bf16_to_f32(float *d, const bf16 *s, size_t n) {
-    pdl_begin(); GRID_STRIDE(i, n) d[i] = __bfloat162float(s[i]); }
+__global__ void k_f32_to_bf16(bf16 *d, const float *s, size_t n) { GRID_STRIDE(i, n) d[i] = __float2bfloat16_rn(s[i]); }
+__global__ void k_bf16_to_f32(float *d, const bf16 *s, size_t n) { GRID_STRIDE(i, n) d[i] = __bfloat162float(s[i]); }
 __global__ void k_f16_to_bf16(bf16 *d, const __half *s, size_t n) {
-    pdl_begin();
     GRID_STRIDE(i, n) d[i] = __float2bfloat16_rn(__half2float(s[i]));
 }
 
 static void f32_to_bf16(cuda_impl *c, void *d, const float *s, size_t n) {
     if (!n) return;
-    pdl_launch(c->st, grid_for(c, n, 256), 256, 0, k_f32_to_bf16, (bf16 *)d, s, n);
+    k_f32_to_bf16<<<grid_for(c, n, 256), 256, 0, c->st>>>((bf16 *)d, s, n);
     CK_LAUNCH(c);
 }
 static void bf16_to_f32(cuda_impl *c, float *d, const void *s, size_t n) {
     if (!n) return;
-    pdl_launch(c->st, grid_for(c, n, 256), 256, 0, k_bf16_to_f32, d, (const bf16 *)s, n);
+    k_bf16_to_f32<<<grid_for(c, n, 256), 256, 0, c->st>>>(d, (const bf16 *)s, n);
     CK_LAUNCH(c);
 }
 
@@ -413,9 +410,9 @@ static void *cu_weight_upload(us_backend *be, const void *host, us_dtype dt, siz
         size_t cnt = US_MIN(per, n - i0);
         cu_upload(be, stage, (const char *)host + i0 * es, cnt * es);
         if (dt == US_DT_F32)
-            pdl_launch(c->st, grid_for(c, cnt, 256), 256, 0, k_f32_to_bf16, w + i0, (const float *)stage, cnt);
+            k_f32_to_bf16<<<grid_for(c, cnt, 256), 256, 0, c->st>>>(w + i0, (const float *)stage, cnt);
         else
-            pdl_launch(c->st, grid_for(c, cnt, 256), 256, 0, k_f16_to_bf16, w + i0, (const __half *)stage, cnt);
+            k_f16_to_bf16<<<grid_for(c, cnt, 256), 256, 0, c->st>>>(w + i0, (const __half *)stage, cnt);
         CK_LAUNCH(c);
     }
     CK(c, cudaStreamSynchronize(c->st));
@@ -433,7 +430,6 @@ __device__ __forceinline__ uint64_t d_hash64(uint64_t x) {
 }
 
 __global__ void k_fill_normal(bf16 *w, size_t n, float stdv, uint64_t key) {
-    pdl_begin();
     GRID_STRIDE(i, n) {
         uint64_t h = d_hash64(key + i);
         double u1 = ((double)(h >> 40) + 1.0) / 16777217.0;
@@ -447,7 +443,7 @@ static void cu_weight_fill_normal(us_backend *be, void *w, size_t n, float stdv,
     cuda_impl *c = CI(be);
     if (!n) return;
     uint64_t key = us_hash64(seed ^ us_hash64(stream));
-    pdl_launch(c->st, grid_for(c, n, 256), 256, 0, k_fill_normal, (bf16 *)w, n, stdv, key);
+    k_fill_normal<<<grid_for(c, n, 256), 256, 0, c->st>>>((bf16 *)w, n, stdv, key);
     CK_LAUNCH(c);
 }
 
@@ -467,16 +463,14 @@ __device__ void weight_put_block(const us_put &p) {
         ((bf16 *)p.W)[r * p.ldw + j] = __float2bfloat16_rn(p.src ? p.s * p.src[i] : 0.0f);
     }
 }
-__global__ void k_weight_put(us_put p) {
-    pdl_begin(); weight_put_block(p); }
+__global__ void k_weight_put(us_put p) { weight_put_block(p); }
 /* blockIdx.y: the block of the list */
-__global__ void k_weight_put_list(const us_put *list) {
-    pdl_begin(); weight_put_block(list[blockIdx.y]); }
+__global__ void k_weight_put_list(const us_put *list) { weight_put_block(list[blockIdx.y]); }
 static void cu_weight_put_list(us_backend *be, const us_put *list, int n) {
     cuda_impl *c = CI(be);
     PROF(c, P_CONVERT);
     for (int i0 = 0; i0 < n; i0 += 65535) {
-        pdl_launch(c->st, dim3(32, (unsigned)US_MIN(65535, n - i0)), 256, 0, k_weight_put_list, list + i0);
+        k_weight_put_list<<<dim3(32, (unsigned)US_MIN(65535, n - i0)), 256, 0, c->st>>>(list + i0);
         CK_LAUNCH(c);
     }
 }
@@ -484,7 +478,7 @@ static void cu_weight_put(us_backend *be, void *W, int ldw, const float *src, in
     cuda_impl *c = CI(be);
     PROF(c, P_CONVERT);
     if (rows <= 0 || cols <= 0) return;
-    pdl_launch(c->st, grid_for(c, (size_t)rows * cols, 256), 256, 0, k_weight_put, us_put{W, src, ldw, rows, cols, s});
+    k_weight_put<<<grid_for(c, (size_t)rows * cols, 256), 256, 0, c->st>>>(us_put{W, src, ldw, rows, cols, s});
     CK_LAUNCH(c);
 }
 static void cu_act_from_f32(us_backend *be, void *dst, const float *src, size_t n) {
@@ -500,7 +494,6 @@ static void cu_act_to_f32(us_backend *be, float *dst, const void *src, size_t n)
 /* embedding                                                                                   */
 
 __global__ void k_embed_fwd_vec(bf16 *x, const bf16 *E, const int32_t *ids, int T, int dim) {
-    pdl_begin();
     int upr = dim / 8;
     GRID_STRIDE(i, (size_t)T * upr) {
         size_t t = i / upr, u = i % upr;
@@ -509,14 +502,12 @@ __global__ void k_embed_fwd_vec(bf16 *x, const bf16 *E, const int32_t *ids, int 
     }
 }
 __global__ void k_embed_fwd(bf16 *x, const bf16 *E, const int32_t *ids, int T, int dim) {
-    pdl_begin();
     GRID_STRIDE(i, (size_t)T * dim) {
         size_t t = i / dim, d = i % dim;
         x[i] = E[(size_t)ids[t] * dim + d];
     }
 }
 __global__ void k_embed_bwd(float *dE, const bf16 *dx, const int32_t *ids, int T, int dim) {
-    pdl_begin();
     GRID_STRIDE(i, (size_t)T * dim) {
         size_t t = i / dim, d = i % dim;
         atomicAdd(dE + (size_t)ids[t] * dim + d, __bfloat162float(dx[i]));
@@ -527,15 +518,15 @@ static void cu_embed_fwd(us_backend *be, void *x, const void *E, const int32_t *
     cuda_impl *c = CI(be);
     PROF(c, P_EMBED);
     if (dim % 8 == 0 && aligned16(x) && aligned16(E))
-        pdl_launch(c->st, grid_for(c, (size_t)T * dim / 8, 256), 256, 0, k_embed_fwd_vec, (bf16 *)x, (const bf16 *)E, ids, T, dim);
+        k_embed_fwd_vec<<<grid_for(c, (size_t)T * dim / 8, 256), 256, 0, c->st>>>((bf16 *)x, (const bf16 *)E, ids, T, dim);
     else
-        pdl_launch(c->st, grid_for(c, (size_t)T * dim, 256), 256, 0, k_embed_fwd, (bf16 *)x, (const bf16 *)E, ids, T, dim);
+        k_embed_fwd<<<grid_for(c, (size_t)T * dim, 256), 256, 0, c->st>>>((bf16 *)x, (const bf16 *)E, ids, T, dim);
     CK_LAUNCH(c);
 }
 static void cu_embed_bwd(us_backend *be, float *dE, const void *dx, const int32_t *ids, int T, int dim) {
     cuda_impl *c = CI(be);
     PROF(c, P_EMBED);
-    pdl_launch(c->st, grid_for(c, (size_t)T * dim, 256), 256, 0, k_embed_bwd, dE, (const bf16 *)dx, ids, T, dim);
+    k_embed_bwd<<<grid_for(c, (size_t)T * dim, 256), 256, 0, c->st>>>(dE, (const bf16 *)dx, ids, T, dim);
     CK_LAUNCH(c);
 }
 
@@ -544,7 +535,6 @@ static void cu_embed_bwd(us_backend *be, float *dE, const void *dx, const int32_
 
 template <bool VEC>
 __global__ void k_rmsnorm_fwd(bf16 *y, int ldy, float *rstd, const bf16 *x, const float *w, int T, int dim, float eps) {
-    pdl_begin();
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= T) return;
     const bf16 *xr = x + (size_t)row * dim;
@@ -582,7 +572,6 @@ __global__ void k_rmsnorm_fwd(bf16 *y, int ldy, float *rstd, const bf16 *x, cons
 template <bool VEC>
 __global__ void k_rmsnorm_bwd(bf16 *dx, int ldx, bool acc, const bf16 *dy, const bf16 *x, const float *rstd,
                               const float *w, int T, int dim) {
-    pdl_begin();
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= T) return;
     const bf16 *xr = x + (size_t)row * dim, *gr = dy + (size_t)row * dim;
@@ -652,7 +641,6 @@ __device__ __forceinline__ float row_sum(float v, float *part) {
 template <int NC, int WPR>
 __global__ void __launch_bounds__(128) k_rmsnorm_fwd_reg(bf16 *y, int ldy, float *rstd, const bf16 *x, const float *w,
                                                          int T, int dim, float eps) {
-    pdl_begin();
     __shared__ float part[4];
     const int warp = threadIdx.x / 32, row = blockIdx.x * (4 / WPR) + warp / WPR;
     const int sub = (warp % WPR) * 32 + threadIdx.x % 32, step = 32 * WPR;
@@ -694,7 +682,6 @@ __global__ void __launch_bounds__(128) k_rmsnorm_fwd_reg(bf16 *y, int ldy, float
 template <int NC, int WPR>
 __global__ void __launch_bounds__(128) k_rmsnorm_bwd_reg(bf16 *dx, int ldx, bool acc, const bf16 *dy, const bf16 *x,
                                                          const float *rstd, const float *w, int T, int dim) {
-    pdl_begin();
     __shared__ float part[4];
     const int warp = threadIdx.x / 32, row = blockIdx.x * (4 / WPR) + warp / WPR;
     const int sub = (warp % WPR) * 32 + threadIdx.x % 32, step = 32 * WPR;
@@ -756,13 +743,13 @@ static int rms_wpr(const cuda_impl *c, int dim) {
     [&]() -> bool {                                                                                   \
         const int wpr_ = rms_wpr(c, dim), nc_ = (int)ceil_div_u((size_t)(dim) / 8, 32 * wpr_);          \
         const dim3 g_(ceil_div_u((T), 4 / wpr_));                                                     \
-        if (wpr_ == 1 && nc_ <= 4) pdl_launch(c->st, g_, 128, 0, KERNEL<4, 1>, __VA_ARGS__);                  \
-        else if (wpr_ == 1 && nc_ <= 8) pdl_launch(c->st, g_, 128, 0, KERNEL<8, 1>, __VA_ARGS__);             \
-        else if (wpr_ == 1 && nc_ <= 16) pdl_launch(c->st, g_, 128, 0, KERNEL<16, 1>, __VA_ARGS__);           \
-        else if (wpr_ == 2 && nc_ <= 4) pdl_launch(c->st, g_, 128, 0, KERNEL<4, 2>, __VA_ARGS__);             \
-        else if (wpr_ == 2 && nc_ <= 8) pdl_launch(c->st, g_, 128, 0, KERNEL<8, 2>, __VA_ARGS__);             \
-        else if (wpr_ == 4 && nc_ <= 4) pdl_launch(c->st, g_, 128, 0, KERNEL<4, 4>, __VA_ARGS__);             \
-        else if (wpr_ == 4 && nc_ <= 8) pdl_launch(c->st, g_, 128, 0, KERNEL<8, 4>, __VA_ARGS__);             \
+        if (wpr_ == 1 && nc_ <= 4) KERNEL<4, 1><<<g_, 128, 0, c->st>>>(__VA_ARGS__);                  \
+        else if (wpr_ == 1 && nc_ <= 8) KERNEL<8, 1><<<g_, 128, 0, c->st>>>(__VA_ARGS__);             \
+        else if (wpr_ == 1 && nc_ <= 16) KERNEL<16, 1><<<g_, 128, 0, c->st>>>(__VA_ARGS__);           \
+        else if (wpr_ == 2 && nc_ <= 4) KERNEL<4, 2><<<g_, 128, 0, c->st>>>(__VA_ARGS__);             \
+        else if (wpr_ == 2 && nc_ <= 8) KERNEL<8, 2><<<g_, 128, 0, c->st>>>(__VA_ARGS__);             \
+        else if (wpr_ == 4 && nc_ <= 4) KERNEL<4, 4><<<g_, 128, 0, c->st>>>(__VA_ARGS__);             \
+        else if (wpr_ == 4 && nc_ <= 8) KERNEL<8, 4><<<g_, 128, 0, c->st>>>(__VA_ARGS__);             \
         else return false;                                                                            \
         return true;                                                                                  \
     }()
@@ -770,7 +757,6 @@ static int rms_wpr(const cuda_impl *c, int dim) {
 /* Column sums over rows of a [T, dim] bf16 tensor: out[d] += sum_t a[t,d] (* b[t,d] * s[t]).
  * Block: 32 columns x 8 row lanes; grid.y splits the rows; one atomicAdd per column per block. */
 __global__ void k_colsum(float *out, const bf16 *a, const bf16 *b, const float *s, int T, int dim, int rows_per) {
-    pdl_begin();
     __shared__ float part[8][33];
     int col = blockIdx.x * 32 + threadIdx.x, t0 = blockIdx.y * rows_per, t1 = min(T, t0 + rows_per);
     float acc = 0;
@@ -792,7 +778,7 @@ __global__ void k_colsum(float *out, const bf16 *a, const bf16 *b, const float *
 static void colsum(cuda_impl *c, float *out, const void *a, const void *b, const float *s, int T, int dim) {
     int rows_per = 256;
     dim3 grid(ceil_div_u(dim, 32), ceil_div_u(T, rows_per)), block(32, 8);
-    pdl_launch(c->st, grid, block, 0, k_colsum, out, (const bf16 *)a, (const bf16 *)b, s, T, dim, rows_per);
+    k_colsum<<<grid, block, 0, c->st>>>(out, (const bf16 *)a, (const bf16 *)b, s, T, dim, rows_per);
     CK_LAUNCH(c);
 }
 
@@ -804,9 +790,9 @@ static void cu_rmsnorm_fwd(us_backend *be, void *y, int ldy, float *rstd, const 
     const bool vec = dim % 8 == 0 && ldy % 8 == 0 && aligned16(x) && aligned16(y) && aligned16(w);
     const bool reg = vec && RMS_REG_LAUNCH(k_rmsnorm_fwd_reg, dim, T, (bf16 *)y, ldy, rstd, (const bf16 *)x, w, T, dim, eps);
     if (!reg && dim % 8 == 0 && ldy % 8 == 0 && aligned16(x) && aligned16(y))
-        pdl_launch(c->st, grid, 128, 0, k_rmsnorm_fwd<true>, (bf16 *)y, ldy, rstd, (const bf16 *)x, w, T, dim, eps);
+        k_rmsnorm_fwd<true><<<grid, 128, 0, c->st>>>((bf16 *)y, ldy, rstd, (const bf16 *)x, w, T, dim, eps);
     else if (!reg)
-        pdl_launch(c->st, grid, 128, 0, k_rmsnorm_fwd<false>, (bf16 *)y, ldy, rstd, (const bf16 *)x, w, T, dim, eps);
+        k_rmsnorm_fwd<false><<<grid, 128, 0, c->st>>>((bf16 *)y, ldy, rstd, (const bf16 *)x, w, T, dim, eps);
     CK_LAUNCH(c);
 }
 
@@ -820,9 +806,9 @@ static void cu_rmsnorm_bwd(us_backend *be, void *dx, int ldx, bool acc, float *d
     const bool reg = vec && aligned16(w) &&
                      RMS_REG_LAUNCH(k_rmsnorm_bwd_reg, dim, T, (bf16 *)dx, ldx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
     if (!reg && vec)
-        pdl_launch(c->st, grid, 128, 0, k_rmsnorm_bwd<true>, (bf16 *)dx, ldx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
+        k_rmsnorm_bwd<true><<<grid, 128, 0, c->st>>>((bf16 *)dx, ldx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
     else if (!reg)
-        pdl_launch(c->st, grid, 128, 0, k_rmsnorm_bwd<false>, (bf16 *)dx, ldx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
+        k_rmsnorm_bwd<false><<<grid, 128, 0, c->st>>>((bf16 *)dx, ldx, acc, (const bf16 *)dy, (const bf16 *)x, rstd, w, T, dim);
     CK_LAUNCH(c);
 }
 
@@ -1017,7 +1003,6 @@ static void gemm(cuda_impl *c, bool ta, bool tb, int m, int n, int k, float alph
 #define F32 CUDA_R_32F
 
 __global__ void k_add_bias(bf16 *y, const float *bias, size_t T, int out) {
-    pdl_begin();
     GRID_STRIDE(i, T * out) y[i] = __float2bfloat16_rn(__bfloat162float(y[i]) + bias[i % out]);
 }
 
@@ -1032,7 +1017,7 @@ static void cu_linear_fwd(us_backend *be, void *y, const void *res, const void *
     /* y^T (out x T) = res^T + W (out x in) x^T (+ bias) */
     if (!gemm_src(c, true, false, out, T, in, 1.0f, W, BF, ldw, x, BF, ldx, res ? 1.0f : 0.0f, res, y, BF, out, bb) ||
         (bias && !bb)) {
-        pdl_launch(c->st, grid_for(c, (size_t)T * out, 256), 256, 0, k_add_bias, (bf16 *)y, bias, (size_t)T, out);
+        k_add_bias<<<grid_for(c, (size_t)T * out, 256), 256, 0, c->st>>>((bf16 *)y, bias, (size_t)T, out);
         CK_LAUNCH(c);
     }
 }
@@ -1086,7 +1071,6 @@ static void start_from(cuda_impl *c, void *y, const void *res, size_t n) {
 
 /* x[t, in + j] = bf16(u[t, j]): u beside x for a folded frozen product */
 __global__ void k_lora_fold(bf16 *x, int ldx, const float *u, int ldu, int T, int R) {
-    pdl_begin();
     GRID_STRIDE(i, (size_t)T * R) {
         const size_t t = i / R, j = i % R;
         x[t * ldx + j] = __float2bfloat16_rn(u[t * ldu + j]);
@@ -1106,7 +1090,7 @@ static void cu_lora_down(us_backend *be, float *u, int ldu, const void *x, int l
         gemm(c, true, false, R, T, in, 1.0f, Ab, BF, in, x, BF, ldx, 0.0f, u, F32, ldu);
     }
     if (fold && !folded && T > 0) {
-        pdl_launch(c->st, grid_for(c, (size_t)T * R, 256), 256, 0, k_lora_fold, (bf16 *)x + in, ldx, u, ldu, T, R);
+        k_lora_fold<<<grid_for(c, (size_t)T * R, 256), 256, 0, c->st>>>((bf16 *)x + in, ldx, u, ldu, T, R);
         CK_LAUNCH(c);
     }
 }
@@ -1140,14 +1124,13 @@ static void cu_lora_bwd_dy(us_backend *be, float *du, int lddu, float *dB, const
         gemm(c, false, false, r, T, out, s, Bb, BF, r, dy, BF, ldy, 0.0f, du, F32, lddu);
     }
     if (fold_at > 0 && T > 0 && !folded) { /* du into dy's rows, for dy's folded input-gradient product */
-        pdl_launch(c->st, grid_for(c, (size_t)T * r, 256), 256, 0, k_lora_fold, (bf16 *)dy + fold_at, ldy, du, lddu, T, r);
+        k_lora_fold<<<grid_for(c, (size_t)T * r, 256), 256, 0, c->st>>>((bf16 *)dy + fold_at, ldy, du, lddu, T, r);
         CK_LAUNCH(c);
     }
 }
 
 /* y[t, i] = bf16(x[t, i] * rstd[t] * w[i]): the normed rows, for the paths without scales */
 __global__ void k_norm_rows(bf16 *y, const bf16 *x, int ldx, const float *rstd, const float *w, int T, int in) {
-    pdl_begin();
     GRID_STRIDE(i, (size_t)T * in) {
         const size_t t = i / in, k = i % in;
         y[i] = __float2bfloat16_rn(__bfloat162float(x[t * ldx + k]) * rstd[t] * w[k]);
@@ -1162,7 +1145,7 @@ static void cu_lora_bwd_x(us_backend *be, void *dx, const void *res, float *dA, 
     if (rstd && dA && T > 0) { /* form the normed rows in scratch (cuBLASLt fallback, or colred version 1) */
         bf16 *xn = (bf16 *)us_cuda_scratch(c, SCR_NORM_ROWS, (size_t)T * in * 2);
         if (!xn) return;
-        pdl_launch(c->st, grid_for(c, (size_t)T * in, 256), 256, 0, k_norm_rows, xn, (const bf16 *)x, ldx, rstd, w, T, in);
+        k_norm_rows<<<grid_for(c, (size_t)T * in, 256), 256, 0, c->st>>>(xn, (const bf16 *)x, ldx, rstd, w, T, in);
         CK_LAUNCH(c);
         x = xn, ldx = in;
         if (!lora_gemm_forced() && us_cuda_lora_bwd_x_fast(c, dx, res, dA, du, lddu, x, ldx, NULL, NULL, A, T, in, R)) return;
@@ -1186,7 +1169,6 @@ static void cu_lora_bwd_x(us_backend *be, void *dx, const void *res, float *dA, 
 /* One thread per (token, rotation pair i): the angle's sine and cosine are computed once and
  * applied to that pair in every head (consecutive threads take consecutive i: coalesced rows). */
 __global__ void k_rope(bf16 *x, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, float sgn) {
-    pdl_begin();
     const int half = hd / 2;
     const long long n = (long long)T * half;
     for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n; idx += (long long)gridDim.x * blockDim.x) {
@@ -1268,7 +1250,6 @@ __device__ __forceinline__ void rope_heads(bf16 *dst, const S *src, int hd, int 
  * and issues every load before its first store (k_rope's head loop waits on one load per head, as
  * its stores may alias the next head's loads). Needs hd % 16 == 0 and x 16-byte aligned. */
 __global__ void k_rope8(bf16 *x, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, float sgn) {
-    pdl_begin();
     const int ng = hd / 16, hgs = (nh + RH - 1) / RH;
     const long long n = (long long)T * hgs * ng;
     for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n; idx += (long long)gridDim.x * blockDim.x) {
@@ -1286,7 +1267,6 @@ __global__ void k_rope8(bf16 *x, const int32_t *pos, const float *inv_freq, int 
 template <int W, typename QS, typename KS>
 __global__ void k_qkv_merge(bf16 *dst, int ld, const QS *dq, const KS *dk, const KS *dv, const int32_t *pos,
                             const float *inv_freq, int T, int nq, int nkv, int hd) {
-    pdl_begin();
     const int ng = hd / 2 / W, gq = (nq + RH - 1) / RH, gk = (nkv + RH - 1) / RH;
     const int per = (gq + gk) * ng + nkv * hd / W; /* units per token: rotations, then v */
     const long long n = (long long)T * per;
@@ -1319,10 +1299,10 @@ static void qkv_merge_launch(cuda_impl *c, void *dst, int ld, const void *dq, co
     const size_t per = ((nq + RH - 1) / RH + (nkv + RH - 1) / RH) * (size_t)(hd / 2 / w) + (size_t)nkv * hd / w;
     const size_t n = (size_t)T * per;
     if (vec)
-        pdl_launch(c->st, grid_for(c, n, 256), 256, 0, k_qkv_merge<8, QS, KS>, (bf16 *)dst, ld, (const QS *)dq, (const KS *)dk,
+        k_qkv_merge<8, QS, KS><<<grid_for(c, n, 256), 256, 0, c->st>>>((bf16 *)dst, ld, (const QS *)dq, (const KS *)dk,
                                                                       (const KS *)dv, pos, inv_freq, T, nq, nkv, hd);
     else
-        pdl_launch(c->st, grid_for(c, n, 256), 256, 0, k_qkv_merge<1, QS, KS>, (bf16 *)dst, ld, (const QS *)dq, (const KS *)dk,
+        k_qkv_merge<1, QS, KS><<<grid_for(c, n, 256), 256, 0, c->st>>>((bf16 *)dst, ld, (const QS *)dq, (const KS *)dk,
                                                                       (const KS *)dv, pos, inv_freq, T, nq, nkv, hd);
     CK_LAUNCH(c);
 }
@@ -1353,9 +1333,9 @@ static void cu_rope(us_backend *be, void *x, const int32_t *pos, const float *in
     if (!n || !nh) return;
     if (!c->rope_v1 && hd % 16 == 0 && aligned16(x)) {
         size_t n8 = (size_t)T * ((nh + RH - 1) / RH) * (hd / 16);
-        pdl_launch(c->st, grid_for(c, n8, 256), 256, 0, k_rope8, (bf16 *)x, pos, inv_freq, T, nh, hd, inverse ? -1.0f : 1.0f);
+        k_rope8<<<grid_for(c, n8, 256), 256, 0, c->st>>>((bf16 *)x, pos, inv_freq, T, nh, hd, inverse ? -1.0f : 1.0f);
     } else {
-        pdl_launch(c->st, grid_for(c, n, 256), 256, 0, k_rope, (bf16 *)x, pos, inv_freq, T, nh, hd, inverse ? -1.0f : 1.0f);
+        k_rope<<<grid_for(c, n, 256), 256, 0, c->st>>>((bf16 *)x, pos, inv_freq, T, nh, hd, inverse ? -1.0f : 1.0f);
     }
     CK_LAUNCH(c);
 }
@@ -1367,7 +1347,6 @@ static void cu_rope(us_backend *be, void *x, const int32_t *pos, const float *in
 /* Vector path (cols % 8 == 0, 16-byte aligned rows): a lane owns 8 consecutive elements; the
  * four lanes of one 32-column word exchange their bytes by shuffles and the first writes it. */
 __global__ void k_glu_fwd_vec(int act, bf16 *a, int lda, bf16 *g, const bf16 *u, uint32_t *bits, int rows, int cols) {
-    pdl_begin();
     int W = (cols + 31) / 32, upr = W * 4;
     size_t total = (size_t)rows * upr;
     size_t stride = (size_t)gridDim.x * blockDim.x;
@@ -1407,7 +1386,6 @@ __global__ void k_glu_fwd_vec(int act, bf16 *a, int lda, bf16 *g, const bf16 *u,
 
 /* Scalar path: a warp is one 32-column word of one row (cols padded to 32); ballot packs it. */
 __global__ void k_glu_fwd(int act, bf16 *a, int lda, bf16 *g, const bf16 *u, uint32_t *bits, int rows, int cols) {
-    pdl_begin();
     int W = (cols + 31) / 32, cp = W * 32;
     size_t total = (size_t)rows * cp;
     size_t stride = (size_t)gridDim.x * blockDim.x;
@@ -1440,7 +1418,6 @@ __global__ void k_glu_fwd(int act, bf16 *a, int lda, bf16 *g, const bf16 *u, uin
 
 __global__ void k_glu_bwd_vec(int act, bf16 *dg, bf16 *du, const bf16 *da, const bf16 *g, const bf16 *u,
                               const uint32_t *bits, int rows, int cols) {
-    pdl_begin();
     int W = (cols + 31) / 32, upr = cols / 8;
     GRID_STRIDE(id, (size_t)rows * upr) {
         size_t row = id / upr;
@@ -1469,7 +1446,6 @@ __global__ void k_glu_bwd_vec(int act, bf16 *dg, bf16 *du, const bf16 *da, const
 
 __global__ void k_glu_bwd(int act, bf16 *dg, bf16 *du, const bf16 *da, const bf16 *g, const bf16 *u,
                           const uint32_t *bits, int rows, int cols) {
-    pdl_begin();
     int W = (cols + 31) / 32;
     GRID_STRIDE(id, (size_t)rows * cols) {
         size_t row = id / cols;
@@ -1487,7 +1463,6 @@ __global__ void k_glu_bwd(int act, bf16 *dg, bf16 *du, const bf16 *da, const bf1
  * does not take; runs before the in-place gradient overwrites g and u) */
 __global__ void k_glu_dA(int act, float *dA, const float *dd, int lddd, int R, const bf16 *g, const bf16 *u, int rows,
                          int cols) {
-    pdl_begin();
     GRID_STRIDE(id, (size_t)R * cols) {
         int j = (int)(id / cols), col = (int)(id % cols);
         float s = 0.0f;
@@ -1507,11 +1482,11 @@ static void glu_fwd_plain(cuda_impl *c, int act, void *a, int lda, void *g, cons
     bool vec = cols % 8 == 0 && aligned16(g) && aligned16(u) && (!a || (aligned16(a) && lda % 8 == 0));
     if (vec) {
         size_t n = (size_t)rows * W * 4;
-        pdl_launch(c->st, grid_for(c, n, 256), 256, 0, k_glu_fwd_vec, act, (bf16 *)a, lda, (bf16 *)g, (const bf16 *)u, bits, rows,
+        k_glu_fwd_vec<<<grid_for(c, n, 256), 256, 0, c->st>>>(act, (bf16 *)a, lda, (bf16 *)g, (const bf16 *)u, bits, rows,
                                                               cols);
     } else {
         size_t n = (size_t)rows * W * 32;
-        pdl_launch(c->st, grid_for(c, n, 256), 256, 0, k_glu_fwd, act, (bf16 *)a, lda, (bf16 *)g, (const bf16 *)u, bits, rows, cols);
+        k_glu_fwd<<<grid_for(c, n, 256), 256, 0, c->st>>>(act, (bf16 *)a, lda, (bf16 *)g, (const bf16 *)u, bits, rows, cols);
     }
     CK_LAUNCH(c);
 }
@@ -1523,7 +1498,7 @@ static bool glu_fwd_u(cuda_impl *c, int act, void *a, int lda, void *g, const vo
                                                 rows, cols))
         return false;
     if (fold) {
-        pdl_launch(c->st, grid_for(c, (size_t)rows * R, 256), 256, 0, k_lora_fold, (bf16 *)a + cols, lda, ud, ldud, rows, R);
+        k_lora_fold<<<grid_for(c, (size_t)rows * R, 256), 256, 0, c->st>>>((bf16 *)a + cols, lda, ud, ldud, rows, R);
         CK_LAUNCH(c);
     }
     return true;
@@ -1548,16 +1523,16 @@ static void cu_glu_bwd(us_backend *be, int act, void *dg, void *du, float *dA, c
         if (us_cuda_glu_bwd_dA_fast(c, act, (bf16 *)dg, (bf16 *)du, dA, dd, lddd, R, (const bf16 *)da, (const bf16 *)g,
                                     (const bf16 *)u, bits, rows, cols))
             return;
-        pdl_launch(c->st, grid_for(c, (size_t)R * cols, 256), 256, 0, k_glu_dA, act, dA, dd, lddd, R, (const bf16 *)g,
+        k_glu_dA<<<grid_for(c, (size_t)R * cols, 256), 256, 0, c->st>>>(act, dA, dd, lddd, R, (const bf16 *)g,
                                                                          (const bf16 *)u, rows, cols);
         CK_LAUNCH(c);
     }
     bool vec = cols % 8 == 0 && aligned16(g) && aligned16(u) && aligned16(da) && aligned16(dg) && aligned16(du);
     if (vec)
-        pdl_launch(c->st, grid_for(c, (size_t)rows * cols / 8, 256), 256, 0, k_glu_bwd_vec, 
+        k_glu_bwd_vec<<<grid_for(c, (size_t)rows * cols / 8, 256), 256, 0, c->st>>>(
             act, (bf16 *)dg, (bf16 *)du, (const bf16 *)da, (const bf16 *)g, (const bf16 *)u, bits, rows, cols);
     else
-        pdl_launch(c->st, grid_for(c, (size_t)rows * cols, 256), 256, 0, k_glu_bwd, 
+        k_glu_bwd<<<grid_for(c, (size_t)rows * cols, 256), 256, 0, c->st>>>(
             act, (bf16 *)dg, (bf16 *)du, (const bf16 *)da, (const bf16 *)g, (const bf16 *)u, bits, rows, cols);
     CK_LAUNCH(c);
 }
@@ -1566,7 +1541,6 @@ static void cu_glu_bwd(us_backend *be, int act, void *dg, void *du, float *dA, c
 /* residual add                                                                                */
 
 __global__ void k_add_vec(bf16 *y, const bf16 *x, size_t n8) {
-    pdl_begin();
     GRID_STRIDE(i, n8) {
         float a[8], b[8];
         load8(y + i * 8, a);
@@ -1577,7 +1551,6 @@ __global__ void k_add_vec(bf16 *y, const bf16 *x, size_t n8) {
     }
 }
 __global__ void k_add(bf16 *y, const bf16 *x, size_t n) {
-    pdl_begin();
     GRID_STRIDE(i, n) y[i] = __float2bfloat16_rn(__bfloat162float(y[i]) + __bfloat162float(x[i]));
 }
 
@@ -1586,9 +1559,9 @@ static void cu_add(us_backend *be, void *y, const void *x, size_t n) {
     PROF(c, P_ADD);
     if (!n) return;
     if (n % 8 == 0 && aligned16(x) && aligned16(y))
-        pdl_launch(c->st, grid_for(c, n / 8, 256), 256, 0, k_add_vec, (bf16 *)y, (const bf16 *)x, n / 8);
+        k_add_vec<<<grid_for(c, n / 8, 256), 256, 0, c->st>>>((bf16 *)y, (const bf16 *)x, n / 8);
     else
-        pdl_launch(c->st, grid_for(c, n, 256), 256, 0, k_add, (bf16 *)y, (const bf16 *)x, n);
+        k_add<<<grid_for(c, n, 256), 256, 0, c->st>>>((bf16 *)y, (const bf16 *)x, n);
     CK_LAUNCH(c);
 }
 
@@ -1625,7 +1598,6 @@ __device__ __forceinline__ float2 block_ms(float m, float s, float *sm, float *s
 template <bool VEC>
 __global__ void __launch_bounds__(XENT_THREADS) k_xent(bf16 *logits, const int32_t *labels, float *loss_sum,
                                                        float grad_scale, int vocab) {
-    pdl_begin();
     __shared__ float sm[XENT_THREADS / 32], ss[XENT_THREADS / 32];
     __shared__ float s_lse;
     int row = blockIdx.x, lab = labels[row];
@@ -1687,7 +1659,6 @@ __global__ void __launch_bounds__(XENT_THREADS) k_xent(bf16 *logits, const int32
 template <int CL, int NTH, int U>
 __global__ void __launch_bounds__(NTH, 1024 / NTH) k_xent_cl(bf16 *logits, const int32_t *labels, float *loss_sum,
                                                               float grad_scale, int vocab) {
-    pdl_begin();
     cg::cluster_group cl = cg::this_cluster();
     __shared__ float sm[NTH / 32], ss[NTH / 32];
     __shared__ float2 part; /* this CTA's (max, sum), read by the whole cluster */
@@ -1786,9 +1757,9 @@ static void cu_xent_fwd_bwd(us_backend *be, void *logits, const int32_t *labels,
     if (rows <= 0) return;
     if (xent_cluster(c, (bf16 *)logits, labels, loss_sum, grad_scale, rows, vocab)) return;
     if (vocab % 8 == 0 && aligned16(logits))
-        pdl_launch(c->st, rows, XENT_THREADS, 0, k_xent<true>, (bf16 *)logits, labels, loss_sum, grad_scale, vocab);
+        k_xent<true><<<rows, XENT_THREADS, 0, c->st>>>((bf16 *)logits, labels, loss_sum, grad_scale, vocab);
     else
-        pdl_launch(c->st, rows, XENT_THREADS, 0, k_xent<false>, (bf16 *)logits, labels, loss_sum, grad_scale, vocab);
+        k_xent<false><<<rows, XENT_THREADS, 0, c->st>>>((bf16 *)logits, labels, loss_sum, grad_scale, vocab);
     CK_LAUNCH(c);
 }
 
@@ -1797,7 +1768,6 @@ static void cu_xent_fwd_bwd(us_backend *be, void *logits, const int32_t *labels,
 
 __global__ void k_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1, float b2,
                         float eps, float wd, float bc1, float bc2) {
-    pdl_begin();
     float step = lr / bc1, sq = sqrtf(bc2), decay = 1.0f - lr * wd;
     GRID_STRIDE(i, n) {
         float gi = g[i], pi = p[i] * decay;
@@ -1814,12 +1784,11 @@ static void cu_adamw(us_backend *be, float *p, const float *g, float *m, float *
     cuda_impl *c = CI(be);
     PROF(c, P_ADAMW);
     if (!n) return;
-    pdl_launch(c->st, grid_for(c, n, 256), 256, 0, k_adamw, p, g, m, v, n, lr, b1, b2, eps, wd, bc1, bc2);
+    k_adamw<<<grid_for(c, n, 256), 256, 0, c->st>>>(p, g, m, v, n, lr, b1, b2, eps, wd, bc1, bc2);
     CK_LAUNCH(c);
 }
 
 __global__ void k_sumsq(double *out, const float *x, size_t n) {
-    pdl_begin();
     __shared__ double part[32];
     double s = 0;
     GRID_STRIDE(i, n) s += (double)x[i] * x[i];
@@ -1835,14 +1804,12 @@ __global__ void k_sumsq(double *out, const float *x, size_t n) {
 }
 
 __global__ void k_nonfinite(int *flag, const float *x, size_t n) {
-    pdl_begin();
     int bad = 0;
     GRID_STRIDE(i, n) bad |= !isfinite(x[i]);
     if (__any_sync(0xffffffffu, bad) && (threadIdx.x & 31) == 0) atomicOr(flag, 1);
 }
 
-__global__ void k_scale(float *x, size_t n, float s) {
-    pdl_begin(); GRID_STRIDE(i, n) x[i] *= s; }
+__global__ void k_scale(float *x, size_t n, float s) { GRID_STRIDE(i, n) x[i] *= s; }
 
 static double cu_sumsq(us_backend *be, const float *x, size_t n) {
     cuda_impl *c = CI(be);
@@ -1852,7 +1819,7 @@ static double cu_sumsq(us_backend *be, const float *x, size_t n) {
     double h = 0;
     CK(c, cudaMemsetAsync(d, 0, 8, c->st));
     if (n) {
-        pdl_launch(c->st, grid_for(c, n, 256), 256, 0, k_sumsq, d, x, n);
+        k_sumsq<<<grid_for(c, n, 256), 256, 0, c->st>>>(d, x, n);
         CK_LAUNCH(c);
     }
     CK(c, cudaMemcpyAsync(&h, d, 8, cudaMemcpyDeviceToHost, c->st));
@@ -1863,7 +1830,7 @@ static double cu_sumsq(us_backend *be, const float *x, size_t n) {
 static void cu_scale(us_backend *be, float *x, size_t n, float s) {
     cuda_impl *c = CI(be);
     if (!n) return;
-    pdl_launch(c->st, grid_for(c, n, 256), 256, 0, k_scale, x, n, s);
+    k_scale<<<grid_for(c, n, 256), 256, 0, c->st>>>(x, n, s);
     CK_LAUNCH(c);
 }
 
@@ -1875,7 +1842,7 @@ static bool cu_nonfinite(us_backend *be, const float *x, size_t n) {
     int h = 0;
     CK(c, cudaMemsetAsync(d, 0, 4, c->st));
     if (n) {
-        pdl_launch(c->st, grid_for(c, n, 256), 256, 0, k_nonfinite, d, x, n);
+        k_nonfinite<<<grid_for(c, n, 256), 256, 0, c->st>>>(d, x, n);
         CK_LAUNCH(c);
     }
     CK(c, cudaMemcpyAsync(&h, d, 4, cudaMemcpyDeviceToHost, c->st));

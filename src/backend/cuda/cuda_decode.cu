@@ -14,7 +14,6 @@
 #include <math.h>
 
 #include "cuda_internal.cuh"
-#include "cuda_ptx.cuh"
 
 #define DEC_WARPS 4
 #define DEC_MAXD 16 /* elements per lane at most: head_dim <= 512 */
@@ -22,7 +21,6 @@
 template <int DPL> /* elements per lane: head_dim <= 32 DPL */
 __global__ void __launch_bounds__(DEC_WARPS * 32)
     k_attn_cached(bf16 *o, const bf16 *q, const bf16 *kc, const bf16 *vc, int start, int H, int KV, int hd, float scale) {
-    pdl_begin();
     const int i = blockIdx.x / H, h = blockIdx.x % H, kh = h / (H / KV);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, last = start + i;
     const size_t qd = (size_t)H * hd, kvd = (size_t)KV * hd;
@@ -98,7 +96,6 @@ __global__ void __launch_bounds__(DEC_WARPS * 32)
 /* head_dim past 512: one thread per (query, head), two passes over the keys */
 __global__ void k_attn_cached_wide(bf16 *o, const bf16 *q, const bf16 *kc, const bf16 *vc, int T, int start, int H, int KV,
                                    int hd, float scale) {
-    pdl_begin();
     const int id = blockIdx.x * blockDim.x + threadIdx.x;
     if (id >= T * H) return;
     const int i = id / H, h = id % H, kh = h / (H / KV), last = start + i;
@@ -138,14 +135,14 @@ void us_cuda_attn_cached(us_backend *be, void *o, const void *q, const void *kc,
     if (dpl > 8) dpl = dpl <= 12 ? 12 : dpl <= 16 ? 16 : 0;
 #define DEC_CASE(n)                                                                                            \
     case n:                                                                                                    \
-        pdl_launch(c->st, grid, block, 0, k_attn_cached<n>, (bf16 *)o, (const bf16 *)q, (const bf16 *)kc, (const bf16 *)vc, \
+        k_attn_cached<n><<<grid, block, 0, c->st>>>((bf16 *)o, (const bf16 *)q, (const bf16 *)kc, (const bf16 *)vc, \
                                                     start, H, KV, hd, sh->scale);                                  \
         break
     switch (dpl) {
         DEC_CASE(1); DEC_CASE(2); DEC_CASE(3); DEC_CASE(4); DEC_CASE(5); DEC_CASE(6); DEC_CASE(7); DEC_CASE(8);
         DEC_CASE(12); DEC_CASE(16);
     default:
-        pdl_launch(c->st, (T * H + 127) / 128, 128, 0, k_attn_cached_wide, (bf16 *)o, (const bf16 *)q, (const bf16 *)kc,
+        k_attn_cached_wide<<<(T * H + 127) / 128, 128, 0, c->st>>>((bf16 *)o, (const bf16 *)q, (const bf16 *)kc,
                                                                    (const bf16 *)vc, T, start, H, KV, hd, sh->scale);
     }
 #undef DEC_CASE

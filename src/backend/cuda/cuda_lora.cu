@@ -58,7 +58,6 @@ constexpr int DPITCH = DSC + 32;    /* bf16 per staged row: 320 bytes, 64 mod 12
 template <int R>
 __global__ void __launch_bounds__(LT) k_lora_down(float *O, int ldo, const bf16 *P, int ldp, int T, int K, const float *W,
                                                   int wsj, int wsk, float scale, int kc, int atomic, int vecw) {
-    pdl_begin();
     constexpr int NT = R / 8;
     __shared__ __align__(16) bf16 Ws[R][DPITCH];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
@@ -173,7 +172,6 @@ __device__ __forceinline__ int swz64(int row, int col) { /* 8 chunks of 8 bf16 p
 template <int R>
 __global__ void __launch_bounds__(LT) k_lora_down2(float *O, int ldo, const bf16 *P, int ldp, int T, int K, const float *W,
                                                    float scale, int kslice, bf16 *fold) {
-    pdl_begin();
     constexpr int NT = R / 8;
     using S = Down2Smem<R>;
     extern __shared__ __align__(128) unsigned char down2_smem[];
@@ -290,7 +288,6 @@ constexpr int ENC = 128; /* output columns per CTA */
 template <int R>
 __global__ void __launch_bounds__(LT) k_lora_expand(bf16 *Y, const bf16 *Res, int T, int N, const float *Q, int ldq,
                                                     const float *W, int wsn, int wsj, float scale, int vecw) {
-    pdl_begin();
     constexpr int KS = (R + 15) / 16, RP = KS * 16, PITCH = RP + 2; /* odd word pitch: <= 2-way conflicts */
     __shared__ __align__(16) bf16 Ws[ENC][PITCH];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
@@ -408,7 +405,6 @@ template <int R>
 __global__ void __launch_bounds__(LT) k_lora_colred(float *O, int osm, int osj, const bf16 *P, int ldp, int T, int M,
                                                     const float *Q, int ldq, float scale, int tpc, int vec2, int vecq,
                                                     float *Du, int lddu, const float *Wd, float dscale) {
-    pdl_begin();
     constexpr int NT = R / 8;
     using S = ColredSmem<R>;
     extern __shared__ __align__(128) unsigned char colred_smem[]; /* dynamic: over 48 KB from R = 64 */
@@ -549,7 +545,7 @@ void down(cuda_impl *c, float *O, int ldo, const void *P, int ldp, int T, int K,
     int kc = (int)ceil_div_u(ceil_div_u(K, gy), DSC) * DSC;
     gy = (int)ceil_div_u(K, kc);
     if (gy > 1) CK(c, cudaMemset2DAsync(O, (size_t)ldo * 4, 0, (size_t)R * 4, (size_t)T, c->st));
-    pdl_launch(c->st, dim3(gx, gy), LT, 0, k_lora_down<R>, O, ldo, (const bf16 *)P, ldp, T, K, W, wsj, wsk, scale, kc, gy > 1,
+    k_lora_down<R><<<dim3(gx, gy), LT, 0, c->st>>>(O, ldo, (const bf16 *)P, ldp, T, K, W, wsj, wsk, scale, kc, gy > 1,
                                                     aligned16(W) && (wsk == 1 ? wsj % 4 == 0 : wsk % 4 == 0));
     CK_LAUNCH(c);
 }
@@ -583,7 +579,7 @@ template <int R>
 void expand(cuda_impl *c, void *Y, const void *Res, int T, int N, const float *Q, int ldq, const float *W, int wsn,
             int wsj, float scale) {
     dim3 grid(ceil_div_u(T, 128), ceil_div_u(N, ENC));
-    pdl_launch(c->st, grid, LT, 0, k_lora_expand<R>, (bf16 *)Y, (const bf16 *)Res, T, N, Q, ldq, W, wsn, wsj, scale,
+    k_lora_expand<R><<<grid, LT, 0, c->st>>>((bf16 *)Y, (const bf16 *)Res, T, N, Q, ldq, W, wsn, wsj, scale,
                                               aligned16(W) && (wsj == 1 ? wsn % 4 == 0 : wsj % 4 == 0));
     CK_LAUNCH(c);
 }
@@ -606,7 +602,7 @@ void colred(cuda_impl *c, float *O, int osm, int osj, const void *P, int ldp, in
     gy = (int)ceil_div_u(T, tpc);
     const int vec2 = osj == 1 && ((uintptr_t)O & 7u) == 0;
     if (Du) CK(c, cudaMemset2DAsync(Du, (size_t)lddu * 4, 0, (size_t)R * 4, (size_t)T, c->st));
-    pdl_launch(c->st, dim3(gx, gy), LT, sizeof(ColredSmem<R>), k_lora_colred<R>, O, osm, osj, (const bf16 *)P, ldp, T, M, Q, ldq,
+    k_lora_colred<R><<<dim3(gx, gy), LT, sizeof(ColredSmem<R>), c->st>>>(O, osm, osj, (const bf16 *)P, ldp, T, M, Q, ldq,
                                                                          scale, tpc, vec2, aligned16(Q) && ldq % 4 == 0,
                                                                          Du, lddu, Wd, dscale);
     CK_LAUNCH(c);
@@ -762,7 +758,6 @@ template <int NT>
 __global__ void __launch_bounds__(GB_LT, NT <= 3 ? 2 : 1) /* two CTAs per SM without spills up to R 24 */
     k_glu_bwd_dA(int act, bf16 *dg, bf16 *du, float *dA, const float *dd, int lddd, int R, const bf16 *da, const bf16 *g,
                  const bf16 *u, const uint32_t *bits, int rows, int cols, int nch, long long units) {
-    pdl_begin();
     using S = GluDASmem<NT>;
     constexpr int NR = S::NR, QP = S::QP, NQ = GB_TC * NR / GB_LT; /* dd floats a thread stages per unit */
     extern __shared__ __align__(1024) unsigned char gb_smem[];
@@ -870,7 +865,7 @@ void glu_bwd_dA(cuda_impl *c, int act, bf16 *dg, bf16 *du, float *dA, const floa
     const int nch = (int)ceil_div_u(rows, GB_TC), nstrip = (int)ceil_div_u(cols, GB_MB);
     const long long units = (long long)nch * nstrip;
     const int grid = (int)(units < (long long)per_sm * c->sm_count ? units : (long long)per_sm * c->sm_count);
-    pdl_launch(c->st, grid, GB_LT, S::BYTES, kern, act, dg, du, dA, dd, lddd, R, da, g, u, bits, rows, cols, nch, units);
+    kern<<<grid, GB_LT, S::BYTES, c->st>>>(act, dg, du, dA, dd, lddd, R, da, g, u, bits, rows, cols, nch, units);
     CK_LAUNCH(c);
 }
 
@@ -907,7 +902,6 @@ template <int NT>
 __global__ void __launch_bounds__(GU_LT, 1)
     k_glu_fwd_u(int act, bf16 *a, int lda, bf16 *g, const bf16 *u, uint32_t *bits, float *ud, int ldud,
                 const float *A, int R, int rows, int cols, int nstrip, long long units) {
-    pdl_begin();
     using S = GluUSmem<NT>;
     constexpr int NR = S::NR, QP = S::QP, NS = S::NS;
     static_assert(NS >= 2, "shared memory for two stages");
@@ -1020,7 +1014,7 @@ void glu_fwd_u(cuda_impl *c, int act, bf16 *a, int lda, bf16 *g, const bf16 *u, 
     const int nch = (int)ceil_div_u(rows, GB_TC), nstrip = (int)ceil_div_u(cols, GB_MB);
     const long long units = (long long)nch * nstrip;
     const int grid = (int)(units < (long long)c->sm_count ? units : (long long)c->sm_count);
-    pdl_launch(c->st, grid, GU_LT, S::BYTES, kern, act, a, lda, g, u, bits, ud, ldud, A, R, rows, cols, nstrip, units);
+    kern<<<grid, GU_LT, S::BYTES, c->st>>>(act, a, lda, g, u, bits, ud, ldud, A, R, rows, cols, nstrip, units);
     CK_LAUNCH(c);
 }
 

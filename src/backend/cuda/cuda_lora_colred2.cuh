@@ -143,7 +143,6 @@ __global__ void __launch_bounds__(C2_LT, 2) k_lora_colred2(float *O, int osm, in
                                                            int omode, float *Du, int lddu, const float *Wd, float dscale,
                                                            int du_mode, int duvec, int wvec, const float *qscale,
                                                            const float *oscale, __nv_bfloat16 *Fd, int ldf) {
-    pdl_begin();
     constexpr int NT = R / 8;
     using S = C2Smem<R, NS, DU>;
     extern __shared__ __align__(128) unsigned char c2_smem[];

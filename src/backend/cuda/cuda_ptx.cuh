@@ -2,62 +2,15 @@
  * cuda_lora.cu): shared-memory addresses, ldmatrix (plain and transposed), bf16 mma.sync
  * m16n8k16 with fp32 accumulation, cp.async of 16 or 4 bytes (zero-filled when the predicate is
  * false) with its commit/wait, and bf16x2 packing. sm_80+ instructions; the kernels built here
- * target sm_90a. Host side: the launch configuration of a grid of thread-block clusters.
- *
- * Programmatic dependent launch (PDL). Every kernel of the backend is launched by pdl_launch (or
- * ClusterLaunch) with programmatic stream serialization allowed, and opens with pdl_begin(): it
- * waits there (griddepcontrol.wait) until the grid before it in the stream has finished and its
- * writes are visible, then lets the grid after it launch. So the next kernel's CTAs are already
- * placed on the SMs while this one drains, instead of the launch starting after the last CTA
- * exits; nothing a kernel reads or writes is touched before its wait. Launched without the
- * attribute (US_CUDA_PDL=0, or by a caller outside this file set) the two instructions do
- * nothing. A kernel launched here must open with pdl_begin(). */
+ * target sm_90a. Host side: the launch configuration of a grid of thread-block clusters. */
 #ifndef US_CUDA_PTX_CUH
 #define US_CUDA_PTX_CUH
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
-#include <stdlib.h>
-
-#include <utility>
 
 namespace {
-
-/* First statement of every kernel (see the header comment). */
-__device__ __forceinline__ void pdl_begin() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-
-/* whether launches allow the programmatic overlap: US_CUDA_PDL=0 turns it off (asked once) */
-static bool pdl_on() {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("US_CUDA_PDL");
-        on = !(e && e[0] == '0');
-    }
-    return on != 0;
-}
-
-static void pdl_attr(cudaLaunchAttribute *a) {
-    a->id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    a->val.programmaticStreamSerializationAllowed = 1;
-}
-
-/* kern<<<grid, block, smem, st>>>(args...) with programmatic serialization allowed; the launch's
- * error is left for CK_LAUNCH (cudaGetLastError) as with <<<>>>. */
-template <typename... P, typename... A>
-static void pdl_launch(cudaStream_t st, dim3 grid, dim3 block, size_t smem, void (*kern)(P...), A &&...args) {
-    cudaLaunchAttribute at[1];
-    pdl_attr(&at[0]);
-    cudaLaunchConfig_t lc = {};
-    lc.gridDim = grid, lc.blockDim = block, lc.dynamicSmemBytes = smem, lc.stream = st;
-    lc.attrs = at, lc.numAttrs = pdl_on() ? 1 : 0;
-    (void)cudaLaunchKernelEx(&lc, kern, std::forward<A>(args)...);
-}
 
 __device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
@@ -112,17 +65,16 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     return *reinterpret_cast<uint32_t *>(&h);
 }
 
-/* A launch configuration for a grid of thread-block clusters of cx x cy CTAs, programmatic
- * serialization allowed as in pdl_launch (used in place: lc points at the object's own attributes) */
+/* A launch configuration for a grid of thread-block clusters of cx x cy CTAs (used in place: lc
+ * points at the object's own attribute) */
 struct ClusterLaunch {
     cudaLaunchConfig_t lc;
-    cudaLaunchAttribute at[2];
+    cudaLaunchAttribute at[1];
     ClusterLaunch(dim3 grid, int threads, size_t smem, cudaStream_t st, int cx, int cy = 1) : lc() {
         at[0].id = cudaLaunchAttributeClusterDimension;
         at[0].val.clusterDim.x = (unsigned)cx, at[0].val.clusterDim.y = (unsigned)cy, at[0].val.clusterDim.z = 1;
         lc.gridDim = grid, lc.blockDim = dim3((unsigned)threads), lc.dynamicSmemBytes = smem, lc.stream = st;
-        pdl_attr(&at[1]);
-        lc.attrs = at, lc.numAttrs = pdl_on() ? 2 : 1;
+        lc.attrs = at, lc.numAttrs = 1;
     }
     ClusterLaunch(const ClusterLaunch &) = delete;
 };
