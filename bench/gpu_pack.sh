@@ -15,7 +15,7 @@ git -C "$wt" checkout -q -f --detach "$(git -C "$root" rev-parse HEAD)" # its ow
 make -C "$wt" -j"$(nproc)" gpu-build >/dev/null
 stage=$(mktemp -d)
 mkdir -p "$stage/bin" "$stage/lib"
-cp "$wt"/build/unswag "$wt"/build/unswag_gpu_tests "$wt"/build/unswag_gpu_bench "$stage/bin/"
+cp "$wt"/build/unswag "$wt"/build/unswag_gpu_tests "$wt"/build/unswag_gpu_bench "$wt"/build/gemm_load "$stage/bin/"
 ldd "$wt"/build/unswag "$wt"/build/unswag_gpu_tests | awk '/=> \// {print $3}' | sort -u |
     grep -vE '/(libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|libgomp|ld-linux)[.-]|/cuda' |
     while read -r l; do cp -L "$l" "$stage/lib/"; done

@@ -32,7 +32,12 @@ $(BUILD)/unswag_gpu_tests: $(GPU_TEST_OBJ) $(BUILD)/obj/tests/main.o $(LIB)
 $(BUILD)/unswag_gpu_bench: $(BUILD)/obj/bench/gpu_bench.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-gpu-build: $(BUILD)/unswag $(BUILD)/unswag_gpu_tests $(BUILD)/unswag_gpu_bench
+# the cuBLASLt candidates alone and under load (a probe of gemm_tune's choice; cuBLASLt only)
+$(BUILD)/gemm_load: bench/gemm_load.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) -O2 -std=c++17 $(CUDA_ARCH) -Xcompiler -Wall,-Wextra -o $@ $< -lcublasLt
+
+gpu-build: $(BUILD)/unswag $(BUILD)/unswag_gpu_tests $(BUILD)/unswag_gpu_bench $(BUILD)/gemm_load
 gpu-test: gpu-build
 	cd $(CURDIR) && $(BUILD)/unswag_gpu_tests $(GPU_TESTS)
 gpu-bench: gpu-build
