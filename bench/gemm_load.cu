@@ -21,13 +21,12 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#define CHECK(x)                                                                          \
-    do {                                                                                  \
-        if ((x) != 0) {                                                                   \
-            fprintf(stderr, "gemm_load: %s failed (%d) at line %d\n", #x, (int)(x), __LINE__); \
-            exit(1);                                                                      \
-        }                                                                                 \
-    } while (0)
+#define CHECK(x) check((int)(x), #x, __LINE__)
+static void check(int status, const char *what, int line) { /* CUDA and cuBLASLt: 0 is success */
+    if (status == 0) return;
+    fprintf(stderr, "gemm_load: %s failed (%d) at line %d\n", what, status, line);
+    exit(1);
+}
 
 __global__ void fill(__nv_bfloat16 *p, size_t n, unsigned seed) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
